@@ -1,0 +1,1 @@
+"""The InferenceKey Manager: control plane, gateway and reconcile loops."""

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource: parse, authorise, call a service, return a model."""

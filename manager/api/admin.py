@@ -1,0 +1,101 @@
+"""Operator routes under /api/admin: projects, SDK tokens, live keys. ``ik_admin_`` only."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+
+from manager.services import projects, tokens
+
+from .deps import AdminCaller, Session
+
+router = APIRouter(prefix="/api/admin")
+
+
+class CreateProjectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slug: StrictStr
+    name: StrictStr | None = None
+
+
+class CreateSdkTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: StrictStr
+    read_only: StrictBool = False
+    name: StrictStr | None = None
+
+
+class CreateLiveKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: StrictStr
+    workloads: list[StrictStr] | None = None
+    all: StrictBool = False
+    name: StrictStr | None = None
+
+
+@router.post("/projects", status_code=status.HTTP_201_CREATED)
+async def create_project(
+    body: CreateProjectRequest, caller: AdminCaller, session: Session
+) -> dict[str, Any]:
+    project = await projects.create_project(session, body.slug, body.name)
+    await session.commit()
+    return projects.project_view(project)
+
+
+@router.get("/projects")
+async def list_projects(caller: AdminCaller, session: Session) -> dict[str, Any]:
+    return {"projects": [projects.project_view(p) for p in await projects.list_projects(session)]}
+
+
+@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+async def create_sdk_token(
+    body: CreateSdkTokenRequest, caller: AdminCaller, session: Session
+) -> dict[str, Any]:
+    project = await projects.get_project(session, body.project)
+    row, secret = await tokens.create_sdk_token(
+        session, project, read_only=body.read_only, name=body.name
+    )
+    await session.commit()
+    return tokens.token_view(row, project.slug, secret)
+
+
+@router.post("/keys", status_code=status.HTTP_201_CREATED)
+async def create_live_key(
+    body: CreateLiveKeyRequest, caller: AdminCaller, session: Session
+) -> dict[str, Any]:
+    project = await projects.get_project(session, body.project)
+    row, secret = await tokens.create_live_key(
+        session, project, workloads=body.workloads, all_workloads=body.all, name=body.name
+    )
+    await session.commit()
+    return tokens.token_view(row, project.slug, secret)
+
+
+@router.get("/tokens")
+async def list_tokens(
+    caller: AdminCaller,
+    session: Session,
+    project: str | None = None,
+    kind: Literal["sdk", "live", "admin", "agent"] | None = None,
+) -> dict[str, Any]:
+    owner = await projects.get_project(session, project) if project else None
+    rows = await tokens.list_tokens(session, project_id=owner.id if owner else None, kind=kind)
+    slugs = await _project_slugs(session)
+    return {"tokens": [tokens.token_view(row, slugs.get(row.project_id or "")) for row in rows]}
+
+
+@router.delete("/tokens/{token_ref}")
+async def revoke_token(token_ref: str, caller: AdminCaller, session: Session) -> dict[str, Any]:
+    row = await tokens.revoke_token(session, token_ref)
+    await session.commit()
+    slugs = await _project_slugs(session)
+    return tokens.token_view(row, slugs.get(row.project_id or ""))
+
+
+async def _project_slugs(session: Session) -> dict[str, str]:
+    return {p.id: p.slug for p in await projects.list_projects(session)}

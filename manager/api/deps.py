@@ -1,0 +1,84 @@
+"""Dependencies shared by routes: a database session per request, and who is calling.
+
+Credential, scope and project checks are dependencies, so they answer before the body is
+even parsed: a read-only token gets its 403 whatever it sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from manager.auth import (
+    Principal,
+    Scope,
+    TokenKind,
+    authenticate,
+    require_kind,
+    require_project,
+    require_scope,
+)
+from manager.db.models import Project
+
+
+async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessions() as session:
+        yield session
+
+
+Session = Annotated[AsyncSession, Depends(db_session)]
+
+
+def caller_of_kind(kind: TokenKind, where: str) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(request: Request, session: Session) -> Principal:
+        principal = await authenticate(session, request.headers.get("authorization"))
+        require_kind(principal, kind, where)
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+ControlCaller = Annotated[
+    Principal, Depends(caller_of_kind(TokenKind.SDK, "the control plane (/api)"))
+]
+AdminCaller = Annotated[
+    Principal, Depends(caller_of_kind(TokenKind.ADMIN, "the admin API (/api/admin)"))
+]
+
+
+async def _reader(caller: ControlCaller) -> Principal:
+    require_scope(caller, Scope.WORKLOAD_READ)
+    return caller
+
+
+async def _writer(caller: ControlCaller) -> Principal:
+    require_scope(caller, Scope.WORKLOAD_WRITE)
+    return caller
+
+
+ControlReader = Annotated[Principal, Depends(_reader)]
+ControlWriter = Annotated[Principal, Depends(_writer)]
+
+
+async def _path_project(project: str, caller: ControlCaller, session: Session) -> Project:
+    """The caller's own project, named in the path by slug or id; 403 for any other."""
+    own = await session.get(Project, caller.project_id) if caller.project_id else None
+    named = own if own is not None and project in (own.slug, own.id) else None
+    require_project(caller, named.id if named else None, project)
+    assert named is not None
+    return named
+
+
+async def _own_project(caller: ControlCaller, session: Session) -> Project:
+    own = await session.get(Project, caller.project_id) if caller.project_id else None
+    require_project(caller, own.id if own else None, caller.project_id or "?")
+    assert own is not None
+    return own
+
+
+PathProject = Annotated[Project, Depends(_path_project)]
+OwnProject = Annotated[Project, Depends(_own_project)]

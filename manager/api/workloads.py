@@ -1,0 +1,76 @@
+"""Control-plane workload routes (contract section 1b)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
+
+from manager.services import events, workloads
+
+from .deps import ControlReader, ControlWriter, OwnProject, PathProject, Session
+
+router = APIRouter(prefix="/api")
+
+
+@router.get("/projects/{project}/workloads")
+async def list_workloads(
+    project: str, owner: PathProject, caller: ControlReader, session: Session
+) -> dict[str, Any]:
+    rows = await workloads.list_workloads(session, owner)
+    return {"workloads": [workloads.workload_view(row, owner) for row in rows]}
+
+
+@router.post("/projects/{project}/workloads", status_code=status.HTTP_201_CREATED)
+async def create_workload(
+    project: str,
+    owner: PathProject,
+    caller: ControlWriter,
+    body: CreateWorkloadRequest,
+    session: Session,
+) -> dict[str, Any]:
+    workload = await workloads.create_workload(session, caller, owner, body)
+    await session.commit()
+    return workloads.workload_view(workload, owner)
+
+
+@router.get("/workloads/{workload_ref}")
+async def get_workload(
+    workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
+) -> dict[str, Any]:
+    workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
+    return workloads.workload_view(workload, owner)
+
+
+@router.patch("/workloads/{workload_ref}")
+async def update_workload(
+    workload_ref: str,
+    owner: OwnProject,
+    caller: ControlWriter,
+    body: UpdateWorkloadRequest,
+    session: Session,
+) -> dict[str, Any]:
+    workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=True)
+    workload = await workloads.update_workload(session, caller, workload, body)
+    await session.commit()
+    return workloads.workload_view(workload, owner)
+
+
+@router.delete("/workloads/{workload_ref}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_workload(
+    workload_ref: str, owner: OwnProject, caller: ControlWriter, session: Session
+) -> Response:
+    workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=True)
+    await workloads.delete_workload(session, caller, workload)
+    await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/workloads/{workload_ref}/events")
+async def list_workload_events(
+    workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
+) -> dict[str, Any]:
+    workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
+    rows = await events.list_events(session, workload.id)
+    return {"events": [events.event_view(row) for row in rows]}

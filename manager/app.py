@@ -1,0 +1,75 @@
+"""The Manager's FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from manager.api import admin, workloads
+from manager.body_limit import BodyLimitMiddleware
+from manager.db.migrate import upgrade_to_head_async
+from manager.db.session import make_engine, make_sessionmaker
+from manager.http_errors import install_error_handlers
+from manager.services import projects, tokens
+from manager.settings import Settings
+
+log = logging.getLogger("inferencekey.manager")
+
+
+async def _bootstrap(app: FastAPI, settings: Settings) -> None:
+    async with app.state.sessions() as session:
+        await projects.ensure_default_tenant(session)
+        generated = await tokens.bootstrap_admin(session, settings.admin_token, settings.data_dir)
+        await session.commit()
+    if generated:
+        path = settings.data_dir / tokens.ADMIN_TOKEN_FILE
+        # Printed once, on first start, so the operator can copy it; also kept in a 0600 file.
+        print(
+            f"InferenceKey admin token (shown once, also saved to {path}):\n{generated}",
+            file=sys.stdout,
+            flush=True,
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The Manager app. ``settings.database_url`` must be set (the CLI starts an embedded one)."""
+    if not settings.database_url:
+        raise ValueError("create_app needs settings.database_url")
+    database_url = settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.run_migrations:
+            await upgrade_to_head_async(database_url)
+        engine = make_engine(database_url)
+        app.state.engine = engine
+        app.state.sessions = make_sessionmaker(engine)
+        try:
+            await _bootstrap(app, settings)
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="InferenceKey Manager",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(workloads.router)
+    app.include_router(admin.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,159 @@
+"""Credentials: minting, hashing, authenticating, and the plane and scope rules.
+
+A token is ``ik_<kind>_<8 hex id>_<64 hex secret>`` (256 random bits). Only the SHA-256 digest
+of the whole token is stored; lookups go by the public id and compare digests in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+from inferencekey.validation import redact_token
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from manager.db.models import Token
+from manager.errors import (
+    ProjectScopeMismatch,
+    ScopeInsufficient,
+    Unauthenticated,
+    WrongCredentialType,
+)
+
+
+class TokenKind(StrEnum):
+    SDK = "sdk"
+    LIVE = "live"
+    ADMIN = "admin"
+    AGENT = "agent"
+
+
+class Scope(StrEnum):
+    WORKLOAD_READ = "workload:read"
+    WORKLOAD_WRITE = "workload:write"
+    ASSIGNMENT_WRITE = "assignment:write"
+
+
+DEFAULT_SDK_SCOPES: tuple[str, ...] = tuple(scope.value for scope in Scope)
+READ_ONLY_SDK_SCOPES: tuple[str, ...] = (Scope.WORKLOAD_READ.value,)
+ALL_WORKLOADS = "*"
+
+TOKEN_PATTERN = re.compile(r"^ik_(sdk|live|admin|agent)_([0-9a-f]{8})_([0-9a-f]{64})$")
+_PLANE_NAMES = {
+    TokenKind.SDK: "an ik_sdk_ control-plane token",
+    TokenKind.LIVE: "an ik_live_ data-plane key",
+    TokenKind.ADMIN: "an ik_admin_ operator credential",
+    TokenKind.AGENT: "an ik_agent_ worker credential",
+}
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    id: str
+    kind: TokenKind
+    token: str
+
+    @property
+    def digest(self) -> bytes:
+        return token_digest(self.token)
+
+
+def mint_token(kind: TokenKind) -> MintedToken:
+    token_id = secrets.token_hex(4)
+    token = f"ik_{kind.value}_{token_id}_{secrets.token_hex(32)}"
+    return MintedToken(id=token_id, kind=kind, token=token)
+
+
+def parse_token(token: str) -> tuple[TokenKind, str] | None:
+    """(kind, id) of a well-formed token, else None."""
+    match = TOKEN_PATTERN.match(token)
+    if not match:
+        return None
+    return TokenKind(match.group(1)), match.group(2)
+
+
+def display_token(kind: str, token_id: str) -> str:
+    """The only form of a credential that logs, errors and listings show."""
+    return f"ik_{kind}_{token_id}…"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an authenticated, unrevoked credential."""
+
+    token_id: str
+    kind: TokenKind
+    project_id: str | None
+    scopes: frozenset[str]
+    workload_grants: frozenset[str]
+
+    @property
+    def display(self) -> str:
+        return display_token(self.kind.value, self.token_id)
+
+    @classmethod
+    def from_row(cls, row: Token) -> Principal:
+        return cls(
+            token_id=row.id,
+            kind=TokenKind(row.kind),
+            project_id=row.project_id,
+            scopes=frozenset(row.scopes or ()),
+            workload_grants=frozenset(row.workload_grants or ()),
+        )
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+async def authenticate(session: AsyncSession, authorization: str | None) -> Principal:
+    """The caller behind an ``Authorization`` header; 401 when it cannot be authenticated."""
+    token = bearer_token(authorization)
+    if token is None:
+        raise Unauthenticated("missing credentials: send Authorization: Bearer <token>")
+    parsed = parse_token(token)
+    if parsed is None:
+        raise Unauthenticated(f"malformed credential {redact_token(token)}")
+    kind, token_id = parsed
+    row = await session.get(Token, token_id)
+    # Compare even when the id is unknown, so timing does not tell ids apart.
+    stored = row.digest if row is not None and row.kind == kind.value else b"\0" * 32
+    if not hmac.compare_digest(stored, token_digest(token)) or row is None:
+        raise Unauthenticated()
+    if row.revoked_at is not None:
+        raise Unauthenticated()
+    return Principal.from_row(row)
+
+
+def require_kind(principal: Principal, kind: TokenKind, where: str) -> None:
+    if principal.kind is not kind:
+        raise WrongCredentialType(
+            f"{where} requires {_PLANE_NAMES[kind]}; got {_PLANE_NAMES[principal.kind]} "
+            f"({principal.display})"
+        )
+
+
+def require_scope(principal: Principal, scope: Scope) -> None:
+    if scope.value not in principal.scopes:
+        raise ScopeInsufficient(
+            f"this credential cannot perform the requested operation (needs {scope.value}; "
+            f"{principal.display} has {', '.join(sorted(principal.scopes)) or 'no scopes'})"
+        )
+
+
+def require_project(principal: Principal, project_id: str | None, shown_as: str) -> None:
+    if project_id is None or principal.project_id != project_id:
+        raise ProjectScopeMismatch(f'token is not scoped to project "{shown_as}"')

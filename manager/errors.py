@@ -1,0 +1,136 @@
+"""Errors are values with a code: one class per typed code, mapped to HTTP in one place."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ApiProblem(Exception):
+    """A failure the client should see. Body: ``{"error", "code", "message"}``.
+
+    ``error`` is the code for 403s and the sentence otherwise, because that is what the
+    official client reads.
+    """
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None, **extra: Any):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        error = self.code if self.status == 403 else self.message
+        body: dict[str, Any] = {"error": error, "code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        body.update(self.extra)
+        return body
+
+
+class InvalidRequest(ApiProblem):
+    code = "invalid_request"
+
+
+class ValidationFailed(ApiProblem):
+    code = "validation_error"
+
+
+class MalformedJson(ApiProblem):
+    code = "malformed_json"
+
+
+class UnknownBackend(ApiProblem):
+    code = "unknown_backend"
+
+
+class BackendNotAllowed(ApiProblem):
+    code = "backend_not_allowed"
+
+
+class PlacementFieldNotAllowed(ApiProblem):
+    code = "placement_field_not_allowed"
+
+
+class SecretInSpec(ApiProblem):
+    code = "secret_in_spec"
+
+
+class InvalidPolicyConfig(ApiProblem):
+    code = "invalid_execution_policy_config"
+
+
+class FieldNotPatchable(ApiProblem):
+    code = "field_not_patchable"
+
+
+class Unauthenticated(ApiProblem):
+    status = 401
+    code = "invalid_credentials"
+
+    def __init__(self, message: str = "invalid or expired credentials", **extra: Any):
+        super().__init__(message, **extra)
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
+
+class WrongCredentialType(ApiProblem):
+    status = 403
+    code = "wrong_credential_type"
+
+
+class ProjectScopeMismatch(ApiProblem):
+    status = 403
+    code = "project_scope_mismatch"
+
+
+class ScopeInsufficient(ApiProblem):
+    status = 403
+    code = "scope_insufficient"
+
+
+class NotFound(ApiProblem):
+    status = 404
+    code = "not_found"
+
+
+class ProjectNotFound(NotFound):
+    code = "project_not_found"
+
+
+class WorkloadNotFound(NotFound):
+    code = "workload_not_found"
+
+
+class TokenNotFound(NotFound):
+    code = "token_not_found"
+
+
+class RouteNotFound(NotFound):
+    code = "route_not_found"
+
+
+class MethodNotAllowed(ApiProblem):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(ApiProblem):
+    status = 409
+    code = "conflict"
+
+
+class SlugConflict(Conflict):
+    code = "slug_conflict"
+
+
+class BodyTooLarge(ApiProblem):
+    status = 413
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(ApiProblem):
+    status = 415
+    code = "unsupported_media_type"

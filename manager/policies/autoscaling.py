@@ -1,0 +1,103 @@
+"""``autoscaling``: between ``min_workers`` and ``max_workers`` with demand.
+
+Shapes (contract section 6): cloud pool with a cost ceiling, private worker ids, or the legacy
+root ``gpu_pool`` (which cannot carry ``allowed_cuda_versions``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ._rules import (
+    ROOT,
+    fail,
+    is_int,
+    is_number,
+    reject_unknown_keys,
+    require_int,
+    require_string_list,
+)
+
+ROOT_KEYS = ("min_workers", "max_workers", "max_hourly_cost_usd", "workers", "gpu_pool")
+WORKERS_KEYS = ("source", "cloud_pool", "private_worker_ids")
+CLOUD_POOL_KEYS = ("gpu_pool", "max_hourly_cost_usd", "max_instances", "allowed_cuda_versions")
+SOURCES = ("cloud", "private")
+_CUDA_VERSION = re.compile(r"^\d+\.\d+$")
+
+
+def _require_positive_cost(config: dict[str, Any], path: str, *, required: bool) -> None:
+    if "max_hourly_cost_usd" not in config:
+        if required:
+            raise fail(
+                f"{path}.max_hourly_cost_usd", "is required for a cloud pool and must be > 0"
+            )
+        return
+    value = config["max_hourly_cost_usd"]
+    if not is_number(value) or value <= 0:
+        raise fail(f"{path}.max_hourly_cost_usd", f"must be greater than zero, got {value!r}")
+
+
+def _validate_cloud_pool(pool: Any, path: str) -> None:
+    if not isinstance(pool, dict):
+        raise fail(path, "must be an object")
+    reject_unknown_keys(pool, CLOUD_POOL_KEYS, path, "autoscaling")
+    require_string_list(pool.get("gpu_pool"), f"{path}.gpu_pool")
+    _require_positive_cost(pool, path, required=False)
+    require_int(pool, "max_instances", path, minimum=1)
+    if "allowed_cuda_versions" in pool:
+        versions = require_string_list(
+            pool["allowed_cuda_versions"], f"{path}.allowed_cuda_versions"
+        )
+        for version in versions:
+            if not _CUDA_VERSION.match(version):
+                raise fail(f"{path}.allowed_cuda_versions", f"{version!r} is not like '13.0'")
+
+
+def _validate_workers(workers: Any, config: dict[str, Any]) -> None:
+    path = f"{ROOT}.workers"
+    if not isinstance(workers, dict):
+        raise fail(path, "must be an object")
+    reject_unknown_keys(workers, WORKERS_KEYS, path, "autoscaling")
+    source = workers.get("source")
+    if source not in SOURCES:
+        raise fail(f"{path}.source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "cloud":
+        if "private_worker_ids" in workers:
+            raise fail(f"{path}.private_worker_ids", "is only for source 'private'")
+        if "cloud_pool" not in workers:
+            raise fail(f"{path}.cloud_pool", "is required for source 'cloud'")
+        _require_positive_cost(config, ROOT, required=True)
+        _validate_cloud_pool(workers["cloud_pool"], f"{path}.cloud_pool")
+    else:
+        if "cloud_pool" in workers:
+            raise fail(f"{path}.cloud_pool", "is only for source 'cloud'")
+        require_string_list(workers.get("private_worker_ids"), f"{path}.private_worker_ids")
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    if "allowed_cuda_versions" in config:
+        raise fail(
+            f"{ROOT}.allowed_cuda_versions",
+            "cannot be set with the legacy root gpu_pool; use "
+            "workers.cloud_pool.allowed_cuda_versions",
+        )
+    reject_unknown_keys(config, ROOT_KEYS, ROOT, "autoscaling")
+    min_workers = require_int(config, "min_workers", ROOT, minimum=0)
+    max_workers = require_int(config, "max_workers", ROOT, minimum=0)
+    if is_int(min_workers) and is_int(max_workers) and min_workers > max_workers:  # type: ignore[operator]
+        raise fail(
+            f"{ROOT}.min_workers",
+            f"({min_workers}) must be <= max_workers ({max_workers})",
+        )
+    if "gpu_pool" in config:
+        if "workers" in config:
+            raise fail(
+                f"{ROOT}.gpu_pool", "cannot be combined with workers; use workers.cloud_pool"
+            )
+        require_string_list(config["gpu_pool"], f"{ROOT}.gpu_pool")
+        _require_positive_cost(config, ROOT, required=True)
+    elif "workers" in config:
+        _validate_workers(config["workers"], config)
+    else:
+        _require_positive_cost(config, ROOT, required=False)

@@ -1,0 +1,1 @@
+"""Business rules, callable without HTTP. Routes parse, authorise, call one of these."""

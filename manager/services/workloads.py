@@ -1,0 +1,174 @@
+"""Workloads: create, update (merge, re-validate, bump generation), delete, look up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferencekey.enums import ReadinessPhase
+from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from manager.auth import Principal, Scope, require_scope
+from manager.db.models import Project, Workload
+from manager.errors import FieldNotPatchable, ProjectScopeMismatch, SlugConflict, WorkloadNotFound
+from manager.ids import new_id
+from manager.validation import canonical_slug, validate_workload
+
+from . import events
+from .timefmt import rfc3339, utcnow
+
+# The spec fields a client writes; echoed back exactly as written.
+SPEC_FIELDS = (
+    "name",
+    "description",
+    "task_type",
+    "backend",
+    "model_name",
+    "config",
+    "worker_id",
+    "gpu_resource_id",
+    "execution_policy",
+    "execution_policy_config",
+)
+ASSIGNMENT_FIELDS = ("worker_id", "gpu_resource_id")
+WAITING_FOR_PLACEMENT = "waiting for the reconciler to place replicas"
+
+
+def _spec_of(workload: Workload) -> dict[str, Any]:
+    spec = {name: getattr(workload, name) for name in SPEC_FIELDS}
+    spec["slug"] = workload.slug
+    return spec
+
+
+def _require_write(principal: Principal, fields: dict[str, Any]) -> None:
+    require_scope(principal, Scope.WORKLOAD_WRITE)
+    if any(fields.get(name) is not None for name in ASSIGNMENT_FIELDS):
+        require_scope(principal, Scope.ASSIGNMENT_WRITE)
+
+
+async def create_workload(
+    session: AsyncSession, principal: Principal, project: Project, request: CreateWorkloadRequest
+) -> Workload:
+    fields = request.model_dump()
+    _require_write(principal, fields)
+    fields["slug"] = canonical_slug(request.slug if request.slug is not None else request.name)
+    validate_workload(fields)
+    workload = Workload(
+        id=new_id("wl"),
+        project_id=project.id,
+        generation=1,
+        phase=ReadinessPhase.SCHEDULING.value,
+        phase_reason=WAITING_FOR_PLACEMENT,
+        **fields,
+    )
+    session.add(workload)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise SlugConflict(
+            f'a workload with slug "{fields["slug"]}" already exists in project "{project.slug}"',
+            field="slug",
+        ) from None
+    await events.record(
+        session, workload.id, "created", f"created at generation 1 by {principal.display}"
+    )
+    await session.refresh(workload)
+    return workload
+
+
+async def update_workload(
+    session: AsyncSession, principal: Principal, workload: Workload, request: UpdateWorkloadRequest
+) -> Workload:
+    """Merge the given fields into the stored spec, validate the result, bump the generation."""
+    given = {name: getattr(request, name) for name in request.model_fields_set}
+    _require_write(principal, given)
+    if "task_type" in given and given["task_type"] != workload.task_type:
+        raise FieldNotPatchable(
+            f"task_type cannot be changed (it is {workload.task_type!r}); "
+            "delete the workload and create it again with the new task_type",
+            field="task_type",
+        )
+    merged = _spec_of(workload) | given
+    validate_workload(merged)
+    changed = sorted(name for name in SPEC_FIELDS if merged[name] != getattr(workload, name))
+    if not changed:
+        return workload
+    for name in changed:
+        setattr(workload, name, merged[name])
+    workload.generation += 1
+    workload.updated_at = utcnow()
+    await events.record(
+        session,
+        workload.id,
+        "updated",
+        f"{', '.join(changed)} changed (generation {workload.generation}) by {principal.display}",
+        {"fields": changed, "generation": workload.generation},
+    )
+    await session.flush()
+    await session.refresh(workload)
+    return workload
+
+
+async def delete_workload(session: AsyncSession, principal: Principal, workload: Workload) -> None:
+    """Mark deleted; its replicas are stopped by the reconciler and its slug is free again."""
+    require_scope(principal, Scope.WORKLOAD_WRITE)
+    workload.deleted_at = utcnow()
+    workload.updated_at = workload.deleted_at
+    workload.phase = "deleted"
+    workload.phase_reason = f"deleted by {principal.display}"
+    await events.record(session, workload.id, "deleted", workload.phase_reason)
+    await session.flush()
+
+
+async def list_workloads(session: AsyncSession, project: Project) -> list[Workload]:
+    result = await session.execute(
+        select(Workload)
+        .where(Workload.project_id == project.id, Workload.deleted_at.is_(None))
+        .order_by(Workload.created_at, Workload.id)
+    )
+    return list(result.scalars())
+
+
+async def find_workload(
+    session: AsyncSession, principal: Principal, project: Project, ref: str, *, for_update: bool
+) -> Workload:
+    """A live workload by id, or by slug inside the caller's project."""
+    query = select(Workload).where(Workload.deleted_at.is_(None))
+    if ref.startswith("wl_"):
+        query = query.where(Workload.id == ref)
+    else:
+        query = query.where(Workload.project_id == project.id, Workload.slug == ref)
+    if for_update:
+        query = query.with_for_update()
+    workload = (await session.execute(query)).scalar_one_or_none()
+    if workload is None:
+        raise WorkloadNotFound(f'workload "{ref}" not found in project "{project.slug}"')
+    if workload.project_id != principal.project_id:
+        raise ProjectScopeMismatch(
+            f'workload "{ref}" belongs to another project; this token is scoped to project '
+            f'"{project.slug}"'
+        )
+    return workload
+
+
+def workload_view(workload: Workload, project: Project) -> dict[str, Any]:
+    """The contract's workload shape plus project/workload slugs and a status object."""
+    view: dict[str, Any] = {
+        "id": workload.id,
+        "project_id": workload.project_id,
+        "project_slug": project.slug,
+        "slug": workload.slug,
+        "workload_slug": workload.slug,
+    }
+    view.update({name: getattr(workload, name) for name in SPEC_FIELDS})
+    view.update(
+        {
+            "generation": workload.generation,
+            "status": {"phase": workload.phase, "reason": workload.phase_reason},
+            "created_at": rfc3339(workload.created_at),
+            "updated_at": rfc3339(workload.updated_at),
+        }
+    )
+    return view

@@ -1,0 +1,60 @@
+"""Manager settings: flags override environment variables, which override defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "inferencekey"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+@dataclass
+class Settings:
+    """Everything the Manager process is configured with.
+
+    ``database_url`` None means: run the embedded Postgres in ``data_dir``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    admin_token: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    run_migrations: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from ``INFERENCEKEY_*`` variables; non-None ``overrides`` win."""
+        values: dict[str, object] = {}
+        if host := _env("INFERENCEKEY_HOST"):
+            values["host"] = host
+        if port := _env("INFERENCEKEY_PORT"):
+            values["port"] = int(port)
+        if url := _env("INFERENCEKEY_DATABASE_URL"):
+            values["database_url"] = url
+        if data_dir := _env("INFERENCEKEY_DATA_DIR"):
+            values["data_dir"] = Path(data_dir)
+        if token := _env("INFERENCEKEY_ADMIN_TOKEN"):
+            values["admin_token"] = token
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("data_dir"), str):
+            values["data_dir"] = Path(str(values["data_dir"]))
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def asyncpg_url(url: str) -> str:
+    """A SQLAlchemy URL for asyncpg, whatever Postgres URL form the operator gave."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,114 @@
+"""Validation of a whole workload spec. Create and PATCH (on the merged result) both use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferencekey.enums import TASK_TYPE_VALUES, Backend
+from inferencekey.validation import blank_field, secret_field, slugify
+
+from manager.errors import (
+    BackendNotAllowed,
+    SecretInSpec,
+    UnknownBackend,
+    ValidationFailed,
+)
+from manager.policies import validate_policy
+from manager.task_backends import BUILTIN_BACKENDS, allowed_backends
+
+MAX_LENGTHS = {
+    "name": 200,
+    "slug": 100,
+    "model_name": 500,
+    "description": 2000,
+    "worker_id": 100,
+    "gpu_resource_id": 100,
+}
+MAX_COMMAND_LENGTH = 16 * 1024
+CONFIG_KEYS = ("command", "vllm_version")
+VLLM_BACKENDS = (Backend.VLLM.value, Backend.VLLM_OMNI.value)
+
+
+def canonical_slug(raw: str) -> str:
+    slug = slugify(raw)
+    if not slug:
+        raise ValidationFailed(
+            f"slug {raw!r} must contain at least one letter or digit", field="slug"
+        )
+    return slug
+
+
+def _validate_config(backend: str, config: Any) -> None:
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise ValidationFailed("config must be an object", field="config")
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValidationFailed(
+            f"config has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed keys: {', '.join(CONFIG_KEYS)}",
+            field=f"config.{unknown[0]}",
+        )
+    command = config.get("command")
+    if "command" in config and (not isinstance(command, str) or not command.strip()):
+        raise ValidationFailed("config.command must be a non-empty string", field="config.command")
+    if isinstance(command, str) and len(command) > MAX_COMMAND_LENGTH:
+        raise ValidationFailed(
+            f"config.command is longer than {MAX_COMMAND_LENGTH} characters", field="config.command"
+        )
+    if "vllm_version" in config:
+        version = config["vllm_version"]
+        if not isinstance(version, str) or not version.strip():
+            raise ValidationFailed(
+                "config.vllm_version must be a non-empty string", field="config.vllm_version"
+            )
+        if backend not in VLLM_BACKENDS:
+            raise ValidationFailed(
+                f"config.vllm_version applies only to backends {', '.join(VLLM_BACKENDS)}",
+                field="config.vllm_version",
+            )
+
+
+def validate_workload(fields: dict[str, Any]) -> None:
+    """Every rule on a full spec; raises the first problem found, naming its field."""
+    blank = blank_field(fields, ("name", "slug", "model_name"))
+    if blank:
+        raise ValidationFailed(f"{blank} must not be empty", field=blank)
+    for name, limit in MAX_LENGTHS.items():
+        value = fields.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            raise ValidationFailed(f"{name} is longer than {limit} characters", field=name)
+    for name in ("worker_id", "gpu_resource_id"):
+        value = fields.get(name)
+        if value is not None and not value.strip():
+            raise ValidationFailed(f"{name} must not be blank; omit it or use null", field=name)
+    secret_path = secret_field({k: v for k, v in fields.items() if v is not None})
+    if secret_path:
+        raise SecretInSpec(
+            f"{secret_path} holds what looks like an InferenceKey credential; "
+            "secrets must never go in specs",
+            field=secret_path,
+        )
+    task_type = fields["task_type"]
+    if task_type not in TASK_TYPE_VALUES:
+        raise ValidationFailed(
+            f"task_type {task_type!r} is not one of: {', '.join(TASK_TYPE_VALUES)}",
+            field="task_type",
+        )
+    backend = fields["backend"]
+    if backend not in BUILTIN_BACKENDS:
+        raise UnknownBackend(
+            f"unknown backend {backend!r}; this Manager runs: {', '.join(BUILTIN_BACKENDS)}",
+            field="backend",
+        )
+    allowed = allowed_backends(task_type)
+    if backend not in allowed:
+        choices = ", ".join(allowed) if allowed else "none of the built-in backends"
+        raise BackendNotAllowed(
+            f"task_type {task_type!r} does not allow backend {backend!r}; "
+            f"allowed backends for {task_type!r}: {choices}",
+            field="backend",
+        )
+    _validate_config(backend, fields.get("config"))
+    validate_policy(fields.get("execution_policy"), fields.get("execution_policy_config"))

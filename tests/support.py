@@ -1,0 +1,146 @@
+"""Helpers the tests share: a fresh database, a live Manager, and admin-API shortcuts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import uvicorn
+
+from manager.app import create_app
+from manager.settings import Settings
+
+# Where tests may create and drop databases (CI: Postgres at 127.0.0.1:5432, trust auth).
+SERVER_URL = os.environ.get(
+    "INFERENCEKEY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def create_database() -> str:
+    """A new, empty database on the test server; returns its URL."""
+    name = f"ik_test_{os.getpid()}_{secrets.token_hex(3)}"
+
+    async def run() -> None:
+        connection = await asyncpg.connect(SERVER_URL)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+    return _with_database(SERVER_URL, name)
+
+
+def drop_database(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+
+    async def run() -> None:
+        connection = await asyncpg.connect(SERVER_URL)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def new_admin_token() -> str:
+    return f"ik_admin_{secrets.token_hex(4)}_{secrets.token_hex(32)}"
+
+
+@dataclass
+class RunningManager:
+    url: str
+    admin_token: str
+    database_url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def start_manager(settings: Settings) -> RunningManager:
+    """A real Manager on uvicorn, in a thread, on a free loopback port."""
+    assert settings.database_url and settings.admin_token
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="manager", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the Manager did not start; see the log above")
+        time.sleep(0.05)
+    return RunningManager(
+        url=f"http://127.0.0.1:{settings.port}",
+        admin_token=settings.admin_token,
+        database_url=settings.database_url,
+        server=server,
+        thread=thread,
+    )
+
+
+@dataclass
+class TestProject:
+    __test__ = False
+
+    id: str
+    slug: str
+    sdk_token: str
+
+
+def _created(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def create_project(admin: httpx.Client, slug: str | None = None) -> dict[str, Any]:
+    slug = slug or f"proj-{secrets.token_hex(4)}"
+    return _created(admin.post("/api/admin/projects", json={"slug": slug}))
+
+
+def create_sdk_token(admin: httpx.Client, project_slug: str, read_only: bool = False) -> str:
+    body = {"project": project_slug, "read_only": read_only}
+    return str(_created(admin.post("/api/admin/tokens", json=body))["token"])
+
+
+def create_live_key(
+    admin: httpx.Client, project_slug: str, workloads: list[str] | None = None
+) -> str:
+    body: dict[str, Any] = {"project": project_slug}
+    body.update({"workloads": workloads} if workloads else {"all": True})
+    return str(_created(admin.post("/api/admin/keys", json=body))["token"])
+
+
+def revoke(admin: httpx.Client, token: str) -> None:
+    token_id = token.split("_")[2]
+    response = admin.delete(f"/api/admin/tokens/{token_id}")
+    assert response.status_code == 200, response.text
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
