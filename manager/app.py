@@ -39,6 +39,8 @@ def create_app(settings: Settings) -> FastAPI:
     """The Manager app. ``settings.database_url`` must be set (the CLI starts an embedded one)."""
     if not settings.database_url:
         raise ValueError("create_app needs settings.database_url")
+    if settings.admin_token:
+        tokens.configured_admin_token_id(settings.admin_token)
     database_url = settings.database_url
 
     @asynccontextmanager

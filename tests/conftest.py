@@ -30,7 +30,9 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def manager(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningManager]:
+def manager(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningManager]:
     settings = Settings(
         port=free_port(),
         database_url=database_url,

@@ -34,9 +34,9 @@ async def create_project(session: AsyncSession, slug: str, name: str | None) -> 
     project = Project(
         id=new_id("proj"), tenant_id=DEFAULT_TENANT_ID, slug=canonical, name=name or canonical
     )
-    session.add(project)
     try:
-        await session.flush()
+        async with session.begin_nested():
+            session.add(project)
     except IntegrityError:
         raise SlugConflict(
             f'a project with slug "{canonical}" already exists', field="slug"

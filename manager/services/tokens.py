@@ -148,6 +148,18 @@ def token_view(row: Token, project_slug: str | None, secret: str | None = None) 
     return view
 
 
+def configured_admin_token_id(configured: str) -> str:
+    """The id of a configured admin token; ValueError saying how to make one if malformed."""
+    parsed = parse_token(configured)
+    if parsed is None or parsed[0] is not TokenKind.ADMIN:
+        raise ValueError(
+            "INFERENCEKEY_ADMIN_TOKEN must look like ik_admin_<8 hex>_<64 hex>; "
+            'generate one with: python -c "import secrets; '
+            "print(f'ik_admin_{secrets.token_hex(4)}_{secrets.token_hex(32)}')\""
+        )
+    return parsed[1]
+
+
 async def bootstrap_admin(
     session: AsyncSession, configured: str | None, data_dir: Path
 ) -> str | None:
@@ -158,17 +170,11 @@ async def bootstrap_admin(
     """
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BOOTSTRAP_LOCK_KEY})
     if configured:
-        parsed = parse_token(configured)
-        if parsed is None or parsed[0] is not TokenKind.ADMIN:
-            raise ValueError(
-                "INFERENCEKEY_ADMIN_TOKEN must look like ik_admin_<8 hex>_<64 hex>; "
-                'generate one with: python -c "import secrets; '
-                "print(f'ik_admin_{secrets.token_hex(4)}_{secrets.token_hex(32)}')\""
-            )
-        existing = await session.get(Token, parsed[1])
+        token_id = configured_admin_token_id(configured)
+        existing = await session.get(Token, token_id)
         if existing is None:
             session.add(
-                Token(id=parsed[1], kind=TokenKind.ADMIN.value, digest=token_digest(configured))
+                Token(id=token_id, kind=TokenKind.ADMIN.value, digest=token_digest(configured))
             )
         elif existing.digest != token_digest(configured) or existing.kind != TokenKind.ADMIN.value:
             raise ValueError("INFERENCEKEY_ADMIN_TOKEN's id is taken by another credential")

@@ -63,9 +63,10 @@ async def create_workload(
         phase_reason=WAITING_FOR_PLACEMENT,
         **fields,
     )
-    session.add(workload)
     try:
-        await session.flush()
+        # A savepoint, so a taken slug rolls back only this insert.
+        async with session.begin_nested():
+            session.add(workload)
     except IntegrityError:
         raise SlugConflict(
             f'a workload with slug "{fields["slug"]}" already exists in project "{project.slug}"',
