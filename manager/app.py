@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -9,11 +11,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from manager.api import admin, workloads
+from manager.api import admin, agent, workers, workloads
 from manager.body_limit import BodyLimitMiddleware
 from manager.db.migrate import upgrade_to_head_async
 from manager.db.session import make_engine, make_sessionmaker
 from manager.http_errors import install_error_handlers
+from manager.notify import NotificationHub
+from manager.reconciler import Reconciler, run_reconciler
 from manager.services import projects, tokens
 from manager.settings import Settings
 
@@ -50,10 +54,25 @@ def create_app(settings: Settings) -> FastAPI:
         engine = make_engine(database_url)
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
+        hub = NotificationHub(database_url)
+        app.state.hub = hub
+        background: list[asyncio.Task[None]] = []
         try:
             await _bootstrap(app, settings)
+            await hub.start()
+            if settings.run_reconciler:
+                reconciler = Reconciler(app.state.sessions, hub, settings)
+                background.append(
+                    asyncio.create_task(run_reconciler(reconciler), name="reconciler")
+                )
             yield
         finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await hub.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -69,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(workloads.router)
     app.include_router(admin.router)
+    app.include_router(agent.router)
+    app.include_router(workers.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

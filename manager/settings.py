@@ -31,6 +31,13 @@ class Settings:
     admin_token: str | None = None
     max_body_bytes: int = 1024 * 1024
     run_migrations: bool = True
+    # Worker liveness: no heartbeat for this long -> not_ready, then lost (replicas re-placed).
+    worker_not_ready_after_s: float = 15.0
+    worker_lost_after_s: float = 60.0
+    heartbeat_interval_s: float = 2.0
+    # The reconciler runs on every change it is told of, and at least this often.
+    reconcile_interval_s: float = 2.0
+    run_reconciler: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -46,6 +53,14 @@ class Settings:
             values["data_dir"] = Path(data_dir)
         if token := _env("INFERENCEKEY_ADMIN_TOKEN"):
             values["admin_token"] = token
+        for name in (
+            "worker_not_ready_after_s",
+            "worker_lost_after_s",
+            "heartbeat_interval_s",
+            "reconcile_interval_s",
+        ):
+            if raw := _env(f"INFERENCEKEY_{name.upper()}"):
+                values[name] = float(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"]))

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import TestProject
+from tests.support import TestProject, create_project
 
 SPEC = {
     "name": "Support Bot",
@@ -91,9 +91,12 @@ def test_patch_with_unchanged_values_is_a_no_op(api: httpx.Client, project: Test
     assert again["generation"] == 1 and again["updated_at"] == created["updated_at"]
 
 
-def test_patch_can_unpin_with_null(api: httpx.Client, project: TestProject) -> None:
-    created = _create(api, project, worker_id="wrk_abc")
-    assert created["worker_id"] == "wrk_abc"
+def test_patch_can_unpin_with_null(
+    api: httpx.Client, admin: httpx.Client, project: TestProject
+) -> None:
+    worker = admin.post("/api/admin/workers", json={"project": project.slug}).json()
+    created = _create(api, project, worker_id=worker["id"])
+    assert created["worker_id"] == worker["id"]
     updated = api.patch(f"/api/workloads/{created['id']}", json={"worker_id": None}).json()
     assert updated["worker_id"] is None
 
@@ -129,6 +132,25 @@ def test_events_record_create_update_and_delete(api: httpx.Client, project: Test
     created = _create(api, project)
     api.patch(f"/api/workloads/{created['id']}", json={"name": "Renamed"})
     events = api.get(f"/api/workloads/{created['id']}/events").json()["events"]
+    events = [e for e in events if e["kind"] in ("created", "updated")]
     assert [e["kind"] for e in events] == ["created", "updated"]
     assert events[1]["data"] == {"fields": ["name"], "generation": 2}
     assert "ik_sdk_" in events[0]["message"] and project.sdk_token not in events[0]["message"]
+
+
+def test_pinning_a_worker_of_another_project_is_400(
+    api: httpx.Client, admin: httpx.Client, project: TestProject
+) -> None:
+    other = create_project(admin)["slug"]
+    foreign = admin.post("/api/admin/workers", json={"project": other}).json()
+    shared = admin.post("/api/admin/workers", json={}).json()
+    response = api.post(
+        f"/api/projects/{project.slug}/workloads", json={**SPEC, "worker_id": foreign["id"]}
+    )
+    assert response.status_code == 400
+    assert "worker_id must belong to the same project" in response.json()["message"]
+    unknown = api.post(
+        f"/api/projects/{project.slug}/workloads", json={**SPEC, "worker_id": "wrk_x"}
+    )
+    assert (unknown.status_code, unknown.json()["field"]) == (400, "worker_id")
+    assert _create(api, project, worker_id=shared["id"])["worker_id"] == shared["id"]

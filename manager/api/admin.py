@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
-from manager.services import projects, tokens
+from manager.services import projects, tokens, workers
 
 from .deps import AdminCaller, Session
 
@@ -36,6 +36,24 @@ class CreateLiveKeyRequest(BaseModel):
     workloads: list[StrictStr] | None = None
     all: StrictBool = False
     name: StrictStr | None = None
+
+
+class CreateWorkerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr | None = None
+    project: StrictStr | None = None
+
+
+@router.post("/workers", status_code=status.HTTP_201_CREATED)
+async def create_worker(
+    body: CreateWorkerRequest, caller: AdminCaller, session: Session
+) -> dict[str, Any]:
+    """A worker and its ik_agent_ credential (shown once); private to ``project`` if given."""
+    project = await projects.get_project(session, body.project) if body.project else None
+    worker, secret = await workers.create_worker(session, name=body.name, project=project)
+    await session.commit()
+    return workers.worker_view(worker, [], token=secret)
 
 
 @router.post("/projects", status_code=status.HTTP_201_CREATED)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
+from sse_starlette.sse import EventSourceResponse
 
 from manager.services import events, workloads
+from manager.services.readiness_stream import readiness_stream
 
 from .deps import ControlReader, ControlWriter, OwnProject, PathProject, Session
 
 router = APIRouter(prefix="/api")
+KEEPALIVE_S = 15
 
 
 @router.get("/projects/{project}/workloads")
@@ -74,3 +77,21 @@ async def list_workload_events(
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
     rows = await events.list_events(session, workload.id)
     return {"events": [events.event_view(row) for row in rows]}
+
+
+@router.get("/projects/{project}/workloads/{workload_slug}/readiness-events")
+async def readiness_events(
+    project: str,
+    workload_slug: str,
+    owner: PathProject,
+    caller: ControlReader,
+    request: Request,
+    session: Session,
+) -> EventSourceResponse:
+    """SSE of ``{phase, message, elapsed_ms, step?}``: a snapshot now, then each change."""
+    workload = await workloads.find_workload(
+        session, caller, owner, workload_slug, for_update=False
+    )
+    await session.close()  # the stream reads with short sessions of its own
+    frames = readiness_stream(request.app, workload.id, workload.updated_at)
+    return EventSourceResponse(frames, ping=KEEPALIVE_S, send_timeout=30)

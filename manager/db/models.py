@@ -80,6 +80,8 @@ class Workload(Base):
         JSON(none_as_null=True), nullable=True
     )
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    desired_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    ready_replicas: Mapped[int] = mapped_column(Integer, default=0)
     phase: Mapped[str] = mapped_column(String)
     phase_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -98,3 +100,68 @@ class WorkloadEvent(Base):
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Worker(Base):
+    """A host running the agent. ``project_id`` set means private to that project."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    name: Mapped[str] = mapped_column(String)
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), nullable=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id"))
+    state: Mapped[str] = mapped_column(String, default="registered")
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    address: Mapped[str | None] = mapped_column(String, nullable=True)
+    inventory: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    simulated: Mapped[bool] = mapped_column(default=False)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class GpuResource(Base):
+    """One GPU of a worker; its ``gpu_…`` id stays the same for the same (worker, UUID)."""
+
+    __tablename__ = "gpu_resources"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(ForeignKey("workers.id"))
+    uuid: Mapped[str] = mapped_column(String)
+    index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String)
+    memory_total_mb: Mapped[int] = mapped_column(Integer)
+    memory_used_mb: Mapped[int] = mapped_column(Integer, default=0)
+    utilization_pct: Mapped[int] = mapped_column(Integer, default=0)
+    simulated: Mapped[bool] = mapped_column(default=False)
+    present: Mapped[bool] = mapped_column(default=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Replica(Base):
+    """One engine instance of a workload on a worker.
+
+    ``spec`` snapshots what to run at ``generation``, so a rolling change can keep old replicas
+    serving until new ones are ready. ``desired_state`` is the Manager's; ``state`` the agent's.
+    """
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    workload_id: Mapped[str] = mapped_column(ForeignKey("workloads.id"))
+    worker_id: Mapped[str] = mapped_column(ForeignKey("workers.id"))
+    generation: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    gpu_resource_ids: Mapped[list[str]] = mapped_column(ARRAY(String), default=list)
+    claim_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    desired_state: Mapped[str] = mapped_column(String, default="run")
+    state: Mapped[str] = mapped_column(String, default="pending")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

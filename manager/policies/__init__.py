@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from inferencekey.enums import EXECUTION_POLICY_VALUES, ExecutionPolicy
@@ -32,3 +33,16 @@ def validate_policy(policy: str | None, config: dict[str, Any] | None) -> None:
             "execution_policy_config must be an object", field="execution_policy_config"
         )
     _VALIDATORS[policy or ExecutionPolicy.FIXED.value](config or {})
+
+
+def desired_replica_count(
+    policy: str | None, config: dict[str, Any] | None, now: datetime
+) -> tuple[int, str | None]:
+    """How many replicas a workload wants now, and why when that is zero or held."""
+    config = config or {}
+    if policy in (None, ExecutionPolicy.FIXED.value):
+        count = fixed.desired_replica_count(config)
+        return count, None if count else "fixed policy with replicas = 0"
+    if policy == ExecutionPolicy.SCHEDULED.value:
+        return scheduled.desired_replica_count(config, now)
+    return autoscaling.desired_replica_count(config)

@@ -101,3 +101,9 @@ def validate_config(config: dict[str, Any]) -> None:
         _validate_workers(config["workers"], config)
     else:
         _require_positive_cost(config, ROOT, required=False)
+
+
+def desired_replica_count(config: dict[str, Any]) -> tuple[int, str | None]:
+    floor = int(config.get("min_workers") or 0)
+    reason = "demand-based scaling is not in this Manager release yet; holding min_workers"
+    return floor, reason

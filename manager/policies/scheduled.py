@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import time
+from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -92,3 +92,24 @@ def validate_config(config: dict[str, Any]) -> None:
         validate_cron(value) if key == "cron" else parse_window(value)
     except ValueError as error:
         raise fail(f"{ROOT}.{key}", str(error)) from None
+
+
+def in_window(window: Window, now: datetime) -> bool:
+    local = now.astimezone(window.zone)
+    clock = local.time().replace(second=0, microsecond=0)
+    if window.start < window.end or window.end == time(0, 0):
+        opened_today = local.weekday() in window.weekdays and clock >= window.start
+        return opened_today and (window.end == time(0, 0) or clock < window.end)
+    # Past midnight: either the evening part today or the morning part of yesterday's window.
+    yesterday = (local.weekday() - 1) % 7
+    return (local.weekday() in window.weekdays and clock >= window.start) or (
+        yesterday in window.weekdays and clock < window.end
+    )
+
+
+def desired_replica_count(config: dict[str, Any], now: datetime) -> tuple[int, str | None]:
+    if "window" in config:
+        if in_window(parse_window(config["window"]), now):
+            return 1, None
+        return 0, f"outside the schedule window {config['window']}"
+    return 0, "cron schedules are not evaluated by this Manager release yet"

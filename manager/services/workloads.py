@@ -10,9 +10,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from manager import notify
 from manager.auth import Principal, Scope, require_scope
-from manager.db.models import Project, Workload
-from manager.errors import FieldNotPatchable, ProjectScopeMismatch, SlugConflict, WorkloadNotFound
+from manager.db.models import GpuResource, Project, Worker, Workload
+from manager.errors import (
+    FieldNotPatchable,
+    ProjectScopeMismatch,
+    SlugConflict,
+    ValidationFailed,
+    WorkloadNotFound,
+)
 from manager.ids import new_id
 from manager.validation import canonical_slug, validate_workload
 
@@ -33,6 +40,8 @@ SPEC_FIELDS = (
     "execution_policy_config",
 )
 ASSIGNMENT_FIELDS = ("worker_id", "gpu_resource_id")
+# A change to one of these replaces the running replicas.
+ROLLING_FIELDS = frozenset({"backend", "model_name", "config", "worker_id", "gpu_resource_id"})
 WAITING_FOR_PLACEMENT = "waiting for the reconciler to place replicas"
 
 
@@ -48,6 +57,36 @@ def _require_write(principal: Principal, fields: dict[str, Any]) -> None:
         require_scope(principal, Scope.ASSIGNMENT_WRITE)
 
 
+async def check_pins(session: AsyncSession, project: Project, fields: dict[str, Any]) -> None:
+    """A pinned worker must be the project's own or shared; a pinned GPU must be on it."""
+    worker_id, gpu_id = fields.get("worker_id"), fields.get("gpu_resource_id")
+    if worker_id is not None:
+        worker = await session.get(Worker, worker_id)
+        if worker is None:
+            raise ValidationFailed(
+                f"worker_id {worker_id!r} is not a registered worker", field="worker_id"
+            )
+        if worker.project_id not in (None, project.id):
+            raise ValidationFailed(
+                f"worker_id must belong to the same project: {worker_id} is private to another "
+                "project (use one of this project's workers or the shared pool)",
+                field="worker_id",
+            )
+    if gpu_id is not None:
+        gpu = await session.get(GpuResource, gpu_id)
+        owner = await session.get(Worker, gpu.worker_id) if gpu else None
+        if gpu is None or owner is None or owner.project_id not in (None, project.id):
+            raise ValidationFailed(
+                f"gpu_resource_id {gpu_id!r} is not a GPU of a worker this project may use",
+                field="gpu_resource_id",
+            )
+        if worker_id is not None and gpu.worker_id != worker_id:
+            raise ValidationFailed(
+                f"gpu_resource_id {gpu_id} is on worker {gpu.worker_id}, not on {worker_id}",
+                field="gpu_resource_id",
+            )
+
+
 async def create_workload(
     session: AsyncSession, principal: Principal, project: Project, request: CreateWorkloadRequest
 ) -> Workload:
@@ -55,6 +94,7 @@ async def create_workload(
     _require_write(principal, fields)
     fields["slug"] = canonical_slug(request.slug if request.slug is not None else request.name)
     validate_workload(fields)
+    await check_pins(session, project, fields)
     workload = Workload(
         id=new_id("wl"),
         project_id=project.id,
@@ -75,6 +115,7 @@ async def create_workload(
     await events.record(
         session, workload.id, "created", f"created at generation 1 by {principal.display}"
     )
+    await notify.notify(session, notify.RECONCILE, workload.id)
     await session.refresh(workload)
     return workload
 
@@ -93,12 +134,20 @@ async def update_workload(
         )
     merged = _spec_of(workload) | given
     validate_workload(merged)
+    if any(name in given for name in ASSIGNMENT_FIELDS):
+        project = await session.get(Project, workload.project_id)
+        assert project is not None
+        await check_pins(session, project, merged)
     changed = sorted(name for name in SPEC_FIELDS if merged[name] != getattr(workload, name))
     if not changed:
         return workload
     for name in changed:
         setattr(workload, name, merged[name])
     workload.generation += 1
+    if set(changed) & ROLLING_FIELDS:
+        # Until the reconciler has looked, the old phase would describe the old spec.
+        workload.phase = ReadinessPhase.SCHEDULING.value
+        workload.phase_reason = f"rolling out generation {workload.generation}"
     workload.updated_at = utcnow()
     await events.record(
         session,
@@ -107,6 +156,7 @@ async def update_workload(
         f"{', '.join(changed)} changed (generation {workload.generation}) by {principal.display}",
         {"fields": changed, "generation": workload.generation},
     )
+    await notify.notify(session, notify.RECONCILE, workload.id)
     await session.flush()
     await session.refresh(workload)
     return workload
@@ -120,6 +170,7 @@ async def delete_workload(session: AsyncSession, principal: Principal, workload:
     workload.phase = "deleted"
     workload.phase_reason = f"deleted by {principal.display}"
     await events.record(session, workload.id, "deleted", workload.phase_reason)
+    await notify.notify(session, notify.RECONCILE, workload.id)
     await session.flush()
 
 

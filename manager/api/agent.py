@@ -1,0 +1,67 @@
+"""The agent protocol: heartbeats in, the desired replica set out (``ik_agent_`` only)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from manager import notify
+from manager.auth import TokenKind, authenticate, require_kind
+from manager.db.models import Worker
+from manager.services import workers
+from manager.services.timefmt import utcnow
+from worker_agent.protocol import MAX_WAIT_S, Assignments, Heartbeat
+
+router = APIRouter(prefix="/api/agent")
+WHERE = "the agent protocol (/api/agent)"
+
+
+async def _agent_worker(request: Request) -> Worker:
+    # Short-lived session: a long-poll must not hold a database connection while it waits.
+    async with request.app.state.sessions() as session:
+        principal = await authenticate(session, request.headers.get("authorization"))
+        require_kind(principal, TokenKind.AGENT, WHERE)
+        return await workers.worker_for_agent(session, principal)
+
+
+async def _answer(request: Request, worker: Worker) -> Assignments:
+    async with request.app.state.sessions() as session:
+        replicas = await workers.assignments(session, worker)
+    return Assignments(
+        worker_id=worker.id,
+        version=workers.assignments_version(replicas),
+        heartbeat_interval_s=request.app.state.settings.heartbeat_interval_s,
+        replicas=replicas,  # type: ignore[arg-type]
+    )
+
+
+@router.post("/heartbeat")
+async def heartbeat(request: Request, body: Heartbeat) -> Assignments:
+    worker = await _agent_worker(request)
+    async with request.app.state.sessions() as session:
+        row = await session.get(Worker, worker.id, with_for_update=True)
+        assert row is not None
+        await workers.record_heartbeat(session, row, body.model_dump(), utcnow())
+        await session.commit()
+    return await _answer(request, worker)
+
+
+@router.get("/assignments")
+async def watch_assignments(
+    request: Request,
+    version: str = "",
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 25.0,
+) -> Assignments:
+    """Answers as soon as the desired set differs from ``version``, or after ``wait`` seconds."""
+    worker = await _agent_worker(request)
+    hub: notify.NotificationHub = request.app.state.hub
+    deadline = time.monotonic() + wait
+    while True:
+        with hub.subscription(notify.ASSIGNMENTS, worker.id) as changed:
+            answer = await _answer(request, worker)
+            remaining = deadline - time.monotonic()
+            if answer.version != version or remaining <= 0:
+                return answer
+            await notify.wait_for(changed, remaining)

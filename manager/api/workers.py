@@ -1,0 +1,46 @@
+"""Workers and GPU resources: the operator sees all; an SDK token its project's and the pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from manager.auth import Principal, Scope, TokenKind, authenticate, require_scope
+from manager.errors import WrongCredentialType
+from manager.services import workers
+
+from .deps import Session
+
+router = APIRouter(prefix="/api")
+
+
+async def _viewer(request: Request, session: Session) -> Principal:
+    principal = await authenticate(session, request.headers.get("authorization"))
+    if principal.kind is TokenKind.SDK:
+        require_scope(principal, Scope.WORKLOAD_READ)
+    elif principal.kind is not TokenKind.ADMIN:
+        raise WrongCredentialType(
+            "workers and GPU resources need an ik_sdk_ token or the ik_admin_ credential; "
+            f"got {principal.display}"
+        )
+    return principal
+
+
+@router.get("/workers")
+async def list_workers(request: Request, session: Session) -> dict[str, Any]:
+    viewer = await _viewer(request, session)
+    rows = await workers.visible_workers(session, viewer.project_id)
+    gpus = await workers.gpus_of(session, [w.id for w in rows])
+    return {"workers": [workers.worker_view(w, gpus) for w in rows]}
+
+
+@router.get("/gpu-resources")
+async def list_gpu_resources(request: Request, session: Session) -> dict[str, Any]:
+    viewer = await _viewer(request, session)
+    rows = await workers.visible_workers(session, viewer.project_id)
+    gpus = await workers.gpus_of(session, [w.id for w in rows])
+    names = {w.id: w.name for w in rows}
+    return {
+        "gpu_resources": [workers.gpu_view(g) | {"worker_name": names[g.worker_id]} for g in gpus]
+    }

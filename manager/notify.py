@@ -1,0 +1,107 @@
+"""Postgres LISTEN/NOTIFY, so every Manager process hears of changes within milliseconds.
+
+Senders call ``notify()`` inside their transaction (delivered on commit). Each process keeps one
+listening connection; waiters register before they read state, so no change slips between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+log = logging.getLogger("inferencekey.manager")
+
+RECONCILE = "ik_reconcile"  # payload: a workload or worker id; wakes the reconciler
+ASSIGNMENTS = "ik_assignments"  # payload: a worker id whose desired replica set changed
+WORKLOAD_STATUS = "ik_workload_status"  # payload: a workload id whose phase changed
+CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS)
+ANY = "*"
+
+
+async def notify(session: AsyncSession, channel: str, payload: str) -> None:
+    await session.execute(
+        text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
+    )
+
+
+def plain_postgres_url(url: str) -> str:
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+class NotificationHub:
+    """Fans notifications out to waiting coroutines of this process."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = plain_postgres_url(database_url)
+        self._connection: asyncpg.Connection | None = None
+        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._watch(), name="notification-hub")
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._connection is not None and not self._connection.is_closed():
+            await self._connection.close()
+
+    async def _connect(self) -> None:
+        self._connection = await asyncpg.connect(self._url)
+        for channel in CHANNELS:
+            await self._connection.add_listener(channel, self._on_notification)
+
+    async def _watch(self) -> None:
+        # Reconnect if the listening connection drops; wake everyone so nothing waits on a gap.
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            if self._connection is None or self._connection.is_closed():
+                log.warning("notification connection lost; reconnecting")
+                with contextlib.suppress(OSError, asyncpg.PostgresError):
+                    await self._connect()
+                for events in list(self._waiters.values()):
+                    for event in events:
+                        event.set()
+
+    def _on_notification(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        for key in ((channel, payload), (channel, ANY)):
+            for event in self._waiters.get(key, ()):
+                event.set()
+
+    @contextlib.contextmanager
+    def subscription(self, channel: str, key: str = ANY) -> Iterator[asyncio.Event]:
+        """An event set on the next notification for (channel, key); register before reading."""
+        event = asyncio.Event()
+        self._waiters[(channel, key)].add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get((channel, key))
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[(channel, key)]
+
+
+async def wait_for(event: asyncio.Event, timeout: float) -> bool:
+    """True if the event fired within ``timeout`` seconds."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,358 @@
+"""The worker agent: report inventory and replica states, run what the Manager assigns.
+
+Three loops share one picture of the replicas:
+- heartbeat: posts the inventory and observed states, gets the full desired set back;
+- watch: long-polls the desired set, so a change reaches this host within a second;
+- converge: starts what is missing, stops what is extra, health-checks, restarts crashed engines
+  with capped exponential backoff. It waits for the first desired set, so a restarted agent
+  adopts its running engines instead of killing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from inferencekey.validation import redact_token
+
+from worker_agent import __version__
+from worker_agent.config import AgentConfig
+from worker_agent.engines import Engine, engine_for
+from worker_agent.gpus import InventorySource, detect_inventory, model_files
+from worker_agent.ports import PortAllocator
+from worker_agent.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment
+from worker_agent.runtimes.base import LaunchSpec, RunningEngine, Runtime
+
+log = logging.getLogger("inferencekey.agent")
+
+LOG_TAIL_LINES = 40
+READY_HEALTH_FAILURES = 3  # consecutive failed checks before a ready engine counts as unhealthy
+STABLE_AFTER_S = 60.0  # a replica ready this long gets its restart backoff reset
+
+
+@dataclass
+class LocalReplica:
+    """What the agent knows of one replica it runs."""
+
+    assignment: ReplicaAssignment
+    engine: Engine
+    port: int
+    state: str = "starting"
+    reason: str | None = "launching the engine"
+    log_tail: str | None = None
+    restarts: int = 0
+    backoff_s: float = 0.0
+    restart_at: float | None = None
+    ready_since: float | None = None
+    health_failures: int = 0
+    prepare_task: asyncio.Task[None] | None = None
+    notices: list[str] = field(default_factory=list)
+
+    def observed(self) -> dict[str, object]:
+        return {
+            "id": self.assignment.id,
+            "state": self.state,
+            "reason": self.reason,
+            "log_tail": self.log_tail if self.state == "failed" else None,
+            "port": self.port,
+            "restarts": self.restarts,
+        }
+
+
+def build_runtime(config: AgentConfig, worker_id: str) -> Runtime:
+    if config.runtime == "process":
+        from worker_agent.runtimes.process import ProcessRuntime
+
+        return ProcessRuntime(config.state_dir / "process", binaries=config.binaries)
+    if config.runtime == "docker":
+        from worker_agent.runtimes.docker import DockerRuntime
+
+        return DockerRuntime(
+            worker_id=worker_id,
+            model_dir=str(config.model_dir),
+            network_mode=config.docker_network_mode,
+        )
+    raise ValueError(f"unknown runtime {config.runtime!r}; use 'docker' or 'process'")
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        inventory: InventorySource | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.config = config
+        self.inventory = inventory or detect_inventory(config.simulate_gpus, log)
+        self.runtime = runtime
+        self.ports = PortAllocator(*config.port_range)
+        self.replicas: dict[str, LocalReplica] = {}
+        self.desired: Assignments | None = None
+        self.worker_id: str | None = None
+        self._changed = asyncio.Event()  # local state changed: heartbeat now
+        self._desired_changed = asyncio.Event()  # desired set changed: converge now
+        self._http = httpx.AsyncClient(
+            base_url=config.manager_url.rstrip("/"),
+            headers={
+                "Authorization": f"Bearer {config.token}",
+                "User-Agent": f"inferencekey-agent/{__version__}",
+            },
+            timeout=httpx.Timeout(10.0, read=MAX_WAIT_S + 10.0),
+        )
+        self._engine_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, read=5.0))
+
+    @property
+    def address(self) -> str:
+        if self.config.advertise_url:
+            return self.config.advertise_url.rstrip("/")
+        return f"http://{socket.gethostname()}:{self.config.listen_port}"
+
+    async def run(self) -> None:
+        log.info(
+            "agent %s starting: manager %s, credential %s, runtime %s",
+            __version__,
+            self.config.manager_url,
+            redact_token(self.config.token),
+            self.config.runtime,
+        )
+        try:
+            await asyncio.gather(self._heartbeat_loop(), self._watch_loop(), self._converge_loop())
+        finally:
+            await self._http.aclose()
+            await self._engine_http.aclose()
+
+    # --- talking to the Manager -------------------------------------------------------------
+
+    def _heartbeat_body(self) -> dict[str, object]:
+        inventory = self.inventory.snapshot().to_wire()
+        inventory["model_files"] = model_files(self.config.model_dir)
+        return {
+            "agent_version": __version__,
+            "address": self.address,
+            "inventory": inventory,
+            "replicas": [replica.observed() for replica in self.replicas.values()],
+        }
+
+    def _accept(self, answer: Assignments) -> None:
+        if self.worker_id is None:
+            log.info("registered as worker %s", answer.worker_id)
+        self.worker_id = answer.worker_id
+        if self.desired is None or answer.version != self.desired.version:
+            self.desired = answer
+            self._desired_changed.set()
+
+    async def _heartbeat_loop(self) -> None:
+        failures = 0
+        while True:
+            interval = self.desired.heartbeat_interval_s if self.desired else 2.0
+            try:
+                body = await asyncio.to_thread(self._heartbeat_body)
+                response = await self._http.post("/api/agent/heartbeat", json=body)
+                response.raise_for_status()
+                self._accept(Assignments.model_validate(response.json()))
+                if failures:
+                    log.info("manager reachable again after %d failed heartbeats", failures)
+                failures = 0
+            except (httpx.HTTPError, ValueError) as error:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("heartbeat failed (%s); engines keep running", _describe(error))
+                interval = min(interval * (1 + failures), 15.0)
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), interval)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            if self.desired is None:
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                response = await self._http.get(
+                    "/api/agent/assignments",
+                    params={"version": self.desired.version, "wait": MAX_WAIT_S - 5},
+                )
+                response.raise_for_status()
+                self._accept(Assignments.model_validate(response.json()))
+            except (httpx.HTTPError, ValueError) as error:
+                log.debug("watch failed (%s); retrying", _describe(error))
+                await asyncio.sleep(2.0)
+
+    # --- converging ---------------------------------------------------------------------------
+
+    async def _converge_loop(self) -> None:
+        while self.desired is None or self.worker_id is None:
+            await asyncio.sleep(0.1)
+        if self.runtime is None:
+            self.runtime = await asyncio.to_thread(build_runtime, self.config, self.worker_id)
+        while True:
+            self._desired_changed.clear()
+            try:
+                await self.converge_once()
+            except Exception:
+                log.exception("converge pass failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._desired_changed.wait(), self.config.health_interval_s)
+
+    async def converge_once(self) -> None:
+        assert self.runtime is not None and self.desired is not None and self.worker_id
+        running = await asyncio.to_thread(self.runtime.running)
+        wanted = {assignment.id: assignment for assignment in self.desired.replicas}
+        for replica_id in [r for r in self.replicas if r not in wanted]:
+            await self._stop(replica_id)
+        for replica_id in [r for r in running if r not in wanted and r not in self.replicas]:
+            log.info("removing engine %s: not assigned to this worker", replica_id)
+            await asyncio.to_thread(self.runtime.stop, replica_id)
+        for assignment in wanted.values():
+            local = self.replicas.get(assignment.id)
+            engine_now = running.get(assignment.id)
+            if local is None:
+                await self._adopt_or_launch(assignment, engine_now)
+            else:
+                await self._check(local, engine_now)
+
+    async def _adopt_or_launch(
+        self, assignment: ReplicaAssignment, engine_now: RunningEngine | None
+    ) -> None:
+        engine = engine_for(assignment.backend)
+        if engine_now is not None and engine_now.alive:
+            self.ports.reserve(engine_now.port)
+            local = LocalReplica(
+                assignment, engine, engine_now.port, reason="adopted from an earlier agent run"
+            )
+            self.replicas[assignment.id] = local
+            log.info("adopted running engine %s on port %d", assignment.id, engine_now.port)
+            self._changed.set()
+            return
+        local = LocalReplica(assignment, engine, self.ports.allocate())
+        self.replicas[assignment.id] = local
+        await self._launch(local)
+
+    async def _launch(self, local: LocalReplica) -> None:
+        assert self.runtime is not None and self.worker_id is not None
+        assignment = local.assignment
+        try:
+            argv, local.notices = local.engine.build_argv(
+                assignment.command, assignment.model_name, self.runtime.bind_host, local.port
+            )
+            spec = LaunchSpec(
+                replica_id=assignment.id,
+                workload_id=assignment.workload_id,
+                worker_id=self.worker_id,
+                argv=argv,
+                env=local.engine.env(self.runtime.bind_host, local.port),
+                gpu_uuids=assignment.gpu_uuids,
+                port=local.port,
+                image=local.engine.image(assignment.vllm_version, self.config.images),
+            )
+            await asyncio.to_thread(self.runtime.start, spec)
+        except Exception as error:
+            self._failed(local, f"could not start the engine: {error}", log_tail=None)
+            return
+        local.state, local.reason = "starting", "engine launched; loading the model"
+        local.ready_since, local.health_failures, local.prepare_task = None, 0, None
+        log.info("started %s (%s) on port %d", assignment.id, assignment.backend, local.port)
+        self._changed.set()
+
+    def _failed(self, local: LocalReplica, reason: str, log_tail: str | None) -> None:
+        cfg = self.config
+        local.backoff_s = min(
+            cfg.restart_backoff_max_s, max(cfg.restart_backoff_initial_s, local.backoff_s * 2)
+        )
+        local.restart_at = time.monotonic() + local.backoff_s
+        local.state = "failed"
+        local.reason = f"{reason}; restarting in {local.backoff_s:.0f}s"
+        local.log_tail = log_tail
+        local.ready_since = None
+        log.warning("replica %s failed: %s", local.assignment.id, local.reason)
+        self._changed.set()
+
+    async def _check(self, local: LocalReplica, engine_now: RunningEngine | None) -> None:
+        assert self.runtime is not None
+        if local.state == "failed":
+            if local.restart_at is not None and time.monotonic() >= local.restart_at:
+                local.restarts += 1
+                await self._launch(local)
+            return
+        if engine_now is None or not engine_now.alive:
+            code = engine_now.exit_code if engine_now else None
+            tail = await asyncio.to_thread(
+                self.runtime.log_tail, local.assignment.id, LOG_TAIL_LINES
+            )
+            last_line = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+            what = (
+                f"engine exited with code {code}" if code is not None else "engine is not running"
+            )
+            self._failed(local, f"{what}: {last_line}" if last_line else what, log_tail=tail)
+            return
+        base_url = f"http://127.0.0.1:{local.port}"
+        if local.state == "starting":
+            await self._progress_startup(local, base_url)
+            return
+        healthy = await local.engine.ready_check(base_url, self._engine_http)
+        local.health_failures = 0 if healthy else local.health_failures + 1
+        if local.health_failures >= READY_HEALTH_FAILURES:
+            local.state, local.reason = "starting", "health check failing; waiting for the engine"
+            local.ready_since = None
+            self._changed.set()
+        elif local.ready_since and time.monotonic() - local.ready_since > STABLE_AFTER_S:
+            local.backoff_s = 0.0
+
+    async def _progress_startup(self, local: LocalReplica, base_url: str) -> None:
+        if local.prepare_task is None:
+            local.prepare_task = asyncio.create_task(
+                local.engine.prepare(base_url, local.assignment.model_name, self._engine_http)
+            )
+        if not local.prepare_task.done():
+            return
+        if error := local.prepare_task.exception():
+            self._failed(local, f"preparing the engine failed: {error}", log_tail=None)
+            return
+        if await local.engine.ready_check(base_url, self._engine_http):
+            local.state, local.reason = "ready", None
+            local.ready_since = time.monotonic()
+            log.info("replica %s is ready on port %d", local.assignment.id, local.port)
+            self._changed.set()
+
+    async def _stop(self, replica_id: str) -> None:
+        assert self.runtime is not None
+        local = self.replicas.pop(replica_id)
+        if local.prepare_task is not None:
+            local.prepare_task.cancel()
+        await asyncio.to_thread(self.runtime.stop, replica_id)
+        self.ports.release(local.port)
+        log.info("stopped %s", replica_id)
+        self._changed.set()
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, httpx.HTTPStatusError):
+        try:
+            message = error.response.json().get("message")
+        except ValueError:
+            message = error.response.text[:200]
+        return f"HTTP {error.response.status_code}: {message}"
+    return f"{type(error).__name__}: {error}"
+
+
+def run(config: AgentConfig) -> None:
+    """Run the agent until SIGTERM or SIGINT. Engines keep running; a restart adopts them."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await Agent(config).run()
+        log.info("agent stopped; engines left running for the next agent run to adopt")
+
+    asyncio.run(main())

@@ -1,0 +1,36 @@
+"""Agent settings: flags override environment variables, which override defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "inferencekey-agent"
+
+
+@dataclass
+class AgentConfig:
+    """Everything one agent process is configured with."""
+
+    manager_url: str
+    token: str
+    runtime: str = "docker"  # "docker" or "process"
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8090
+    # The address the Manager uses to reach this agent's /endpoint proxy.
+    advertise_url: str | None = None
+    state_dir: Path = field(default_factory=default_state_dir)
+    model_dir: Path = Path("/models")
+    port_range: tuple[int, int] = (41000, 41999)
+    simulate_gpus: str | None = None
+    # Operator overrides: backend -> image, and engine binary name -> path (process runtime).
+    images: dict[str, str] = field(default_factory=dict)
+    binaries: dict[str, str] = field(default_factory=dict)
+    docker_network_mode: str = "bridge"
+    health_interval_s: float = 1.0
+    restart_backoff_initial_s: float = 1.0
+    restart_backoff_max_s: float = 60.0

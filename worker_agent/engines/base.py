@@ -1,0 +1,126 @@
+"""What every inference engine has in common: one small subclass per backend says the rest.
+
+An engine turns the user's verbatim `command` into the argv the agent launches. The agent owns the
+listen address, so any host/port flags the user wrote are removed (each removal becomes a notice
+for the Manager's events) and the agent's are appended.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import ClassVar, Literal
+
+import httpx
+
+GpuClaim = Literal["whole", "shared"]
+
+
+class EngineCommandError(ValueError):
+    """The user's command cannot be run by this engine (wrong program, unparsable quoting)."""
+
+
+class Engine:
+    backend: ClassVar[str]
+    default_image: ClassVar[str]
+    # The engine binary inside its image, used as the container entrypoint; None: argv[0] as is.
+    container_binary: ClassVar[str | None] = None
+    gpu_claim: ClassVar[GpuClaim] = "whole"
+    # How a user's command may begin (argv[0] compared by file name), e.g. ("vllm", "serve").
+    command_prefixes: ClassVar[tuple[tuple[str, ...], ...]]
+    host_flags: ClassVar[tuple[str, ...]] = ("--host",)
+    port_flags: ClassVar[tuple[str, ...]] = ("--port",)
+    tensor_parallel_flags: ClassVar[tuple[str, ...]] = ()
+    health_path: ClassVar[str] = "/health"
+    openai_routes: ClassVar[tuple[str, ...]]
+
+    def default_command(self, model_name: str) -> list[str]:
+        raise NotImplementedError
+
+    def image(self, vllm_version: str | None, overrides: dict[str, str]) -> str:
+        """The image to run: the operator's override for this backend, else the engine's own."""
+        return overrides.get(self.backend) or self.default_image
+
+    def tensor_parallel_size(self, argv: list[str]) -> int:
+        """How many whole GPUs the command asks for (1 unless a tensor-parallel flag says more)."""
+        value = flag_value(argv, self.tensor_parallel_flags)
+        if value is None:
+            return 1
+        if not value.isdigit() or int(value) < 1:
+            raise EngineCommandError(f"{self.tensor_parallel_flags[0]} must be a positive integer")
+        return int(value)
+
+    def build_argv(
+        self, command: str | None, model_name: str, host: str, port: int
+    ) -> tuple[list[str], list[str]]:
+        """(argv, notices): the user's command with the agent's host and port in place of theirs."""
+        if command is None or not command.strip():
+            argv = self.default_command(model_name)
+        else:
+            argv = self._parse_command(command)
+        reasons = dict.fromkeys(self.host_flags, "the agent sets the listen address")
+        reasons.update(dict.fromkeys(self.port_flags, "the agent assigns the port"))
+        argv, notices = _remove_flags(argv, reasons)
+        return [*argv, self.host_flags[0], host, self.port_flags[0], str(port)], notices
+
+    def env(self, host: str, port: int) -> dict[str, str]:
+        """Environment the engine needs beyond argv (most engines take everything as flags)."""
+        return {}
+
+    async def prepare(self, base_url: str, model_name: str, client: httpx.AsyncClient) -> None:
+        """Work between the engine's start and its readiness (Ollama pulls the model here)."""
+
+    async def ready_check(self, base_url: str, client: httpx.AsyncClient) -> bool:
+        try:
+            response = await client.get(base_url.rstrip("/") + self.health_path)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def _parse_command(self, command: str) -> list[str]:
+        try:
+            argv = shlex.split(command)
+        except ValueError as error:
+            raise EngineCommandError(f"cannot parse the command: {error}") from error
+        for prefix in self.command_prefixes:
+            head = [os.path.basename(argv[0]), *argv[1 : len(prefix)]] if argv else []
+            if head == list(prefix):
+                return argv
+        expected = " or ".join(f"`{' '.join(prefix)}`" for prefix in self.command_prefixes)
+        raise EngineCommandError(f"a {self.backend} command must start with {expected}")
+
+
+def flag_value(argv: list[str], flags: tuple[str, ...]) -> str | None:
+    """The value of the last of `flags` in argv, in `--flag VALUE` or `--flag=VALUE` form."""
+    value = None
+    for position, token in enumerate(argv):
+        name, equals, inline = token.partition("=")
+        if name not in flags:
+            continue
+        if equals:
+            value = inline
+        elif position + 1 < len(argv):
+            value = argv[position + 1]
+    return value
+
+
+def _remove_flags(argv: list[str], reasons: dict[str, str]) -> tuple[list[str], list[str]]:
+    """argv without the flags in `reasons` (and their values), and a notice per removal."""
+    kept: list[str] = []
+    notices: list[str] = []
+    position = 0
+    while position < len(argv):
+        token = argv[position]
+        name, equals, _ = token.partition("=")
+        if name in reasons and equals:
+            removed = [token]
+        elif token in reasons:
+            has_value = position + 1 < len(argv) and not argv[position + 1].startswith("-")
+            removed = argv[position : position + (2 if has_value else 1)]
+        else:
+            kept.append(token)
+            position += 1
+            continue
+        notices.append(f"removed {' '.join(removed)} from the command: {reasons[name]}")
+        position += len(removed)
+    return kept, notices

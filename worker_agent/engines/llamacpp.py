@@ -1,0 +1,30 @@
+"""llama.cpp: `llama-server -m <file.gguf> …` (or `-hf <repo>`); shares GPUs by memory."""
+
+from __future__ import annotations
+
+from worker_agent.engines.base import Engine, flag_value
+
+
+class LlamaCppEngine(Engine):
+    backend = "llamacpp"
+    default_image = "ghcr.io/ggml-org/llama.cpp:server"
+    container_binary = "/app/llama-server"
+    gpu_claim = "shared"
+    command_prefixes = (("llama-server",),)
+    health_path = "/health"
+    openai_routes = (
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/rerank",
+    )
+
+    def default_command(self, model_name: str) -> list[str]:
+        if model_name.endswith(".gguf"):
+            return ["llama-server", "-m", model_name]
+        return ["llama-server", "-hf", model_name]
+
+    def model_path(self, argv: list[str]) -> str | None:
+        """The local GGUF the command loads, so memory can be estimated from its size."""
+        return flag_value(argv, ("-m", "--model"))

@@ -1,0 +1,41 @@
+"""vLLM: `vllm serve <model> …`, whole GPUs, image tag pinned by `vllm_version`."""
+
+from __future__ import annotations
+
+from worker_agent.engines.base import Engine
+
+
+class VllmEngine(Engine):
+    backend = "vllm"
+    default_image = "vllm/vllm-openai:latest"
+    container_binary = "vllm"
+    gpu_claim = "whole"
+    command_prefixes = (("vllm", "serve"), ("python", "-m", "vllm.entrypoints.openai.api_server"))
+    tensor_parallel_flags = ("--tensor-parallel-size", "-tp")
+    health_path = "/health"
+    openai_routes = (
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/rerank",
+        "/v1/score",
+        "/v1/audio/transcriptions",
+    )
+
+    def default_command(self, model_name: str) -> list[str]:
+        return ["vllm", "serve", model_name]
+
+    def image(self, vllm_version: str | None, overrides: dict[str, str]) -> str:
+        return pinned_image(self.backend, "vllm/vllm-openai", vllm_version, overrides)
+
+
+def pinned_image(
+    backend: str, repository: str, vllm_version: str | None, overrides: dict[str, str]
+) -> str:
+    """The operator's override, else `repository:v<version>` when pinned, else `:latest`."""
+    if backend in overrides:
+        return overrides[backend]
+    if vllm_version:
+        return f"{repository}:v{vllm_version.removeprefix('v')}"
+    return f"{repository}:latest"

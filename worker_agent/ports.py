@@ -1,0 +1,53 @@
+"""Ports for engines, from the operator's range, never one that is taken or already handed out."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class PortsExhausted(RuntimeError):
+    pass
+
+
+class PortAllocator:
+    def __init__(self, start: int, end: int) -> None:
+        if not 0 < start <= end < 65536:
+            raise ValueError(f"bad port range {start}-{end}")
+        self.start, self.end = start, end
+        self._reserved: set[int] = set()
+        self._next = start
+        self._lock = threading.Lock()
+
+    def allocate(self) -> int:
+        """A free port; the search goes on from the last one handed out, so a port that was
+        just released (and may still have clients of the old engine) is the last to come back."""
+        with self._lock:
+            size = self.end - self.start + 1
+            for offset in range(size):
+                port = self.start + (self._next - self.start + offset) % size
+                if port not in self._reserved and _is_free(port):
+                    self._reserved.add(port)
+                    self._next = port + 1
+                    return port
+        raise PortsExhausted(f"no free port in {self.start}-{self.end}")
+
+    def reserve(self, port: int) -> None:
+        """Mark a port as taken, e.g. the port of an engine adopted from an earlier agent run."""
+        with self._lock:
+            self._reserved.add(port)
+
+    def release(self, port: int) -> None:
+        with self._lock:
+            self._reserved.discard(port)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: a port held only by TIME_WAIT sockets is free for a new listener.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

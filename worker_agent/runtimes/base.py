@@ -1,0 +1,49 @@
+"""How the agent launches engines: a Runtime runs one engine per replica and finds them again.
+
+Every runtime keeps what it launched findable after an agent restart (a record file, container
+labels), so `running()` after a restart reports the engines of the previous run (adoption).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    replica_id: str
+    workload_id: str
+    worker_id: str
+    argv: list[str]  # argv[0] is the engine binary name as the user wrote it
+    env: dict[str, str]
+    gpu_uuids: list[str]
+    port: int
+    image: str | None
+
+
+@dataclass(frozen=True)
+class RunningEngine:
+    replica_id: str
+    port: int
+    alive: bool
+    exit_code: int | None
+
+
+class LaunchError(RuntimeError):
+    """The engine could not be started at all (binary or image missing); the message says why."""
+
+
+class Runtime(Protocol):
+    name: str  # "docker" | "process"
+    # The address the engine must listen on (pass it to Engine.build_argv); whatever it is, the
+    # engine answers the agent at http://127.0.0.1:<port>.
+    bind_host: str
+
+    def start(self, spec: LaunchSpec) -> None: ...
+
+    def stop(self, replica_id: str, timeout_s: float = 10) -> None: ...  # idempotent
+
+    def running(self) -> dict[str, RunningEngine]: ...
+
+    def log_tail(self, replica_id: str, lines: int = 40) -> str: ...
