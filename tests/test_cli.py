@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from manager.cli import main
+from manager.cli import AGENT_BACKENDS, AGENT_ENV, AgentConfigError, agent_config_from_args, main
+from manager.cli import parse_args as parse_cli
 from manager.embedded_db import EmbeddedPostgresError, find_postgres_bin_dir
+from worker_agent.config import AgentConfig
+from worker_agent.engines import ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,6 +188,67 @@ def test_token_revoke_by_whole_token_does_not_print_it(cli: RunCli, project_slug
     assert token["token"] not in out + err
 
 
+def test_worker_create_prints_an_agent_token_once_for_the_shared_pool(cli: RunCli) -> None:
+    code, out, err = cli("worker", "create", "--name", "gpu-box-1")
+
+    assert code == 0, err
+    worker = json.loads(out)
+    assert worker["id"].startswith("wrk_")
+    assert worker["name"] == "gpu-box-1"
+    assert worker["pool"] == "shared"
+    assert worker["token"].startswith("ik_agent_")
+    assert out.count(worker["token"]) == 1
+
+
+def test_worker_create_for_a_project_makes_it_private(cli: RunCli, project_slug: str) -> None:
+    _, projects, _ = cli("project", "list")
+    project_id = next(
+        project["id"] for project in json.loads(projects)["projects"]
+        if project["slug"] == project_slug
+    )  # fmt: skip
+
+    code, out, err = cli("worker", "create", "--project", project_slug)
+
+    assert code == 0, err
+    worker = json.loads(out)
+    assert worker["pool"] == "private"
+    assert worker["project_id"] == project_id
+    assert worker["token"].startswith("ik_agent_")
+
+
+def test_worker_list_shows_a_created_worker_without_its_token(cli: RunCli) -> None:
+    _, created, _ = cli("worker", "create", "--name", "listed")
+    worker = json.loads(created)
+
+    code, out, err = cli("worker", "list")
+
+    assert code == 0, err
+    listed = {item["id"]: item for item in json.loads(out)["workers"]}
+    assert listed[worker["id"]]["name"] == "listed"
+    assert "token" not in listed[worker["id"]]
+    assert worker["token"] not in out
+
+
+def test_gpu_list_prints_the_gpu_resources(cli: RunCli) -> None:
+    code, out, err = cli("gpu", "list")
+
+    assert code == 0, err
+    assert isinstance(json.loads(out)["gpu_resources"], list)
+
+
+def test_token_revoke_accepts_a_worker_token_without_printing_it(cli: RunCli) -> None:
+    _, created, _ = cli("worker", "create")
+    token = json.loads(created)["token"]
+
+    code, out, err = cli("token", "revoke", token)
+
+    assert code == 0, err
+    revoked = json.loads(out)
+    assert revoked["kind"] == "agent"
+    assert revoked["revoked_at"] is not None
+    assert token not in out + err
+
+
 def test_unknown_project_exits_1_with_the_managers_message(cli: RunCli, manager: Any) -> None:
     expected = httpx.post(
         f"{manager.url}/api/admin/tokens",
@@ -260,3 +325,286 @@ def _wait_until_serving(
                 return token
         time.sleep(0.5)
     raise AssertionError(f"manager not serving after 120 s:\n{stderr_path.read_text()[-3000:]}")
+
+
+# --- inferencekey agent: settings only; the agent itself runs in tests/agent ------------------
+
+AGENT_TOKEN = "ik_agent_0123abcd_" + "5e" * 32
+MANAGER_URL = "http://manager.test:8080"
+
+
+@pytest.fixture
+def agent_runs(monkeypatch: pytest.MonkeyPatch) -> list[AgentConfig]:
+    """Stands in for worker_agent.agent.run and clears the agent's variables from os.environ."""
+    for variable in AGENT_ENV.values():
+        monkeypatch.delenv(variable, raising=False)
+    runs: list[AgentConfig] = []
+    monkeypatch.setitem(sys.modules, "worker_agent.agent", types.SimpleNamespace(run=runs.append))
+    return runs
+
+
+def _config(*flags: str, **environ: str) -> AgentConfig:
+    return agent_config_from_args(parse_cli(["agent", *flags]), environ)
+
+
+def _minimal_env(**more: str) -> dict[str, str]:
+    return {
+        "INFERENCEKEY_MANAGER_URL": MANAGER_URL,
+        "INFERENCEKEY_AGENT_TOKEN": AGENT_TOKEN,
+        **more,
+    }
+
+
+def _agent_exit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *flags: str, **env: str
+) -> tuple[int, str]:
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    code = main(["agent", *flags])
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return code, captured.err
+
+
+def test_agent_settings_default_to_agent_config() -> None:
+    config = _config(**_minimal_env())
+
+    assert config == AgentConfig(manager_url=MANAGER_URL, token=AGENT_TOKEN)
+
+
+def test_agent_settings_come_from_the_environment() -> None:
+    config = _config(
+        **_minimal_env(
+            INFERENCEKEY_AGENT_RUNTIME="process",
+            INFERENCEKEY_AGENT_LISTEN="10.0.0.5:9000",
+            INFERENCEKEY_AGENT_ADVERTISE_URL="http://gpu-box-1.internal:9000/",
+            INFERENCEKEY_AGENT_STATE_DIR="/var/lib/inferencekey-agent",
+            INFERENCEKEY_MODEL_DIR="/srv/models",
+            INFERENCEKEY_AGENT_PORT_RANGE="42000-42099",
+            INFERENCEKEY_SIMULATE_GPUS="2xNVIDIA A100-SXM4-80GB",
+            INFERENCEKEY_ENGINE_IMAGES="vllm=vllm/vllm-openai:v0.6.3,llamacpp=ghcr.io/x/llama:1,",
+            INFERENCEKEY_ENGINE_BINARIES="vllm=/opt/vllm/bin/vllm",
+            INFERENCEKEY_AGENT_DOCKER_NETWORK="host",
+        )
+    )
+
+    assert config.runtime == "process"
+    assert (config.listen_host, config.listen_port) == ("10.0.0.5", 9000)
+    assert config.advertise_url == "http://gpu-box-1.internal:9000"
+    assert config.state_dir == Path("/var/lib/inferencekey-agent")
+    assert config.model_dir == Path("/srv/models")
+    assert config.port_range == (42000, 42099)
+    assert config.simulate_gpus == "2xNVIDIA A100-SXM4-80GB"
+    assert config.images == {"vllm": "vllm/vllm-openai:v0.6.3", "llamacpp": "ghcr.io/x/llama:1"}
+    assert config.binaries == {"vllm": "/opt/vllm/bin/vllm"}
+    assert config.docker_network_mode == "host"
+
+
+def test_agent_flags_win_over_the_environment() -> None:
+    environ = _minimal_env(
+        INFERENCEKEY_AGENT_RUNTIME="docker",
+        INFERENCEKEY_AGENT_LISTEN="10.0.0.5:9000",
+        INFERENCEKEY_AGENT_PORT_RANGE="42000-42099",
+        INFERENCEKEY_MODEL_DIR="/srv/models",
+        INFERENCEKEY_ENGINE_IMAGES="vllm=from-env/vllm,sglang=from-env/sglang",
+    )
+    other_token = "ik_agent_fedcba98_" + "a1" * 32
+
+    config = _config(
+        "--manager", "https://other-manager.test/", "--token", other_token,
+        "--runtime", "process", "--listen", "[::]:8091", "--port-range", "43000-43999",
+        "--model-dir", "/data/models", "--image", "vllm=from-flag/vllm",
+        "--image", "ollama=from-flag/ollama", "--docker-network", "host",
+        **environ,
+    )  # fmt: skip
+
+    assert config.manager_url == "https://other-manager.test"
+    assert config.token == other_token
+    assert config.runtime == "process"
+    assert (config.listen_host, config.listen_port) == ("::", 8091)
+    assert config.port_range == (43000, 43999)
+    assert config.model_dir == Path("/data/models")
+    # Image and binary overrides merge entry by entry; a flag wins for a backend both name.
+    assert config.images == {
+        "vllm": "from-flag/vllm",
+        "sglang": "from-env/sglang",
+        "ollama": "from-flag/ollama",
+    }
+    assert config.docker_network_mode == "host"
+
+
+def test_agent_empty_variables_count_as_unset() -> None:
+    config = _config(**_minimal_env(INFERENCEKEY_AGENT_RUNTIME="", INFERENCEKEY_SIMULATE_GPUS=""))
+
+    assert config.runtime == AgentConfig.runtime
+    assert config.simulate_gpus is None
+
+
+def test_agent_listen_without_a_host_listens_on_all_interfaces() -> None:
+    config = _config("--listen", ":9001", **_minimal_env())
+
+    assert (config.listen_host, config.listen_port) == ("0.0.0.0", 9001)
+
+
+def test_agent_binary_paths_become_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    config = _config("--binary", "llama-server=bin/llama-server", **_minimal_env())
+
+    assert config.binaries == {"llama-server": str(tmp_path / "bin" / "llama-server")}
+
+
+def test_agent_backends_are_the_engines_the_agent_has() -> None:
+    assert set(AGENT_BACKENDS) == set(ENGINES)
+
+
+def test_agent_command_runs_the_agent_with_its_settings(
+    agent_runs: list[AgentConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERENCEKEY_AGENT_TOKEN", AGENT_TOKEN)
+
+    code = main(["agent", "--manager", MANAGER_URL, "--simulate-gpus", "1xNVIDIA L4"])
+
+    assert code == 0
+    assert agent_runs == [
+        AgentConfig(manager_url=MANAGER_URL, token=AGENT_TOKEN, simulate_gpus="1xNVIDIA L4")
+    ]
+
+
+@pytest.mark.parametrize(
+    "token", ["ik_sdk_0123abcd_" + "5e" * 32, "ik_live_0123abcd_" + "5e" * 32, "5e" * 40]
+)
+def test_agent_token_of_another_kind_exits_2_without_echoing_it(
+    agent_runs: list[AgentConfig],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    token: str,
+) -> None:
+    code, err = _agent_exit(capsys, monkeypatch, "--manager", MANAGER_URL, "--token", token)
+
+    assert code == 2
+    assert "must start with ik_agent_" in err
+    assert "inferencekey admin worker create" in err
+    assert token not in err
+    assert "0123abcd" not in err and "5e5e" not in err
+    assert agent_runs == []
+
+
+def test_agent_token_from_the_environment_is_checked_too(
+    agent_runs: list[AgentConfig],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = "ik_admin_0123abcd_" + "5e" * 32
+
+    code, err = _agent_exit(
+        capsys, monkeypatch, INFERENCEKEY_MANAGER_URL=MANAGER_URL, INFERENCEKEY_AGENT_TOKEN=token
+    )
+
+    assert code == 2
+    assert "INFERENCEKEY_AGENT_TOKEN" in err and "ik_agent_" in err
+    assert token not in err and "0123abcd" not in err
+    assert agent_runs == []
+
+
+def test_agent_without_a_token_exits_2_saying_where_to_get_one(
+    agent_runs: list[AgentConfig],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, err = _agent_exit(capsys, monkeypatch, "--manager", MANAGER_URL)
+
+    assert code == 2
+    assert "INFERENCEKEY_AGENT_TOKEN" in err
+    assert "inferencekey admin worker create" in err
+    assert agent_runs == []
+
+
+@pytest.mark.parametrize(
+    "port_range", ["41999-41000", "41000-41000", "41000", "0-100", "41000-70000", "a-b", "41000-"]
+)
+def test_agent_bad_port_range_exits_2(
+    agent_runs: list[AgentConfig],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    port_range: str,
+) -> None:
+    code, err = _agent_exit(capsys, monkeypatch, "--port-range", port_range, **_minimal_env())
+
+    assert code == 2
+    assert "--port-range must be LOW-HIGH" in err
+    assert repr(port_range) in err
+    assert AGENT_TOKEN not in err
+    assert agent_runs == []
+
+
+def test_agent_bad_port_range_in_the_environment_names_the_variable() -> None:
+    with pytest.raises(AgentConfigError, match="INFERENCEKEY_AGENT_PORT_RANGE must be LOW-HIGH"):
+        _config(**_minimal_env(INFERENCEKEY_AGENT_PORT_RANGE="9-3"))
+
+
+def test_agent_listen_port_inside_the_engine_port_range_is_refused() -> None:
+    with pytest.raises(AgentConfigError, match="listen port 41500 lies inside"):
+        _config("--listen", "0.0.0.0:41500", **_minimal_env())
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ"),
+    [
+        (["--image", "tgi=ghcr.io/huggingface/text-generation-inference"], {}),
+        ([], {"INFERENCEKEY_ENGINE_IMAGES": "vllm=vllm/vllm-openai,tgi=tgi:latest"}),
+    ],
+)
+def test_agent_image_for_an_unknown_backend_exits_2(
+    agent_runs: list[AgentConfig],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    environ: dict[str, str],
+) -> None:
+    code, err = _agent_exit(capsys, monkeypatch, *flags, **_minimal_env(**environ))
+
+    assert code == 2
+    assert "unknown backend 'tgi'" in err
+    assert "ollama, vllm, vllm-omni, sglang, llamacpp" in err
+    assert agent_runs == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "message"),
+    [
+        (["--image", "vllm"], {}, "--image takes BACKEND=IMAGE"),
+        ([], {"INFERENCEKEY_ENGINE_IMAGES": "vllm="}, "INFERENCEKEY_ENGINE_IMAGES takes"),
+        (["--binary", "/usr/bin/vllm=/opt/vllm"], {}, "must be a program name"),
+        ([], {"INFERENCEKEY_ENGINE_BINARIES": "vllm"}, "INFERENCEKEY_ENGINE_BINARIES takes"),
+        (["--listen", "8090"], {}, "--listen must be HOST:PORT"),
+        (["--listen", "0.0.0.0:99999"], {}, "--listen must be HOST:PORT"),
+        (["--manager", "manager.test:8080"], {}, "--manager must be an http:// or https:// URL"),
+        (["--advertise-url", "ftp://x"], {}, "--advertise-url must be an http"),
+        ([], {"INFERENCEKEY_AGENT_RUNTIME": "podman"}, "INFERENCEKEY_AGENT_RUNTIME must be one"),
+        ([], {"INFERENCEKEY_AGENT_DOCKER_NETWORK": "none"}, "must be one of bridge, host"),
+        (["--simulate-gpus", "0"], {}, "bad simulated GPU spec"),
+    ],
+)
+def test_agent_malformed_settings_raise_a_message_naming_the_setting(
+    flags: list[str], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(AgentConfigError) as error:
+        _config(*flags, **_minimal_env(**environ))
+
+    assert message in str(error.value)
+    assert AGENT_TOKEN not in str(error.value)
+
+
+def test_agent_without_a_manager_url_is_refused() -> None:
+    with pytest.raises(AgentConfigError, match="INFERENCEKEY_MANAGER_URL"):
+        _config(INFERENCEKEY_AGENT_TOKEN=AGENT_TOKEN)
+
+
+def test_agent_unknown_runtime_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_cli(["agent", "--runtime", "podman"])
+
+    assert exit_info.value.code == 2
