@@ -63,6 +63,10 @@ class Engine:
         argv, notices = _remove_flags(argv, reasons)
         return [*argv, self.host_flags[0], host, self.port_flags[0], str(port)], notices
 
+    def model_path(self, argv: list[str]) -> str | None:
+        """The local model file the command loads, when it names one (for memory estimates)."""
+        return None
+
     def env(self, host: str, port: int) -> dict[str, str]:
         """Environment the engine needs beyond argv (most engines take everything as flags)."""
         return {}

@@ -15,6 +15,7 @@ Either way the engine answers at http://127.0.0.1:<port> on the agent's host.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import docker
@@ -30,6 +31,7 @@ LABEL_REPLICA = "inferencekey.replica"
 LABEL_PORT = "inferencekey.port"
 CACHE_MOUNT = "/root/.cache"  # where engines keep downloaded weights (HF, vLLM, llama.cpp caches)
 PASSTHROUGH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
+_REMOVAL_WAIT_S = 30.0
 
 
 class DockerRuntime:
@@ -95,13 +97,25 @@ class DockerRuntime:
             raise LaunchError(f"cannot start container for {spec.replica_id}: {error}") from error
 
     def stop(self, replica_id: str, timeout_s: float = 10) -> None:
+        name = container_name(replica_id)
         try:
-            container = self.client.containers.get(container_name(replica_id))
+            container = self.client.containers.get(name)
             if container.status == "running":
                 container.stop(timeout=int(timeout_s))
             container.remove(force=True)
         except docker.errors.NotFound:
-            pass
+            return
+        except docker.errors.APIError as error:
+            if error.status_code != 409:  # 409: a removal is already under way; wait for it
+                raise
+        deadline = time.monotonic() + _REMOVAL_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                self.client.containers.get(name)
+            except docker.errors.NotFound:
+                return
+            time.sleep(0.1)
+        raise LaunchError(f"container {name} was not removed within {_REMOVAL_WAIT_S:.0f} s")
 
     def running(self) -> dict[str, RunningEngine]:
         engines = {}

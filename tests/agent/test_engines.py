@@ -1,0 +1,152 @@
+"""Engine recipes: the user's command runs verbatim except for the host and port the agent owns."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker_agent.engines import ENGINES, EngineCommandError, container_entrypoints, engine_for
+from worker_agent.engines.llamacpp import LlamaCppEngine
+
+
+def test_every_built_in_backend_has_an_engine() -> None:
+    assert set(ENGINES) == {"ollama", "vllm", "vllm-omni", "sglang", "llamacpp"}
+    for backend, engine in ENGINES.items():
+        assert engine_for(backend) is engine
+        assert engine.health_path.startswith("/")
+        assert "/v1/chat/completions" in engine.openai_routes or backend == "vllm-omni"
+
+
+def test_unknown_backend_is_a_clear_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown backend 'tgi'"):
+        engine_for("tgi")
+
+
+def test_verbatim_command_is_kept_and_agent_host_and_port_appended() -> None:
+    argv, notices = engine_for("llamacpp").build_argv(
+        "llama-server -m '/models/my model.gguf' -c 2048 -ngl 99", "unused", "127.0.0.1", 41000
+    )
+    assert argv == [
+        "llama-server", "-m", "/models/my model.gguf", "-c", "2048", "-ngl", "99",
+        "--host", "127.0.0.1", "--port", "41000",
+    ]  # fmt: skip
+    assert notices == []
+
+
+def test_user_port_and_host_are_removed_with_a_notice_each() -> None:
+    argv, notices = engine_for("vllm").build_argv(
+        "vllm serve Qwen/Qwen2.5-0.5B --port 8000 --max-model-len 4096 --host 0.0.0.0",
+        "Qwen/Qwen2.5-0.5B",
+        "0.0.0.0",
+        41001,
+    )
+    assert argv == [
+        "vllm", "serve", "Qwen/Qwen2.5-0.5B", "--max-model-len", "4096",
+        "--host", "0.0.0.0", "--port", "41001",
+    ]  # fmt: skip
+    assert notices == [
+        "removed --port 8000 from the command: the agent assigns the port",
+        "removed --host 0.0.0.0 from the command: the agent sets the listen address",
+    ]
+
+
+def test_equals_form_of_port_flag_is_removed() -> None:
+    argv, notices = engine_for("sglang").build_argv(
+        "sglang serve --model-path m --port=80 --host=::", "m", "127.0.0.1", 41002
+    )
+    assert argv == [
+        "sglang",
+        "serve",
+        "--model-path",
+        "m",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "41002",
+    ]
+    assert notices == [
+        "removed --port=80 from the command: the agent assigns the port",
+        "removed --host=:: from the command: the agent sets the listen address",
+    ]
+
+
+def test_default_commands_come_from_the_model_name() -> None:
+    def argv(backend: str, model: str) -> list[str]:
+        return engine_for(backend).build_argv(None, model, "127.0.0.1", 9)[0]
+
+    assert argv("vllm", "org/m") == ["vllm", "serve", "org/m", "--host", "127.0.0.1", "--port", "9"]
+    assert argv("vllm-omni", "org/m")[:3] == ["vllm-omni", "serve", "org/m"]
+    assert argv("sglang", "org/m")[:5] == [
+        "python3", "-m", "sglang.launch_server", "--model-path", "org/m",
+    ]  # fmt: skip
+    assert argv("llamacpp", "/models/x.gguf")[:3] == ["llama-server", "-m", "/models/x.gguf"]
+    assert argv("llamacpp", "ggml-org/gemma-3-270m-GGUF")[:3] == [
+        "llama-server", "-hf", "ggml-org/gemma-3-270m-GGUF",
+    ]  # fmt: skip
+
+
+def test_sglang_accepts_both_command_spellings() -> None:
+    sglang = engine_for("sglang")
+    for command in ("sglang serve --model-path m", "python -m sglang.launch_server --model-path m"):
+        assert sglang.build_argv(command, "m", "h", 1)[0][:2] == command.split()[:2]
+
+
+def test_command_for_another_program_is_rejected() -> None:
+    with pytest.raises(EngineCommandError, match="must start with `llama-server`"):
+        engine_for("llamacpp").build_argv("vllm serve m", "m", "h", 1)
+    with pytest.raises(EngineCommandError, match="cannot parse"):
+        engine_for("vllm").build_argv("vllm serve 'unclosed", "m", "h", 1)
+
+
+def test_tensor_parallel_size_from_the_command() -> None:
+    vllm, sglang = engine_for("vllm"), engine_for("sglang")
+    assert vllm.tensor_parallel_size(["vllm", "serve", "m"]) == 1
+    assert vllm.tensor_parallel_size(["vllm", "serve", "m", "--tensor-parallel-size", "4"]) == 4
+    assert vllm.tensor_parallel_size(["vllm", "serve", "m", "-tp", "2"]) == 2
+    assert vllm.tensor_parallel_size(["vllm", "serve", "m", "--tensor-parallel-size=8"]) == 8
+    assert sglang.tensor_parallel_size(["sglang", "serve", "--tp-size", "2"]) == 2
+    assert sglang.tensor_parallel_size(["sglang", "serve", "--tp=4"]) == 4
+    with pytest.raises(EngineCommandError):
+        vllm.tensor_parallel_size(["vllm", "serve", "m", "-tp", "two"])
+
+
+def test_gpu_claims() -> None:
+    claims = {backend: engine.gpu_claim for backend, engine in ENGINES.items()}
+    assert claims == {
+        "vllm": "whole", "vllm-omni": "whole", "sglang": "whole",
+        "ollama": "shared", "llamacpp": "shared",
+    }  # fmt: skip
+
+
+def test_vllm_image_tag_follows_the_pinned_version() -> None:
+    vllm = engine_for("vllm")
+    assert vllm.image(None, {}) == "vllm/vllm-openai:latest"
+    assert vllm.image("0.6.3", {}) == "vllm/vllm-openai:v0.6.3"
+    assert vllm.image("v0.8.5", {}) == "vllm/vllm-openai:v0.8.5"
+    assert vllm.image("0.6.3", {"vllm": "registry.local/vllm:mine"}) == "registry.local/vllm:mine"
+    assert engine_for("vllm-omni").image("0.11.0", {}) == "vllm/vllm-omni:v0.11.0"
+    assert engine_for("llamacpp").image(None, {}) == "ghcr.io/ggml-org/llama.cpp:server"
+    assert engine_for("llamacpp").image(None, {"llamacpp": "local:cpu"}) == "local:cpu"
+
+
+def test_ollama_takes_no_command_and_listens_where_ollama_host_says() -> None:
+    ollama = engine_for("ollama")
+    argv, notices = ollama.build_argv(None, "llama3.2:1b", "0.0.0.0", 41003)
+    assert (argv, notices) == (["ollama", "serve"], [])
+    assert ollama.env("0.0.0.0", 41003) == {"OLLAMA_HOST": "0.0.0.0:41003"}
+    argv, notices = ollama.build_argv("ollama run llama3.2", "llama3.2:1b", "0.0.0.0", 41003)
+    assert argv == ["ollama", "serve"]
+    assert notices and notices[0].startswith("ignored the command")
+    assert engine_for("vllm").env("0.0.0.0", 1) == {}
+
+
+def test_llamacpp_model_path_for_memory_estimates() -> None:
+    llamacpp = LlamaCppEngine()
+    assert llamacpp.model_path(["llama-server", "-m", "/models/a.gguf"]) == "/models/a.gguf"
+    assert llamacpp.model_path(["llama-server", "--model=/models/b.gguf"]) == "/models/b.gguf"
+    assert llamacpp.model_path(["llama-server", "-hf", "org/repo"]) is None
+
+
+def test_container_entrypoints_are_the_binaries_inside_the_images() -> None:
+    entrypoints = container_entrypoints()
+    assert entrypoints["llama-server"] == "/app/llama-server"
+    assert entrypoints["ollama"] == "/bin/ollama"

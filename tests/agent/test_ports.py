@@ -1,0 +1,49 @@
+"""Engine ports come from the configured range and never collide."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from worker_agent.ports import PortAllocator, PortsExhausted
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_port_in_use_by_any_process_is_skipped(listener: int) -> None:
+    allocator = PortAllocator(listener, listener + 1)
+    assert allocator.allocate() == listener + 1
+
+
+def test_reserved_ports_are_not_handed_out_until_released(listener: int) -> None:
+    port = listener + 1
+    allocator = PortAllocator(port, port + 1)
+    allocator.reserve(port)  # e.g. an adopted engine's port
+    assert allocator.allocate() == port + 1
+    with pytest.raises(PortsExhausted):
+        allocator.allocate()
+    allocator.release(port)
+    assert allocator.allocate() == port
+
+
+def test_a_released_port_comes_back_last() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        start = sock.getsockname()[1]
+    allocator = PortAllocator(start, start + 2)
+    first = allocator.allocate()
+    allocator.release(first)
+    assert allocator.allocate() != first
+
+
+def test_bad_range_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        PortAllocator(5000, 4000)

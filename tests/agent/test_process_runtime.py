@@ -1,0 +1,140 @@
+"""The process runtime runs the real llama-server, finds it again after a restart, and stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from worker_agent.engines.llamacpp import LlamaCppEngine
+from worker_agent.ports import PortAllocator
+from worker_agent.runtimes.base import LaunchError, LaunchSpec
+from worker_agent.runtimes.process import ProcessRuntime, _group_alive
+
+ENGINE = LlamaCppEngine()
+# A random start keeps concurrent test runs on one host from racing for the same first port.
+PORTS = PortAllocator(42000 + random.randrange(900), 42999)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "agent-state"
+
+
+@pytest.fixture
+def runtime(state_dir: Path, llama_server: str) -> Iterator[ProcessRuntime]:
+    runtime = ProcessRuntime(state_dir, binaries={"llama-server": llama_server})
+    yield runtime
+    for replica_id in ProcessRuntime(state_dir).running():
+        runtime.stop(replica_id, timeout_s=5)
+
+
+def llama_spec(replica_id: str, command: str) -> LaunchSpec:
+    port = PORTS.allocate()
+    argv, _ = ENGINE.build_argv(command, "gemma", ProcessRuntime.bind_host, port)
+    return LaunchSpec(replica_id, "wl_test", "wrk_test", argv, {}, [], port, None)
+
+
+async def wait_ready(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5) as client:
+        while not await ENGINE.ready_check(f"http://127.0.0.1:{port}", client):
+            assert time.monotonic() < deadline, f"engine on {port} not ready in {timeout_s} s"
+            await asyncio.sleep(0.2)
+
+
+def wait_dead(runtime: ProcessRuntime, replica_id: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while runtime.running()[replica_id].alive:
+        assert time.monotonic() < deadline, f"{replica_id} still alive after {timeout_s} s"
+        time.sleep(0.1)
+
+
+async def test_llama_server_answers_chat_through_the_process_runtime(
+    runtime: ProcessRuntime, gguf_model: Path
+) -> None:
+    spec = llama_spec("rep_chat", f"llama-server -m {gguf_model} -c 1024 --port 8080")
+    runtime.start(spec)
+    await wait_ready(spec.port)
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(
+            f"http://127.0.0.1:{spec.port}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8},
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["role"] == "assistant"
+    engine = runtime.running()["rep_chat"]
+    assert (engine.port, engine.alive, engine.exit_code) == (spec.port, True, None)
+    assert "listening" in runtime.log_tail("rep_chat")
+
+
+async def test_engine_sees_only_its_assigned_gpus(runtime: ProcessRuntime, state_dir: Path) -> None:
+    spec = LaunchSpec(
+        "rep_env", "wl", "wrk", ["sleep", "30"], {"X": "1"}, ["GPU-a", "GPU-b"], 1, None
+    )
+    runtime.start(spec)
+    record = (state_dir / "replicas" / "rep_env.json").read_text()
+    pid = json.loads(record)["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"CUDA_VISIBLE_DEVICES=GPU-a,GPU-b" in environ
+    assert b"X=1" in environ
+
+
+async def test_restarted_agent_adopts_a_live_engine_and_can_stop_it(
+    runtime: ProcessRuntime, state_dir: Path, gguf_model: Path
+) -> None:
+    spec = llama_spec("rep_adopt", f"llama-server -m {gguf_model} -c 1024")
+    runtime.start(spec)
+    await wait_ready(spec.port)
+
+    restarted = ProcessRuntime(state_dir)
+    adopted = restarted.running()["rep_adopt"]
+    assert (adopted.port, adopted.alive, adopted.exit_code) == (spec.port, True, None)
+
+    restarted.stop("rep_adopt")
+    assert "rep_adopt" not in restarted.running()
+    assert "rep_adopt" not in runtime.running()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{spec.port}/health")
+    restarted.stop("rep_adopt")  # idempotent
+
+
+def test_stop_kills_the_whole_process_group_even_when_sigterm_is_ignored(
+    runtime: ProcessRuntime, state_dir: Path
+) -> None:
+    # The shell and the sleeps it forks ignore SIGTERM (ignored signals survive exec).
+    script = "trap '' TERM; sleep 300 & sleep 300 & while true; do sleep 0.1; done"
+    runtime.start(LaunchSpec("rep_group", "wl", "wrk", ["sh", "-c", script], {}, [], 1, None))
+    pgid = json.loads((state_dir / "replicas" / "rep_group.json").read_text())["pgid"]
+    time.sleep(0.3)
+    assert _group_alive(pgid)
+
+    started = time.monotonic()
+    runtime.stop("rep_group", timeout_s=1)
+    assert time.monotonic() - started >= 1  # waited for SIGTERM, then escalated
+    assert not _group_alive(pgid)
+    assert runtime.running() == {}
+
+
+def test_crashing_engine_is_reported_dead_with_its_log(
+    runtime: ProcessRuntime, state_dir: Path
+) -> None:
+    runtime.start(llama_spec("rep_crash", "llama-server -m /nonexistent.gguf"))
+    wait_dead(runtime, "rep_crash")
+    engine = runtime.running()["rep_crash"]
+    assert engine.exit_code not in (None, 0)
+    assert "/nonexistent.gguf" in runtime.log_tail("rep_crash")
+    # A restarted agent forgets engines that died before it came up.
+    assert ProcessRuntime(state_dir).running() == {}
+
+
+def test_missing_binary_is_a_launch_error(state_dir: Path) -> None:
+    runtime = ProcessRuntime(state_dir)
+    with pytest.raises(LaunchError, match="not installed"):
+        runtime.start(LaunchSpec("rep_x", "wl", "wrk", ["no-such-engine"], {}, [], 1, None))
