@@ -114,7 +114,11 @@ class Reconciler:
             world = await self._load(session)
             await self._update_liveness(world)
             for workload in await self._workloads(session, world):
-                await self._reconcile_workload(world, workload)
+                try:
+                    await self._reconcile_workload(world, workload)
+                except Exception as error:  # one broken workload must not stall the others
+                    log.exception("reconciling workload %s failed", workload.id)
+                    workload.phase, workload.phase_reason = "error", f"internal error: {error}"
             for worker_id in world.touched_workers:
                 await notify.notify(session, notify.ASSIGNMENTS, worker_id)
             await session.commit()

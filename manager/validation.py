@@ -15,6 +15,7 @@ from manager.errors import (
 )
 from manager.policies import validate_policy
 from manager.task_backends import BUILTIN_BACKENDS, allowed_backends
+from worker_agent.engines import EngineCommandError, engine_for
 
 MAX_LENGTHS = {
     "name": 200,
@@ -70,6 +71,18 @@ def _validate_config(backend: str, config: Any) -> None:
             )
 
 
+def _validate_command(backend: str, config: dict[str, Any] | None, model_name: str) -> None:
+    """The engine must be able to run the command as written (right program, parsable)."""
+    engine = engine_for(backend)
+    command = (config or {}).get("command")
+    try:
+        argv, _ = engine.build_argv(command, model_name, "0.0.0.0", 0)
+        if engine.gpu_claim == "whole":
+            engine.tensor_parallel_size(argv)
+    except EngineCommandError as error:
+        raise ValidationFailed(f"config.command: {error}", field="config.command") from None
+
+
 def validate_workload(fields: dict[str, Any]) -> None:
     """Every rule on a full spec; raises the first problem found, naming its field."""
     blank = blank_field(fields, ("name", "slug", "model_name"))
@@ -111,4 +124,5 @@ def validate_workload(fields: dict[str, Any]) -> None:
             field="backend",
         )
     _validate_config(backend, fields.get("config"))
+    _validate_command(backend, fields.get("config"), fields["model_name"])
     validate_policy(fields.get("execution_policy"), fields.get("execution_policy_config"))

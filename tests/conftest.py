@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
+import docker
 import httpx
 import pytest
 
 from manager.settings import Settings
+from tests import engine_setup
 from tests.support import (
     RunningManager,
     TestProject,
@@ -38,6 +42,11 @@ def manager(
         database_url=database_url,
         data_dir=tmp_path_factory.mktemp("manager-data"),
         admin_token=new_admin_token(),
+        # Short enough for the lost-worker tests to run in seconds.
+        worker_not_ready_after_s=3.0,
+        worker_lost_after_s=8.0,
+        heartbeat_interval_s=1.0,
+        reconcile_interval_s=1.0,
     )
     running = start_manager(settings)
     yield running
@@ -63,3 +72,39 @@ def api(manager: RunningManager, project: TestProject) -> Iterator[httpx.Client]
     """A raw HTTP client holding the project's full-scope SDK token."""
     with httpx.Client(base_url=manager.url, headers=bearer(project.sdk_token)) as client:
         yield client
+
+
+# The real engine parts (see tests/engine_setup.py for where each comes from).
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> str:
+    return engine_setup.llama_server_path()
+
+
+@pytest.fixture(scope="session")
+def gguf_model() -> Path:
+    return engine_setup.gguf_model_path()
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    # CI must run Docker for real: no daemon fails these tests unless skipped on purpose.
+    if os.environ.get("INFERENCEKEY_SKIP_DOCKER") == "1":
+        pytest.skip("INFERENCEKEY_SKIP_DOCKER=1")
+    host = engine_setup.ensure_dockerd()
+    if host is None:
+        pytest.fail(engine_setup.dockerd_failure())
+    return host
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_host: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=docker_host)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_image(docker_host: str) -> str:
+    return engine_setup.ensure_llamacpp_image(docker_host)

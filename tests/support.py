@@ -144,3 +144,47 @@ def revoke(admin: httpx.Client, token: str) -> None:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class RunningAgent:
+    """A real worker agent in a thread of its own (its own event loop), talking HTTP."""
+
+    def __init__(self, config: Any) -> None:
+        from worker_agent.agent import Agent
+
+        self.config = config
+        self.agent = Agent(config)
+        self.loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[None] | None = None
+        self.thread = threading.Thread(target=self._run, name="agent", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self._task = self.loop.create_task(self.agent.run())
+        try:
+            self.loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.loop.close()
+
+    def stop(self) -> None:
+        """Stop the agent only; like a killed agent, it leaves its engines running."""
+        while self._task is None:
+            time.sleep(0.01)
+        self.loop.call_soon_threadsafe(self._task.cancel)
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive(), "agent did not stop"
+
+
+def wait_until(check: Any, timeout: float, message: str, interval: float = 0.2) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail with ``message`` otherwise."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{message} (last: {last!r})")

@@ -95,3 +95,12 @@ async def readiness_events(
     await session.close()  # the stream reads with short sessions of its own
     frames = readiness_stream(request.app, workload.id, workload.updated_at)
     return EventSourceResponse(frames, ping=KEEPALIVE_S, send_timeout=30)
+
+
+@router.get("/workloads/{workload_ref}/replicas")
+async def list_workload_replicas(
+    workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
+) -> dict[str, Any]:
+    workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
+    rows = await workloads.list_replicas(session, workload.id)
+    return {"replicas": [workloads.replica_view(row) for row in rows]}

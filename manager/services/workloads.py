@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager import notify
 from manager.auth import Principal, Scope, require_scope
-from manager.db.models import GpuResource, Project, Worker, Workload
+from manager.db.models import GpuResource, Project, Replica, Worker, Workload
 from manager.errors import (
     FieldNotPatchable,
     ProjectScopeMismatch,
@@ -224,3 +224,27 @@ def workload_view(workload: Workload, project: Project) -> dict[str, Any]:
         }
     )
     return view
+
+
+async def list_replicas(session: AsyncSession, workload_id: str) -> list[Replica]:
+    result = await session.execute(
+        select(Replica).where(Replica.workload_id == workload_id).order_by(Replica.created_at)
+    )
+    return list(result.scalars())
+
+
+def replica_view(replica: Replica) -> dict[str, Any]:
+    return {
+        "id": replica.id,
+        "worker_id": replica.worker_id,
+        "generation": replica.generation,
+        "gpu_resource_ids": list(replica.gpu_resource_ids),
+        "desired_state": replica.desired_state,
+        "state": replica.state,
+        "reason": replica.reason,
+        "log_tail": replica.log_tail,
+        "port": replica.port,
+        "restarts": replica.restarts,
+        "created_at": rfc3339(replica.created_at),
+        "ready_at": rfc3339(replica.ready_at),
+    }

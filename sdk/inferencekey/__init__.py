@@ -20,6 +20,7 @@ from .errors import (
     ValidationError,
 )
 from .management import AsyncManagementClient, ManagementClient
+from .progress import ProgressRenderer
 from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec
 from .wire import ReadinessEvent, Workload
 
@@ -42,6 +43,7 @@ __all__ = [
     "OnDrift",
     "PermissionDenied",
     "Plan",
+    "ProgressRenderer",
     "ReadinessEvent",
     "ReadinessPhase",
     "TaskType",

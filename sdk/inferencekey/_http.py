@@ -2,7 +2,8 @@
 
 Client operations are written once, as generators that yield a ``Call`` and receive the
 decoded JSON answer (or have the typed error thrown into them). ``run_steps`` drives one
-with an ``httpx.Client``, ``run_steps_async`` with an ``httpx.AsyncClient``.
+with an ``httpx.Client``, ``run_steps_async`` with an ``httpx.AsyncClient``. Streaming
+operations use the same drivers with their own step type (see ``_sse``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import httpx
 from .errors import ApiError, ConfigurationError, InferenceKeyError, error_from_response
 
 T = TypeVar("T")
+S = TypeVar("S")
+
+# The typed code of an ApiError raised because the Manager could not be reached.
+NETWORK_ERROR_CODE = "network_error"
 
 
 @dataclass(frozen=True)
@@ -52,14 +57,19 @@ def auth_headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
 
+def response_error(response: httpx.Response) -> InferenceKeyError:
+    """The typed error for a non-2xx answer whose body has been read."""
+    try:
+        body = response.json() if response.content else None
+    except ValueError:
+        body = None
+    return error_from_response(response.status_code, body, response.text)
+
+
 def decode_response(response: httpx.Response) -> Any:
     """The decoded JSON of a 2xx answer (an empty body is None); the typed error otherwise."""
     if not response.is_success:
-        try:
-            body = response.json() if response.content else None
-        except ValueError:
-            body = None
-        raise error_from_response(response.status_code, body, response.text)
+        raise response_error(response)
     if not response.content:
         return None
     try:
@@ -68,9 +78,10 @@ def decode_response(response: httpx.Response) -> Any:
         raise ApiError(f"json error: {exc}", status=response.status_code) from exc
 
 
-def _network_error(exc: httpx.TransportError, url: str) -> ApiError:
+def network_error(exc: httpx.TransportError, url: str) -> ApiError:
+    """The ``ApiError`` for a request to ``url`` that failed below HTTP."""
     detail = str(exc) or type(exc).__name__
-    return ApiError(f"network error: {url}: {detail}")
+    return ApiError(f"network error: {url}: {detail}", code=NETWORK_ERROR_CODE)
 
 
 def send(client: httpx.Client, base_url: str, call: Call) -> Any:
@@ -79,7 +90,7 @@ def send(client: httpx.Client, base_url: str, call: Call) -> Any:
     try:
         response = client.request(call.method, url, json=call.body)
     except httpx.TransportError as exc:
-        raise _network_error(exc, url) from exc
+        raise network_error(exc, url) from exc
     return decode_response(response)
 
 
@@ -89,11 +100,11 @@ async def send_async(client: httpx.AsyncClient, base_url: str, call: Call) -> An
     try:
         response = await client.request(call.method, url, json=call.body)
     except httpx.TransportError as exc:
-        raise _network_error(exc, url) from exc
+        raise network_error(exc, url) from exc
     return decode_response(response)
 
 
-def run_steps(steps: Steps[T], make_call: Callable[[Call], Any]) -> T:
+def run_steps(steps: Generator[S, Any, T], make_call: Callable[[S], Any]) -> T:
     """Drive an operation to its result, making each call it yields synchronously."""
     try:
         call = next(steps)
@@ -106,9 +117,14 @@ def run_steps(steps: Steps[T], make_call: Callable[[Call], Any]) -> T:
                 call = steps.send(answer)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+    finally:
+        # Runs the operation's own cleanup now, also when the caller's side raised.
+        steps.close()
 
 
-async def run_steps_async(steps: Steps[T], make_call: Callable[[Call], Awaitable[Any]]) -> T:
+async def run_steps_async(
+    steps: Generator[S, Any, T], make_call: Callable[[S], Awaitable[Any]]
+) -> T:
     """Drive an operation to its result, awaiting each call it yields."""
     try:
         call = next(steps)
@@ -121,3 +137,6 @@ async def run_steps_async(steps: Steps[T], make_call: Callable[[Call], Awaitable
                 call = steps.send(answer)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+    finally:
+        # Runs the operation's own cleanup now, also when the caller's side raised.
+        steps.close()

@@ -1,8 +1,9 @@
-"""The management plane: declare workloads with ``ensure()``, list, get and delete them.
+"""The management plane: declare workloads with ``ensure()``, list, get and delete them,
+and wait for one to become ready.
 
 ``ManagementClient`` and ``AsyncManagementClient`` share one implementation: each operation
-is a generator of HTTP calls (see ``_http``) that the sync client drives with ``httpx.Client``
-and the async client with ``httpx.AsyncClient``.
+is a generator of HTTP calls (see ``_http``; ``_sse`` for the readiness stream) that the sync
+client drives with ``httpx.Client`` and the async client with ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pydantic
 
-from . import _http
-from ._http import Call, Steps
-from .enums import OnDrift
+from . import _http, _sse
+from ._http import NETWORK_ERROR_CODE, Call, Steps
+from ._sse import NextFrame, OpenStream, Pause, StreamSignal, StreamSteps
+from .enums import OnDrift, ReadinessPhase
 from .errors import (
     ApiError,
     ConfigurationError,
@@ -27,9 +31,10 @@ from .errors import (
     PermissionDenied,
     ValidationError,
 )
+from .progress import ProgressRenderer
 from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec, compute_drift
 from .validation import redact_token, slugify
-from .wire import Workload
+from .wire import ReadinessEvent, Workload
 
 DEFAULT_BASE_URL = "https://api.inferencekey.com"
 
@@ -39,6 +44,17 @@ _NO_PROJECT_FOR_ENSURE = (
     "No project configured. Set INFERENCEKEY_PROJECT, pass project=, or set spec.project."
 )
 _NO_PROJECT = "No project configured. Set INFERENCEKEY_PROJECT or pass project=."
+
+# Waits between readiness reconnects: 1 s, 2 s, 4 s, then 5 s each time; any frame resets them.
+_RECONNECT_DELAYS_S = (1.0, 2.0, 4.0, 5.0)
+# Answers after which the readiness stream is reopened; any other error is final.
+_TRANSIENT_STATUSES = frozenset({502, 503, 504})
+# A readiness stream silent this long is presumed dead and reopened (the Manager pings each 15 s).
+_STALL_S = 45.0
+# How often the default renderer's clock moves while no frame arrives.
+_TICK_S = 1.0
+
+ProgressCallback = Callable[[ReadinessEvent], None]
 
 
 def _present(value: str | None) -> str | None:
@@ -190,6 +206,82 @@ def _get_steps(workload_slug: str, project: str) -> Steps[Workload]:
     return _workload(live)
 
 
+def _readiness_path(project: str, workload_slug: str) -> str:
+    return f"{_workloads_path(project)}/{quote(workload_slug, safe='')}/readiness-events"
+
+
+def _readiness_event(data: str) -> ReadinessEvent:
+    try:
+        return ReadinessEvent.model_validate_json(data)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(f"json error: readiness frame {data!r}: {exc}") from exc
+
+
+def _is_transient(exc: ApiError) -> bool:
+    return exc.code == NETWORK_ERROR_CODE or exc.status in _TRANSIENT_STATUSES
+
+
+def _wait_steps(
+    workload_slug: str,
+    project: str,
+    timeout: float,
+    on_progress: ProgressCallback | None,
+    silent: bool,
+) -> StreamSteps[None]:
+    """The contract's wait_until_ready (section 7): follow the readiness stream to a terminal
+    phase, reopening it after a drop or a transient error, until ``timeout`` seconds pass."""
+    if not workload_slug.strip():
+        raise ValidationError("validation error: workload slug must not be empty")
+    if "/" in project:
+        raise ValidationError(f"validation error: project must not contain '/': {project!r}")
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f'workload "{workload_slug}" not ready after {timeout:g}s')
+        return left
+
+    if on_progress is None and not silent:
+        on_progress = ProgressRenderer()
+    renderer = on_progress if isinstance(on_progress, ProgressRenderer) else None
+    path = _readiness_path(project, workload_slug)
+    failures = 0
+    try:
+        while True:
+            yield OpenStream(path, timeout=min(remaining(), _STALL_S))
+            while True:
+                try:
+                    frame = yield NextFrame(wait=min(remaining(), _TICK_S))
+                except ApiError as exc:
+                    if not _is_transient(exc):
+                        raise
+                    logger.debug("readiness stream of %r interrupted: %s", workload_slug, exc)
+                    break
+                if frame is StreamSignal.IDLE:
+                    if renderer is not None:
+                        renderer.tick()
+                    continue
+                if frame is StreamSignal.ENDED:
+                    break
+                failures = 0
+                event = _readiness_event(frame)
+                if on_progress is not None:
+                    on_progress(event)
+                if event.phase == ReadinessPhase.READY.value:
+                    return
+                if event.phase == ReadinessPhase.ERROR.value:
+                    raise ApiError(
+                        f'workload "{workload_slug}" failed to become ready: {event.message}'
+                    )
+            delay = _RECONNECT_DELAYS_S[min(failures, len(_RECONNECT_DELAYS_S) - 1)]
+            failures += 1
+            yield Pause(min(remaining(), delay))
+    finally:
+        if renderer is not None:
+            renderer.close()
+
+
 class _ManagementBase:
     """Configuration shared by the sync and async clients."""
 
@@ -306,6 +398,29 @@ class ManagementClient(_ManagementBase):
         """
         return _http.run_steps(_get_steps(workload_slug, self._project(project)), self._call)
 
+    def wait_until_ready(
+        self,
+        workload_slug: str,
+        *,
+        project: str | None = None,
+        timeout: float = 600.0,
+        on_progress: ProgressCallback | None = None,
+        silent: bool = False,
+    ) -> None:
+        """Block until the workload serves, following the Manager's readiness stream.
+
+        Each event (``ReadinessEvent``) goes to ``on_progress``; without one, a
+        ``ProgressRenderer`` shows them on stderr unless ``silent``. A dropped stream or a
+        502/503/504 is retried (1 s, 2 s, 4 s, then every 5 s). Raises ``ApiError`` if the
+        workload fails to become ready, builtin ``TimeoutError`` after ``timeout`` seconds,
+        and the typed error of any other failed answer (``NotFoundError``, ``AuthError``, ...).
+
+        >>> ref = mgmt.ensure(spec)  # doctest: +SKIP
+        >>> mgmt.wait_until_ready(ref.workload_slug, timeout=900)  # doctest: +SKIP
+        """
+        steps = _wait_steps(workload_slug, self._project(project), timeout, on_progress, silent)
+        _sse.run_stream_steps(steps, self._client, self.base_url)
+
     def close(self) -> None:
         """Release the connection pool."""
         self._client.close()
@@ -391,6 +506,22 @@ class AsyncManagementClient(_ManagementBase):
         return await _http.run_steps_async(
             _get_steps(workload_slug, self._project(project)), self._call
         )
+
+    async def wait_until_ready(
+        self,
+        workload_slug: str,
+        *,
+        project: str | None = None,
+        timeout: float = 600.0,
+        on_progress: ProgressCallback | None = None,
+        silent: bool = False,
+    ) -> None:
+        """Wait until the workload serves; see ``ManagementClient.wait_until_ready``.
+
+        >>> await mgmt.wait_until_ready("support-bot", on_progress=print)  # doctest: +SKIP
+        """
+        steps = _wait_steps(workload_slug, self._project(project), timeout, on_progress, silent)
+        await _sse.run_stream_steps_async(steps, self._client, self.base_url)
 
     async def close(self) -> None:
         """Release the connection pool."""
