@@ -85,7 +85,11 @@ def start_manager(settings: Settings) -> RunningManager:
     """A real Manager on uvicorn, in a thread, on a free loopback port."""
     assert settings.database_url
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
+        create_app(settings),
+        host="127.0.0.1",
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="manager", daemon=True)

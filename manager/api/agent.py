@@ -16,6 +16,7 @@ from worker_agent.protocol import MAX_WAIT_S, Assignments, Heartbeat
 
 router = APIRouter(prefix="/api/agent")
 WHERE = "the agent protocol (/api/agent)"
+DISCONNECT_CHECK_S = 1.0
 
 
 async def _agent_worker(request: Request) -> Worker:
@@ -64,4 +65,7 @@ async def watch_assignments(
             remaining = deadline - time.monotonic()
             if answer.version != version or remaining <= 0:
                 return answer
-            await notify.wait_for(changed, remaining)
+            # Wake at least every second to notice an agent that hung up.
+            await notify.wait_for(changed, min(remaining, DISCONNECT_CHECK_S))
+            if not changed.is_set() and await request.is_disconnected():
+                return answer
