@@ -344,6 +344,7 @@ def _describe(error: Exception) -> str:
 def run(config: AgentConfig) -> None:
     """Run the agent until SIGTERM or SIGINT. Engines keep running; a restart adopts them."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
 
     async def main() -> None:
         task = asyncio.current_task()

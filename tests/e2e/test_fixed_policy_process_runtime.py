@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import httpx
 from inferencekey import Backend, ManagementClient, WorkloadSpec
 
 from tests.e2e.conftest import AgentFactory, chat, replicas, wait_phase
-from tests.support import wait_until
+from tests.support import RunningManager, TestProject, free_port, wait_until
 
 
 def spec(
@@ -99,23 +101,74 @@ def test_changing_the_command_rolls_new_replicas_before_stopping_old_ones(
     mgmt.wait_until_ready("gemma", timeout=30)
 
 
-def test_restarted_agent_adopts_its_engine_and_leaves_no_orphan(
+def agent_process(
+    manager_url: str, token: str, state_dir: Path, gguf: Path, llama_server: str
+) -> subprocess.Popen[bytes]:
+    """`inferencekey agent` as its own process, as an operator runs it."""
+    command = [
+        sys.executable, "-m", "manager.cli", "agent",
+        "--manager", manager_url,
+        "--runtime", "process",
+        "--state-dir", str(state_dir),
+        "--model-dir", str(gguf.parent),
+        "--binary", f"llama-server={llama_server}",
+        "--advertise-url", "http://127.0.0.1:9",
+        "--listen", f"127.0.0.1:{free_port()}",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, env={**os.environ, "INFERENCEKEY_AGENT_TOKEN": token}, stdout=subprocess.DEVNULL
+    )
+
+
+def test_killed_agent_process_restarts_adopts_its_engine_and_leaves_no_orphan(
+    manager: RunningManager,
+    admin: httpx.Client,
+    project: TestProject,
+    mgmt: ManagementClient,
+    api: httpx.Client,
+    gguf_model: Path,
+    llama_server: str,
+    tmp_path: Path,
+) -> None:
+    token = admin.post("/api/admin/workers", json={"project": project.slug}).json()["token"]
+    agent = agent_process(manager.url, token, tmp_path, gguf_model, llama_server)
+    try:
+        mgmt.ensure(spec(gguf_model))
+        mgmt.wait_until_ready("gemma", timeout=60)
+        [before] = replicas(api, "gemma")
+        pids = engine_pids(tmp_path)
+        agent.kill()  # SIGKILL: no chance to clean up
+        agent.wait(timeout=10)
+        assert all(alive(pid) for pid in pids.values()), "the engine died with its agent"
+        agent = agent_process(manager.url, token, tmp_path, gguf_model, llama_server)
+        time.sleep(4)  # several heartbeats and converge passes of the new agent
+        [after] = ready_replicas(api)
+        assert (after["id"], after["port"]) == (before["id"], before["port"])
+        assert engine_pids(tmp_path) == pids, "the engine was replaced instead of adopted"
+        assert all(alive(pid) for pid in pids.values())
+        chat(after["port"])
+    finally:
+        mgmt.delete("gemma")
+        wait_until(lambda: engine_pids(tmp_path) == {}, 30, "the engine outlived its workload")
+        agent.terminate()
+        agent.wait(timeout=15)
+
+
+def test_orphan_engine_of_a_removed_replica_is_stopped_by_the_restarted_agent(
     start_agent: AgentFactory, mgmt: ManagementClient, api: httpx.Client, gguf_model: Path
 ) -> None:
     agent = start_agent()
     mgmt.ensure(spec(gguf_model))
     mgmt.wait_until_ready("gemma", timeout=60)
-    [before] = replicas(api, "gemma")
     pids = engine_pids(agent.config.state_dir)
     agent.stop()
-    assert all(alive(pid) for pid in pids.values()), "the engine died with its agent"
+    # While the agent is down, the workload is deleted: its engine is now an orphan.
+    assert mgmt.delete("gemma")
     start_agent(token=agent.config.token, state_dir=agent.config.state_dir)
-    time.sleep(3)  # several heartbeats and converge passes
-    [after] = ready_replicas(api)
-    assert (after["id"], after["port"]) == (before["id"], before["port"])
-    assert engine_pids(agent.config.state_dir) == pids
-    assert all(alive(pid) for pid in pids.values())
-    chat(after["port"])
+    wait_until(
+        lambda: not any(alive(pid) for pid in pids.values()), 30, "orphan engine kept running"
+    )
+    wait_until(lambda: engine_pids(agent.config.state_dir) == {}, 10, "stale engine record")
 
 
 def test_killed_engine_is_restarted_and_the_reason_recorded(
