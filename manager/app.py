@@ -15,6 +15,7 @@ from manager.api import admin, agent, workers, workloads
 from manager.body_limit import BodyLimitMiddleware
 from manager.db.migrate import upgrade_to_head_async
 from manager.db.session import make_engine, make_sessionmaker
+from manager.gateway.app import Gateway, GatewayMiddleware
 from manager.http_errors import install_error_handlers
 from manager.notify import NotificationHub
 from manager.reconciler import Reconciler, run_reconciler
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await _bootstrap(app, settings)
             await hub.start()
+            await gateway.start(app.state.sessions, hub)
             if settings.run_reconciler:
                 reconciler = Reconciler(app.state.sessions, hub, settings)
                 background.append(
@@ -72,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await gateway.stop()
             await hub.stop()
             await engine.dispose()
 
@@ -85,6 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added last, so it is the outermost: data-plane requests skip the control plane's layers.
+    gateway = Gateway(settings)
+    app.add_middleware(GatewayMiddleware, gateway=gateway)
     install_error_handlers(app)
     app.include_router(workloads.router)
     app.include_router(admin.router)

@@ -63,6 +63,10 @@ class InvalidPolicyConfig(ApiProblem):
     code = "invalid_execution_policy_config"
 
 
+class RouteNotServed(ApiProblem):
+    code = "route_not_served"
+
+
 class FieldNotPatchable(ApiProblem):
     code = "field_not_patchable"
 

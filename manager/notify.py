@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import asyncpg
 from sqlalchemy import text
@@ -21,7 +21,8 @@ log = logging.getLogger("inferencekey.manager")
 RECONCILE = "ik_reconcile"  # payload: a workload or worker id; wakes the reconciler
 ASSIGNMENTS = "ik_assignments"  # payload: a worker id whose desired replica set changed
 WORKLOAD_STATUS = "ik_workload_status"  # payload: a workload id whose phase changed
-CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS)
+TOKENS = "ik_tokens"  # payload: a credential id that was revoked
+CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS, TOKENS)
 ANY = "*"
 
 
@@ -45,6 +46,7 @@ class NotificationHub:
         self._url = plain_postgres_url(database_url)
         self._connection: asyncpg.Connection | None = None
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
+        self._callbacks: dict[str, list[Callable[[str], None]]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -77,8 +79,18 @@ class NotificationHub:
                 for events in list(self._waiters.values()):
                     for event in events:
                         event.set()
+                for callbacks in list(self._callbacks.values()):
+                    for callback in callbacks:
+                        callback(ANY)
+
+    def on(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` on every notification of ``channel``, and with ``ANY``
+        after a reconnect (anything may have been missed)."""
+        self._callbacks[channel].append(callback)
 
     def _on_notification(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        for callback in self._callbacks.get(channel, ()):
+            callback(payload)
         for key in ((channel, payload), (channel, ANY)):
             for event in self._waiters.get(key, ()):
                 event.set()

@@ -122,6 +122,16 @@ def _pool(demand: Demand, workers: list[WorkerSlot]) -> tuple[list[WorkerSlot], 
 
 
 def _fit_whole(demand: Demand, worker: WorkerSlot, count: int) -> Placement | str:
+    if demand.gpu_pin:
+        pinned = next(g for g in worker.gpus if g.id == demand.gpu_pin)
+        if count > 1:
+            return (
+                f"{worker.id}: the command asks for {count} GPUs (tensor parallel) but the "
+                f"workload is pinned to one GPU ({pinned.id}); drop gpu_resource_id or pin a "
+                "worker instead"
+            )
+        if not pinned.wholly_free:
+            return f"{worker.id}: pinned GPU {pinned.id} is not free (another replica uses it)"
     free = [
         g for g in worker.gpus if g.wholly_free and (not demand.gpu_pin or g.id == demand.gpu_pin)
     ]
@@ -144,9 +154,10 @@ def _fit_shared(demand: Demand, worker: WorkerSlot) -> Placement | str:
     best = max(candidates, key=lambda g: g.free_mb, default=None)
     if best is None or best.free_mb < claim:
         most = best.free_mb if best else 0
-        return (
-            f"{worker.id}: needs ~{claim} MB of GPU memory, the most free on one GPU is {most} MB"
+        where = (
+            f"pinned GPU {demand.gpu_pin} has" if demand.gpu_pin else "the most free on one GPU is"
         )
+        return f"{worker.id}: needs ~{claim} MB of GPU memory, {where} {most} MB"
     return Placement(worker.id, (best.id,), (best.uuid,), claim)
 
 

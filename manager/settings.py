@@ -38,6 +38,11 @@ class Settings:
     # The reconciler runs on every change it is told of, and at least this often.
     reconcile_interval_s: float = 2.0
     run_reconciler: bool = True
+    # Data-plane gateway: long waits for the first token; a cap on request bodies.
+    gateway_connect_timeout_s: float = 5.0
+    gateway_first_byte_timeout_s: float = 600.0
+    gateway_idle_timeout_s: float = 300.0
+    gateway_max_body_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -58,6 +63,8 @@ class Settings:
             "worker_lost_after_s",
             "heartbeat_interval_s",
             "reconcile_interval_s",
+            "gateway_first_byte_timeout_s",
+            "gateway_idle_timeout_s",
         ):
             if raw := _env(f"INFERENCEKEY_{name.upper()}"):
                 values[name] = float(raw)

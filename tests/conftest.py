@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
 import pytest
+from inferencekey import ManagementClient
 
 from manager.settings import Settings
 from tests import engine_setup
 from tests.support import (
+    AgentFactory,
+    RunningAgent,
     RunningManager,
     TestProject,
     bearer,
@@ -24,6 +29,7 @@ from tests.support import (
     new_admin_token,
     start_manager,
 )
+from worker_agent.config import AgentConfig
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +78,63 @@ def api(manager: RunningManager, project: TestProject) -> Iterator[httpx.Client]
     """A raw HTTP client holding the project's full-scope SDK token."""
     with httpx.Client(base_url=manager.url, headers=bearer(project.sdk_token)) as client:
         yield client
+
+
+@pytest.fixture
+def mgmt(manager: RunningManager, project: TestProject) -> Iterator[ManagementClient]:
+    with ManagementClient(
+        base_url=manager.url, sdk_token=project.sdk_token, project=project.slug
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def start_agent(
+    manager: RunningManager,
+    admin: httpx.Client,
+    project: TestProject,
+    llama_server: str,
+    gguf_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AgentFactory]:
+    """Registers a worker private to the test's project and runs an agent for it."""
+    running: list[RunningAgent] = []
+
+    def start(
+        *,
+        runtime: str = "process",
+        token: str | None = None,
+        state_dir: Path | None = None,
+        **extra: Any,
+    ) -> RunningAgent:
+        if token is None:
+            created = admin.post(
+                "/api/admin/workers",
+                json={"project": project.slug, "name": f"cpu-{secrets.token_hex(2)}"},
+            )
+            assert created.status_code == 201, created.text
+            token = created.json()["token"]
+        config = AgentConfig(
+            manager_url=manager.url,
+            token=token,
+            runtime=runtime,
+            state_dir=state_dir or tmp_path_factory.mktemp("agent"),
+            model_dir=gguf_model.parent,
+            binaries={"llama-server": llama_server},
+            listen_host="127.0.0.1",
+            listen_port=(port := free_port()),
+            advertise_url=f"http://127.0.0.1:{port}",
+            restart_backoff_initial_s=0.5,
+            **extra,
+        )
+        agent = RunningAgent(config)
+        running.append(agent)
+        return agent
+
+    yield start
+    for agent in running:
+        if agent.thread.is_alive():
+            agent.stop()
 
 
 # The real engine parts (see tests/engine_setup.py for where each comes from).

@@ -8,6 +8,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -180,6 +181,9 @@ class RunningAgent:
         self.loop.call_soon_threadsafe(self._task.cancel)
         self.thread.join(timeout=15)
         assert not self.thread.is_alive(), "agent did not stop"
+
+
+AgentFactory = Callable[..., RunningAgent]
 
 
 def wait_until(check: Any, timeout: float, message: str, interval: float = 0.2) -> Any:

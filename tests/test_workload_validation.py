@@ -366,3 +366,21 @@ def test_unknown_route_and_method_are_json_errors(api: httpx.Client) -> None:
     assert (missing.status_code, missing.json()["code"]) == (404, "route_not_found")
     wrong_method = api.put("/api/workloads/x", json={})
     assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("backend", "command", "fragment"),
+    [
+        ("llamacpp", "python serve.py -m x.gguf", "must start with"),
+        ("vllm", "vllm serve m --tensor-parallel-size zero", "positive integer"),
+        ("vllm", "vllm serve 'unclosed", "cannot parse"),
+    ],
+)
+def test_a_command_the_engine_cannot_run_is_400_on_config_command(
+    api: httpx.Client, project: TestProject, backend: str, command: str, fragment: str
+) -> None:
+    body = {**BASE, "backend": backend, "config": {"command": command}}
+    response = api.post(f"/api/projects/{project.slug}/workloads", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "config.command"
+    assert fragment in response.json()["message"]

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+import uvicorn
 from inferencekey.validation import redact_token
 
 from worker_agent import __version__
@@ -27,7 +28,9 @@ from worker_agent.engines import Engine, engine_for
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
 from worker_agent.ports import PortAllocator
 from worker_agent.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment
+from worker_agent.proxy import AgentProxy
 from worker_agent.runtimes.base import LaunchSpec, RunningEngine, Runtime
+from worker_agent.upstream import UpstreamClient
 
 log = logging.getLogger("inferencekey.agent")
 
@@ -53,6 +56,8 @@ class LocalReplica:
     health_failures: int = 0
     prepare_task: asyncio.Task[None] | None = None
     notices: list[str] = field(default_factory=list)
+    outstanding: int = 0  # requests the proxy is relaying to it now
+    served_model: str = ""  # the `model` its engine answers to
 
     def observed(self) -> dict[str, object]:
         return {
@@ -89,7 +94,10 @@ class Agent:
         runtime: Runtime | None = None,
     ) -> None:
         self.config = config
-        self.inventory = inventory or detect_inventory(config.simulate_gpus, log)
+        # Simulated GPU UUIDs are seeded per host and state dir: stable across restarts, and
+        # distinct for two agents on one host, as real GPU UUIDs are.
+        seed = f"{socket.gethostname()}:{config.state_dir}"
+        self.inventory = inventory or detect_inventory(config.simulate_gpus, log, seed=seed)
         self.runtime = runtime
         self.ports = PortAllocator(*config.port_range)
         self.replicas: dict[str, LocalReplica] = {}
@@ -108,6 +116,10 @@ class Agent:
         self._engine_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, read=5.0))
 
     @property
+    def gateway_secret(self) -> str:
+        return self.desired.gateway_secret if self.desired else ""
+
+    @property
     def address(self) -> str:
         if self.config.advertise_url:
             return self.config.advertise_url.rstrip("/")
@@ -121,9 +133,32 @@ class Agent:
             redact_token(self.config.token),
             self.config.runtime,
         )
+        upstream = UpstreamClient()
+        proxy = uvicorn.Server(
+            uvicorn.Config(
+                AgentProxy(self, upstream),
+                host=self.config.listen_host,
+                port=self.config.listen_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+            )
+        )
+        serving = asyncio.ensure_future(proxy.serve())
         try:
-            await asyncio.gather(self._heartbeat_loop(), self._watch_loop(), self._converge_loop())
+            # Shielded, so a stop lets the proxy finish its requests instead of dropping them.
+            await asyncio.gather(
+                self._heartbeat_loop(),
+                self._watch_loop(),
+                self._converge_loop(),
+                asyncio.shield(serving),
+            )
         finally:
+            proxy.should_exit = True
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(serving, 10)
+            upstream.close()
             await self._http.aclose()
             await self._engine_http.aclose()
 
@@ -221,6 +256,8 @@ class Agent:
         self, assignment: ReplicaAssignment, engine_now: RunningEngine | None
     ) -> None:
         engine = engine_for(assignment.backend)
+        argv, _ = engine.build_argv(assignment.command, assignment.model_name, "127.0.0.1", 0)
+        served_model = engine.served_model_name(argv, assignment.model_name)
         if engine_now is not None and engine_now.alive:
             self.ports.reserve(engine_now.port)
             local = LocalReplica(
@@ -230,7 +267,7 @@ class Agent:
             log.info("adopted running engine %s on port %d", assignment.id, engine_now.port)
             self._changed.set()
             return
-        local = LocalReplica(assignment, engine, self.ports.allocate())
+        local = LocalReplica(assignment, engine, self.ports.allocate(), served_model=served_model)
         self.replicas[assignment.id] = local
         await self._launch(local)
 

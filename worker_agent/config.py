@@ -34,3 +34,7 @@ class AgentConfig:
     health_interval_s: float = 1.0
     restart_backoff_initial_s: float = 1.0
     restart_backoff_max_s: float = 60.0
+    # Proxying: generous waits for the first token; a request body cap.
+    engine_first_byte_timeout_s: float = 600.0
+    engine_idle_timeout_s: float = 300.0
+    max_request_bytes: int = 64 * 1024 * 1024

@@ -82,3 +82,5 @@ class Assignments(BaseModel):
     version: str
     heartbeat_interval_s: float
     replicas: list[ReplicaAssignment]
+    # What Manager gateways present to this agent's proxy (X-InferenceKey-Gateway).
+    gateway_secret: str = ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from manager import notify
 from manager.auth import TokenKind, authenticate, require_kind
@@ -27,6 +27,11 @@ async def _agent_worker(request: Request) -> Worker:
         return await workers.worker_for_agent(session, principal)
 
 
+# A dependency, so the credential is checked before the body: a wrong token gets 401/403 whatever
+# it sent.
+AgentWorker = Annotated[Worker, Depends(_agent_worker)]
+
+
 async def _answer(request: Request, worker: Worker) -> Assignments:
     async with request.app.state.sessions() as session:
         replicas = await workers.assignments(session, worker)
@@ -35,12 +40,12 @@ async def _answer(request: Request, worker: Worker) -> Assignments:
         version=workers.assignments_version(replicas),
         heartbeat_interval_s=request.app.state.settings.heartbeat_interval_s,
         replicas=replicas,  # type: ignore[arg-type]
+        gateway_secret=worker.gateway_secret,
     )
 
 
 @router.post("/heartbeat")
-async def heartbeat(request: Request, body: Heartbeat) -> Assignments:
-    worker = await _agent_worker(request)
+async def heartbeat(request: Request, worker: AgentWorker, body: Heartbeat) -> Assignments:
     async with request.app.state.sessions() as session:
         row = await session.get(Worker, worker.id, with_for_update=True)
         assert row is not None
@@ -52,11 +57,11 @@ async def heartbeat(request: Request, body: Heartbeat) -> Assignments:
 @router.get("/assignments")
 async def watch_assignments(
     request: Request,
+    worker: AgentWorker,
     version: str = "",
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 25.0,
 ) -> Assignments:
     """Answers as soon as the desired set differs from ``version``, or after ``wait`` seconds."""
-    worker = await _agent_worker(request)
     hub: notify.NotificationHub = request.app.state.hub
     deadline = time.monotonic() + wait
     while True:

@@ -119,6 +119,8 @@ class Worker(Base):
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # The gateway's credential toward this worker's agent proxy (see migration 0003).
+    gateway_secret: Mapped[str] = mapped_column(String)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -165,3 +167,15 @@ class Replica(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WorkloadDemand(Base):
+    """What one Manager process's gateway sees of a workload's traffic, for the autoscaler."""
+
+    __tablename__ = "workload_demand"
+
+    manager_id: Mapped[str] = mapped_column(String, primary_key=True)
+    workload_id: Mapped[str] = mapped_column(ForeignKey("workloads.id"), primary_key=True)
+    in_flight: Mapped[int] = mapped_column(Integer)
+    requests_per_s: Mapped[float] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -11,6 +11,7 @@ from inferencekey.validation import slugify
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from manager import notify
 from manager.auth import (
     ALL_WORKLOADS,
     DEFAULT_SDK_SCOPES,
@@ -122,6 +123,7 @@ async def revoke_token(session: AsyncSession, ref: str) -> Token:
         raise TokenNotFound(f'no credential with id "{token_id}"')
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        await notify.notify(session, notify.TOKENS, row.id)
         await session.flush()
         log.info("revoked %s", display_token(row.kind, row.id))
     return row

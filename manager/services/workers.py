@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +48,7 @@ async def create_worker(
         token_id=minted.id,
         state="registered",
         state_reason="waiting for the agent's first heartbeat",
+        gateway_secret=secrets.token_hex(32),
     )
     session.add(worker)
     await session.flush()

@@ -1,12 +1,17 @@
-"""InferenceKey SDK: declare workloads on a self-hosted InferenceKey Manager.
+"""InferenceKey SDK: declare workloads on a self-hosted InferenceKey Manager, then call them.
 
->>> from inferencekey import ManagementClient, WorkloadSpec, Backend
+>>> from inferencekey import DataClient, ManagementClient, WorkloadSpec, Backend
 >>> mgmt = ManagementClient.from_env()  # doctest: +SKIP
 >>> mgmt.ensure(WorkloadSpec(name="Support bot", slug="support-bot",
 ...                          model="qwen2.5:0.5b", backend=Backend.OLLAMA))  # doctest: +SKIP
 EndpointRef(project_slug='acme', workload_slug='support-bot', plan=None)
+>>> (DataClient.from_env(project="acme")
+...  .endpoint("support-bot", api_key="ik_live_...")
+...  .generate_text(prompt="Hola", temperature=0.2, max_tokens=300).text)  # doctest: +SKIP
+'¡Hola! ¿En qué puedo ayudarte?'
 """
 
+from .data import AsyncDataClient, AsyncEndpoint, AsyncTextStream, DataClient, Endpoint, TextStream
 from .enums import Backend, ExecutionPolicy, OnDrift, ReadinessPhase, TaskType
 from .errors import (
     ApiError,
@@ -21,6 +26,7 @@ from .errors import (
 )
 from .management import AsyncManagementClient, ManagementClient
 from .progress import ProgressRenderer
+from .results import EmbedResult, RerankItem, RerankResult, TextChunk, TextResult
 from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec
 from .wire import ReadinessEvent, Workload
 
@@ -28,13 +34,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApiError",
+    "AsyncDataClient",
+    "AsyncEndpoint",
     "AsyncManagementClient",
+    "AsyncTextStream",
     "AuthError",
     "Backend",
     "ConfigurationError",
     "ConflictError",
+    "DataClient",
     "DriftError",
     "DriftItem",
+    "EmbedResult",
+    "Endpoint",
     "EndpointRef",
     "ExecutionPolicy",
     "InferenceKeyError",
@@ -46,7 +58,12 @@ __all__ = [
     "ProgressRenderer",
     "ReadinessEvent",
     "ReadinessPhase",
+    "RerankItem",
+    "RerankResult",
     "TaskType",
+    "TextChunk",
+    "TextResult",
+    "TextStream",
     "ValidationError",
     "Workload",
     "WorkloadSpec",

@@ -84,21 +84,28 @@ def network_error(exc: httpx.TransportError, url: str) -> ApiError:
     return ApiError(f"network error: {url}: {detail}", code=NETWORK_ERROR_CODE)
 
 
-def send(client: httpx.Client, base_url: str, call: Call) -> Any:
-    """Make ``call`` with a sync client; return the decoded answer or raise the typed error."""
+def send(
+    client: httpx.Client, base_url: str, call: Call, headers: dict[str, str] | None = None
+) -> Any:
+    """Make ``call`` with a sync client; return the decoded answer or raise the typed error.
+
+    ``headers`` are added to the client's own (the data plane's per-endpoint key).
+    """
     url = join_url(base_url, call.path)
     try:
-        response = client.request(call.method, url, json=call.body)
+        response = client.request(call.method, url, json=call.body, headers=headers)
     except httpx.TransportError as exc:
         raise network_error(exc, url) from exc
     return decode_response(response)
 
 
-async def send_async(client: httpx.AsyncClient, base_url: str, call: Call) -> Any:
+async def send_async(
+    client: httpx.AsyncClient, base_url: str, call: Call, headers: dict[str, str] | None = None
+) -> Any:
     """Make ``call`` with an async client; return the decoded answer or raise the typed error."""
     url = join_url(base_url, call.path)
     try:
-        response = await client.request(call.method, url, json=call.body)
+        response = await client.request(call.method, url, json=call.body, headers=headers)
     except httpx.TransportError as exc:
         raise network_error(exc, url) from exc
     return decode_response(response)

@@ -1,4 +1,5 @@
-"""Server-sent events: the decoder, and the drivers for operations that follow a stream.
+"""Server-sent events: the decoder, opening and reading a stream, and the drivers for
+operations that follow one.
 
 A streaming operation is written once, as a generator (like the JSON operations in ``_http``)
 that yields ``OpenStream``, ``NextFrame`` and ``Pause`` steps. ``run_stream_steps`` performs
@@ -12,10 +13,11 @@ without cutting the connection: an httpx read timeout closes the stream it fires
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -69,6 +71,103 @@ class SseDecoder:
         if name == "data":
             self._data_lines.append(value.removeprefix(" "))
         return None
+
+
+def _request(
+    client: httpx.Client | httpx.AsyncClient,
+    method: str,
+    url: str,
+    body: Any,
+    headers: dict[str, str] | None,
+    timeout: float | None,
+) -> httpx.Request:
+    # A timeout of None here means the client's own, not "wait forever".
+    extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    return client.build_request(
+        method, url, json=body, headers={**(headers or {}), **SSE_HEADERS}, **extra
+    )
+
+
+def open_event_stream(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> httpx.Response:
+    """Send the request and return the open 2xx response, its body unread.
+
+    A non-2xx answer raises its typed error (the response is closed); so does a failure
+    below HTTP (``ApiError`` with code ``network_error``).
+    """
+    request = _request(client, method, url, body, headers, timeout)
+    try:
+        response = client.send(request, stream=True)
+        if not response.is_success:
+            with contextlib.closing(response):
+                response.read()
+            raise response_error(response)
+    except httpx.TransportError as exc:
+        raise network_error(exc, url) from exc
+    return response
+
+
+async def open_event_stream_async(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> httpx.Response:
+    """``open_event_stream`` with an async client."""
+    request = _request(client, method, url, body, headers, timeout)
+    try:
+        response = await client.send(request, stream=True)
+        if not response.is_success:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise response_error(response)
+    except httpx.TransportError as exc:
+        raise network_error(exc, url) from exc
+    return response
+
+
+def event_data(response: httpx.Response) -> Generator[str, None, None]:
+    """Each event's data as it arrives, until the server ends the stream.
+
+    Closes the response when exhausted or closed; a failure below HTTP mid-stream raises
+    ``ApiError`` with code ``network_error``.
+    """
+    decoder = SseDecoder()
+    try:
+        for chunk in response.iter_text():
+            yield from decoder.feed(chunk)
+        yield from decoder.flush()
+    except httpx.TransportError as exc:
+        raise network_error(exc, str(response.request.url)) from exc
+    finally:
+        response.close()
+
+
+async def event_data_async(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """``event_data`` for a response of an async client."""
+    decoder = SseDecoder()
+    try:
+        async for chunk in response.aiter_text():
+            for data in decoder.feed(chunk):
+                yield data
+        for data in decoder.flush():
+            yield data
+    except httpx.TransportError as exc:
+        raise network_error(exc, str(response.request.url)) from exc
+    finally:
+        await response.aclose()
 
 
 class StreamSignal(Enum):
@@ -128,24 +227,13 @@ class _ThreadStream:
 
     def _pump(self, client: httpx.Client, url: str, timeout: float) -> None:
         try:
-            with client.stream("GET", url, headers=SSE_HEADERS, timeout=timeout) as response:
-                if not response.is_success:
-                    response.read()
-                    self._items.put(response_error(response))
-                    return
-                decoder = SseDecoder()
-                for chunk in response.iter_text():
+            response = open_event_stream(client, "GET", url, timeout=timeout)
+            with contextlib.closing(event_data(response)) as frames:
+                for data in frames:
                     if self._closed.is_set():
                         return
-                    for data in decoder.feed(chunk):
-                        self._items.put(data)
-                for data in decoder.flush():
                     self._items.put(data)
             self._items.put(StreamSignal.ENDED)
-        except httpx.TransportError as exc:
-            error = network_error(exc, url)
-            error.__cause__ = exc
-            self._items.put(error)
         except Exception as exc:  # handed over, so the waiting caller raises it
             self._items.put(exc)
 
@@ -169,22 +257,11 @@ class _TaskStream:
 
     async def _pump(self, client: httpx.AsyncClient, url: str, timeout: float) -> None:
         try:
-            async with client.stream("GET", url, headers=SSE_HEADERS, timeout=timeout) as response:
-                if not response.is_success:
-                    await response.aread()
-                    self._items.put_nowait(response_error(response))
-                    return
-                decoder = SseDecoder()
-                async for chunk in response.aiter_text():
-                    for data in decoder.feed(chunk):
-                        self._items.put_nowait(data)
-                for data in decoder.flush():
+            response = await open_event_stream_async(client, "GET", url, timeout=timeout)
+            async with contextlib.aclosing(event_data_async(response)) as frames:
+                async for data in frames:
                     self._items.put_nowait(data)
             self._items.put_nowait(StreamSignal.ENDED)
-        except httpx.TransportError as exc:
-            error = network_error(exc, url)
-            error.__cause__ = exc
-            self._items.put_nowait(error)
         except Exception as exc:  # handed over, so the waiting caller raises it
             self._items.put_nowait(exc)
 

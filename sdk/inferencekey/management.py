@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,9 @@ import httpx
 import pydantic
 
 from . import _http, _sse
+from ._config import DEFAULT_BASE_URL
+from ._config import from_env as _from_env
+from ._config import present as _present
 from ._http import NETWORK_ERROR_CODE, Call, Steps
 from ._sse import NextFrame, OpenStream, Pause, StreamSignal, StreamSteps
 from .enums import OnDrift, ReadinessPhase
@@ -35,8 +37,6 @@ from .progress import ProgressRenderer
 from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec, compute_drift
 from .validation import redact_token, slugify
 from .wire import ReadinessEvent, Workload
-
-DEFAULT_BASE_URL = "https://api.inferencekey.com"
 
 logger = logging.getLogger("inferencekey")
 
@@ -55,19 +55,6 @@ _STALL_S = 45.0
 _TICK_S = 1.0
 
 ProgressCallback = Callable[[ReadinessEvent], None]
-
-
-def _present(value: str | None) -> str | None:
-    """``value`` trimmed, or None when it is missing or blank."""
-    if value is None:
-        return None
-    trimmed = value.strip()
-    return trimmed or None
-
-
-def _from_env(explicit: str | None, name: str) -> str | None:
-    # A falsy explicit value falls through to the environment, as in the official client.
-    return explicit or _present(os.environ.get(name))
 
 
 def check_sdk_token(token: str) -> None:

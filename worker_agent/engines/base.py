@@ -31,6 +31,8 @@ class Engine:
     host_flags: ClassVar[tuple[str, ...]] = ("--host",)
     port_flags: ClassVar[tuple[str, ...]] = ("--port",)
     tensor_parallel_flags: ClassVar[tuple[str, ...]] = ()
+    # Flags naming the model the engine answers to; without one it is the workload's model_name.
+    served_model_flags: ClassVar[tuple[str, ...]] = ()
     health_path: ClassVar[str] = "/health"
     openai_routes: ClassVar[tuple[str, ...]]
 
@@ -62,6 +64,10 @@ class Engine:
         reasons.update(dict.fromkeys(self.port_flags, "the agent assigns the port"))
         argv, notices = _remove_flags(argv, reasons)
         return [*argv, self.host_flags[0], host, self.port_flags[0], str(port)], notices
+
+    def served_model_name(self, argv: list[str], model_name: str) -> str:
+        """The `model` the engine expects in a request (the gateway rewrites the slug to it)."""
+        return flag_value(argv, self.served_model_flags) or model_name
 
     def model_path(self, argv: list[str]) -> str | None:
         """The local model file the command loads, when it names one (for memory estimates)."""

@@ -11,6 +11,7 @@ class LlamaCppEngine(Engine):
     container_binary = "/app/llama-server"
     gpu_claim = "shared"
     command_prefixes = (("llama-server",),)
+    served_model_flags = ("--alias", "-a")
     health_path = "/health"
     openai_routes = (
         "/v1/models",

@@ -15,6 +15,7 @@ class SglangEngine(Engine):
         ("python3", "-m", "sglang.launch_server"),
     )
     tensor_parallel_flags = ("--tp-size", "--tp")
+    served_model_flags = ("--served-model-name",)
     health_path = "/health"
     openai_routes = (
         "/v1/models",

@@ -12,6 +12,7 @@ class VllmEngine(Engine):
     gpu_claim = "whole"
     command_prefixes = (("vllm", "serve"), ("python", "-m", "vllm.entrypoints.openai.api_server"))
     tensor_parallel_flags = ("--tensor-parallel-size", "-tp")
+    served_model_flags = ("--served-model-name",)
     health_path = "/health"
     openai_routes = (
         "/v1/models",

@@ -13,6 +13,7 @@ class VllmOmniEngine(Engine):
     # vllm-omni's own docs also start it as `vllm serve <model> --omni`.
     command_prefixes = (("vllm-omni", "serve"), ("vllm", "serve"))
     tensor_parallel_flags = ("--tensor-parallel-size", "-tp")
+    served_model_flags = ("--served-model-name",)
     health_path = "/health"
     openai_routes = (
         "/v1/models",

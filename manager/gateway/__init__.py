@@ -1,0 +1,1 @@
+"""The data-plane gateway: `/endpoint/{project}/{workload}/...` to a ready replica's agent."""

@@ -1,0 +1,240 @@
+"""The gateway's request path, as plain ASGI in front of the FastAPI app (it is the hot path).
+
+Per request: check the ik_live_ key (cached), find the workload and a ready replica (in memory),
+check the route fits the task type, then relay to the replica's agent, unbuffered. A replica that
+cannot be reached before any byte is sent back is skipped and another one tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from manager.auth import ALL_WORKLOADS, Principal, TokenKind
+from manager.errors import (
+    ApiProblem,
+    ProjectNotFound,
+    ProjectScopeMismatch,
+    RouteNotFound,
+    RouteNotServed,
+    ScopeInsufficient,
+    WorkloadNotFound,
+    WrongCredentialType,
+)
+from manager.errors import BodyTooLarge as BodyTooLargeProblem
+from manager.settings import Settings
+from worker_agent.proxy import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE
+from worker_agent.relay import (
+    BodyTooLarge,
+    problem,
+    read_body,
+    relay_response,
+    send_json,
+    until_client_disconnects,
+)
+from worker_agent.upstream import Headers, UpstreamClient, UpstreamError, end_to_end
+
+from .demand import DemandMeter
+from .keys import KeyCache
+from .routes import EJECT_S, RouteTable, WorkloadRoute, route_problem
+
+log = logging.getLogger("inferencekey.gateway")
+
+PREFIX = "/endpoint/"
+MAX_ATTEMPTS = 3
+RETRY_AFTER_S = b"5"
+_DROPPED_REQUEST_HEADERS = frozenset({b"authorization", GATEWAY_HEADER, REPLICA_HEADER})
+
+
+class Gateway:
+    """What the gateway needs at run time; started and stopped with the app's lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys: KeyCache | None = None
+        self.routes: RouteTable | None = None
+        self.demand: DemandMeter | None = None
+        self.client = UpstreamClient()
+
+    async def start(self, sessions: Any, hub: Any) -> None:
+        from manager import notify
+
+        self.keys = KeyCache(sessions)
+        self.routes = RouteTable(sessions)
+        self.demand = DemandMeter(sessions)
+        hub.on(notify.TOKENS, self.keys.evict)
+        for channel in (notify.WORKLOAD_STATUS, notify.ASSIGNMENTS, notify.RECONCILE):
+            hub.on(channel, self.routes.changed)
+        await self.routes.start()
+        await self.demand.start()
+
+    async def stop(self) -> None:
+        if self.routes is not None:
+            await self.routes.stop()
+        if self.demand is not None:
+            await self.demand.stop()
+        self.client.close()
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class GatewayMiddleware:
+    """Serves `/endpoint/...` itself; everything else goes on to the FastAPI app."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self._handle(scope, receive, send)
+        except ApiProblem as failure:
+            await send_json(
+                send,
+                failure.status,
+                failure.body(),
+                [(k.encode(), v.encode()) for k, v in failure.headers.items()],
+            )
+
+    async def _authorise(self, scope: Scope, project: str, workload: str) -> WorkloadRoute:
+        gateway = self.gateway
+        assert gateway.keys is not None and gateway.routes is not None
+        authorization = _header(scope["headers"], b"authorization")
+        principal = await gateway.keys.authenticate(
+            authorization.decode("latin-1") if authorization else None
+        )
+        _require_live_key(principal)
+        project_id = gateway.routes.projects.get(project)
+        if project_id is None:
+            raise ProjectNotFound(f'project "{project}" not found')
+        if principal.project_id != project_id:
+            raise ProjectScopeMismatch(f'this key is not scoped to project "{project}"')
+        route = gateway.routes.workloads.get((project_id, workload))
+        if route is None:
+            raise WorkloadNotFound(f'workload "{workload}" not found in project "{project}"')
+        if (
+            ALL_WORKLOADS not in principal.workload_grants
+            and workload not in principal.workload_grants
+        ):
+            raise ScopeInsufficient(f'this key is not granted workload "{project}/{workload}"')
+        return route
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts = scope["path"].split("/", 4)
+        if len(parts) < 5 or not parts[4]:
+            raise RouteNotFound("use /endpoint/{project}/{workload}/v1/...")
+        _, _, project, workload, rest = parts
+        route = await self._authorise(scope, project, workload)
+        wrong_route = route_problem(rest, route)
+        if wrong_route:
+            raise RouteNotServed(wrong_route)
+        settings = self.gateway.settings
+        try:
+            body = await read_body(receive, settings.gateway_max_body_bytes)
+        except BodyTooLarge as error:
+            raise BodyTooLargeProblem(str(error)) from None
+        demand = self.gateway.demand
+        assert demand is not None
+        demand.started(route.id)
+        try:
+            await until_client_disconnects(
+                receive, self._forward(scope, send, route, project, workload, rest, body)
+            )
+        except UpstreamError as error:
+            log.warning("stream of %s/%s broke off: %s", project, workload, error)
+        finally:
+            demand.finished(route.id)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        send: Send,
+        route: WorkloadRoute,
+        project: str,
+        workload: str,
+        rest: str,
+        body: bytes,
+    ) -> None:
+        settings = self.gateway.settings
+        query = scope.get("query_string", b"")
+        target = f"/endpoint/{project}/{workload}/{rest}" + (f"?{query.decode()}" if query else "")
+        headers = [
+            (k, v) for k, v in end_to_end(scope["headers"]) if k not in _DROPPED_REQUEST_HEADERS
+        ]
+        tried: set[str] = set()
+        last_error = "no replica answered"
+        for _ in range(MAX_ATTEMPTS):
+            replica = route.pick(time.monotonic(), tried)
+            if replica is None:
+                break
+            tried.add(replica.id)
+            replica.outstanding += 1
+            try:
+                try:
+                    response = await self.gateway.client.request(
+                        replica.host,
+                        replica.port,
+                        scope["method"],
+                        target,
+                        [
+                            *headers,
+                            (GATEWAY_HEADER, replica.gateway_secret),
+                            (REPLICA_HEADER, replica.id.encode()),
+                        ],
+                        body,
+                        connect_timeout=settings.gateway_connect_timeout_s,
+                        first_byte_timeout=settings.gateway_first_byte_timeout_s,
+                        idle_timeout=settings.gateway_idle_timeout_s,
+                    )
+                except UpstreamError as error:
+                    last_error = str(error)
+                    replica.ejected_until = time.monotonic() + EJECT_S
+                    continue
+                if (
+                    response.status in (502, 503)
+                    and _header(response.headers, RETRYABLE[0]) == RETRYABLE[1]
+                ):
+                    last_error = (await response.read()).decode(errors="replace")
+                    replica.ejected_until = time.monotonic() + EJECT_S
+                    continue
+                await relay_response(response, send)
+                return
+            finally:
+                replica.outstanding -= 1
+        if not tried:
+            state = f"{route.phase}: {route.reason}" if route.reason else route.phase
+            message = f'workload "{workload}" has no ready replica ({state})'
+            await send_json(
+                send,
+                503,
+                problem("no_ready_replica", message, phase=route.phase, reason=route.reason),
+                [(b"retry-after", RETRY_AFTER_S)],
+            )
+            return
+        await send_json(
+            send,
+            502,
+            problem(
+                "replica_unreachable",
+                f"no replica of {project}/{workload} could be reached: {last_error}",
+            ),
+            [(b"retry-after", RETRY_AFTER_S)],
+        )
+
+
+def _require_live_key(principal: Principal) -> None:
+    if principal.kind is not TokenKind.LIVE:
+        raise WrongCredentialType(
+            f"the data plane (/endpoint) requires an ik_live_ key; got {principal.display}"
+        )

@@ -1,0 +1,158 @@
+"""The agent's endpoint proxy: `/endpoint/{project}/{workload}/...` to a local engine.
+
+Only requests the Manager authorised get through: they carry the worker's gateway credential
+(`X-InferenceKey-Gateway`), which the Manager hands this agent over its heartbeat. So an agent
+port reachable on the network is not an open model.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.types import Receive, Scope, Send
+
+from worker_agent.relay import (
+    BodyTooLarge,
+    problem,
+    read_body,
+    relay_response,
+    send_json,
+    until_client_disconnects,
+)
+from worker_agent.upstream import Headers, UpstreamClient, UpstreamError, end_to_end
+
+if TYPE_CHECKING:
+    from worker_agent.agent import Agent, LocalReplica
+
+log = logging.getLogger("inferencekey.agent")
+
+GATEWAY_HEADER = b"x-inferencekey-gateway"
+REPLICA_HEADER = b"x-inferencekey-replica"
+# On a 502/503 from an agent, this tells the gateway that another replica may serve the request.
+RETRYABLE = (b"x-inferencekey-retryable", b"1")
+_NOT_FORWARDED = frozenset({b"authorization", GATEWAY_HEADER, REPLICA_HEADER})
+
+
+def rewrite_model(body: bytes, content_type: bytes, model: str) -> bytes:
+    """Put the engine's model name where the client put the workload slug (JSON bodies only)."""
+    if not body or not content_type.startswith(b"application/json"):
+        return body
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body  # the engine will say what is wrong with it
+    if not isinstance(payload, dict) or "model" not in payload or payload["model"] == model:
+        return body
+    payload["model"] = model
+    return json.dumps(payload).encode()
+
+
+def forwarded_headers(headers: Headers) -> Headers:
+    return [(k, v) for k, v in end_to_end(headers) if k not in _NOT_FORWARDED]
+
+
+class AgentProxy:
+    """ASGI app serving the replicas of one agent."""
+
+    def __init__(self, agent: Agent, client: UpstreamClient) -> None:
+        self.agent = agent
+        self.client = client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path == "/healthz":
+            await send_json(send, 200, {"status": "ok", "worker_id": self.agent.worker_id})
+            return
+        parts = path.split("/", 4)
+        if len(parts) < 5 or parts[1] != "endpoint":
+            await send_json(send, 404, problem("route_not_found", f"no route {path}"))
+            return
+        headers: Headers = scope["headers"]
+        presented = next((v for k, v in headers if k == GATEWAY_HEADER), b"")
+        secret = self.agent.gateway_secret.encode()
+        if not secret or not hmac.compare_digest(presented, secret):
+            await send_json(
+                send,
+                401,
+                problem(
+                    "invalid_credentials",
+                    "this agent serves only requests authorised by its Manager's gateway",
+                ),
+            )
+            return
+        await self._serve(scope, receive, send, parts[2], parts[3], parts[4], headers)
+
+    def _pick(self, project: str, workload: str, headers: Headers) -> LocalReplica | None:
+        ready = [
+            replica
+            for replica in self.agent.replicas.values()
+            if replica.state == "ready"
+            and replica.assignment.workload_slug == workload
+            and replica.assignment.project_slug == project
+        ]
+        wanted = next((v.decode() for k, v in headers if k == REPLICA_HEADER), None)
+        for replica in ready:
+            if replica.assignment.id == wanted:
+                return replica
+        return min(ready, key=lambda r: r.outstanding, default=None)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        project: str,
+        workload: str,
+        rest: str,
+        headers: Headers,
+    ) -> None:
+        replica = self._pick(project, workload, headers)
+        if replica is None:
+            message = f"no ready replica of {project}/{workload} on this worker"
+            await send_json(send, 503, problem("no_ready_replica", message), [RETRYABLE])
+            return
+        config = self.agent.config
+        try:
+            body = await read_body(receive, config.max_request_bytes)
+        except BodyTooLarge as error:
+            await send_json(send, 413, problem("body_too_large", str(error)))
+            return
+        content_type = next((v for k, v in headers if k == b"content-type"), b"")
+        body = rewrite_model(body, content_type, replica.served_model)
+        query = scope.get("query_string", b"")
+        target = f"/{rest}?{query.decode()}" if query else f"/{rest}"
+        tag = [(REPLICA_HEADER, replica.assignment.id.encode())]
+
+        async def exchange() -> None:
+            try:
+                response = await self.client.request(
+                    "127.0.0.1",
+                    replica.port,
+                    scope["method"],
+                    target,
+                    forwarded_headers(headers),
+                    body,
+                    first_byte_timeout=config.engine_first_byte_timeout_s,
+                    idle_timeout=config.engine_idle_timeout_s,
+                )
+            except UpstreamError as error:
+                log.warning("replica %s unreachable: %s", replica.assignment.id, error)
+                await send_json(
+                    send, 502, problem("engine_unreachable", str(error)), [RETRYABLE, *tag]
+                )
+                return
+            await relay_response(response, send, tag)
+
+        replica.outstanding += 1
+        try:
+            await until_client_disconnects(receive, exchange())
+        except UpstreamError as error:
+            # Headers were sent already; all we can do is end the response early.
+            log.warning("stream from %s broke off: %s", replica.assignment.id, error)
+        finally:
+            replica.outstanding -= 1

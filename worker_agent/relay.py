@@ -1,0 +1,105 @@
+"""Relaying one HTTP exchange through an ASGI server: the pieces the gateway and agent share.
+
+Bodies pass through as they arrive (no buffering of responses), upstream status codes are kept
+(headers are sent only once the upstream's are in), and a client that disconnects cancels the
+upstream exchange, even while it is still waiting for the first byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable
+from typing import Any
+
+from starlette.types import Receive, Send
+
+from worker_agent.upstream import Headers, UpstreamError, UpstreamResponse, end_to_end
+
+# Nothing between the client and us may hold a stream back (nginx honours this header).
+NO_BUFFERING = (b"x-accel-buffering", b"no")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body is larger than {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: Headers | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def problem(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The platform's error shape; ``error`` is the code for 403s, the sentence otherwise."""
+    return {"error": message, "code": code, "message": message, **extra}
+
+
+async def relay_response(
+    response: UpstreamResponse, send: Send, extra: Headers | None = None
+) -> None:
+    """Send the upstream's status and headers, then its body chunk by chunk as it arrives."""
+    headers = end_to_end(response.headers)
+    length = response.header(b"content-length")
+    if length is not None and response.header(b"transfer-encoding") is None:
+        headers.append((b"content-length", length))
+    headers.append(NO_BUFFERING)
+    headers.extend(extra or ())
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    async for chunk in response.chunks():
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _client_gone(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_client_disconnects(receive: Receive, exchange: Awaitable[None]) -> bool:
+    """Run ``exchange``; cancel it if the client disconnects first. True if it completed."""
+    work = asyncio.ensure_future(exchange)
+    gone = asyncio.ensure_future(_client_gone(receive))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():
+            work.cancel()
+        gone.cancel()
+    if work.cancelled() or not work.done():
+        with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+            await work
+        return False
+    work.result()
+    return True
