@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from manager.api import admin, agent, workers, workloads
 from manager.body_limit import BodyLimitMiddleware
@@ -40,8 +41,12 @@ async def _bootstrap(app: FastAPI, settings: Settings) -> None:
         )
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The Manager app. ``settings.database_url`` must be set (the CLI starts an embedded one)."""
+def create_app(settings: Settings) -> ASGIApp:
+    """The Manager app. ``settings.database_url`` must be set (the CLI starts an embedded one).
+
+    The gateway wraps the FastAPI app: `/endpoint` requests, the hot path, skip every layer of
+    the control plane; everything else (and the lifespan) goes on to FastAPI.
+    """
     if not settings.database_url:
         raise ValueError("create_app needs settings.database_url")
     if settings.admin_token:
@@ -88,9 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    # Added last, so it is the outermost: data-plane requests skip the control plane's layers.
     gateway = Gateway(settings)
-    app.add_middleware(GatewayMiddleware, gateway=gateway)
     install_error_handlers(app)
     app.include_router(workloads.router)
     app.include_router(admin.router)
@@ -101,4 +104,4 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return app
+    return GatewayMiddleware(app, gateway)

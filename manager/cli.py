@@ -90,6 +90,8 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        # A line per request costs the gateway ~7% of its throughput; opt in with the variable.
+        access_log=os.environ.get("INFERENCEKEY_ACCESS_LOG", "").strip() in ("1", "true", "yes"),
     )
 
 

@@ -76,6 +76,7 @@ class RunningManager:
     database_url: str
     server: uvicorn.Server
     thread: threading.Thread
+    settings: Settings
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -106,6 +107,7 @@ def start_manager(settings: Settings) -> RunningManager:
         database_url=settings.database_url,
         server=server,
         thread=thread,
+        settings=settings,
     )
 
 

@@ -45,7 +45,7 @@ def wait_ready(api: httpx.Client, project: TestProject, gpu_count: int) -> dict[
 
 
 def settings_of(manager: RunningManager) -> Settings:
-    return manager.server.config.app.state.settings  # type: ignore[no-any-return]
+    return manager.settings
 
 
 def test_agent_with_simulated_gpus_is_listed_ready_with_its_gpus(

@@ -31,6 +31,23 @@ class UpstreamError(Exception):
         self.before_response = before_response
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+async def _wait(waiter: asyncio.Future[None], timeout: float | None) -> None:
+    """Await ``waiter`` with a timeout, without the task asyncio.wait_for would create."""
+    if timeout is None:
+        await waiter
+        return
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -38,9 +55,12 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self._headers_ready: asyncio.Future[None] | None = None
-        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunk_waiter: asyncio.Future[None] | None = None
+        self._ended = False  # the response is complete, or the connection gone
         self._paused = False
         self.complete = False
+        self.keep_alive = False
         self.status = 0
         self.headers: Headers = []
 
@@ -55,8 +75,8 @@ class _Connection(asyncio.Protocol):
             self._headers_ready.set_exception(
                 UpstreamError("upstream closed the connection", before_response=True)
             )
-        if not self.complete:
-            self._chunks.put_nowait(None)
+        self._ended = True
+        self._wake()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -74,24 +94,32 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        # Asked now: once the message is complete the parser no longer says.
+        self.keep_alive = self.parser.should_keep_alive()
         if self._headers_ready is not None and not self._headers_ready.done():
             self._headers_ready.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.put_nowait(bytes(body))
-        if not self._paused and self._chunks.qsize() > _HIGH_WATER and self.transport:
+        self._chunks.append(bytes(body))
+        self._wake()
+        if not self._paused and len(self._chunks) > _HIGH_WATER and self.transport:
             self._paused = True
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
         self.complete = True
-        self._chunks.put_nowait(None)
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._chunk_waiter is not None and not self._chunk_waiter.done():
+            self._chunk_waiter.set_result(None)
 
     # use
     def start(self, request: bytes) -> asyncio.Future[None]:
         self._headers_ready = asyncio.get_running_loop().create_future()
-        self._chunks = asyncio.Queue()
-        self.complete = False
+        self._chunks.clear()
+        self._ended = self.complete = self.keep_alive = False
         self.status = 0
         self.headers = []
         assert self.transport is not None
@@ -99,14 +127,23 @@ class _Connection(asyncio.Protocol):
         return self._headers_ready
 
     async def next_chunk(self, idle_timeout: float | None) -> bytes | None:
-        chunk = await asyncio.wait_for(self._chunks.get(), idle_timeout)
-        if self._paused and self._chunks.qsize() < _LOW_WATER and self.transport:
+        """The next piece of the body, or None at its end."""
+        while not self._chunks:
+            if self._ended:
+                return None
+            self._chunk_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await _wait(self._chunk_waiter, idle_timeout)
+            finally:
+                self._chunk_waiter = None
+        chunk = self._chunks.popleft()
+        if self._paused and len(self._chunks) < _LOW_WATER and self.transport:
             self._paused = False
             self.transport.resume_reading()
         return chunk
 
     def reusable(self) -> bool:
-        return self.complete and not self.closed and self.parser.should_keep_alive()
+        return self.complete and not self.closed and self.keep_alive
 
     def abort(self) -> None:
         self.closed = True
@@ -256,7 +293,7 @@ class UpstreamClient:
         for attempt in (1, 2):
             connection = await pool.acquire(connect_timeout)
             try:
-                await asyncio.wait_for(connection.start(request), first_byte_timeout)
+                await _wait(connection.start(request), first_byte_timeout)
             except TimeoutError:
                 connection.abort()
                 raise UpstreamError(

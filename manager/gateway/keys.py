@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from manager.auth import Principal, TokenKind, bearer_token, parse_token, token_digest
+from manager.auth import Principal, bearer_token, parse_token, token_digest
 from manager.db.models import Token
 from manager.errors import Unauthenticated
 from manager.notify import ANY
@@ -51,9 +51,8 @@ class KeyCache:
         now = time.monotonic()
         cached = self._entries.get(token_id)
         if cached is None or cached[1] < now:
-            cached = (await self._load(token_id), now + (KNOWN_TTL_S if cached else UNKNOWN_TTL_S))
-            if cached[0] is None:
-                cached = (None, now + UNKNOWN_TTL_S)
+            loaded = await self._load(token_id)
+            cached = (loaded, now + (KNOWN_TTL_S if loaded else UNKNOWN_TTL_S))
             self._entries[token_id] = cached
         entry = cached[0]
         if entry is None or not hmac.compare_digest(entry.digest, token_digest(token)):
@@ -69,7 +68,3 @@ class KeyCache:
             return None
         principal = None if row.revoked_at is not None else Principal.from_row(row)
         return _Entry(digest=row.digest, principal=principal)
-
-
-def is_live(principal: Principal) -> bool:
-    return principal.kind is TokenKind.LIVE

@@ -33,13 +33,15 @@ from tests.support import (
 CHAT = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}
 
 
-def chat_spec(gguf: Path, *, slug: str = "chat", replicas: int = 1) -> WorkloadSpec:
+def chat_spec(
+    gguf: Path, *, slug: str = "chat", replicas: int = 1, context: int = 512
+) -> WorkloadSpec:
     return WorkloadSpec(
         name=slug,
         slug=slug,
         model="gemma-3-270m",
         backend=Backend.LLAMACPP,
-        command=f"llama-server -m {gguf} -c 512",
+        command=f"llama-server -m {gguf} -c {context}",
         execution_policy_config={"replicas": replicas},
     )
 
@@ -369,7 +371,8 @@ def test_client_disconnect_cancels_the_upstream_generation(
     live_key: str,
 ) -> None:
     start_agent()
-    mgmt.ensure(chat_spec(gguf_model))
+    # A context long enough that 4000 tokens take many seconds: only a cancel ends it early.
+    mgmt.ensure(chat_spec(gguf_model, context=4096))
     mgmt.wait_until_ready("chat", timeout=60, silent=True)
     [replica] = api.get("/api/workloads/chat/replicas").json()["replicas"]
     slots = f"http://127.0.0.1:{replica['port']}/slots"
@@ -379,10 +382,11 @@ def test_client_disconnect_cancels_the_upstream_generation(
 
     with endpoint(manager, project, "chat", live_key) as client:
         wait_routable(client)
-        long = {**CHAT, "max_tokens": 4000, "stream": True}
+        # ignore_eos (llama.cpp): a long generation whatever the tiny model would say.
+        long = {**CHAT, "max_tokens": 4000, "stream": True, "ignore_eos": True}
         with client.stream("POST", "/v1/chat/completions", json=long) as stream:
             next(stream.iter_lines())
-            assert busy(), "the engine was not generating"
+            wait_until(busy, 2, "the engine was not generating", interval=0.05)
         # Leaving the block closed the connection; the engine must stop soon after.
         wait_until(lambda: not busy(), 5, "the engine kept generating for a gone client")
 
