@@ -422,3 +422,40 @@ def test_gateway_records_demand_for_the_autoscaler(
     rows = wait_until(lambda: asyncio.run(demand()), 10, "no demand figures written")
     assert sum(row["requests_per_s"] for row in rows) > 0
     assert all(row["in_flight"] >= 0 for row in rows)
+
+
+def test_agent_port_refuses_requests_without_the_gateway_credential(
+    start_agent: AgentFactory,
+    mgmt: ManagementClient,
+    gguf_model: Path,
+    project: TestProject,
+    live_key: str,
+) -> None:
+    agent = start_agent()
+    mgmt.ensure(chat_spec(gguf_model))
+    mgmt.wait_until_ready("chat", timeout=60, silent=True)
+    url = f"{agent.config.advertise_url}/endpoint/{project.slug}/chat/v1/chat/completions"
+    for headers in ({}, bearer(live_key), {"X-InferenceKey-Gateway": "0" * 64}):
+        response = httpx.post(url, json=CHAT, headers=headers)
+        assert (response.status_code, response.json()["code"]) == (401, "invalid_credentials")
+
+
+def test_an_engine_error_keeps_its_status_through_the_gateway(
+    start_agent: AgentFactory,
+    mgmt: ManagementClient,
+    gguf_model: Path,
+    manager: RunningManager,
+    project: TestProject,
+    live_key: str,
+) -> None:
+    start_agent()
+    mgmt.ensure(chat_spec(gguf_model))
+    mgmt.wait_until_ready("chat", timeout=60, silent=True)
+    with endpoint(manager, project, "chat", live_key) as client:
+        wait_routable(client)
+        # llama.cpp refuses a chat request without messages with a 4xx of its own.
+        response = client.post("/v1/chat/completions", json={"max_tokens": 8})
+        streamed = client.post("/v1/chat/completions", json={"max_tokens": 8, "stream": True})
+    assert 400 <= response.status_code < 500, response.text
+    assert streamed.status_code == response.status_code
+    assert "x-inferencekey-replica" in response.headers

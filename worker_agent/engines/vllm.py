@@ -7,6 +7,7 @@ from worker_agent.engines.base import Engine
 
 class VllmEngine(Engine):
     backend = "vllm"
+    image_repository = "vllm/vllm-openai"
     default_image = "vllm/vllm-openai:latest"
     container_binary = "vllm"
     gpu_claim = "whole"
@@ -28,7 +29,7 @@ class VllmEngine(Engine):
         return ["vllm", "serve", model_name]
 
     def image(self, vllm_version: str | None, overrides: dict[str, str]) -> str:
-        return pinned_image(self.backend, "vllm/vllm-openai", vllm_version, overrides)
+        return pinned_image(self.backend, self.image_repository, vllm_version, overrides)
 
 
 def pinned_image(

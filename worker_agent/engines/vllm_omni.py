@@ -1,20 +1,17 @@
-"""vLLM-Omni: `vllm-omni serve <model> …` for image and audio models; pinned like vLLM."""
+"""vLLM-Omni: `vllm-omni serve <model> …` for image and audio models; otherwise vLLM's recipe."""
 
 from __future__ import annotations
 
-from worker_agent.engines.base import Engine
-from worker_agent.engines.vllm import pinned_image
+from worker_agent.engines.vllm import VllmEngine
 
 
-class VllmOmniEngine(Engine):
+class VllmOmniEngine(VllmEngine):
     backend = "vllm-omni"
+    image_repository = "vllm/vllm-omni"
     default_image = "vllm/vllm-omni:latest"
-    gpu_claim = "whole"
+    container_binary = None  # the image's entrypoint is the command's own first word
     # vllm-omni's own docs also start it as `vllm serve <model> --omni`.
     command_prefixes = (("vllm-omni", "serve"), ("vllm", "serve"))
-    tensor_parallel_flags = ("--tensor-parallel-size", "-tp")
-    served_model_flags = ("--served-model-name",)
-    health_path = "/health"
     openai_routes = (
         "/v1/models",
         "/v1/chat/completions",
@@ -26,6 +23,3 @@ class VllmOmniEngine(Engine):
 
     def default_command(self, model_name: str) -> list[str]:
         return ["vllm-omni", "serve", model_name]
-
-    def image(self, vllm_version: str | None, overrides: dict[str, str]) -> str:
-        return pinned_image(self.backend, "vllm/vllm-omni", vllm_version, overrides)
