@@ -202,9 +202,14 @@ def _signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> N
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port outside the agent's default engine range (41000-41999), which the
+    agent refuses as its own listen port."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if not 41000 <= port <= 41999:
+            return port
 
 
 def wait_until_ready(servers: Servers, name: str, url: str, timeout_s: float) -> float:

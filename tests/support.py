@@ -27,9 +27,13 @@ SERVER_URL = os.environ.get(
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port outside the agent's default engine range (41000-41999)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if not 41000 <= port <= 41999:
+            return port
 
 
 def _with_database(url: str, name: str) -> str:
