@@ -54,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
+        self.answered = False  # a byte of the current response came
         self._headers_ready: asyncio.Future[None] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._chunk_waiter: asyncio.Future[None] | None = None
@@ -61,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self.complete = False
         self.keep_alive = False
+        self.ends_at_close = False
         self.status = 0
         self.headers: Headers = []
 
@@ -70,6 +72,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # httptools cannot be told of the end of input, so it never completes such a body itself.
+        if self.ends_at_close and exc is None and not self.closed:
+            self.complete = True
         self.closed = True
         if self._headers_ready is not None and not self._headers_ready.done():
             self._headers_ready.set_exception(
@@ -79,6 +84,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
@@ -96,6 +102,12 @@ class _Connection(asyncio.Protocol):
         self.status = self.parser.get_status_code()
         # Asked now: once the message is complete the parser no longer says.
         self.keep_alive = self.parser.should_keep_alive()
+        # With neither a length nor chunked framing, the body ends when the upstream closes.
+        self.ends_at_close = not any(
+            name == b"content-length"
+            or (name == b"transfer-encoding" and b"chunked" in value.lower())
+            for name, value in self.headers
+        )
         if self._headers_ready is not None and not self._headers_ready.done():
             self._headers_ready.set_result(None)
 
@@ -119,7 +131,7 @@ class _Connection(asyncio.Protocol):
     def start(self, request: bytes) -> asyncio.Future[None]:
         self._headers_ready = asyncio.get_running_loop().create_future()
         self._chunks.clear()
-        self._ended = self.complete = self.keep_alive = False
+        self._ended = self.complete = self.keep_alive = self.ends_at_close = self.answered = False
         self.status = 0
         self.headers = []
         assert self.transport is not None
@@ -175,7 +187,7 @@ class UpstreamResponse:
                     chunk = await self._connection.next_chunk(self._idle_timeout)
                 except TimeoutError:
                     raise UpstreamError(
-                        f"upstream sent nothing for {self._idle_timeout:.0f}s",
+                        f"upstream sent nothing for {self._idle_timeout:g}s",
                         before_response=False,
                     ) from None
                 if chunk is None:
@@ -297,12 +309,12 @@ class UpstreamClient:
             except TimeoutError:
                 connection.abort()
                 raise UpstreamError(
-                    f"upstream sent no response within {first_byte_timeout:.0f}s",
+                    f"upstream sent no response within {first_byte_timeout:g}s",
                     before_response=True,
                 ) from None
             except UpstreamError:
                 connection.abort()
-                if connection.reused and attempt == 1:
+                if connection.reused and not connection.answered and attempt == 1:
                     continue
                 raise
             except BaseException:

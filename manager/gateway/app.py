@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from manager import notify
 from manager.auth import ALL_WORKLOADS, Principal, TokenKind
 from manager.errors import (
     ApiProblem,
@@ -26,7 +27,7 @@ from manager.errors import (
 )
 from manager.errors import BodyTooLarge as BodyTooLargeProblem
 from manager.settings import Settings
-from worker_agent.proxy import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE
+from worker_agent.proxy import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE, forwarded_headers
 from worker_agent.relay import (
     BodyTooLarge,
     problem,
@@ -35,7 +36,7 @@ from worker_agent.relay import (
     send_json,
     until_client_disconnects,
 )
-from worker_agent.upstream import Headers, UpstreamClient, UpstreamError, end_to_end
+from worker_agent.upstream import Headers, UpstreamClient, UpstreamError
 
 from .demand import DemandMeter
 from .keys import KeyCache
@@ -46,7 +47,6 @@ log = logging.getLogger("inferencekey.gateway")
 PREFIX = "/endpoint/"
 MAX_ATTEMPTS = 3
 RETRY_AFTER_S = b"5"
-_DROPPED_REQUEST_HEADERS = frozenset({b"authorization", GATEWAY_HEADER, REPLICA_HEADER})
 
 
 class Gateway:
@@ -59,9 +59,9 @@ class Gateway:
         self.demand: DemandMeter | None = None
         self.client = UpstreamClient()
 
-    async def start(self, sessions: Any, hub: Any) -> None:
-        from manager import notify
-
+    async def start(
+        self, sessions: async_sessionmaker[AsyncSession], hub: notify.NotificationHub
+    ) -> None:
         self.keys = KeyCache(sessions)
         self.routes = RouteTable(sessions)
         self.demand = DemandMeter(sessions)
@@ -169,9 +169,7 @@ class GatewayMiddleware:
         settings = self.gateway.settings
         query = scope.get("query_string", b"")
         target = f"/endpoint/{project}/{workload}/{rest}" + (f"?{query.decode()}" if query else "")
-        headers = [
-            (k, v) for k, v in end_to_end(scope["headers"]) if k not in _DROPPED_REQUEST_HEADERS
-        ]
+        headers = forwarded_headers(scope["headers"])
         tried: set[str] = set()
         last_error = "no replica answered"
         for _ in range(MAX_ATTEMPTS):

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from worker_agent.engines.base import Engine
 
 
 class VllmEngine(Engine):
     backend = "vllm"
-    image_repository = "vllm/vllm-openai"
+    image_repository: ClassVar[str] = "vllm/vllm-openai"
     default_image = "vllm/vllm-openai:latest"
-    container_binary = "vllm"
+    container_binary: ClassVar[str | None] = "vllm"
     gpu_claim = "whole"
-    command_prefixes = (("vllm", "serve"), ("python", "-m", "vllm.entrypoints.openai.api_server"))
+    command_prefixes: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("vllm", "serve"),
+        ("python", "-m", "vllm.entrypoints.openai.api_server"),
+    )
     tensor_parallel_flags = ("--tensor-parallel-size", "-tp")
     served_model_flags = ("--served-model-name",)
     health_path = "/health"
-    openai_routes = (
+    openai_routes: ClassVar[tuple[str, ...]] = (
         "/v1/models",
         "/v1/chat/completions",
         "/v1/completions",
