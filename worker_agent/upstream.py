@@ -18,7 +18,8 @@ import httptools
 
 Headers = list[tuple[bytes, bytes]]
 
-# Queued body bytes above which we stop reading the socket until the client catches up.
+# Queued body pieces (each one socket read, up to 256 KiB) above which we stop reading the
+# socket until the client catches up.
 _HIGH_WATER = 64
 _LOW_WATER = 16
 
@@ -60,9 +61,11 @@ class _Connection(asyncio.Protocol):
         self._chunk_waiter: asyncio.Future[None] | None = None
         self._ended = False  # the response is complete, or the connection gone
         self._paused = False
+        self._interim = False
         self.complete = False
         self.keep_alive = False
         self.ends_at_close = False
+        self.expects_body = True  # False for HEAD: the headers then announce a body never sent
         self.status = 0
         self.headers: Headers = []
 
@@ -99,6 +102,11 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if 100 <= self.parser.get_status_code() < 200:
+            # An interim response (100 Continue, 103 Early Hints): the final one follows.
+            self._interim = True
+            self.headers = []
+            return
         self.status = self.parser.get_status_code()
         # Asked now: once the message is complete the parser no longer says.
         self.keep_alive = self.parser.should_keep_alive()
@@ -110,6 +118,10 @@ class _Connection(asyncio.Protocol):
         )
         if self._headers_ready is not None and not self._headers_ready.done():
             self._headers_ready.set_result(None)
+        if not self.expects_body:
+            # httptools cannot be told so, and would wait for the body: end here, do not reuse.
+            self.keep_alive = False
+            self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(bytes(body))
@@ -119,6 +131,9 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
         self._ended = True
         self._wake()
@@ -128,7 +143,8 @@ class _Connection(asyncio.Protocol):
             self._chunk_waiter.set_result(None)
 
     # use
-    def start(self, request: bytes) -> asyncio.Future[None]:
+    def start(self, request: bytes, *, expects_body: bool = True) -> asyncio.Future[None]:
+        self.expects_body = expects_body
         self._headers_ready = asyncio.get_running_loop().create_future()
         self._chunks.clear()
         self._ended = self.complete = self.keep_alive = self.ends_at_close = self.answered = False
@@ -300,12 +316,14 @@ class UpstreamClient:
         head.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
         head.append(b"content-length: %d\r\n\r\n" % len(body))
         request = b"".join(head) + body
+        expects_body = method != "HEAD"
         # A kept-alive connection the upstream closed meanwhile fails before any response byte;
         # that one failure is retried once on a fresh connection.
         for attempt in (1, 2):
             connection = await pool.acquire(connect_timeout)
             try:
-                await _wait(connection.start(request), first_byte_timeout)
+                headers_in = connection.start(request, expects_body=expects_body)
+                await _wait(headers_in, first_byte_timeout)
             except TimeoutError:
                 connection.abort()
                 raise UpstreamError(

@@ -1,129 +1,29 @@
 """The pooled upstream client, against tiny HTTP/1.1 servers scripted byte by byte on 127.0.0.1.
 
-Each server counts the connections it accepted and the requests it read, so reuse (or the lack of
-it) is seen from the upstream's side, as an engine would see it.
+Reuse, or the lack of it, is counted on the server's side: connections accepted, requests read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.agent.scripted_http import (
+    CHUNKED_HEAD,
+    LAST_CHUNK,
+    Peer,
+    ScriptedServer,
+    Serve,
+    answer_every_request,
+    chunk,
+    ok,
+)
 from worker_agent import upstream
 from worker_agent.upstream import UpstreamClient, UpstreamError, UpstreamResponse, end_to_end
-
-CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
-
-
-def ok(body: bytes = b"ok", *headers: bytes) -> bytes:
-    """A complete 200 response framed by content-length."""
-    extra = b"".join(header + b"\r\n" for header in headers)
-    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-class Peer:
-    """The server's side of one accepted connection."""
-
-    def __init__(
-        self, server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.server, self.reader, self.writer = server, reader, writer
-
-    async def request(self) -> bytes | None:
-        """The next request, head and body; None once the client closed the connection."""
-        try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"(?im)^content-length: *(\d+)", head)
-            body = await self.reader.readexactly(int(length[1]) if length else 0)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        self.server.requests.append(head + body)
-        return head + body
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def client_gone(self) -> None:
-        """Return once the client closed or reset the connection."""
-        with contextlib.suppress(ConnectionError):
-            while await self.reader.read(65536):
-                pass
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-Script = Callable[[Peer], Awaitable[None]]
-
-
-class ScriptedServer:
-    """Runs ``script`` for every connection it accepts."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.accepted = 0
-        self.requests: list[bytes] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._scripts: set[asyncio.Future[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        script = asyncio.ensure_future(self.script(Peer(self, reader, writer)))
-        self._scripts.add(script)
-        try:
-            await script
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # the client went away, or the test is over
-        finally:
-            self._scripts.discard(script)
-            writer.close()
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for script in list(self._scripts):
-            script.cancel()
-        await asyncio.gather(*self._scripts, return_exceptions=True)
-        await self._server.wait_closed()
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Script], Awaitable[ScriptedServer]]]:
-    servers: list[ScriptedServer] = []
-
-    async def start(script: Script) -> ScriptedServer:
-        server = ScriptedServer(script)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
-@pytest.fixture
-def client() -> Iterator[UpstreamClient]:
-    upstream_client = UpstreamClient()
-    yield upstream_client
-    upstream_client.close()
 
 
 async def get(
@@ -132,13 +32,13 @@ async def get(
     return await client.request("127.0.0.1", server.port, "GET", "/", [], b"", **timeouts)
 
 
-async def answer_every_request(peer: Peer) -> None:
-    while await peer.request() is not None:
-        await peer.send(ok())
+async def next_piece(pieces: AsyncIterator[bytes]) -> bytes:
+    """The next piece of a body; fails instead of hanging if it does not come."""
+    return await asyncio.wait_for(anext(pieces), 2.0)
 
 
 async def test_the_request_carries_method_target_host_headers_and_body(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     async def echo(peer: Peer) -> None:
         request = await peer.request()
@@ -163,7 +63,7 @@ async def test_the_request_carries_method_target_host_headers_and_body(
     ids=["content-length", "chunked"],
 )
 async def test_sequential_requests_reuse_one_connection(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient, response: bytes
+    serve: Serve, client: UpstreamClient, response: bytes
 ) -> None:
     async def keep_alive(peer: Peer) -> None:
         while await peer.request() is not None:
@@ -177,27 +77,26 @@ async def test_sequential_requests_reuse_one_connection(
 
 
 async def test_a_connection_close_response_is_not_reused(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
-    closed_by_client = 0
+    closed_by_client = asyncio.Semaphore(0)
 
     async def says_close_but_stays_open(peer: Peer) -> None:
-        nonlocal closed_by_client
         while await peer.request() is not None:
             await peer.send(ok(b"bye", b"connection: close"))
-        closed_by_client += 1
+        closed_by_client.release()
 
     server = await serve(says_close_but_stays_open)
     for _ in range(3):
         assert await (await get(client, server)).read() == b"bye"
     assert server.accepted == 3
-    await asyncio.sleep(0.05)
-    assert closed_by_client == 3
+    for _ in range(3):
+        await asyncio.wait_for(closed_by_client.acquire(), 2.0)
 
 
 @pytest.mark.parametrize("version", [b"HTTP/1.0", b"HTTP/1.1"])
 async def test_a_response_without_length_is_read_to_the_close(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient, version: bytes
+    serve: Serve, client: UpstreamClient, version: bytes
 ) -> None:
     async def body_until_close(peer: Peer) -> None:
         await peer.request()
@@ -212,8 +111,44 @@ async def test_a_response_without_length_is_read_to_the_close(
     assert server.accepted == 2
 
 
+async def test_a_head_response_ends_with_its_headers_despite_its_content_length(
+    serve: Serve, client: UpstreamClient
+) -> None:
+    async def announces_a_length(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+
+    server = await serve(announces_a_length)
+    for _ in range(2):
+        response = await client.request("127.0.0.1", server.port, "HEAD", "/", [], b"")
+        assert await asyncio.wait_for(response.read(), 2.0) == b""
+        assert response.header(b"content-length") == b"1234"
+
+
+async def test_interim_1xx_responses_are_skipped_for_the_final_one(
+    serve: Serve, client: UpstreamClient
+) -> None:
+    # uvicorn and llama.cpp answer a forwarded `Expect: 100-continue` (curl sends it for uploads).
+    async def continue_then_answer(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await asyncio.sleep(0.05)  # the client has read the 100 before the rest comes
+            await peer.send(b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n")
+            await peer.send(ok(b"transcribed", b"x-request-id: r1"))
+
+    server = await serve(continue_then_answer)
+    for _ in range(2):
+        response = await client.request(
+            "127.0.0.1", server.port, "POST", "/", [(b"expect", b"100-continue")], b"audio"
+        )
+        assert response.status == 200
+        assert response.headers == [(b"content-length", b"11"), (b"x-request-id", b"r1")]
+        assert await response.read() == b"transcribed"
+    assert server.accepted == 1
+
+
 async def test_the_next_request_after_the_upstream_closed_an_idle_connection_succeeds(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     async def closes_when_idle(peer: Peer) -> None:
         await peer.request()
@@ -228,7 +163,7 @@ async def test_the_next_request_after_the_upstream_closed_an_idle_connection_suc
 
 
 async def test_a_kept_alive_connection_closed_before_any_response_byte_is_retried_on_a_new_one(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     # The race the retry is for: the upstream closes an idle connection as a request arrives.
     async def first_connection_closes_on_its_second_request(peer: Peer) -> None:
@@ -247,7 +182,7 @@ async def test_a_kept_alive_connection_closed_before_any_response_byte_is_retrie
 
 
 async def test_a_failure_on_a_new_connection_is_not_retried(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     async def closes_without_answering(peer: Peer) -> None:
         await peer.request()
@@ -260,7 +195,7 @@ async def test_a_failure_on_a_new_connection_is_not_retried(
 
 
 async def test_a_retry_that_fails_too_is_not_retried_again(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     async def answers_only_the_first_request(peer: Peer) -> None:
         await peer.request()
@@ -278,7 +213,7 @@ async def test_a_retry_that_fails_too_is_not_retried_again(
 
 
 async def test_a_kept_alive_connection_that_began_answering_is_not_retried(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     # The upstream got the request and started on it: sending it again could run it twice.
     async def dies_mid_status_line_on_the_second_request(peer: Peer) -> None:
@@ -308,7 +243,7 @@ async def test_connection_refused_fails_fast_before_the_response(client: Upstrea
 
 
 async def test_a_garbled_response_is_an_error_before_the_response(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     async def not_http(peer: Peer) -> None:
         await peer.request()
@@ -322,7 +257,7 @@ async def test_a_garbled_response_is_an_error_before_the_response(
 
 
 async def test_the_first_byte_timeout_fails_the_request_and_drops_the_connection(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     dropped = asyncio.Event()
 
@@ -344,7 +279,7 @@ async def test_the_first_byte_timeout_fails_the_request_and_drops_the_connection
 
 
 async def test_the_idle_timeout_between_chunks_is_an_error_after_the_response_began(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     async def stalls_after_one_chunk(peer: Peer) -> None:
         await peer.request()
@@ -362,7 +297,7 @@ async def test_the_idle_timeout_between_chunks_is_an_error_after_the_response_be
 
 
 async def test_a_body_cut_short_is_an_error_after_the_response_began(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     async def promises_ten_sends_four(peer: Peer) -> None:
         await peer.request()
@@ -376,28 +311,31 @@ async def test_a_body_cut_short_is_an_error_after_the_response_began(
 
 
 async def test_a_chunked_body_is_decoded_and_delivered_as_each_chunk_arrives(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
-    first_received = asyncio.Event()
+    received = [asyncio.Event(), asyncio.Event()]
 
-    async def second_chunk_only_after_the_first_was_received(peer: Peer) -> None:
+    async def each_chunk_only_after_the_last_was_received(peer: Peer) -> None:
         await peer.request()
         await peer.send(CHUNKED_HEAD + chunk(b"data: one\n\n"))
-        await first_received.wait()
-        await peer.send(chunk(b"data: two\n\n") + LAST_CHUNK)
+        await received[0].wait()
+        await peer.send(chunk(b"data: two\n\n"))
+        await received[1].wait()
+        await peer.send(LAST_CHUNK)
 
-    server = await serve(second_chunk_only_after_the_first_was_received)
+    server = await serve(each_chunk_only_after_the_last_was_received)
     response = await get(client, server)
     pieces = response.chunks()
-    assert await asyncio.wait_for(anext(pieces), 2.0) == b"data: one\n\n"
-    first_received.set()
-    assert await asyncio.wait_for(anext(pieces), 2.0) == b"data: two\n\n"
+    assert await next_piece(pieces) == b"data: one\n\n"
+    received[0].set()
+    assert await next_piece(pieces) == b"data: two\n\n"
+    received[1].set()
     with pytest.raises(StopAsyncIteration):
-        await anext(pieces)
+        await next_piece(pieces)
 
 
 async def test_closing_a_response_mid_stream_closes_the_upstream_connection_promptly(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     gone = asyncio.Event()
 
@@ -409,15 +347,15 @@ async def test_closing_a_response_mid_stream_closes_the_upstream_connection_prom
 
     server = await serve(streams_until_the_client_goes)
     response = await get(client, server)
-    assert await anext(response.chunks()) == b"token"
+    assert await next_piece(response.chunks()) == b"token"
     response.close()
     await asyncio.wait_for(gone.wait(), 1.0)
 
 
 async def test_a_slow_reader_pauses_the_upstream_instead_of_buffering_the_body(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
-    size = 64 * 1024 * 1024  # more than the socket buffers and the client's queue together
+    size = 128 * 1024 * 1024  # more than the socket buffers and the client's queue together
     sent_all = asyncio.Event()
 
     async def large_body(peer: Peer) -> None:
@@ -431,13 +369,17 @@ async def test_a_slow_reader_pauses_the_upstream_instead_of_buffering_the_body(
     server = await serve(large_body)
     response = await get(client, server)
     pieces = response.chunks()
-    received = len(await anext(pieces))
-    await asyncio.sleep(0.5)  # the consumer reads nothing meanwhile
-    queued = response._connection._chunks
-    assert len(queued) <= upstream._HIGH_WATER + 1
+    received = len(await next_piece(pieces))
+    connection = response._connection
+    async with asyncio.timeout(5):  # the consumer reads nothing meanwhile
+        while not connection._paused:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert len(connection._chunks) <= upstream._HIGH_WATER + 1
     assert not sent_all.is_set()
-    async for piece in pieces:
-        received += len(piece)
+    async with asyncio.timeout(10):
+        async for piece in pieces:
+            received += len(piece)
     assert received == size
     assert sent_all.is_set()
 
@@ -471,7 +413,7 @@ def test_end_to_end_drops_hop_by_hop_and_framing_headers() -> None:
 
 
 async def test_concurrent_requests_each_get_a_connection_then_share_the_pool(
-    serve: Callable[[Script], Awaitable[ScriptedServer]], client: UpstreamClient
+    serve: Serve, client: UpstreamClient
 ) -> None:
     async def slow_echo_of_the_target(peer: Peer) -> None:
         while (request := await peer.request()) is not None:
@@ -493,7 +435,7 @@ async def test_concurrent_requests_each_get_a_connection_then_share_the_pool(
 
 
 async def test_closing_the_client_closes_its_idle_connections(
-    serve: Callable[[Script], Awaitable[ScriptedServer]],
+    serve: Serve,
 ) -> None:
     gone = asyncio.Event()
 

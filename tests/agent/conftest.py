@@ -1,0 +1,48 @@
+"""Fixtures for the agent's tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+import uvloop
+
+from tests.agent.scripted_http import Script, ScriptedServer, Serve
+from worker_agent.upstream import UpstreamClient
+
+DATA_PLANE_TESTS = {"test_upstream.py", "test_relay_and_proxy.py"}
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start scripted servers; they are stopped when the test ends."""
+    servers: list[ScriptedServer] = []
+
+    async def start(script: Script) -> ScriptedServer:
+        server = ScriptedServer(script)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+def client() -> Iterator[UpstreamClient]:
+    """The pooled client the gateway and the agent proxy use; its connections closed after."""
+    upstream_client = UpstreamClient()
+    yield upstream_client
+    upstream_client.close()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The data plane runs on uvloop where installed (the agent, uvicorn): test it on both loops."""
+    if item.path.name in DATA_PLANE_TESTS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
