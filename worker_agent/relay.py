@@ -76,10 +76,13 @@ async def relay_response(
         headers.append((b"content-length", length))
     headers.append(NO_BUFFERING)
     headers.extend(extra or ())
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    async for chunk in response.chunks():
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
+    try:
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        async for chunk in response.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        response.close()  # no-op once complete; cancelled or failed, the upstream hears at once
 
 
 async def _client_gone(receive: Receive) -> None:

@@ -25,11 +25,16 @@ _LOW_WATER = 16
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or broke off; ``before_response`` says if any byte came."""
+    """The upstream could not be reached or broke off.
 
-    def __init__(self, message: str, *, before_response: bool) -> None:
+    ``before_response``: no byte of the response came. ``request_sent``: the request may have
+    reached the upstream, so sending it again elsewhere could run it twice.
+    """
+
+    def __init__(self, message: str, *, before_response: bool, request_sent: bool = True) -> None:
         super().__init__(message)
         self.before_response = before_response
+        self.request_sent = request_sent
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -249,6 +254,7 @@ class _Pool:
             raise UpstreamError(
                 f"cannot connect to {self.host}:{self.port}: {error or 'timed out'}",
                 before_response=True,
+                request_sent=False,
             ) from None
         return connection
 

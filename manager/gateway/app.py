@@ -196,8 +196,12 @@ class GatewayMiddleware:
                         idle_timeout=settings.gateway_idle_timeout_s,
                     )
                 except UpstreamError as error:
-                    last_error = str(error)
                     replica.ejected_until = time.monotonic() + EJECT_S
+                    if error.request_sent:
+                        # It may be running there: never run a generation twice.
+                        await send_json(send, 502, problem("replica_failed", str(error)))
+                        return
+                    last_error = str(error)
                     continue
                 if (
                     response.status in (502, 503)

@@ -76,6 +76,8 @@ class WorkloadRoute:
 
 def route_problem(route: str, workload: WorkloadRoute) -> str | None:
     """Why this workload cannot serve ``route`` (None if it can)."""
+    if route == "v1/models":
+        return None
     if workload.task_type in ASYNC_ONLY:
         return (
             f"task type {workload.task_type!r} is served as async jobs (POST .../jobs), not "

@@ -239,6 +239,7 @@ async def test_connection_refused_fails_fast_before_the_response(client: Upstrea
     with pytest.raises(UpstreamError, match=f"cannot connect to 127.0.0.1:{port}") as failure:
         await client.request("127.0.0.1", port, "GET", "/", [], b"")
     assert failure.value.before_response
+    assert not failure.value.request_sent  # safe to try another upstream
     assert time.monotonic() - started < 1.0
 
 
@@ -273,6 +274,7 @@ async def test_the_first_byte_timeout_fails_the_request_and_drops_the_connection
     with pytest.raises(UpstreamError, match=r"no response within 0\.2s") as failure:
         await get(client, server, first_byte_timeout=0.2)
     assert failure.value.before_response
+    assert failure.value.request_sent  # it may be running there: not to be sent again
     await asyncio.wait_for(dropped.wait(), 1.0)
     assert await (await get(client, server)).read() == b"ok"
     assert server.accepted == 2

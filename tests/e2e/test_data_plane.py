@@ -387,8 +387,12 @@ def test_client_disconnect_cancels_the_upstream_generation(
         # ignore_eos (llama.cpp): a long generation whatever the tiny model would say.
         long = {**CHAT, "max_tokens": 4000, "stream": True, "ignore_eos": True}
         with client.stream("POST", "/v1/chat/completions", json=long) as stream:
-            next(stream.iter_lines())
+            # Keep the iterator: dropping a half-read one makes httpx close the connection.
+            lines = stream.iter_lines()
+            first = next(lines)
+            assert stream.status_code == 200, first
             wait_until(busy, 10, "the engine was not generating", interval=0.05)
+            assert next(lines) is not None  # still streaming to us
         # Leaving the block closed the connection; the engine must stop soon after.
         # 4000 tokens take far longer than this on these CPUs: stopping in time means cancelled.
         wait_until(lambda: not busy(), 8, "the engine kept generating for a gone client")
