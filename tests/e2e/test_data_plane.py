@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from inferencekey import Backend, DataClient, ManagementClient, WorkloadSpec
 from tests.e2e.test_fixed_policy_process_runtime import engine_pids
 from tests.support import (
     AgentFactory,
+    RunningAgent,
     RunningManager,
     TestProject,
     bearer,
@@ -87,27 +89,42 @@ def live_key(admin: httpx.Client, project: TestProject) -> str:
     return create_live_key(admin, project.slug)
 
 
+Serve = Callable[..., RunningAgent]
+
+
+@pytest.fixture
+def serve(
+    start_agent: AgentFactory,
+    mgmt: ManagementClient,
+    manager: RunningManager,
+    project: TestProject,
+    live_key: str,
+) -> Serve:
+    """Start an agent, declare the specs, and wait until the gateway routes to the first."""
+
+    def run(*specs: WorkloadSpec) -> RunningAgent:
+        agent = start_agent()
+        for spec in specs:
+            mgmt.ensure(spec)
+        for spec in specs:
+            mgmt.wait_until_ready(spec.slug, timeout=60, silent=True)
+        if specs[0].task_type in (None, "text2text"):
+            with endpoint(manager, project, specs[0].slug, live_key) as client:
+                wait_routable(client)
+        return agent
+
+    return run
+
+
 @pytest.fixture
 def data(manager: RunningManager, project: TestProject, live_key: str) -> DataClient:
     return DataClient(base_url=manager.url, project=project.slug, api_key=live_key)
 
 
 def test_data_client_generates_streams_and_embeds(
-    start_agent: AgentFactory,
-    mgmt: ManagementClient,
-    data: DataClient,
-    gguf_model: Path,
-    manager: RunningManager,
-    project: TestProject,
-    live_key: str,
+    serve: Serve, data: DataClient, gguf_model: Path
 ) -> None:
-    start_agent()
-    mgmt.ensure(chat_spec(gguf_model))
-    mgmt.ensure(embed_spec(gguf_model))
-    mgmt.wait_until_ready("chat", timeout=60, silent=True)
-    mgmt.wait_until_ready("emb", timeout=60, silent=True)
-    with endpoint(manager, project, "chat", live_key) as client:
-        wait_routable(client)
+    serve(chat_spec(gguf_model), embed_spec(gguf_model))
     chat = data.endpoint("chat")
     out = chat.generate_text(prompt="Hola", temperature=0.2, max_tokens=8)
     assert isinstance(out.text, str) and out.model
@@ -118,20 +135,9 @@ def test_data_client_generates_streams_and_embeds(
 
 
 def test_official_openai_client_chats_streams_and_embeds(
-    start_agent: AgentFactory,
-    mgmt: ManagementClient,
-    gguf_model: Path,
-    manager: RunningManager,
-    project: TestProject,
-    live_key: str,
+    serve: Serve, gguf_model: Path, manager: RunningManager, project: TestProject, live_key: str
 ) -> None:
-    start_agent()
-    mgmt.ensure(chat_spec(gguf_model))
-    mgmt.ensure(embed_spec(gguf_model))
-    mgmt.wait_until_ready("chat", timeout=60, silent=True)
-    mgmt.wait_until_ready("emb", timeout=60, silent=True)
-    with endpoint(manager, project, "chat", live_key) as client:
-        wait_routable(client)
+    serve(chat_spec(gguf_model), embed_spec(gguf_model))
     base = f"{manager.url}/endpoint/{project.slug}"
     chat = openai.OpenAI(base_url=f"{base}/chat/v1", api_key=live_key, max_retries=0)
     completion = chat.chat.completions.create(
