@@ -84,10 +84,9 @@ def _argv(demand: Demand) -> list[str]:
     return argv
 
 
-def estimate_shared_claim_mb(demand: Demand, worker: WorkerSlot) -> int:
+def estimate_shared_claim_mb(model_path: str | None, worker: WorkerSlot) -> int:
     """GPU memory a shared engine needs: from the model file's size when the worker knows it."""
-    path = engine_for(demand.backend).model_path(_argv(demand))
-    size = worker.model_files.get(path) if path else None
+    size = worker.model_files.get(model_path) if model_path else None
     if size is None:
         return UNKNOWN_MODEL_MB
     return int(size / (1024 * 1024) * SHARED_HEADROOM) + SHARED_OVERHEAD_MB
@@ -146,8 +145,8 @@ def _fit_whole(demand: Demand, worker: WorkerSlot, count: int) -> Placement | st
     return Placement(worker.id, tuple(g.id for g in chosen), tuple(g.uuid for g in chosen), 0)
 
 
-def _fit_shared(demand: Demand, worker: WorkerSlot) -> Placement | str:
-    claim = estimate_shared_claim_mb(demand, worker)
+def _fit_shared(demand: Demand, worker: WorkerSlot, model_path: str | None) -> Placement | str:
+    claim = estimate_shared_claim_mb(model_path, worker)
     if not worker.gpus:
         return Placement(worker.id, (), (), 0)  # runs on the CPU
     candidates = [g for g in worker.gpus if not demand.gpu_pin or g.id == demand.gpu_pin]
@@ -167,21 +166,25 @@ def place(demand: Demand, workers: list[WorkerSlot]) -> Placement | Unschedulabl
     if reason:
         return Unschedulable(reason)
     engine = engine_for(demand.backend)
+    # The command is the same for every candidate: read what it asks for once.
+    argv = _argv(demand)
+    whole = engine.gpu_claim == "whole"
+    gpus_needed = engine.tensor_parallel_size(argv) if whole else 0
+    model_path = None if whole else engine.model_path(argv)
     ordered = sorted(
         pool, key=lambda w: (w.replicas_of.get(demand.workload_id, 0), w.replica_total, w.id)
     )
     misses: list[str] = []
     for worker in ordered:
-        if engine.gpu_claim == "whole":
-            fit = _fit_whole(demand, worker, engine.tensor_parallel_size(_argv(demand)))
+        if whole:
+            fit = _fit_whole(demand, worker, gpus_needed)
         else:
-            fit = _fit_shared(demand, worker)
+            fit = _fit_shared(demand, worker, model_path)
         if isinstance(fit, Placement):
             return fit
         misses.append(fit)
-    if engine.gpu_claim == "whole":
-        need = engine.tensor_parallel_size(_argv(demand))
-        summary = f"{demand.backend} needs {need} free whole GPU(s) on one worker"
+    if whole:
+        summary = f"{demand.backend} needs {gpus_needed} free whole GPU(s) on one worker"
     else:
         summary = f"{demand.backend} needs GPU memory or a CPU-only worker"
     return Unschedulable(f"{summary}; " + "; ".join(misses))

@@ -61,6 +61,7 @@ class Pass:
     now: datetime
     workers: dict[str, Worker]
     slots: list[placement.WorkerSlot]
+    slot_of: dict[str, placement.WorkerSlot]  # the same slots by worker id
     replicas_by_workload: dict[str, list[Replica]]
     touched_workers: set[str] = field(default_factory=set)
 
@@ -137,9 +138,8 @@ class Reconciler:
                 await session.execute(select(GpuResource).where(GpuResource.present.is_(True)))
             ).scalars()
         )
-        world = Pass(session, now, workers, [], by_workload)
-        world.slots = self._slots(workers, gpus, replicas)
-        return world
+        slots = self._slots(workers, gpus, replicas)
+        return Pass(session, now, workers, slots, {slot.id: slot for slot in slots}, by_workload)
 
     @staticmethod
     def _slots(
@@ -190,7 +190,7 @@ class Reconciler:
                 if state != worker.state:
                     log.info("worker %s is %s (%s)", worker.id, state, reason)
                 worker.state, worker.state_reason = state, reason
-            slot = next(s for s in world.slots if s.id == worker.id)
+            slot = world.slot_of[worker.id]
             slot.state, slot.state_reason = state, reason
             if state == "lost":
                 await self._forget_replicas_of_lost(world, worker)
@@ -209,7 +209,7 @@ class Reconciler:
                         f"{worker.state_reason}; placing a replacement",
                         {"replica_id": replica.id, "worker_id": worker.id},
                     )
-        slot = next(s for s in world.slots if s.id == worker.id)
+        slot = world.slot_of[worker.id]
         slot.replicas_of.clear()
         for gpu in slot.gpus:
             gpu.claimed_mb, gpu.shared_claims, gpu.whole_claimed = 0, 0, False

@@ -22,7 +22,13 @@ from worker_agent.relay import (
     send_json,
     until_client_disconnects,
 )
-from worker_agent.upstream import Headers, UpstreamClient, UpstreamError, end_to_end
+from worker_agent.upstream import (
+    Headers,
+    UpstreamClient,
+    UpstreamError,
+    end_to_end,
+    header_value,
+)
 
 if TYPE_CHECKING:
     from worker_agent.agent import Agent, LocalReplica
@@ -73,7 +79,7 @@ class AgentProxy:
             await send_json(send, 404, problem("route_not_found", f"no route {path}"))
             return
         headers: Headers = scope["headers"]
-        presented = next((v for k, v in headers if k == GATEWAY_HEADER), b"")
+        presented = header_value(headers, GATEWAY_HEADER) or b""
         secret = self.agent.gateway_secret.encode()
         if not secret or not hmac.compare_digest(presented, secret):
             await send_json(
@@ -95,7 +101,7 @@ class AgentProxy:
             and replica.assignment.workload_slug == workload
             and replica.assignment.project_slug == project
         ]
-        wanted = next((v.decode() for k, v in headers if k == REPLICA_HEADER), None)
+        wanted = (header_value(headers, REPLICA_HEADER) or b"").decode()
         for replica in ready:
             if replica.assignment.id == wanted:
                 return replica
@@ -122,7 +128,7 @@ class AgentProxy:
         except BodyTooLarge as error:
             await send_json(send, 413, problem("body_too_large", str(error)))
             return
-        content_type = next((v for k, v in headers if k == b"content-type"), b"")
+        content_type = header_value(headers, b"content-type") or b""
         body = rewrite_model(body, content_type, replica.served_model)
         query = scope.get("query_string", b"")
         target = f"/{rest}?{query.decode()}" if query else f"/{rest}"

@@ -196,10 +196,7 @@ class UpstreamResponse:
         self.headers = connection.headers
 
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return header_value(self.headers, name)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -287,6 +284,14 @@ _HOP_BY_HOP = frozenset(
         b"x-accel-buffering",
     }
 )
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case, as ASGI and our parser give names)."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
 
 
 def end_to_end(headers: Headers) -> Headers:

@@ -36,7 +36,7 @@ from worker_agent.relay import (
     send_json,
     until_client_disconnects,
 )
-from worker_agent.upstream import Headers, UpstreamClient, UpstreamError
+from worker_agent.upstream import UpstreamClient, UpstreamError, header_value
 
 from .demand import DemandMeter
 from .keys import KeyCache
@@ -79,13 +79,6 @@ class Gateway:
         self.client.close()
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
 class GatewayMiddleware:
     """Serves `/endpoint/...` itself; everything else goes on to the FastAPI app."""
 
@@ -110,7 +103,7 @@ class GatewayMiddleware:
     async def _authorise(self, scope: Scope, project: str, workload: str) -> WorkloadRoute:
         gateway = self.gateway
         assert gateway.keys is not None and gateway.routes is not None
-        authorization = _header(scope["headers"], b"authorization")
+        authorization = header_value(scope["headers"], b"authorization")
         principal = await gateway.keys.authenticate(
             authorization.decode("latin-1") if authorization else None
         )
@@ -203,10 +196,7 @@ class GatewayMiddleware:
                         return
                     last_error = str(error)
                     continue
-                if (
-                    response.status in (502, 503)
-                    and _header(response.headers, RETRYABLE[0]) == RETRYABLE[1]
-                ):
+                if response.status in (502, 503) and response.header(RETRYABLE[0]) == RETRYABLE[1]:
                     last_error = (await response.read()).decode(errors="replace")
                     replica.ejected_until = time.monotonic() + EJECT_S
                     continue
