@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import wait_until
 from worker_agent.engines.llamacpp import LlamaCppEngine
 from worker_agent.ports import PortAllocator
 from worker_agent.runtimes.base import LaunchError, LaunchSpec
@@ -81,9 +82,15 @@ async def test_engine_sees_only_its_assigned_gpus(runtime: ProcessRuntime, state
     runtime.start(spec)
     record = (state_dir / "replicas" / "rep_env.json").read_text()
     pid = json.loads(record)["pid"]
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    assert b"CUDA_VISIBLE_DEVICES=GPU-a,GPU-b" in environ
-    assert b"X=1" in environ
+
+    # Until the child has exec'd (a moment under load), /proc shows an empty environment.
+    def environ() -> list[bytes] | None:
+        variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return variables if variables != [b""] else None
+
+    environ_now = wait_until(environ, 5, "the engine's environment never appeared", interval=0.01)
+    assert b"CUDA_VISIBLE_DEVICES=GPU-a,GPU-b" in environ_now
+    assert b"X=1" in environ_now
 
 
 async def test_restarted_agent_adopts_a_live_engine_and_can_stop_it(
