@@ -13,12 +13,14 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from manager.api import admin, agent, workers, workloads
+from manager.auth_limiter import FailedAuthLimiter
 from manager.body_limit import BodyLimitMiddleware
 from manager.db.migrate import upgrade_to_head_async
 from manager.db.session import make_engine, make_sessionmaker
 from manager.gateway.app import Gateway, GatewayMiddleware
 from manager.http_errors import install_error_handlers
 from manager.notify import NotificationHub
+from manager.openapi import install_openapi
 from manager.reconciler import Reconciler, run_reconciler
 from manager.services import projects, tokens
 from manager.settings import Settings
@@ -57,7 +59,12 @@ def create_app(settings: Settings) -> ASGIApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.run_migrations:
             await upgrade_to_head_async(database_url)
-        engine = make_engine(database_url)
+        engine = make_engine(
+            database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout_s=settings.db_pool_timeout_s,
+        )
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
         hub = NotificationHub(database_url)
@@ -92,9 +99,14 @@ def create_app(settings: Settings) -> ASGIApp:
         redoc_url=None,
     )
     app.state.settings = settings
+    # One count of failed authentications per client address for both planes.
+    app.state.auth_limiter = FailedAuthLimiter(
+        settings.auth_failures_per_window, settings.auth_failure_window_s
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, app.state.auth_limiter)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(workloads.router)
     app.include_router(admin.router)
     app.include_router(agent.router)

@@ -74,12 +74,16 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
     import uvicorn
 
     from manager.app import create_app
+    from worker_agent.http_server import uvicorn_options
 
     assert settings.database_url is not None
     app = create_app(settings)
     database = mask_password(settings.database_url)
-    if embedded is not None:
-        database += f" (embedded, in {embedded.cluster_dir})"
+    if embedded is not None and embedded.install is not None:
+        server = embedded.install
+        database += (
+            f" (embedded PostgreSQL {server.major} from {server.source}, in {embedded.cluster_dir})"
+        )
     print(
         f"InferenceKey Manager listening on http://{settings.host}:{settings.port}, "
         f"database {database}",
@@ -92,6 +96,7 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         # A line per request costs the gateway ~7% of its throughput; opt in with the variable.
         access_log=os.environ.get("INFERENCEKEY_ACCESS_LOG", "").strip() in ("1", "true", "yes"),
+        **uvicorn_options(settings.server_limits),
     )
 
 

@@ -39,6 +39,10 @@ class ValidationFailed(ApiProblem):
     code = "validation_error"
 
 
+class InvalidHeader(ApiProblem):
+    code = "invalid_header"
+
+
 class MalformedJson(ApiProblem):
     code = "malformed_json"
 
@@ -133,6 +137,34 @@ class SlugConflict(Conflict):
 class BodyTooLarge(ApiProblem):
     status = 413
     code = "body_too_large"
+
+
+class TooManyFailedAuthentications(ApiProblem):
+    status = 429
+    code = "too_many_failed_authentications"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
+class InternalError(ApiProblem):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal error; the Manager log has the details")
+
+
+class DatabaseUnavailable(ApiProblem):
+    """The database has no connection to spare (pool or server exhausted, or unreachable)."""
+
+    status = 503
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(retry_after_s)
 
 
 class UnsupportedMediaType(ApiProblem):

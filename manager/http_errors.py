@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from inferencekey.wire import PLACEMENT_FIELDS
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from manager.errors import (
     ApiProblem,
     BodyTooLarge,
+    DatabaseUnavailable,
+    InternalError,
     InvalidRequest,
     MalformedJson,
     MethodNotAllowed,
@@ -72,6 +78,29 @@ def problem_from_validation(errors: list[dict[str, Any]]) -> ApiProblem:
     return ValidationFailed(f"{field}: {error.get('msg', 'invalid value')}", field=field)
 
 
+# asyncpg's answers that mean "no connection to be had now", not "your request is wrong".
+_UNAVAILABLE = (
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def database_unavailable(error: BaseException) -> DatabaseUnavailable | None:
+    """A 503 for pool exhaustion and database overload or absence, else None."""
+    if isinstance(error, SqlAlchemyTimeout):
+        return DatabaseUnavailable("all database connections are busy; retry shortly")
+    if isinstance(error, DBAPIError):
+        cause = error.orig.__cause__ or error.orig if error.orig is not None else None
+        if error.connection_invalidated or isinstance(cause, _UNAVAILABLE):
+            return DatabaseUnavailable("the database is unavailable or out of connections; retry")
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiProblem)
     async def on_problem(request: Request, problem: ApiProblem) -> JSONResponse:
@@ -87,6 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
             problem: ApiProblem = RouteNotFound(f"no route {request.method} {request.url.path}")
         elif error.status_code == 405:
             problem = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            problem.headers.update(error.headers or {})  # Allow: the methods that are
         elif error.status_code == 413:
             problem = BodyTooLarge(str(error.detail))
         else:
@@ -94,12 +124,43 @@ def install_error_handlers(app: FastAPI) -> None:
             problem.status = error.status_code  # type: ignore[misc]
         return problem_response(problem)
 
-    @app.exception_handler(Exception)
-    async def on_crash(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        body = {
-            "error": "internal error; the Manager log has the details",
-            "code": "internal_error",
-            "message": "internal error; the Manager log has the details",
-        }
-        return JSONResponse(body, status_code=500)
+    app.add_middleware(CrashBarrier)
+
+
+class CrashBarrier:
+    """Turns an unhandled error into the JSON 500 (or a 503 for an exhausted database) and
+    stops it there. Starlette's own handler re-raises after answering, and uvicorn then resets
+    the connection, so a keep-alive client lost its connection with every 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as error:
+            unavailable = database_unavailable(error)
+            if unavailable is not None:
+                log.warning(
+                    "database unavailable on %s %s: %s",
+                    scope["method"],
+                    scope["path"],
+                    unavailable.message,
+                )
+            else:
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                return  # the answer is under way; the client sees it end short
+            problem = unavailable or InternalError()
+            response = problem_response(problem)
+            await response(scope, receive, send)

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from manager import notify, placement
 from manager.db.models import GpuResource, Replica, Worker, Workload
+from manager.db.queries import one_of
 from manager.ids import new_id
 from manager.policies import desired_replica_count
 from manager.services import events
@@ -77,14 +78,16 @@ class Reconciler:
         self.hub = hub
         self.settings = settings
         self._leader_connection: asyncpg.Connection | None = None
+        # Workloads whose reconcile failed, by id, at the generation that failed.
+        self._quarantined: dict[str, int] = {}
 
     async def run_forever(self) -> None:
         while True:
             try:
                 if await self._lead():
                     with self.hub.subscription(notify.RECONCILE) as wake:
-                        await self.reconcile_once()
-                        await notify.wait_for(wake, self.settings.reconcile_interval_s)
+                        if await self.reconcile_once():
+                            await notify.wait_for(wake, self.settings.reconcile_interval_s)
                 else:
                     await asyncio.sleep(self.settings.reconcile_interval_s)
             except asyncio.CancelledError:
@@ -110,19 +113,44 @@ class Reconciler:
         await connection.close()
         return False
 
-    async def reconcile_once(self) -> None:
+    async def reconcile_once(self) -> bool:
+        """One pass; False when it stopped early after a workload failed (run it again)."""
         async with self.sessions() as session:
             world = await self._load(session)
             await self._update_liveness(world)
-            for workload in await self._workloads(session, world):
-                try:
-                    await self._reconcile_workload(world, workload)
-                except Exception as error:  # one broken workload must not stall the others
-                    log.exception("reconciling workload %s failed", workload.id)
-                    workload.phase, workload.phase_reason = "error", f"internal error: {error}"
+            complete = True
+            workloads = await self._workloads(session, world)
+            seen = {w.id for w in workloads}
+            self._quarantined = {k: v for k, v in self._quarantined.items() if k in seen}
+            for workload in workloads:
+                if self._quarantined.get(workload.id) == workload.generation:
+                    continue  # failed at this generation already; its phase says so
+                if not await self._reconcile_isolated(world, workload):
+                    # The rollback expired what the session held: the rest gets a fresh pass.
+                    complete = False
+                    break
             for worker_id in world.touched_workers:
                 await notify.notify(session, notify.ASSIGNMENTS, worker_id)
             await session.commit()
+        return complete
+
+    async def _reconcile_isolated(self, world: Pass, workload: Workload) -> bool:
+        """One workload's decisions in a savepoint of their own, written out before the next
+        workload's: whatever fails (in our code or in the database) is rolled back for this
+        workload alone, shown on it, and that generation of it is left out of later passes
+        (a PATCH retries it), so every other workload is still reconciled."""
+        workload_id, generation = workload.id, workload.generation
+        try:
+            async with world.session.begin_nested():
+                await self._reconcile_workload(world, workload)
+                await world.session.flush()
+        except Exception as error:
+            log.exception("reconciling workload %s failed", workload_id)
+            self._quarantined[workload_id] = generation
+            workload.phase = "error"
+            workload.phase_reason = f"internal error: {type(error).__name__}; see the Manager log"
+            return False
+        return True
 
     async def _load(self, session: AsyncSession) -> Pass:
         now = (await session.execute(select(func.now()))).scalar_one()
@@ -219,7 +247,7 @@ class Reconciler:
         with_replicas = list(world.replicas_by_workload)
         result = await session.execute(
             select(Workload)
-            .where(Workload.deleted_at.is_(None) | Workload.id.in_(with_replicas))
+            .where(Workload.deleted_at.is_(None) | one_of(Workload.id, with_replicas))
             .order_by(Workload.created_at)
             .with_for_update()
         )
@@ -240,6 +268,9 @@ class Reconciler:
         desired, policy_reason = desired_replica_count(
             workload.execution_policy, workload.execution_policy_config, world.now
         )
+        # Specs are validated against the limit; a row written before it was lowered (or by
+        # hand) still gets no more than the limit's worth of work in a pass.
+        desired = min(desired, self.settings.max_replicas_per_workload)
         spec = runtime_spec(workload)
         current = [r for r in running if r.spec == spec and self._fits_pins(r, workload)]
         outdated = [r for r in running if r not in current]

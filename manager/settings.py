@@ -6,10 +6,39 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker_agent.http_server import ServerLimits
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "inferencekey"
+
+
+def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> int | float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:
+        raise ValueError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+# Numeric settings read from INFERENCEKEY_<NAME>: their type and smallest sensible value.
+_NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
+    "max_replicas_per_workload": (int, 1),
+    "db_pool_size": (int, 1),
+    "db_max_overflow": (int, 0),
+    "db_pool_timeout_s": (float, 0.1),
+    "auth_failures_per_window": (int, 1),
+    "auth_failure_window_s": (float, 0.1),
+    "worker_not_ready_after_s": (float, 0.1),
+    "worker_lost_after_s": (float, 0.1),
+    "heartbeat_interval_s": (float, 0.1),
+    "reconcile_interval_s": (float, 0.1),
+    "gateway_first_byte_timeout_s": (float, 0.1),
+    "gateway_idle_timeout_s": (float, 0.1),
+}
 
 
 def _env(name: str) -> str | None:
@@ -43,6 +72,17 @@ class Settings:
     gateway_first_byte_timeout_s: float = 600.0
     gateway_idle_timeout_s: float = 300.0
     gateway_max_body_bytes: int = 64 * 1024 * 1024
+    # Limits: no one workload, client or burst may stall the Manager (SECURITY.md).
+    max_replicas_per_workload: int = 100
+    # Database connections this process may hold, and how long a request waits for one before
+    # it is answered 503 with Retry-After.
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    db_pool_timeout_s: float = 5.0
+    server_limits: ServerLimits = field(default_factory=ServerLimits.from_env)
+    # Failed authentications one client address may make per window before it gets 429s.
+    auth_failures_per_window: int = 30
+    auth_failure_window_s: float = 10.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -58,16 +98,9 @@ class Settings:
             values["data_dir"] = Path(data_dir)
         if token := _env("INFERENCEKEY_ADMIN_TOKEN"):
             values["admin_token"] = token
-        for name in (
-            "worker_not_ready_after_s",
-            "worker_lost_after_s",
-            "heartbeat_interval_s",
-            "reconcile_interval_s",
-            "gateway_first_byte_timeout_s",
-            "gateway_idle_timeout_s",
-        ):
+        for name, (kind, minimum) in _NUMBERS.items():
             if raw := _env(f"INFERENCEKEY_{name.upper()}"):
-                values[name] = float(raw)
+                values[name] = _number(f"INFERENCEKEY_{name.upper()}", raw, kind, minimum)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"]))

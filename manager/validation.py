@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from inferencekey.enums import TASK_TYPE_VALUES, Backend
@@ -83,7 +84,14 @@ def _validate_command(backend: str, config: dict[str, Any] | None, model_name: s
         raise ValidationFailed(f"config.command: {error}", field="config.command") from None
 
 
-def validate_workload(fields: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class WorkloadLimits:
+    """Bounds an operator sets (Settings); each is named in the 400 that enforces it."""
+
+    max_replicas: int = 100
+
+
+def validate_workload(fields: dict[str, Any], limits: WorkloadLimits) -> None:
     """Every rule on a full spec; raises the first problem found, naming its field."""
     blank = blank_field(fields, ("name", "slug", "model_name"))
     if blank:
@@ -125,4 +133,8 @@ def validate_workload(fields: dict[str, Any]) -> None:
         )
     _validate_config(backend, fields.get("config"))
     _validate_command(backend, fields.get("config"), fields["model_name"])
-    validate_policy(fields.get("execution_policy"), fields.get("execution_policy_config"))
+    validate_policy(
+        fields.get("execution_policy"),
+        fields.get("execution_policy_config"),
+        max_replicas=limits.max_replicas,
+    )

@@ -53,6 +53,9 @@ def manager(
         worker_lost_after_s=8.0,
         heartbeat_interval_s=1.0,
         reconcile_interval_s=1.0,
+        # The suite makes many failed authentications from 127.0.0.1 on purpose; the limit
+        # itself is tested on a Manager of its own (tests/test_server_limits.py).
+        auth_failures_per_window=1_000_000,
     )
     running = start_manager(settings)
     yield running

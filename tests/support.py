@@ -19,6 +19,7 @@ import uvicorn
 
 from manager.app import create_app
 from manager.settings import Settings
+from worker_agent.http_server import uvicorn_options
 
 # Where tests may create and drop databases (CI: Postgres at 127.0.0.1:5432, trust auth).
 SERVER_URL = os.environ.get(
@@ -96,6 +97,7 @@ def start_manager(settings: Settings) -> RunningManager:
         port=settings.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings.server_limits),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="manager", daemon=True)

@@ -310,3 +310,37 @@ def test_a_manager_400_is_a_validation_error_naming_the_field(mgmt: ManagementCl
     assert str(caught.value).startswith("bad request: ")
     assert "replicas" in str(caught.value)
     assert mgmt.list() == []
+
+
+def test_concurrent_ensures_of_one_new_spec_converge_on_one_workload(
+    manager: RunningManager, project: TestProject, api: httpx.Client
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ensure_once(_: int) -> str:
+        with ManagementClient(
+            base_url=manager.url, sdk_token=project.sdk_token, project=project.slug
+        ) as client:
+            return client.ensure(support_bot(slug="raced")).workload_slug
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        slugs = list(pool.map(ensure_once, range(150)))
+
+    assert slugs == ["raced"] * 150
+    listed = api.get(f"/api/projects/{project.slug}/workloads").json()["workloads"]
+    assert [w["slug"] for w in listed] == ["raced"]
+    assert listed[0]["generation"] == 1
+
+
+def test_an_identical_create_is_idempotent_and_a_different_one_conflicts(
+    api: httpx.Client, project: TestProject
+) -> None:
+    body = {"name": "Twin", "slug": "twin", "backend": "ollama", "model_name": "m"}
+    path = f"/api/projects/{project.slug}/workloads"
+    first = api.post(path, json=body)
+    again = api.post(path, json=body)
+    different = api.post(path, json={**body, "model_name": "other"})
+
+    assert first.status_code == 201
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert (different.status_code, different.json()["code"]) == (409, "slug_conflict")

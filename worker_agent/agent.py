@@ -26,6 +26,7 @@ from worker_agent import __version__
 from worker_agent.config import AgentConfig
 from worker_agent.engines import Engine, engine_for
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
+from worker_agent.http_server import uvicorn_options
 from worker_agent.ports import PortAllocator
 from worker_agent.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment
 from worker_agent.proxy import AgentProxy
@@ -144,6 +145,7 @@ class Agent:
                 proxy_headers=False,
                 lifespan="off",
                 timeout_graceful_shutdown=5,
+                **uvicorn_options(self.config.server_limits),
             )
         )
         serving = asyncio.ensure_future(proxy.serve())

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker_agent.http_server import ServerLimits
+
 
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -38,3 +40,4 @@ class AgentConfig:
     engine_first_byte_timeout_s: float = 600.0
     engine_idle_timeout_s: float = 300.0
     max_request_bytes: int = 64 * 1024 * 1024
+    server_limits: ServerLimits = field(default_factory=ServerLimits.from_env)

@@ -2,47 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 ReplicaState = Literal["starting", "ready", "failed", "stopped"]
 MAX_WAIT_S = 30.0
+MAX_LOG_TAIL_CHARS = 64 * 1024
+
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def _no_control_characters(value: str) -> str:
+    if re.search(r"[\x00-\x1f\x7f]", value) or _UNSTORABLE.search(value):
+        raise ValueError("must not hold control characters")
+    return value
+
+
+def _scrub_text(value: object) -> object:
+    # Engine output is whatever the engine printed: keep it, minus what Postgres cannot store.
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)[-MAX_LOG_TAIL_CHARS:]
+    return value
+
+
+# Names and ids: one line, bounded. Counts and sizes: within the database's columns.
+Name = Annotated[str, Field(max_length=512), AfterValidator(_no_control_characters)]
+Text = Annotated[str, BeforeValidator(_scrub_text)]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Bytes = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class GpuWire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    index: int
-    uuid: str
-    name: str
-    memory_total_mb: int
-    memory_used_mb: int = 0
-    utilization_pct: int = 0
+    index: Count
+    uuid: Name
+    name: Name
+    memory_total_mb: Count
+    memory_used_mb: Count = 0
+    utilization_pct: Annotated[int, Field(ge=0, le=100)] = 0
 
 
 class InventoryWire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     source: Literal["nvml", "simulated", "none"]
-    hostname: str | None = None
-    driver_version: str | None = None
-    cuda_version: str | None = None
-    cpu_count: int | None = None
-    memory_mb: int | None = None
-    gpus: list[GpuWire] = Field(default_factory=list)
-    model_files: dict[str, int] = Field(default_factory=dict)
+    hostname: Name | None = None
+    driver_version: Name | None = None
+    cuda_version: Name | None = None
+    cpu_count: Count | None = None
+    memory_mb: Count | None = None
+    gpus: list[GpuWire] = Field(default_factory=list, max_length=1024)
+    model_files: dict[Name, Bytes] = Field(default_factory=dict, max_length=100_000)
 
 
 class ObservedReplica(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    id: str
+    id: Name
     state: ReplicaState
-    reason: str | None = None
-    log_tail: str | None = None
-    port: int | None = None
-    restarts: int = 0
+    reason: Text | None = None
+    log_tail: Text | None = None
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    restarts: Count = 0
 
 
 class Heartbeat(BaseModel):
@@ -50,10 +74,10 @@ class Heartbeat(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    agent_version: str | None = None
-    address: str | None = None
+    agent_version: Name | None = None
+    address: Name | None = None
     inventory: InventoryWire
-    replicas: list[ObservedReplica] = Field(default_factory=list)
+    replicas: list[ObservedReplica] = Field(default_factory=list, max_length=10_000)
 
 
 class ReplicaAssignment(BaseModel):

@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
 
+from worker_agent.endpoint_paths import (
+    ROUTE_TASK_TYPES,
+    EndpointPathError,
+    EndpointTarget,
+    parse_endpoint_target,
+)
 from worker_agent.relay import (
     BodyTooLarge,
     problem,
@@ -24,6 +30,7 @@ from worker_agent.relay import (
 )
 from worker_agent.upstream import (
     Headers,
+    UnsafeRequest,
     UpstreamClient,
     UpstreamError,
     end_to_end,
@@ -70,13 +77,15 @@ class AgentProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        path: str = scope["path"]
-        if path == "/healthz":
+        if scope["path"] == "/healthz":
             await send_json(send, 200, {"status": "ok", "worker_id": self.agent.worker_id})
             return
-        parts = path.split("/", 4)
-        if len(parts) < 5 or parts[1] != "endpoint":
-            await send_json(send, 404, problem("route_not_found", f"no route {path}"))
+        try:
+            target = parse_endpoint_target(
+                scope.get("raw_path") or scope["path"].encode(), scope.get("query_string", b"")
+            )
+        except EndpointPathError as error:
+            await send_json(send, 404, problem("route_not_found", str(error)))
             return
         headers: Headers = scope["headers"]
         presented = header_value(headers, GATEWAY_HEADER) or b""
@@ -91,15 +100,19 @@ class AgentProxy:
                 ),
             )
             return
-        await self._serve(scope, receive, send, parts[2], parts[3], parts[4], headers)
+        await self._serve(scope, receive, send, target, headers)
 
-    def _pick(self, project: str, workload: str, headers: Headers) -> LocalReplica | None:
+    def _pick(self, target: EndpointTarget, headers: Headers) -> LocalReplica | None:
         ready = [
             replica
             for replica in self.agent.replicas.values()
             if replica.state == "ready"
-            and replica.assignment.workload_slug == workload
-            and replica.assignment.project_slug == project
+            and replica.assignment.workload_slug == target.workload
+            and replica.assignment.project_slug == target.project
+            and (
+                target.route == "v1/models"
+                or replica.assignment.task_type in ROUTE_TASK_TYPES[target.route]
+            )
         ]
         wanted = (header_value(headers, REPLICA_HEADER) or b"").decode()
         for replica in ready:
@@ -112,14 +125,15 @@ class AgentProxy:
         scope: Scope,
         receive: Receive,
         send: Send,
-        project: str,
-        workload: str,
-        rest: str,
+        target: EndpointTarget,
         headers: Headers,
     ) -> None:
-        replica = self._pick(project, workload, headers)
+        replica = self._pick(target, headers)
         if replica is None:
-            message = f"no ready replica of {project}/{workload} on this worker"
+            message = (
+                f"no ready replica of {target.project}/{target.workload} serving "
+                f"{target.route} on this worker"
+            )
             await send_json(send, 503, problem("no_ready_replica", message), [RETRYABLE])
             return
         config = self.agent.config
@@ -130,8 +144,6 @@ class AgentProxy:
             return
         content_type = header_value(headers, b"content-type") or b""
         body = rewrite_model(body, content_type, replica.served_model)
-        query = scope.get("query_string", b"")
-        target = f"/{rest}?{query.decode()}" if query else f"/{rest}"
         tag = [(REPLICA_HEADER, replica.assignment.id.encode())]
 
         async def exchange() -> None:
@@ -140,12 +152,15 @@ class AgentProxy:
                     "127.0.0.1",
                     replica.port,
                     scope["method"],
-                    target,
+                    target.upstream_target(with_prefix=False),
                     forwarded_headers(headers),
                     body,
                     first_byte_timeout=config.engine_first_byte_timeout_s,
                     idle_timeout=config.engine_idle_timeout_s,
                 )
+            except UnsafeRequest as error:
+                await send_json(send, 400, problem("invalid_header", str(error)))
+                return
             except UpstreamError as error:
                 log.warning("replica %s unreachable: %s", replica.assignment.id, error)
                 await send_json(

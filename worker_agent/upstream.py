@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from collections.abc import AsyncIterator
 
 import httptools
@@ -22,6 +23,39 @@ Headers = list[tuple[bytes, bytes]]
 # socket until the client catches up.
 _HIGH_WATER = 64
 _LOW_WATER = 16
+
+
+# RFC 9110 tokens (methods, header names), a request target of printable ASCII, and header
+# values of printable ASCII and tabs: nothing that could end a line or a field early.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e]*\Z")
+
+
+class UnsafeRequest(ValueError):
+    """A method, target or header that would not survive as one line of HTTP/1.1; nothing was
+    sent. The message names the part, never its bytes."""
+
+
+def request_head(method: str, target: str, host: str, port: int, headers: Headers) -> bytes:
+    """The request line and headers, every byte checked: a CR, LF, NUL, space or non-ASCII byte
+    anywhere would let one request become two (request smuggling)."""
+    if not method.isascii() or not _TOKEN.match(method_bytes := method.encode("ascii")):
+        raise UnsafeRequest("the request method is not an HTTP token")
+    if not target.isascii() or not _TARGET.match(target_bytes := target.encode("ascii")):
+        raise UnsafeRequest("the request target holds a byte outside printable ASCII")
+    head = [
+        b"%s %s HTTP/1.1\r\nhost: %s:%d\r\n" % (method_bytes, target_bytes, host.encode(), port)
+    ]
+    for name, value in headers:
+        if not _TOKEN.match(name):
+            raise UnsafeRequest("a header name is not an HTTP token")
+        if not _FIELD_VALUE.match(value):
+            raise UnsafeRequest(
+                f"header {name.decode('ascii')!r} holds a control or non-ASCII byte"
+            )
+        head.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(head)
 
 
 class UpstreamError(Exception):
@@ -92,6 +126,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def data_received(self, data: bytes) -> None:
+        if self.complete or self._headers_ready is None:
+            # Bytes nobody asked for (a second response to one request, or a word while idle):
+            # this connection's framing can no longer be trusted, so it is never used again.
+            self.abort()
+            return
         self.answered = True
         try:
             self.parser.feed_data(data)
@@ -103,10 +142,18 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.abort()  # a second response in the same read: see data_received
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.closed:
+            return  # the rest of an unsolicited response
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self.closed:
+            return
         if 100 <= self.parser.get_status_code() < 200:
             # An interim response (100 Continue, 103 Early Hints): the final one follows.
             self._interim = True
@@ -129,6 +176,8 @@ class _Connection(asyncio.Protocol):
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
+        if self.closed:
+            return
         self._chunks.append(bytes(body))
         self._wake()
         if not self._paused and len(self._chunks) > _HIGH_WATER and self.transport:
@@ -136,6 +185,8 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self.closed and self.complete:
+            return
         if self._interim:
             self._interim = False
             return
@@ -319,14 +370,14 @@ class UpstreamClient:
         first_byte_timeout: float | None = 600.0,
         idle_timeout: float | None = 300.0,
     ) -> UpstreamResponse:
-        """Send one request; return once the response headers are in."""
         pool = self._pools.get((host, port))
         if pool is None:
             pool = self._pools[(host, port)] = _Pool(host, port, self._max_idle)
-        head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode()]
-        head.extend(b"%s: %s\r\n" % (name, value) for name, value in headers)
-        head.append(b"content-length: %d\r\n\r\n" % len(body))
-        request = b"".join(head) + body
+        """Send one request; return once the response headers are in.
+
+        Raises UnsafeRequest, before connecting, for a head that is not plain HTTP/1.1."""
+        head = request_head(method, target, host, port, headers)
+        request = b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
         expects_body = method != "HEAD"
         # A kept-alive connection the upstream closed meanwhile fails before any response byte;
         # that one failure is retried once on a fresh connection.

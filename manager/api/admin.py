@@ -7,11 +7,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
+from manager.api.border import BorderRoute
 from manager.services import projects, tokens, workers
 
 from .deps import AdminCaller, Session
 
-router = APIRouter(prefix="/api/admin")
+router = APIRouter(prefix="/api/admin", route_class=BorderRoute)
 
 
 class CreateProjectRequest(BaseModel):

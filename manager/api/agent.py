@@ -8,22 +8,23 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from manager import notify
-from manager.auth import TokenKind, authenticate, require_kind
+from manager.api.border import AgentBorderRoute, authenticated
+from manager.auth import TokenKind, require_kind
 from manager.db.models import Worker
 from manager.services import workers
 from manager.services.timefmt import utcnow
 from worker_agent.protocol import MAX_WAIT_S, Assignments, Heartbeat
 
-router = APIRouter(prefix="/api/agent")
+router = APIRouter(prefix="/api/agent", route_class=AgentBorderRoute)
 WHERE = "the agent protocol (/api/agent)"
 DISCONNECT_CHECK_S = 1.0
 
 
 async def _agent_worker(request: Request) -> Worker:
     # Short-lived session: a long-poll must not hold a database connection while it waits.
+    principal = await authenticated(request)
+    require_kind(principal, TokenKind.AGENT, WHERE)
     async with request.app.state.sessions() as session:
-        principal = await authenticate(session, request.headers.get("authorization"))
-        require_kind(principal, TokenKind.AGENT, WHERE)
         return await workers.worker_for_agent(session, principal)
 
 

@@ -1,7 +1,7 @@
 """Dependencies shared by routes: a database session per request, and who is calling.
 
-Credential, scope and project checks are dependencies, so they answer before the body is
-even parsed: a read-only token gets its 403 whatever it sent.
+Credential, scope and project checks are dependencies; BorderRoute (border.py) authenticates
+before the body is even read, so a bad credential gets its 401 whatever it sent.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from manager.api.border import authenticated
 from manager.auth import (
     Principal,
     Scope,
     TokenKind,
-    authenticate,
     require_kind,
     require_project,
     require_scope,
 )
 from manager.db.models import Project
+from manager.validation import WorkloadLimits
 
 
 async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -33,10 +34,9 @@ Session = Annotated[AsyncSession, Depends(db_session)]
 
 
 def caller_of_kind(kind: TokenKind, where: str) -> Callable[..., Awaitable[Principal]]:
-    async def dependency(request: Request, session: Session) -> Principal:
-        principal = await authenticate(session, request.headers.get("authorization"))
+    async def dependency(request: Request) -> Principal:
+        principal = await authenticated(request)
         require_kind(principal, kind, where)
-        request.state.principal = principal
         return principal
 
     return dependency
@@ -82,3 +82,11 @@ async def _own_project(caller: ControlCaller, session: Session) -> Project:
 
 PathProject = Annotated[Project, Depends(_path_project)]
 OwnProject = Annotated[Project, Depends(_own_project)]
+
+
+def _workload_limits(request: Request) -> WorkloadLimits:
+    settings = request.app.state.settings
+    return WorkloadLimits(max_replicas=settings.max_replicas_per_workload)
+
+
+Limits = Annotated[WorkloadLimits, Depends(_workload_limits)]

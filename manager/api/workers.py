@@ -6,17 +6,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from manager.auth import Principal, Scope, TokenKind, authenticate, require_scope
+from manager.api.border import BorderRoute, authenticated
+from manager.auth import Principal, Scope, TokenKind, require_scope
 from manager.errors import WrongCredentialType
 from manager.services import workers
 
 from .deps import Session
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", route_class=BorderRoute)
 
 
-async def _viewer(request: Request, session: Session) -> Principal:
-    principal = await authenticate(session, request.headers.get("authorization"))
+async def _viewer(request: Request) -> Principal:
+    principal = await authenticated(request)
     if principal.kind is TokenKind.SDK:
         require_scope(principal, Scope.WORKLOAD_READ)
     elif principal.kind is not TokenKind.ADMIN:
@@ -29,7 +30,7 @@ async def _viewer(request: Request, session: Session) -> Principal:
 
 @router.get("/workers")
 async def list_workers(request: Request, session: Session) -> dict[str, Any]:
-    viewer = await _viewer(request, session)
+    viewer = await _viewer(request)
     rows = await workers.visible_workers(session, viewer.project_id)
     gpus = await workers.gpus_of(session, [w.id for w in rows])
     return {"workers": [workers.worker_view(w, gpus) for w in rows]}
@@ -37,7 +38,7 @@ async def list_workers(request: Request, session: Session) -> dict[str, Any]:
 
 @router.get("/gpu-resources")
 async def list_gpu_resources(request: Request, session: Session) -> dict[str, Any]:
-    viewer = await _viewer(request, session)
+    viewer = await _viewer(request)
     rows = await workers.visible_workers(session, viewer.project_id)
     gpus = await workers.gpus_of(session, [w.id for w in rows])
     names = {w.id: w.name for w in rows}

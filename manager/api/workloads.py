@@ -8,12 +8,13 @@ from fastapi import APIRouter, Request, Response, status
 from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
 from sse_starlette.sse import EventSourceResponse
 
+from manager.api.border import BorderRoute
 from manager.services import events, workloads
 from manager.services.readiness_stream import readiness_stream
 
-from .deps import ControlReader, ControlWriter, OwnProject, PathProject, Session
+from .deps import ControlReader, ControlWriter, Limits, OwnProject, PathProject, Session
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", route_class=BorderRoute)
 KEEPALIVE_S = 15
 
 
@@ -32,9 +33,13 @@ async def create_workload(
     caller: ControlWriter,
     body: CreateWorkloadRequest,
     session: Session,
+    limits: Limits,
+    response: Response,
 ) -> dict[str, Any]:
-    workload = await workloads.create_workload(session, caller, owner, body)
+    workload, created = await workloads.create_workload(session, caller, owner, body, limits)
     await session.commit()
+    if not created:
+        response.status_code = status.HTTP_200_OK  # an identical create: nothing new
     return workloads.workload_view(workload, owner)
 
 
@@ -53,9 +58,10 @@ async def update_workload(
     caller: ControlWriter,
     body: UpdateWorkloadRequest,
     session: Session,
+    limits: Limits,
 ) -> dict[str, Any]:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=True)
-    workload = await workloads.update_workload(session, caller, workload, body)
+    workload = await workloads.update_workload(session, caller, workload, body, limits)
     await session.commit()
     return workloads.workload_view(workload, owner)
 

@@ -12,9 +12,18 @@ from sqlalchemy.ext.asyncio import (
 from manager.settings import asyncpg_url
 
 
-def make_engine(database_url: str) -> AsyncEngine:
+def make_engine(
+    database_url: str, *, pool_size: int = 10, max_overflow: int = 10, pool_timeout_s: float = 5.0
+) -> AsyncEngine:
     return create_async_engine(
-        asyncpg_url(database_url), pool_size=10, max_overflow=20, pool_pre_ping=True
+        asyncpg_url(database_url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout_s,
+        pool_pre_ping=True,
+        # Errors and logs never carry statement parameters: they hold tokens' digests, specs
+        # and whatever a client sent.
+        hide_parameters=True,
     )
 
 

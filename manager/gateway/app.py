@@ -15,18 +15,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from manager import notify
 from manager.auth import ALL_WORKLOADS, Principal, TokenKind
+from manager.auth_limiter import FailedAuthLimiter
 from manager.errors import (
     ApiProblem,
-    ProjectNotFound,
+    InvalidHeader,
     ProjectScopeMismatch,
     RouteNotFound,
     RouteNotServed,
     ScopeInsufficient,
+    Unauthenticated,
     WorkloadNotFound,
     WrongCredentialType,
 )
 from manager.errors import BodyTooLarge as BodyTooLargeProblem
 from manager.settings import Settings
+from worker_agent.endpoint_paths import EndpointPathError, EndpointTarget, parse_endpoint_target
 from worker_agent.proxy import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE, forwarded_headers
 from worker_agent.relay import (
     BodyTooLarge,
@@ -36,7 +39,7 @@ from worker_agent.relay import (
     send_json,
     until_client_disconnects,
 )
-from worker_agent.upstream import UpstreamClient, UpstreamError, header_value
+from worker_agent.upstream import UnsafeRequest, UpstreamClient, UpstreamError, header_value
 
 from .demand import DemandMeter
 from .keys import KeyCache
@@ -52,8 +55,9 @@ RETRY_AFTER_S = b"5"
 class Gateway:
     """What the gateway needs at run time; started and stopped with the app's lifespan."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, auth_limiter: FailedAuthLimiter) -> None:
         self.settings = settings
+        self.auth_limiter = auth_limiter
         self.keys: KeyCache | None = None
         self.routes: RouteTable | None = None
         self.demand: DemandMeter | None = None
@@ -104,30 +108,36 @@ class GatewayMiddleware:
         gateway = self.gateway
         assert gateway.keys is not None and gateway.routes is not None
         authorization = header_value(scope["headers"], b"authorization")
-        principal = await gateway.keys.authenticate(
-            authorization.decode("latin-1") if authorization else None
-        )
+        address = scope["client"][0] if scope.get("client") else None
+        gateway.auth_limiter.check(address)
+        try:
+            principal = await gateway.keys.authenticate(
+                authorization.decode("latin-1") if authorization else None
+            )
+        except Unauthenticated:
+            gateway.auth_limiter.failed(address)
+            raise
         _require_live_key(principal)
-        project_id = gateway.routes.projects.get(project)
-        if project_id is None:
-            raise ProjectNotFound(f'project "{project}" not found')
-        if principal.project_id != project_id:
+        # "Not yours" and "not there" get the same answer, so a key cannot discover other
+        # projects' or ungranted workloads' names.
+        own_project = principal.project_id
+        if own_project is None or gateway.routes.projects.get(project) != own_project:
             raise ProjectScopeMismatch(f'this key is not scoped to project "{project}"')
-        route = gateway.routes.workloads.get((project_id, workload))
+        granted = ALL_WORKLOADS in principal.workload_grants
+        if not granted and workload not in principal.workload_grants:
+            raise ScopeInsufficient(f'this key is not granted workload "{project}/{workload}"')
+        route = gateway.routes.workloads.get((own_project, workload))
         if route is None:
             raise WorkloadNotFound(f'workload "{workload}" not found in project "{project}"')
-        if (
-            ALL_WORKLOADS not in principal.workload_grants
-            and workload not in principal.workload_grants
-        ):
-            raise ScopeInsufficient(f'this key is not granted workload "{project}/{workload}"')
         return route
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        parts = scope["path"].split("/", 4)
-        if len(parts) < 5 or not parts[4]:
-            raise RouteNotFound("use /endpoint/{project}/{workload}/v1/...")
-        _, _, project, workload, rest = parts
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        try:
+            target = parse_endpoint_target(raw_path, scope.get("query_string", b""))
+        except EndpointPathError as error:
+            raise RouteNotFound(str(error)) from None
+        project, workload, rest = target.project, target.workload, target.route
         route = await self._authorise(scope, project, workload)
         wrong_route = route_problem(rest, route)
         if wrong_route:
@@ -141,9 +151,7 @@ class GatewayMiddleware:
         assert demand is not None
         demand.started(route.id)
         try:
-            await until_client_disconnects(
-                receive, self._forward(scope, send, route, project, workload, rest, body)
-            )
+            await until_client_disconnects(receive, self._forward(scope, send, route, target, body))
         except UpstreamError as error:
             log.warning("stream of %s/%s broke off: %s", project, workload, error)
         finally:
@@ -154,14 +162,12 @@ class GatewayMiddleware:
         scope: Scope,
         send: Send,
         route: WorkloadRoute,
-        project: str,
-        workload: str,
-        rest: str,
+        target: EndpointTarget,
         body: bytes,
     ) -> None:
         settings = self.gateway.settings
-        query = scope.get("query_string", b"")
-        target = f"/endpoint/{project}/{workload}/{rest}" + (f"?{query.decode()}" if query else "")
+        project, workload = target.project, target.workload
+        upstream_target = target.upstream_target(with_prefix=True)
         headers = forwarded_headers(scope["headers"])
         tried: set[str] = set()
         last_error = "no replica answered"
@@ -177,7 +183,7 @@ class GatewayMiddleware:
                         replica.host,
                         replica.port,
                         scope["method"],
-                        target,
+                        upstream_target,
                         [
                             *headers,
                             (GATEWAY_HEADER, replica.gateway_secret),
@@ -188,8 +194,11 @@ class GatewayMiddleware:
                         first_byte_timeout=settings.gateway_first_byte_timeout_s,
                         idle_timeout=settings.gateway_idle_timeout_s,
                     )
+                except UnsafeRequest as error:
+                    raise InvalidHeader(str(error)) from None
                 except UpstreamError as error:
                     replica.ejected_until = time.monotonic() + EJECT_S
+                    replica.last_error = f"worker {replica.worker_id}: {error}"
                     if error.request_sent:
                         # It may be running there: never run a generation twice.
                         await send_json(send, 502, problem("replica_failed", str(error)))
@@ -199,11 +208,27 @@ class GatewayMiddleware:
                 if response.status in (502, 503) and response.header(RETRYABLE[0]) == RETRYABLE[1]:
                     last_error = (await response.read()).decode(errors="replace")
                     replica.ejected_until = time.monotonic() + EJECT_S
+                    replica.last_error = f"worker {replica.worker_id}: {last_error[:200]}"
                     continue
+                replica.last_error = None
                 await relay_response(response, send)
                 return
             finally:
                 replica.outstanding -= 1
+        if not tried and route.replicas:
+            # Ready as far as the database knows, but each failed us a moment ago.
+            failures = "; ".join(sorted({r.last_error for r in route.replicas if r.last_error}))
+            message = (
+                f'the worker(s) serving "{workload}" cannot be reached '
+                f"({failures or 'no answer'}); they are retried within {EJECT_S:g}s"
+            )
+            await send_json(
+                send,
+                503,
+                problem("worker_unreachable", message, phase=route.phase, reason=route.reason),
+                [(b"retry-after", RETRY_AFTER_S)],
+            )
+            return
         if not tried:
             state = f"{route.phase}: {route.reason}" if route.reason else route.phase
             message = f'workload "{workload}" has no ready replica ({state})'
@@ -218,8 +243,8 @@ class GatewayMiddleware:
             send,
             502,
             problem(
-                "replica_unreachable",
-                f"no replica of {project}/{workload} could be reached: {last_error}",
+                "worker_unreachable",
+                f"no worker serving {project}/{workload} could be reached: {last_error}",
             ),
             [(b"retry-after", RETRY_AFTER_S)],
         )

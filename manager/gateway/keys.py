@@ -7,6 +7,7 @@ bad tokens does not turn into a burst of queries.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from manager.db.models import Token
 from manager.errors import Unauthenticated
 from manager.notify import ANY
 
-UNKNOWN_TTL_S = 1.0
+UNKNOWN_TTL_S = 5.0
 KNOWN_TTL_S = 300.0
+# Lookups in flight at once: a flood of unknown keys queues here instead of taking the pool.
+MAX_CONCURRENT_LOOKUPS = 4
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class KeyCache:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
         self._entries: dict[str, tuple[_Entry | None, float]] = {}
+        self._lookups = asyncio.Semaphore(MAX_CONCURRENT_LOOKUPS)
+        self._loading: dict[str, asyncio.Future[_Entry | None]] = {}
 
     def evict(self, token_id: str) -> None:
         """Called on a revocation notice; ``ANY`` (after a reconnect) forgets everything."""
@@ -51,8 +56,8 @@ class KeyCache:
         now = time.monotonic()
         cached = self._entries.get(token_id)
         if cached is None or cached[1] < now:
-            loaded = await self._load(token_id)
-            cached = (loaded, now + (KNOWN_TTL_S if loaded else UNKNOWN_TTL_S))
+            loaded = await self._load_once(token_id)
+            cached = (loaded, time.monotonic() + (KNOWN_TTL_S if loaded else UNKNOWN_TTL_S))
             self._entries[token_id] = cached
         entry = cached[0]
         if entry is None or not hmac.compare_digest(entry.digest, token_digest(token)):
@@ -60,6 +65,29 @@ class KeyCache:
         if entry.principal is None or entry.principal.kind is not kind:
             raise Unauthenticated()
         return entry.principal
+
+    async def _load_once(self, token_id: str) -> _Entry | None:
+        """One query per id however many requests wait for it, a few queries at a time."""
+        loading = self._loading.get(token_id)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[_Entry | None] = asyncio.get_running_loop().create_future()
+        self._loading[token_id] = future
+        try:
+            async with self._lookups:
+                entry = await self._load(token_id)
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(error)
+                future.exception()  # marked retrieved: there may be no one waiting
+            raise
+        else:
+            future.set_result(entry)
+            return entry
+        finally:
+            del self._loading[token_id]
 
     async def _load(self, token_id: str) -> _Entry | None:
         async with self._sessions() as session:

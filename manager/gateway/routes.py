@@ -19,26 +19,11 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from manager.db.models import Project, Replica, Worker, Workload
+from worker_agent.endpoint_paths import ROUTE_TASK_TYPES
 
 log = logging.getLogger("inferencekey.gateway")
 
 T = TaskType
-# The data-plane routes and the task types that serve them (contract sections 1c and 5).
-ROUTE_TASK_TYPES: dict[str, frozenset[str]] = {
-    "v1/chat/completions": frozenset({T.TEXT2TEXT.value, T.OMNI.value}),
-    "v1/completions": frozenset({T.TEXT2TEXT.value}),
-    "v1/embeddings": frozenset({T.EMBEDDING.value}),
-    "v1/rerank": frozenset({T.RERANKER.value}),
-    "v1/images/generations": frozenset({T.TEXT2IMAGE.value}),
-    "v1/images/edits": frozenset({T.TEXT2IMAGE.value, T.IMAGE2IMAGE.value}),
-    "v1/images/variations": frozenset({T.TEXT2IMAGE.value, T.IMAGE2IMAGE.value}),
-    "v1/audio/speech": frozenset({T.TEXT2AUDIO.value}),
-    "v1/audio/generate": frozenset({T.TEXT2AUDIO.value}),
-    "v1/audio/voices": frozenset({T.TEXT2AUDIO.value}),
-    "v1/audio/transcriptions": frozenset({T.AUDIO2TEXT.value}),
-    "forecast": frozenset({T.FORECAST.value}),
-    "v1/models": frozenset(t.value for t in TaskType),
-}
 ASYNC_ONLY = frozenset({T.CLASSIFICATION.value, T.REWARD.value})
 EJECT_S = 5.0  # a replica that failed a request is skipped this long (or until reloaded ready)
 
@@ -52,6 +37,7 @@ class ReplicaTarget:
     gateway_secret: bytes
     outstanding: int = 0
     ejected_until: float = 0.0
+    last_error: str | None = None  # why it was last ejected, for the 503 that follows
 
 
 @dataclass
@@ -83,8 +69,8 @@ def route_problem(route: str, workload: WorkloadRoute) -> str | None:
             f"task type {workload.task_type!r} is served as async jobs (POST .../jobs), not "
             f"through {route}"
         )
-    serving = ROUTE_TASK_TYPES.get(route)
-    if serving is None or workload.task_type in serving:
+    serving = ROUTE_TASK_TYPES[route]
+    if workload.task_type in serving:
         return None
     return (
         f"{route} is served by task type {' or '.join(sorted(serving))}; workload "

@@ -18,7 +18,9 @@ _VALIDATORS = {
 }
 
 
-def validate_policy(policy: str | None, config: dict[str, Any] | None) -> None:
+def validate_policy(
+    policy: str | None, config: dict[str, Any] | None, *, max_replicas: int
+) -> None:
     """Check ``execution_policy`` and its ``execution_policy_config`` together.
 
     No policy means ``fixed``. Raises a 400 problem naming the offending key.
@@ -32,7 +34,7 @@ def validate_policy(policy: str | None, config: dict[str, Any] | None) -> None:
         raise InvalidPolicyConfig(
             "execution_policy_config must be an object", field="execution_policy_config"
         )
-    _VALIDATORS[policy or ExecutionPolicy.FIXED.value](config or {})
+    _VALIDATORS[policy or ExecutionPolicy.FIXED.value](config or {}, max_replicas)
 
 
 def desired_replica_count(

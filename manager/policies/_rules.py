@@ -36,12 +36,24 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def require_int(config: dict[str, Any], key: str, path: str, *, minimum: int) -> int | None:
+# The setting that bounds replica counts, named in the error so operators know what to raise.
+REPLICAS_SETTING = "INFERENCEKEY_MAX_REPLICAS_PER_WORKLOAD"
+
+
+def require_int(
+    config: dict[str, Any], key: str, path: str, *, minimum: int, maximum: int | None = None
+) -> int | None:
+    """An integer within bounds; ``maximum`` is a replica bound, named after its setting."""
     if key not in config:
         return None
     value = config[key]
     if not is_int(value) or value < minimum:
         raise fail(f"{path}.{key}", f"must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise fail(
+            f"{path}.{key}",
+            f"must be at most {maximum} (this Manager's {REPLICAS_SETTING}), got {value}",
+        )
     return int(value)
 
 

@@ -38,13 +38,13 @@ def _require_positive_cost(config: dict[str, Any], path: str, *, required: bool)
         raise fail(f"{path}.max_hourly_cost_usd", f"must be greater than zero, got {value!r}")
 
 
-def _validate_cloud_pool(pool: Any, path: str) -> None:
+def _validate_cloud_pool(pool: Any, path: str, max_replicas: int) -> None:
     if not isinstance(pool, dict):
         raise fail(path, "must be an object")
     reject_unknown_keys(pool, CLOUD_POOL_KEYS, path, "autoscaling")
     require_string_list(pool.get("gpu_pool"), f"{path}.gpu_pool")
     _require_positive_cost(pool, path, required=False)
-    require_int(pool, "max_instances", path, minimum=1)
+    require_int(pool, "max_instances", path, minimum=1, maximum=max_replicas)
     if "allowed_cuda_versions" in pool:
         versions = require_string_list(
             pool["allowed_cuda_versions"], f"{path}.allowed_cuda_versions"
@@ -54,7 +54,7 @@ def _validate_cloud_pool(pool: Any, path: str) -> None:
                 raise fail(f"{path}.allowed_cuda_versions", f"{version!r} is not like '13.0'")
 
 
-def _validate_workers(workers: Any, config: dict[str, Any]) -> None:
+def _validate_workers(workers: Any, config: dict[str, Any], max_replicas: int) -> None:
     path = f"{ROOT}.workers"
     if not isinstance(workers, dict):
         raise fail(path, "must be an object")
@@ -68,14 +68,14 @@ def _validate_workers(workers: Any, config: dict[str, Any]) -> None:
         if "cloud_pool" not in workers:
             raise fail(f"{path}.cloud_pool", "is required for source 'cloud'")
         _require_positive_cost(config, ROOT, required=True)
-        _validate_cloud_pool(workers["cloud_pool"], f"{path}.cloud_pool")
+        _validate_cloud_pool(workers["cloud_pool"], f"{path}.cloud_pool", max_replicas)
     else:
         if "cloud_pool" in workers:
             raise fail(f"{path}.cloud_pool", "is only for source 'cloud'")
         require_string_list(workers.get("private_worker_ids"), f"{path}.private_worker_ids")
 
 
-def validate_config(config: dict[str, Any]) -> None:
+def validate_config(config: dict[str, Any], max_replicas: int) -> None:
     if "allowed_cuda_versions" in config:
         raise fail(
             f"{ROOT}.allowed_cuda_versions",
@@ -83,8 +83,8 @@ def validate_config(config: dict[str, Any]) -> None:
             "workers.cloud_pool.allowed_cuda_versions",
         )
     reject_unknown_keys(config, ROOT_KEYS, ROOT, "autoscaling")
-    min_workers = require_int(config, "min_workers", ROOT, minimum=0)
-    max_workers = require_int(config, "max_workers", ROOT, minimum=0)
+    min_workers = require_int(config, "min_workers", ROOT, minimum=0, maximum=max_replicas)
+    max_workers = require_int(config, "max_workers", ROOT, minimum=0, maximum=max_replicas)
     if is_int(min_workers) and is_int(max_workers) and min_workers > max_workers:  # type: ignore[operator]
         raise fail(
             f"{ROOT}.min_workers",
@@ -98,7 +98,7 @@ def validate_config(config: dict[str, Any]) -> None:
         require_string_list(config["gpu_pool"], f"{ROOT}.gpu_pool")
         _require_positive_cost(config, ROOT, required=True)
     elif "workers" in config:
-        _validate_workers(config["workers"], config)
+        _validate_workers(config["workers"], config, max_replicas)
     else:
         _require_positive_cost(config, ROOT, required=False)
 

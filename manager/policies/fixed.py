@@ -9,9 +9,9 @@ from ._rules import ROOT, reject_unknown_keys, require_int
 DEFAULT_REPLICAS = 1
 
 
-def validate_config(config: dict[str, Any]) -> None:
+def validate_config(config: dict[str, Any], max_replicas: int) -> None:
     reject_unknown_keys(config, ("replicas",), ROOT, "fixed")
-    require_int(config, "replicas", ROOT, minimum=0)
+    require_int(config, "replicas", ROOT, minimum=0, maximum=max_replicas)
 
 
 def desired_replica_count(config: dict[str, Any] | None) -> int:

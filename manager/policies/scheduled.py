@@ -63,7 +63,8 @@ def parse_window(text: str) -> Window:
         raise ValueError("start and end are the same time; the window would be empty")
     try:
         zone = ZoneInfo(match["tz"])
-    except (ZoneInfoNotFoundError, ValueError):
+    # A region name such as "Europe" is a directory of the zone database: OSError, not a zone.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(
             f"{match['tz']!r} is not a known IANA time zone (e.g. Europe/Madrid)"
         ) from None
@@ -79,7 +80,7 @@ def validate_cron(expression: str) -> None:
         raise ValueError(f"{expression!r} is not a valid cron expression")
 
 
-def validate_config(config: dict[str, Any]) -> None:
+def validate_config(config: dict[str, Any], max_replicas: int) -> None:
     reject_unknown_keys(config, ("cron", "window"), ROOT, "scheduled")
     present = [key for key in ("cron", "window") if key in config]
     if len(present) != 1:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from manager import notify
 from manager.auth import Principal, TokenKind, display_token, mint_token
 from manager.db.models import GpuResource, Project, Replica, Token, Worker, Workload
+from manager.db.queries import one_of
 from manager.errors import ValidationFailed
 from manager.ids import new_id
 
@@ -76,7 +77,7 @@ async def visible_workers(session: AsyncSession, project_id: str | None) -> list
 async def gpus_of(session: AsyncSession, worker_ids: list[str]) -> list[GpuResource]:
     result = await session.execute(
         select(GpuResource)
-        .where(GpuResource.worker_id.in_(worker_ids), GpuResource.present.is_(True))
+        .where(one_of(GpuResource.worker_id, worker_ids), GpuResource.present.is_(True))
         .order_by(GpuResource.worker_id, GpuResource.index)
     )
     return list(result.scalars())
@@ -196,7 +197,7 @@ async def _apply_observed(
         if r.desired_state == "stop" and (r.id not in reported_ids or r.state == "stopped")
     ]
     if finished:
-        await session.execute(delete(Replica).where(Replica.id.in_(finished)))
+        await session.execute(delete(Replica).where(one_of(Replica.id, finished)))
         changed = True
     return changed
 

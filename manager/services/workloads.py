@@ -21,7 +21,7 @@ from manager.errors import (
     WorkloadNotFound,
 )
 from manager.ids import new_id
-from manager.validation import canonical_slug, validate_workload
+from manager.validation import WorkloadLimits, canonical_slug, validate_workload
 
 from . import events
 from .timefmt import rfc3339, utcnow
@@ -88,12 +88,18 @@ async def check_pins(session: AsyncSession, project: Project, fields: dict[str, 
 
 
 async def create_workload(
-    session: AsyncSession, principal: Principal, project: Project, request: CreateWorkloadRequest
-) -> Workload:
+    session: AsyncSession,
+    principal: Principal,
+    project: Project,
+    request: CreateWorkloadRequest,
+    limits: WorkloadLimits,
+) -> tuple[Workload, bool]:
+    """The new workload and True; or, when an identical spec already holds the slug (two
+    concurrent ensure() calls), that workload and False. A different spec is a SlugConflict."""
     fields = request.model_dump()
     _require_write(principal, fields)
     fields["slug"] = canonical_slug(request.slug if request.slug is not None else request.name)
-    validate_workload(fields)
+    validate_workload(fields, limits)
     await check_pins(session, project, fields)
     workload = Workload(
         id=new_id("wl"),
@@ -108,6 +114,12 @@ async def create_workload(
         async with session.begin_nested():
             session.add(workload)
     except IntegrityError:
+        existing = await _live_by_slug(session, project, fields["slug"])
+        if existing is not None and _spec_of(existing) == {
+            n: fields[n] for n in _spec_of(existing)
+        }:
+            # The same spec, created by a concurrent identical request: one workload, no error.
+            return existing, False
         raise SlugConflict(
             f'a workload with slug "{fields["slug"]}" already exists in project "{project.slug}"',
             field="slug",
@@ -117,11 +129,26 @@ async def create_workload(
     )
     await notify.notify(session, notify.RECONCILE, workload.id)
     await session.refresh(workload)
-    return workload
+    return workload, True
+
+
+async def _live_by_slug(session: AsyncSession, project: Project, slug: str) -> Workload | None:
+    result = await session.execute(
+        select(Workload).where(
+            Workload.project_id == project.id,
+            Workload.slug == slug,
+            Workload.deleted_at.is_(None),
+        )
+    )
+    return result.scalar_one_or_none()
 
 
 async def update_workload(
-    session: AsyncSession, principal: Principal, workload: Workload, request: UpdateWorkloadRequest
+    session: AsyncSession,
+    principal: Principal,
+    workload: Workload,
+    request: UpdateWorkloadRequest,
+    limits: WorkloadLimits,
 ) -> Workload:
     """Merge the given fields into the stored spec, validate the result, bump the generation."""
     given = {name: getattr(request, name) for name in request.model_fields_set}
@@ -133,7 +160,7 @@ async def update_workload(
             field="task_type",
         )
     merged = _spec_of(workload) | given
-    validate_workload(merged)
+    validate_workload(merged, limits)
     if any(name in given for name in ASSIGNMENT_FIELDS):
         project = await session.get(Project, workload.project_id)
         assert project is not None

@@ -28,6 +28,7 @@ from .enums import OnDrift, ReadinessPhase
 from .errors import (
     ApiError,
     ConfigurationError,
+    ConflictError,
     DriftError,
     NotFoundError,
     PermissionDenied,
@@ -137,8 +138,17 @@ def _ensure_steps(
             changes = tuple(DriftItem(field=k, live=None, desired=v) for k, v in body.items())
             logger.info("dry run: would create workload %r in project %r", slug, resolved)
             return EndpointRef(ref_project, slug, Plan("create", changes))
-        created = _workload((yield Call("POST", _workloads_path(resolved), spec.to_create_body())))
-        return EndpointRef(ref_project, created.slug)
+        try:
+            created = _workload(
+                (yield Call("POST", _workloads_path(resolved), spec.to_create_body()))
+            )
+            return EndpointRef(ref_project, created.slug)
+        except ConflictError:
+            # Created by a concurrent ensure() between our read and our create: converge on
+            # what is there now, as if we had read it first.
+            live = _find(_workload_items((yield Call("GET", _workloads_path(resolved)))), slug)
+            if live is None:
+                raise
 
     # Drift is computed on the raw JSON so that equality is exact, as the contract requires.
     drift = compute_drift(spec, live)

@@ -93,6 +93,32 @@ async def test_engine_sees_only_its_assigned_gpus(runtime: ProcessRuntime, state
     assert b"X=1" in environ_now
 
 
+async def test_engine_gets_an_allow_list_of_the_agents_environment_never_its_credential(
+    runtime: ProcessRuntime, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERENCEKEY_AGENT_TOKEN", "ik_agent_deadbeef_" + "0" * 64)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-secret")
+    monkeypatch.setenv("HF_TOKEN", "hf_for_downloads")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    spec = LaunchSpec("rep_allow", "wl", "wrk", ["sleep", "30"], {}, [], 1, None)
+    runtime.start(spec)
+    pid = json.loads((state_dir / "replicas" / "rep_allow.json").read_text())["pid"]
+
+    def environ() -> dict[str, str] | None:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+        if not raw:
+            return None
+        return dict(item.decode().split("=", 1) for item in raw.split(b"\0") if item)
+
+    seen = wait_until(environ, 5, "the engine's environment never appeared", interval=0.01)
+    assert "INFERENCEKEY_AGENT_TOKEN" not in seen
+    assert "AWS_SECRET_ACCESS_KEY" not in seen
+    assert not [name for name in seen if name.startswith("INFERENCEKEY_")]
+    assert seen["HF_TOKEN"] == "hf_for_downloads"
+    assert seen["LC_ALL"] == "C.UTF-8"
+    assert "PATH" in seen
+
+
 async def test_restarted_agent_adopts_a_live_engine_and_can_stop_it(
     runtime: ProcessRuntime, state_dir: Path, gguf_model: Path
 ) -> None:

@@ -490,10 +490,6 @@ def test_async_only_task_types_are_sent_to_jobs_on_every_inference_route(
     assert "async jobs (POST .../jobs)" in problem
 
 
-def test_a_route_outside_the_table_is_passed_to_the_engine() -> None:
-    assert route_problem("v1/responses", workload("text2text")) is None
-
-
 # --- WorkloadRoute.pick: least outstanding requests, ties at random ---
 
 

@@ -452,3 +452,69 @@ async def test_closing_the_client_closes_its_idle_connections(
     assert await (await get(own_client, server)).read() == b"ok"
     own_client.close()
     await asyncio.wait_for(gone.wait(), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("GET", "/v1/models HTTP/1.1\r\nhost: x\r\n\r\nPOST /other", []),
+        ("GET", "/v1/models\n", []),
+        ("GET", "/v1/models ", []),
+        ("GET", "/v1/m\x00dels", []),
+        ("GET", "/v1/modèls", []),
+        ("GET", "v1/models", []),
+        ("GET /x HTTP/1.1\r\n", "/", []),
+        ("GET", "/", [(b"x-a\r\nx-b", b"1")]),
+        ("GET", "/", [(b"x a", b"1")]),
+        ("GET", "/", [(b"x-a", b"1\r\ncontent-length: 0")]),
+        ("GET", "/", [(b"x-a", b"1\n")]),
+        ("GET", "/", [(b"x-a", b"1\x00")]),
+        ("GET", "/", [(b"x-a", b"caf\xc3\xa9")]),
+    ],
+)
+async def test_a_head_that_could_split_into_two_requests_is_refused_before_connecting(
+    serve: Serve, client: UpstreamClient, method: str, target: str, headers: upstream.Headers
+) -> None:
+    server = await serve(answer_every_request)
+
+    with pytest.raises(upstream.UnsafeRequest):
+        await client.request("127.0.0.1", server.port, method, target, headers, b"")
+    await asyncio.sleep(0.05)
+    assert server.accepted == 0
+
+
+async def test_a_second_unasked_response_poisons_the_connection_it_came_on(
+    serve: Serve, client: UpstreamClient
+) -> None:
+    # What a smuggled request would cause: two answers to one request. The second must never be
+    # read as the answer to the next request.
+    async def answers_twice_then_honestly(peer: Peer) -> None:
+        if peer.server.accepted == 1:
+            await peer.request()
+            await peer.send(ok(b"mine") + ok(b"someone else's"))
+        while await peer.request() is not None:
+            await peer.send(ok(b"fresh"))
+
+    server = await serve(answers_twice_then_honestly)
+    assert await (await get(client, server)).read() == b"mine"
+    assert await (await get(client, server)).read() == b"fresh"
+    assert server.accepted == 2
+
+
+async def test_bytes_arriving_on_an_idle_connection_poison_it(
+    serve: Serve, client: UpstreamClient
+) -> None:
+    async def speaks_out_of_turn(peer: Peer) -> None:
+        if peer.server.accepted == 1:
+            await peer.request()
+            await peer.send(ok(b"mine"))
+            await asyncio.sleep(0.05)
+            await peer.send(ok(b"someone else's"))
+        while await peer.request() is not None:
+            await peer.send(ok(b"fresh"))
+
+    server = await serve(speaks_out_of_turn)
+    assert await (await get(client, server)).read() == b"mine"
+    await asyncio.sleep(0.2)
+    assert await (await get(client, server)).read() == b"fresh"
+    assert server.accepted == 2

@@ -202,12 +202,42 @@ def test_key_matrix_on_data_routes(
             assert response.json()["error"] == expected[name][1]
     assert httpx.post(url, json=CHAT).status_code == 401
     key = keys["wildcard"]
-    for path, code in (
-        ("/endpoint/nope/chat/v1/chat/completions", "project_not_found"),
-        (f"/endpoint/{project.slug}/nope/v1/chat/completions", "workload_not_found"),
-    ):
+    response = httpx.post(
+        f"{manager.url}/endpoint/{project.slug}/nope/v1/chat/completions",
+        json=CHAT,
+        headers=bearer(key),
+    )
+    assert (response.status_code, response.json()["code"]) == (404, "workload_not_found")
+
+
+def test_not_yours_and_not_there_look_the_same_to_a_key(
+    manager: RunningManager,
+    admin: httpx.Client,
+    project: TestProject,
+    mgmt: ManagementClient,
+    gguf_model: Path,
+) -> None:
+    mgmt.ensure(chat_spec(gguf_model))
+    outsider = create_live_key(admin, create_project(admin)["slug"])
+    narrow = create_live_key(admin, project.slug, ["chat"])
+
+    def answer(path: str, key: str) -> tuple[int, dict[str, Any]]:
         response = httpx.post(manager.url + path, json=CHAT, headers=bearer(key))
-        assert (response.status_code, response.json()["code"]) == (404, code)
+        body = response.json()
+        # The message names the path the caller gave, so compare everything but it.
+        return response.status_code, {k: v for k, v in body.items() if k not in ("message",)}
+
+    real = answer(f"/endpoint/{project.slug}/chat/v1/chat/completions", outsider)
+    absent = answer("/endpoint/no-such-project/chat/v1/chat/completions", outsider)
+    assert (
+        real
+        == absent
+        == (403, {"error": "project_scope_mismatch", "code": "project_scope_mismatch"})
+    )
+    other_workload = answer(f"/endpoint/{project.slug}/other/v1/chat/completions", narrow)
+    absent_workload = answer(f"/endpoint/{project.slug}/nope/v1/chat/completions", narrow)
+    assert other_workload == absent_workload
+    assert other_workload[0] == 403 and other_workload[1]["code"] == "scope_insufficient"
 
 
 def test_revoked_key_is_refused_within_a_second(
@@ -472,3 +502,22 @@ def test_an_engine_error_keeps_its_status_through_the_gateway(
     assert 400 <= response.status_code < 500, response.text
     assert streamed.status_code == response.status_code
     assert "x-inferencekey-replica" in response.headers
+
+
+def test_a_down_agent_is_named_unreachable_not_no_ready_replica(
+    serve: Serve,
+    manager: RunningManager,
+    project: TestProject,
+    gguf_model: Path,
+    live_key: str,
+) -> None:
+    agent = serve(chat_spec(gguf_model))
+    agent.stop()  # the agent's proxy is gone; the database still says ready until it is lost
+    with endpoint(manager, project, "chat", live_key) as client:
+        answers = [client.post("/v1/chat/completions", json=CHAT) for _ in range(3)]
+    last = answers[-1]
+    assert last.status_code == 503, last.text
+    assert last.json()["code"] == "worker_unreachable"
+    assert "cannot be reached" in last.json()["message"]
+    assert "ready" not in last.json()["message"].split("(")[0]
+    assert last.headers["retry-after"]

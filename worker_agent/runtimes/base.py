@@ -6,8 +6,49 @@ labels), so `running()` after a restart reports the engines of the previous run 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+# What an engine may see of the agent's environment: an allow-list, never the whole of it, so
+# the agent's own credential (INFERENCEKEY_AGENT_TOKEN) and anything else of the host's stays
+# out of reach of the model server and of every process it runs.
+PASSTHROUGH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
+# What a plain process needs to run at all (the docker runtime's image brings its own).
+_PROCESS_ENV = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
+)
+_PROCESS_ENV_PREFIXES = (
+    "LC_",
+    "CUDA_",
+    "NVIDIA_",
+    "NCCL_",
+    "HF_",
+    "HUGGINGFACE_",
+    "TRANSFORMERS_",
+    "VLLM_",
+    "SGLANG_",
+    "OLLAMA_",
+    "LLAMA_",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "XDG_",
+)
+
+
+def process_engine_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of the agent's environment that an engine process inherits."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.startswith("INFERENCEKEY_")
+        and (
+            name in _PROCESS_ENV
+            or name in PASSTHROUGH_ENV
+            or name.startswith(_PROCESS_ENV_PREFIXES)
+        )
+    }
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,13 @@ import docker.errors
 import docker.types
 
 from worker_agent.engines import container_entrypoints
-from worker_agent.runtimes.base import LaunchError, LaunchSpec, RunningEngine
+from worker_agent.runtimes.base import PASSTHROUGH_ENV, LaunchError, LaunchSpec, RunningEngine
 
 LABEL_WORKER = "inferencekey.worker"
 LABEL_WORKLOAD = "inferencekey.workload"
 LABEL_REPLICA = "inferencekey.replica"
 LABEL_PORT = "inferencekey.port"
 CACHE_MOUNT = "/root/.cache"  # where engines keep downloaded weights (HF, vLLM, llama.cpp caches)
-PASSTHROUGH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
 _REMOVAL_WAIT_S = 30.0
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from worker_agent.runtimes.base import LaunchError, LaunchSpec, RunningEngine
+from worker_agent.runtimes.base import LaunchError, LaunchSpec, RunningEngine, process_engine_env
 
 _LOG_TAIL_BYTES = 64 * 1024
 _KILL_WAIT_S = 5.0  # SIGKILL cannot be refused, but the kernel takes a moment to finish the job
@@ -59,7 +59,11 @@ class ProcessRuntime:
     def start(self, spec: LaunchSpec) -> None:
         self.stop(spec.replica_id)
         argv = [self._resolve(spec.argv[0]), *spec.argv[1:]]
-        env = {**os.environ, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_uuids)}
+        env = {
+            **process_engine_env(os.environ),
+            **spec.env,
+            "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_uuids),
+        }
         with open(self._log_path(spec.replica_id), "wb") as log:
             try:
                 child = subprocess.Popen(

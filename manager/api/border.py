@@ -1,0 +1,143 @@
+"""The control plane's border, before any route runs: who is calling, then what they sent.
+
+FastAPI parses a JSON body before it resolves dependencies, so without this a malformed body
+without a credential got a 400 instead of a 401. And Python's JSON parser takes what Postgres and
+our rules do not: NaN, Infinity, 1e309 (read as infinity), integers of any size, NUL and lone
+surrogates in strings. Every such value is a typed 400 here, naming the field, never echoing it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from inferencekey.validation import control_character_field, secret_field
+
+from manager.auth import Principal, authenticate
+from manager.auth_limiter import FailedAuthLimiter
+from manager.errors import MalformedJson, SecretInSpec, Unauthenticated, ValidationFailed
+
+# Postgres' bigint: no number at the border is larger.
+MAX_INTEGER = 2**63 - 1
+# Free text that may span lines; every other string is one line without control characters.
+MULTILINE_FIELDS = ("description",)
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def parse_json_strictly(body: bytes) -> Any:
+    """The body as JSON, refusing what JSON itself does not allow (NaN, Infinity) and numbers
+    that no column holds; raises an ApiProblem."""
+    try:
+        parsed = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NotFinite:
+        raise ValidationFailed(
+            "numbers must be finite: NaN, Infinity and values beyond 1.8e308 are not accepted"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise MalformedJson(f"request body is not valid JSON: {error}") from None
+    path = _oversized_integer(parsed, "")
+    if path is not None:
+        raise ValidationFailed(
+            f"{path or 'body'} is out of range (integers are at most {MAX_INTEGER})", field=path
+        )
+    return parsed
+
+
+def check_values(parsed: Any) -> None:
+    """No control characters or lone surrogates in any string or key; no credential anywhere."""
+    if not isinstance(parsed, dict):
+        return
+    path = control_character_field(parsed, MULTILINE_FIELDS)
+    if path is not None:
+        raise ValidationFailed(
+            f"{path} holds a control character (such as NUL) or an invalid Unicode character",
+            field=path,
+        )
+    path = secret_field(parsed)
+    if path is not None:
+        raise SecretInSpec(
+            f"{path} holds what looks like a credential; secrets must never go in specs or names",
+            field=path,
+        )
+
+
+def _oversized_integer(value: Any, path: str) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return path if abs(value) > MAX_INTEGER else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _oversized_integer(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _oversized_integer(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+class BorderRoute(APIRoute):
+    """Checks the credential, then the body, before FastAPI parses anything.
+
+    The credential check here is only "is it a live credential at all" (401 otherwise); which
+    kind and scope a route needs stays with the route's dependencies (``authenticated``).
+    """
+
+    # Off for the agent protocol: engine log tails may hold anything, and its wire models
+    # check their own fields.
+    check_values = True
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            await authenticated(request)
+            body = await request.body()
+            if body:
+                parsed = parse_json_strictly(body)
+                if self.check_values:
+                    check_values(parsed)
+            return await handler(request)
+
+        return guarded
+
+
+class AgentBorderRoute(BorderRoute):
+    check_values = False
+
+
+async def authenticated(request: Request) -> Principal:
+    """The caller BorderRoute authenticated (routes outside it authenticate here)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    address = request.client.host if request.client else None
+    limiter.check(address)
+    try:
+        async with request.app.state.sessions() as session:
+            principal = await authenticate(session, request.headers.get("authorization"))
+    except Unauthenticated:
+        limiter.failed(address)
+        raise
+    request.state.principal = principal
+    return principal
