@@ -462,6 +462,14 @@ def _admin(
     return dict(response.json())
 
 
+def _stop_engines(state_dir: Path) -> None:
+    from worker_agent.runtimes.process import ProcessRuntime
+
+    runtime = ProcessRuntime(state_dir)
+    for replica_id in runtime.running():
+        runtime.stop(replica_id, timeout_s=5)
+
+
 def start_inferencekey_paths(
     upstream_url: str, servers: Servers, settings: Settings
 ) -> dict[str, BenchPath]:
@@ -506,6 +514,8 @@ def start_inferencekey_paths(
     models = work / "models"
     models.mkdir(exist_ok=True)
     agent_port = free_port()
+    # Runs after the agent is stopped: its engine outlives it on purpose, but not the bench.
+    servers.cleanups.append(lambda: _stop_engines(work / "agent-state" / "process"))
     servers.start(
         "agent",
         [

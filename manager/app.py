@@ -13,12 +13,14 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from manager.api import admin, agent, workers, workloads
+from manager.api import metrics as metrics_api
 from manager.auth_limiter import FailedAuthLimiter
 from manager.body_limit import BodyLimitMiddleware
 from manager.db.migrate import upgrade_to_head_async
 from manager.db.session import make_engine, make_sessionmaker
 from manager.gateway.app import Gateway, GatewayMiddleware
 from manager.http_errors import install_error_handlers
+from manager.metrics import ApiRequestMetrics, ManagerMetrics
 from manager.notify import NotificationHub
 from manager.openapi import install_openapi
 from manager.reconciler import Reconciler, run_reconciler
@@ -74,8 +76,13 @@ def create_app(settings: Settings) -> ASGIApp:
             await _bootstrap(app, settings)
             await hub.start()
             await gateway.start(app.state.sessions, hub)
+            background.append(
+                asyncio.create_task(metrics.keep_fresh(app.state.sessions), name="metrics")
+            )
+            if settings.metrics_address:
+                metrics.serve_separately(settings.metrics_address)
             if settings.run_reconciler:
-                reconciler = Reconciler(app.state.sessions, hub, settings)
+                reconciler = Reconciler(app.state.sessions, hub, settings, metrics)
                 background.append(
                     asyncio.create_task(run_reconciler(reconciler), name="reconciler")
                 )
@@ -86,6 +93,7 @@ def create_app(settings: Settings) -> ASGIApp:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            metrics.stop()
             await gateway.stop()
             await hub.stop()
             await engine.dispose()
@@ -99,18 +107,22 @@ def create_app(settings: Settings) -> ASGIApp:
         redoc_url=None,
     )
     app.state.settings = settings
+    metrics = ManagerMetrics()
+    app.state.metrics = metrics
     # One count of failed authentications per client address for both planes.
     app.state.auth_limiter = FailedAuthLimiter(
         settings.auth_failures_per_window, settings.auth_failure_window_s
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    gateway = Gateway(settings, app.state.auth_limiter)
+    gateway = Gateway(settings, app.state.auth_limiter, metrics)
     install_error_handlers(app)
+    app.add_middleware(ApiRequestMetrics, metrics=metrics)
     install_openapi(app)
     app.include_router(workloads.router)
     app.include_router(admin.router)
     app.include_router(agent.router)
     app.include_router(workers.router)
+    app.include_router(metrics_api.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -8,7 +8,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run_manager(args: argparse.Namespace) -> int:
+    # Here, not at the top: `inferencekey admin` need not load Alembic.
+    from manager.db.migrate import SchemaTooNew, refuse_newer_schema
+
     settings = Settings.from_env(
         host=args.host, port=args.port, database_url=args.database_url, data_dir=args.data_dir
     )
@@ -54,7 +57,12 @@ def run_manager(args: argparse.Namespace) -> int:
         if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.data_dir)
             settings.database_url = embedded.start()
+        if settings.run_migrations:
+            refuse_newer_schema(settings.database_url)
         _serve(settings, embedded)
+    except SchemaTooNew as too_new:
+        print(f"error: {too_new}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
@@ -119,7 +127,7 @@ def create_project(args: argparse.Namespace) -> int:
 
 
 def list_projects(args: argparse.Namespace) -> int:
-    return _call_admin_api(args, "GET", "/api/admin/projects")
+    return _list(args, "/api/admin/projects", "projects", PROJECT_COLUMNS)
 
 
 def create_token(args: argparse.Namespace) -> int:
@@ -129,7 +137,7 @@ def create_token(args: argparse.Namespace) -> int:
 
 def list_tokens(args: argparse.Namespace) -> int:
     params = _without_none({"project": args.project})
-    return _call_admin_api(args, "GET", "/api/admin/tokens", params=params)
+    return _list(args, "/api/admin/tokens", "tokens", TOKEN_COLUMNS, params=params)
 
 
 def create_key(args: argparse.Namespace) -> int:
@@ -148,11 +156,151 @@ def create_worker(args: argparse.Namespace) -> int:
 
 
 def list_workers(args: argparse.Namespace) -> int:
-    return _call_admin_api(args, "GET", "/api/workers")
+    return _list(args, "/api/workers", "workers", WORKER_COLUMNS)
 
 
 def list_gpu_resources(args: argparse.Namespace) -> int:
-    return _call_admin_api(args, "GET", "/api/gpu-resources")
+    return _list(args, "/api/gpu-resources", "gpu_resources", GPU_COLUMNS)
+
+
+def list_workloads(args: argparse.Namespace) -> int:
+    return _list(args, "/api/admin/workloads", "workloads", WORKLOAD_COLUMNS)
+
+
+def show_status(args: argparse.Namespace) -> int:
+    """The Manager, its workers and every workload's phase, at a glance."""
+    base_url = _base_url(args)
+    try:
+        health = httpx.get(f"{base_url}/healthz", timeout=10.0)
+    except httpx.TransportError as failure:
+        print(f"error: could not reach the Manager at {base_url}: {failure}", file=sys.stderr)
+        return 1
+    workers = _admin_request(args, "GET", "/api/workers")
+    workloads = _admin_request(args, "GET", "/api/admin/workloads")
+    if workers is None or workloads is None:
+        return 1
+    manager = {"url": base_url, "healthy": health.status_code == 200}
+    if args.json:
+        print(json.dumps({"manager": manager, **workers, **workloads}, indent=2))
+        return 0
+    worker_rows, workload_rows = workers["workers"], workloads["workloads"]
+    print(f"Manager    {base_url}  {'ok' if manager['healthy'] else 'NOT HEALTHY'}")
+    print(f"Workers    {len(worker_rows)}: {_counts(w['state'] for w in worker_rows)}")
+    phases = (w["status"]["phase"] for w in workload_rows)
+    print(f"Workloads  {len(workload_rows)}: {_counts(phases)}")
+    for rows, columns in ((worker_rows, WORKER_COLUMNS), (workload_rows, WORKLOAD_COLUMNS)):
+        if rows:
+            print()
+            print(render_table(rows, columns))
+    return 0
+
+
+def _counts(values: Iterable[str]) -> str:
+    counted: dict[str, int] = {}
+    for value in values:
+        counted[value] = counted.get(value, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counted.items())) or "none"
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+Column = tuple[str, Callable[[dict[str, Any]], object]]
+
+
+def _gpus(worker: dict[str, Any]) -> str:
+    names: dict[str, int] = {}
+    for gpu in worker.get("gpus") or []:
+        names[gpu["name"]] = names.get(gpu["name"], 0) + 1
+    return ", ".join(f"{n}x {name}" for name, n in names.items()) or "-"
+
+
+def _ready(workload: dict[str, Any]) -> str:
+    status = workload.get("status") or {}
+    return f"{status.get('ready_replicas', 0)}/{status.get('desired_replicas', 0)}"
+
+
+PROJECT_COLUMNS: list[Column] = [
+    ("SLUG", lambda r: r["slug"]),
+    ("ID", lambda r: r["id"]),
+    ("NAME", lambda r: r["name"]),
+    ("CREATED", lambda r: r["created_at"]),
+]
+TOKEN_COLUMNS: list[Column] = [
+    ("ID", lambda r: r["id"]),
+    ("KIND", lambda r: r["kind"]),
+    ("PROJECT", lambda r: r.get("project_slug")),
+    ("NAME", lambda r: r.get("name")),
+    ("SCOPES / GRANTS", lambda r: ", ".join(r.get("scopes") or r.get("grants") or [])),
+    ("CREATED", lambda r: r["created_at"]),
+    ("REVOKED", lambda r: r.get("revoked_at")),
+]
+WORKER_COLUMNS: list[Column] = [
+    ("WORKER", lambda r: r["id"]),
+    ("NAME", lambda r: r["name"]),
+    ("POOL", lambda r: r["pool"]),
+    ("STATE", lambda r: r["state"]),
+    ("GPUS", _gpus),
+    ("LAST HEARTBEAT", lambda r: r.get("last_heartbeat_at")),
+    ("REASON", lambda r: r.get("state_reason")),
+]
+GPU_COLUMNS: list[Column] = [
+    ("GPU", lambda r: r["id"]),
+    ("WORKER", lambda r: r.get("worker_name")),
+    ("INDEX", lambda r: r["index"]),
+    ("NAME", lambda r: r["name"]),
+    ("MEMORY MB", lambda r: f"{r['memory_used_mb']}/{r['memory_total_mb']}"),
+    ("UTIL %", lambda r: r["utilization_pct"]),
+    ("SIMULATED", lambda r: "yes" if r.get("simulated") else "no"),
+]
+WORKLOAD_COLUMNS: list[Column] = [
+    ("PROJECT", lambda r: r["project_slug"]),
+    ("WORKLOAD", lambda r: r["slug"]),
+    ("BACKEND", lambda r: r["backend"]),
+    ("PHASE", lambda r: (r.get("status") or {}).get("phase")),
+    ("READY", _ready),
+    ("REASON", lambda r: (r.get("status") or {}).get("reason")),
+]
+
+
+def render_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
+    """Rows under upper-case headers, columns two spaces apart; "-" for what is empty."""
+    cells = [[_cell(get(row)) for _, get in columns] for row in rows]
+    widths = [
+        max([len(header), *(len(line[i]) for line in cells)])
+        for i, (header, _) in enumerate(columns)
+    ]
+    lines = [[header for header, _ in columns], *cells]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _cell(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    # One line per row, whatever a reason or name holds.
+    return " ".join(str(value).split())
+
+
+def _list(
+    args: argparse.Namespace,
+    path: str,
+    key: str,
+    columns: list[Column],
+    *,
+    params: dict[str, Any] | None = None,
+) -> int:
+    answer = _admin_request(args, "GET", path, params=params)
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif answer[key]:
+        print(render_table(answer[key], columns))
+    else:
+        print(f"no {key.replace('_', ' ')}")
+    return 0
 
 
 def token_id(value: str) -> str:
@@ -177,12 +325,32 @@ def _call_admin_api(
     body: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
 ) -> int:
-    base_url = (
-        args.base_url or os.environ.get("INFERENCEKEY_BASE_URL") or DEFAULT_BASE_URL
-    ).rstrip("/")
+    answer = _admin_request(args, method, path, body=body, params=params)
+    if answer is None:
+        return 1
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return str(args.base_url or os.environ.get("INFERENCEKEY_BASE_URL") or DEFAULT_BASE_URL).rstrip(
+        "/"
+    )
+
+
+def _admin_request(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """The Manager's JSON answer, or None once the error is printed."""
+    base_url = _base_url(args)
     admin_token = _admin_token(args)
     if admin_token is None:
-        return 1
+        return None
     try:
         response = httpx.request(
             method,
@@ -194,12 +362,11 @@ def _call_admin_api(
         )
     except httpx.TransportError as failure:
         print(f"error: could not reach the Manager at {base_url}: {failure}", file=sys.stderr)
-        return 1
+        return None
     if response.is_error:
         print(f"error: {_error_message(response)}", file=sys.stderr)
-        return 1
-    print(json.dumps(response.json(), indent=2))
-    return 0
+        return None
+    return response.json()
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:
@@ -255,6 +422,7 @@ AGENT_ENV = {
     "images": "INFERENCEKEY_ENGINE_IMAGES",
     "binaries": "INFERENCEKEY_ENGINE_BINARIES",
     "docker_network": "INFERENCEKEY_AGENT_DOCKER_NETWORK",
+    "metrics_listen": "INFERENCEKEY_AGENT_METRICS_LISTEN",
 }
 AGENT_FLAGS = {
     "manager_url": "--manager",
@@ -269,6 +437,7 @@ AGENT_FLAGS = {
     "images": "--image",
     "binaries": "--binary",
     "docker_network": "--docker-network",
+    "metrics_listen": "--metrics-listen",
 }
 
 
@@ -333,6 +502,10 @@ def agent_config_from_args(args: argparse.Namespace, environ: Mapping[str, str])
     listen, source = setting("listen")
     if listen is not None:
         options["listen_host"], options["listen_port"] = _host_port(listen.strip(), source)
+
+    metrics_listen, source = setting("metrics_listen")
+    if metrics_listen is not None:
+        options["metrics_listen"] = _host_port(metrics_listen.strip(), source)
 
     advertise_url, source = setting("advertise_url")
     if advertise_url is not None:
@@ -522,6 +695,12 @@ def _add_agent_command(commands: Any) -> None:
         "(default http://<this host's name>:<listen port>)",
         metavar="URL",
     )
+    option(
+        "metrics_listen",
+        "serve Prometheus metrics without a credential here (default: not at all); keep it on "
+        "loopback or a network only Prometheus reaches",
+        metavar="HOST:PORT",
+    )
     option("state_dir", "where the agent keeps its state and engine logs", metavar="DIR")
     option("model_dir", "model files, reported to the Manager (default /models)", metavar="DIR")
     option("port_range", "ports for engines (default 41000-41999)", metavar="LOW-HIGH")
@@ -566,6 +745,8 @@ def _add_admin_commands(commands: Any) -> None:
             name, parents=[connection], help=help_text
         )
         parser.set_defaults(command=command)
+        if name == "list":
+            parser.add_argument("--json", action="store_true", help="JSON instead of a table")
         return parser
 
     projects = resources.add_parser("project", help="projects").add_subparsers(
@@ -616,6 +797,19 @@ def _add_admin_commands(commands: Any) -> None:
         required=True, metavar="ACTION"
     )
     action(gpus, "list", list_gpu_resources, "list every worker's GPUs")
+
+    workload_actions = resources.add_parser(
+        "workload", help="every project's workloads"
+    ).add_subparsers(required=True, metavar="ACTION")
+    action(workload_actions, "list", list_workloads, "list workloads, their phase and replicas")
+
+    status = commands.add_parser(
+        "status",
+        parents=[connection],
+        help="the Manager, workers and workloads at a glance",
+    )
+    status.add_argument("--json", action="store_true", help="JSON instead of tables")
+    status.set_defaults(command=show_status)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,7 @@ from manager import notify, placement
 from manager.db.models import GpuResource, Replica, Worker, Workload
 from manager.db.queries import one_of
 from manager.ids import new_id
+from manager.metrics import ManagerMetrics
 from manager.policies import desired_replica_count
 from manager.services import events
 from manager.settings import Settings
@@ -73,10 +75,12 @@ class Reconciler:
         sessions: async_sessionmaker[AsyncSession],
         hub: notify.NotificationHub,
         settings: Settings,
+        metrics: ManagerMetrics | None = None,
     ) -> None:
         self.sessions = sessions
         self.hub = hub
         self.settings = settings
+        self.metrics = metrics
         self._leader_connection: asyncpg.Connection | None = None
         # Workloads whose reconcile failed, by id, at the generation that failed.
         self._quarantined: dict[str, int] = {}
@@ -115,6 +119,14 @@ class Reconciler:
 
     async def reconcile_once(self) -> bool:
         """One pass; False when it stopped early after a workload failed (run it again)."""
+        started = time.perf_counter()
+        try:
+            return await self._pass()
+        finally:
+            if self.metrics is not None:
+                self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+
+    async def _pass(self) -> bool:
         async with self.sessions() as session:
             world = await self._load(session)
             await self._update_liveness(world)

@@ -80,6 +80,8 @@ class Settings:
     db_max_overflow: int = 10
     db_pool_timeout_s: float = 5.0
     server_limits: ServerLimits = field(default_factory=ServerLimits.from_env)
+    # HOST:PORT to serve /metrics on without a credential (on the main port it needs ik_admin_).
+    metrics_address: str | None = None
     # Failed authentications one client address may make per window before it gets 429s.
     auth_failures_per_window: int = 30
     auth_failure_window_s: float = 10.0
@@ -98,6 +100,8 @@ class Settings:
             values["data_dir"] = Path(data_dir)
         if token := _env("INFERENCEKEY_ADMIN_TOKEN"):
             values["admin_token"] = token
+        if metrics_address := _env("INFERENCEKEY_METRICS_ADDRESS"):
+            values["metrics_address"] = metrics_address
         for name, (kind, minimum) in _NUMBERS.items():
             if raw := _env(f"INFERENCEKEY_{name.upper()}"):
                 values[name] = _number(f"INFERENCEKEY_{name.upper()}", raw, kind, minimum)

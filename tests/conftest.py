@@ -138,6 +138,7 @@ def start_agent(
     for agent in running:
         if agent.thread.is_alive():
             agent.stop()
+        agent.stop_engines()
 
 
 # The real engine parts (see tests/engine_setup.py for where each comes from).

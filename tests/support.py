@@ -190,6 +190,15 @@ class RunningAgent:
         self.thread.join(timeout=15)
         assert not self.thread.is_alive(), "agent did not stop"
 
+    def stop_engines(self) -> None:
+        """Stop every engine this agent's runtime still runs (a test's clean-up: engines
+        outlive their agent on purpose, and 30 leftover llama.cpp servers fill a machine)."""
+        runtime = self.agent.runtime
+        if runtime is None:
+            return
+        for replica_id in runtime.running():
+            runtime.stop(replica_id, timeout_s=5)
+
 
 AgentFactory = Callable[..., RunningAgent]
 

@@ -85,7 +85,7 @@ def test_project_create_prints_the_project_as_json(cli: RunCli) -> None:
 
 
 def test_project_list_includes_a_created_project(cli: RunCli, project_slug: str) -> None:
-    code, out, _ = cli("project", "list")
+    code, out, _ = cli("project", "list", "--json")
 
     assert code == 0
     assert project_slug in [project["slug"] for project in json.loads(out)["projects"]]
@@ -112,7 +112,7 @@ def test_token_list_never_prints_a_secret(cli: RunCli, project_slug: str) -> Non
     _, created, _ = cli("token", "create", "--project", project_slug)
     secret = json.loads(created)["token"]
 
-    code, out, _ = cli("token", "list", "--project", project_slug)
+    code, out, _ = cli("token", "list", "--project", project_slug, "--json")
 
     assert code == 0
     assert secret not in out
@@ -200,7 +200,7 @@ def test_worker_create_prints_an_agent_token_once_for_the_shared_pool(cli: RunCl
 
 
 def test_worker_create_for_a_project_makes_it_private(cli: RunCli, project_slug: str) -> None:
-    _, projects, _ = cli("project", "list")
+    _, projects, _ = cli("project", "list", "--json")
     project_id = next(
         project["id"] for project in json.loads(projects)["projects"]
         if project["slug"] == project_slug
@@ -219,7 +219,7 @@ def test_worker_list_shows_a_created_worker_without_its_token(cli: RunCli) -> No
     _, created, _ = cli("worker", "create", "--name", "listed")
     worker = json.loads(created)
 
-    code, out, err = cli("worker", "list")
+    code, out, err = cli("worker", "list", "--json")
 
     assert code == 0, err
     listed = {item["id"]: item for item in json.loads(out)["workers"]}
@@ -228,8 +228,54 @@ def test_worker_list_shows_a_created_worker_without_its_token(cli: RunCli) -> No
     assert worker["token"] not in out
 
 
+def test_listings_print_a_table_by_default(cli: RunCli, project_slug: str) -> None:
+    code, out, err = cli("project", "list")
+
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["SLUG", "ID", "NAME", "CREATED"]
+    assert any(row.split()[0] == project_slug for row in rows)
+
+
+def test_workload_list_and_status_show_every_projects_workloads_and_phases(
+    cli: RunCli, manager: Any, admin: httpx.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = admin.post("/api/admin/projects", json={"slug": _unique_slug()}).json()["slug"]
+    token = admin.post("/api/admin/tokens", json={"project": project}).json()["token"]
+    created = httpx.post(
+        f"{manager.url}/api/projects/{project}/workloads",
+        json={"name": "Listed", "slug": "listed", "backend": "vllm", "model_name": "m"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert created.status_code == 201, created.text
+
+    code, out, err = cli("workload", "list")
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["PROJECT", "WORKLOAD", "BACKEND", "PHASE", "READY", "REASON"]
+    (row,) = [r.split() for r in rows if r.split()[0] == project]
+    assert row[1:3] == ["listed", "vllm"] and row[4] == "0/1"
+
+    code, out, err = cli("workload", "list", "--json")
+    (listed,) = [w for w in json.loads(out)["workloads"] if w["project_slug"] == project]
+    assert listed["status"]["desired_replicas"] == 1
+
+    code = main(["status", "--base-url", manager.url, "--admin-token", manager.admin_token])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(f"Manager    {manager.url}  ok")
+    assert "Workers " in out and "Workloads " in out
+    assert any(line.split()[:2] == [project, "listed"] for line in out.splitlines())
+    code = main(
+        ["status", "--json", "--base-url", manager.url, "--admin-token", manager.admin_token]
+    )
+    status = json.loads(capsys.readouterr().out)
+    assert status["manager"] == {"url": manager.url, "healthy": True}
+    assert any(w["slug"] == "listed" for w in status["workloads"])
+
+
 def test_gpu_list_prints_the_gpu_resources(cli: RunCli) -> None:
-    code, out, err = cli("gpu", "list")
+    code, out, err = cli("gpu", "list", "--json")
 
     assert code == 0, err
     assert isinstance(json.loads(out)["gpu_resources"], list)

@@ -27,6 +27,7 @@ from worker_agent.config import AgentConfig
 from worker_agent.engines import Engine, engine_for
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
 from worker_agent.http_server import uvicorn_options
+from worker_agent.metrics import AgentMetrics
 from worker_agent.ports import PortAllocator
 from worker_agent.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment
 from worker_agent.proxy import AgentProxy
@@ -115,6 +116,7 @@ class Agent:
             timeout=httpx.Timeout(10.0, read=MAX_WAIT_S + 10.0),
         )
         self._engine_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, read=5.0))
+        self.metrics = AgentMetrics()
 
     @property
     def gateway_secret(self) -> str:
@@ -148,6 +150,8 @@ class Agent:
                 **uvicorn_options(self.config.server_limits),
             )
         )
+        if self.config.metrics_listen is not None:
+            self.metrics.serve(*self.config.metrics_listen)
         serving = asyncio.ensure_future(proxy.serve())
         try:
             # Shielded, so a stop lets the proxy finish its requests instead of dropping them.
@@ -162,13 +166,16 @@ class Agent:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(serving, 10)
             upstream.close()
+            self.metrics.stop()
             await self._http.aclose()
             await self._engine_http.aclose()
 
     # --- talking to the Manager -------------------------------------------------------------
 
     def _heartbeat_body(self) -> dict[str, object]:
-        inventory = self.inventory.snapshot().to_wire()
+        snapshot = self.inventory.snapshot()
+        self.metrics.observe_inventory(snapshot)
+        inventory = snapshot.to_wire()
         inventory["model_files"] = model_files(self.config.model_dir)
         return {
             "agent_version": __version__,
@@ -318,6 +325,10 @@ class Agent:
         if local.state == "failed":
             if local.restart_at is not None and time.monotonic() >= local.restart_at:
                 local.restarts += 1
+                assignment = local.assignment
+                self.metrics.engine_restarts.labels(
+                    assignment.project_slug, assignment.workload_slug
+                ).inc()
                 await self._launch(local)
             return
         if engine_now is None or not engine_now.alive:

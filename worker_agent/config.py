@@ -41,3 +41,5 @@ class AgentConfig:
     engine_idle_timeout_s: float = 300.0
     max_request_bytes: int = 64 * 1024 * 1024
     server_limits: ServerLimits = field(default_factory=ServerLimits.from_env)
+    # Where to serve Prometheus metrics without a credential; None: not at all.
+    metrics_listen: tuple[str, int] | None = None

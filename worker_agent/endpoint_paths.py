@@ -36,6 +36,11 @@ ROUTE_TASK_TYPES: dict[str, frozenset[str]] = {
 PREFIX = b"/endpoint/"
 # Project ids and slugs, workload slugs: what the control plane lets one be named.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+# A path with no escapes, dot segments or doubled slashes: taken as it is.
+_PLAIN_PATH = re.compile(
+    rb"/endpoint/([A-Za-z0-9][A-Za-z0-9_-]{0,127})/([A-Za-z0-9][A-Za-z0-9_-]{0,127})/"
+    rb"((?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]+)\Z"
+)
 # Bytes a query string may carry on as they are; any other is percent-encoded.
 _QUERY_UNSAFE = re.compile(rb"[^\x21-\x7e]|#")
 
@@ -67,6 +72,15 @@ def parse_endpoint_target(raw_path: bytes, query: bytes) -> EndpointTarget:
     Raises EndpointPathError for anything else; the message is safe to show (it quotes no byte
     of the request).
     """
+    plain = _PLAIN_PATH.match(raw_path)
+    if plain is not None and (route := plain[3].decode()) in ROUTE_TASK_TYPES:
+        # The common case, nothing to decode or resolve (every request pays for this check).
+        return EndpointTarget(
+            project=plain[1].decode(),
+            workload=plain[2].decode(),
+            route=route,
+            query=safe_query(query),
+        )
     if not raw_path.startswith(PREFIX):
         raise EndpointPathError("use /endpoint/{project}/{workload}/v1/...")
     segments = [_decode_segment(part) for part in raw_path[len(PREFIX) :].split(b"/")]

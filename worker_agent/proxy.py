@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
@@ -170,6 +171,7 @@ class AgentProxy:
             await relay_response(response, send, tag)
 
         replica.outstanding += 1
+        started = time.perf_counter()
         try:
             await until_client_disconnects(receive, exchange())
         except UpstreamError as error:
@@ -177,3 +179,6 @@ class AgentProxy:
             log.warning("stream from %s broke off: %s", replica.assignment.id, error)
         finally:
             replica.outstanding -= 1
+            self.agent.metrics.proxy_duration.labels(target.project, target.workload).observe(
+                time.perf_counter() - started
+            )

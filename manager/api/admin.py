@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from manager.api.border import BorderRoute
-from manager.services import projects, tokens, workers
+from manager.services import projects, tokens, workers, workloads
 
 from .deps import AdminCaller, Session
 
@@ -69,6 +69,13 @@ async def create_project(
 @router.get("/projects")
 async def list_projects(caller: AdminCaller, session: Session) -> dict[str, Any]:
     return {"projects": [projects.project_view(p) for p in await projects.list_projects(session)]}
+
+
+@router.get("/workloads")
+async def list_all_workloads(caller: AdminCaller, session: Session) -> dict[str, Any]:
+    """Every project's workloads with their phase: what `inferencekey status` shows."""
+    rows = await workloads.list_all_workloads(session)
+    return {"workloads": [workloads.workload_view(w, p) for w, p in rows]}
 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED)

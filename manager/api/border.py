@@ -24,7 +24,7 @@ from manager.errors import MalformedJson, SecretInSpec, Unauthenticated, Validat
 # Postgres' bigint: no number at the border is larger.
 MAX_INTEGER = 2**63 - 1
 # Free text that may span lines; every other string is one line without control characters.
-MULTILINE_FIELDS = ("description",)
+MULTILINE_FIELDS = ("description", "config.command")
 
 
 class _NotFinite(ValueError):

@@ -1,14 +1,31 @@
-"""Apply the Alembic migrations shipped with the package."""
+"""Apply the Alembic migrations shipped with the package, and refuse a schema from the future."""
 
 from __future__ import annotations
 
 import asyncio
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 import migrations
+from manager.notify import plain_postgres_url
+
+PACKAGE = "inferencekey-platform"
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer Manager; the message says which release to run."""
+
+
+def manager_version() -> str:
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def alembic_config(database_url: str) -> Config:
@@ -18,11 +35,61 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+def refuse_newer_schema(database_url: str) -> None:
+    """Raise SchemaTooNew when a newer Manager migrated this database (blocking)."""
+    script = ScriptDirectory.from_config(alembic_config(database_url))
+    current, writer = asyncio.run(_read_schema_state(database_url))
+    if current is None or current in {rev.revision for rev in script.walk_revisions()}:
+        return
+    release = f"InferenceKey {writer}" if writer else "a newer InferenceKey release"
+    wanted = f"'{PACKAGE}>={writer}'" if writer else PACKAGE
+    raise SchemaTooNew(
+        f"The database's schema is at revision {current}, written by {release}; this Manager "
+        f"({manager_version()}) knows revisions up to {script.get_current_head()}. Run "
+        f"{release} or newer against this database (pip install --upgrade {wanted}), or point "
+        "this Manager at another database. Nothing was changed."
+    )
+
+
 def upgrade_to_head(database_url: str) -> None:
-    """Bring the schema to the newest revision (blocking; runs its own event loop)."""
-    command.upgrade(alembic_config(database_url), "head")
+    """Bring the schema to the newest revision (blocking; runs its own event loop), after
+    checking it is not newer than this Manager knows; then record who migrated it."""
+    refuse_newer_schema(database_url)
+    config = alembic_config(database_url)
+    command.upgrade(config, "head")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    asyncio.run(_record_writer(database_url, str(head)))
 
 
 async def upgrade_to_head_async(database_url: str) -> None:
     # Alembic's env runs asyncio.run(); give it a thread with no loop of its own.
     await asyncio.to_thread(upgrade_to_head, database_url)
+
+
+async def _read_schema_state(database_url: str) -> tuple[str | None, str | None]:
+    """The database's Alembic revision and the release that last migrated it (None: unknown)."""
+    connection = await asyncpg.connect(plain_postgres_url(database_url))
+    try:
+        current = None
+        if await connection.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL"):
+            current = await connection.fetchval("SELECT version_num FROM alembic_version")
+        writer = None
+        if await connection.fetchval("SELECT to_regclass('schema_writer') IS NOT NULL"):
+            writer = await connection.fetchval("SELECT manager_version FROM schema_writer")
+        return current, writer
+    finally:
+        await connection.close()
+
+
+async def _record_writer(database_url: str, revision: str) -> None:
+    connection = await asyncpg.connect(plain_postgres_url(database_url))
+    try:
+        await connection.execute(
+            "INSERT INTO schema_writer (id, manager_version, revision) VALUES (1, $1, $2) "
+            "ON CONFLICT (id) DO UPDATE SET manager_version = $1, revision = $2, "
+            "written_at = now()",
+            manager_version(),
+            revision,
+        )
+    finally:
+        await connection.close()

@@ -11,7 +11,7 @@ import logging
 import time
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from manager import notify
 from manager.auth import ALL_WORKLOADS, Principal, TokenKind
@@ -28,6 +28,7 @@ from manager.errors import (
     WrongCredentialType,
 )
 from manager.errors import BodyTooLarge as BodyTooLargeProblem
+from manager.metrics import UNKNOWN, ManagerMetrics
 from manager.settings import Settings
 from worker_agent.endpoint_paths import EndpointPathError, EndpointTarget, parse_endpoint_target
 from worker_agent.proxy import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE, forwarded_headers
@@ -55,9 +56,12 @@ RETRY_AFTER_S = b"5"
 class Gateway:
     """What the gateway needs at run time; started and stopped with the app's lifespan."""
 
-    def __init__(self, settings: Settings, auth_limiter: FailedAuthLimiter) -> None:
+    def __init__(
+        self, settings: Settings, auth_limiter: FailedAuthLimiter, metrics: ManagerMetrics
+    ) -> None:
         self.settings = settings
         self.auth_limiter = auth_limiter
+        self.metrics = metrics
         self.keys: KeyCache | None = None
         self.routes: RouteTable | None = None
         self.demand: DemandMeter | None = None
@@ -94,15 +98,26 @@ class GatewayMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
             await self.app(scope, receive, send)
             return
+        seen = _Seen(time.perf_counter())
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen.status = message["status"]
+            elif not seen.first_byte_at:
+                seen.first_byte_at = time.perf_counter()
+            await send(message)
+
         try:
-            await self._handle(scope, receive, send)
+            await self._handle(scope, receive, observed, seen)
         except ApiProblem as failure:
             await send_json(
-                send,
+                observed,
                 failure.status,
                 failure.body(),
                 [(k.encode(), v.encode()) for k, v in failure.headers.items()],
             )
+        finally:
+            seen.record(self.gateway.metrics)
 
     async def _authorise(self, scope: Scope, project: str, workload: str) -> WorkloadRoute:
         gateway = self.gateway
@@ -131,7 +146,7 @@ class GatewayMiddleware:
             raise WorkloadNotFound(f'workload "{workload}" not found in project "{project}"')
         return route
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, seen: _Seen) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         try:
             target = parse_endpoint_target(raw_path, scope.get("query_string", b""))
@@ -139,6 +154,7 @@ class GatewayMiddleware:
             raise RouteNotFound(str(error)) from None
         project, workload, rest = target.project, target.workload, target.route
         route = await self._authorise(scope, project, workload)
+        seen.project, seen.workload, seen.route = project, workload, rest
         wrong_route = route_problem(rest, route)
         if wrong_route:
             raise RouteNotServed(wrong_route)
@@ -150,12 +166,15 @@ class GatewayMiddleware:
         demand = self.gateway.demand
         assert demand is not None
         demand.started(route.id)
+        in_flight = self.gateway.metrics.gateway_series(project, workload, rest).in_flight
+        in_flight.inc()
         try:
             await until_client_disconnects(receive, self._forward(scope, send, route, target, body))
         except UpstreamError as error:
             log.warning("stream of %s/%s broke off: %s", project, workload, error)
         finally:
             demand.finished(route.id)
+            in_flight.dec()
 
     async def _forward(
         self,
@@ -215,27 +234,25 @@ class GatewayMiddleware:
                 return
             finally:
                 replica.outstanding -= 1
-        if not tried and route.replicas:
-            # Ready as far as the database knows, but each failed us a moment ago.
-            failures = "; ".join(sorted({r.last_error for r in route.replicas if r.last_error}))
-            message = (
-                f'the worker(s) serving "{workload}" cannot be reached '
-                f"({failures or 'no answer'}); they are retried within {EJECT_S:g}s"
-            )
-            await send_json(
-                send,
-                503,
-                problem("worker_unreachable", message, phase=route.phase, reason=route.reason),
-                [(b"retry-after", RETRY_AFTER_S)],
-            )
-            return
         if not tried:
-            state = f"{route.phase}: {route.reason}" if route.reason else route.phase
-            message = f'workload "{workload}" has no ready replica ({state})'
+            if route.replicas:
+                # Ready as far as the database knows, but each failed us a moment ago.
+                failures = "; ".join(sorted({r.last_error for r in route.replicas if r.last_error}))
+                code = "worker_unreachable"
+                message = (
+                    f'the worker(s) serving "{workload}" cannot be reached '
+                    f"({failures or 'no answer'}); they are retried within {EJECT_S:g}s"
+                )
+            else:
+                state = f"{route.phase}: {route.reason}" if route.reason else route.phase
+                code, message = (
+                    "no_ready_replica",
+                    f'workload "{workload}" has no ready replica ({state})',
+                )
             await send_json(
                 send,
                 503,
-                problem("no_ready_replica", message, phase=route.phase, reason=route.reason),
+                problem(code, message, phase=route.phase, reason=route.reason),
                 [(b"retry-after", RETRY_AFTER_S)],
             )
             return
@@ -248,6 +265,27 @@ class GatewayMiddleware:
             ),
             [(b"retry-after", RETRY_AFTER_S)],
         )
+
+
+class _Seen:
+    """What the metrics record of one data-plane request. Project and workload are named only
+    once the key was accepted for them, so made-up names never become series."""
+
+    __slots__ = ("first_byte_at", "project", "route", "started", "status", "workload")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first_byte_at = 0.0
+        self.status = 0
+        self.project = self.workload = self.route = UNKNOWN
+
+    def record(self, metrics: ManagerMetrics) -> None:
+        done = time.perf_counter()
+        series = metrics.gateway_series(self.project, self.workload, self.route)
+        series.answered(self.status)
+        series.duration.observe(done - self.started)
+        if self.first_byte_at:
+            series.first_byte.observe(self.first_byte_at - self.started)
 
 
 def _require_live_key(principal: Principal) -> None:

@@ -210,6 +210,17 @@ async def list_workloads(session: AsyncSession, project: Project) -> list[Worklo
     return list(result.scalars())
 
 
+async def list_all_workloads(session: AsyncSession) -> list[tuple[Workload, Project]]:
+    """Every live workload of the installation with its project (the operator's view)."""
+    result = await session.execute(
+        select(Workload, Project)
+        .join(Project, Project.id == Workload.project_id)
+        .where(Workload.deleted_at.is_(None))
+        .order_by(Project.slug, Workload.slug)
+    )
+    return [(workload, project) for workload, project in result.all()]
+
+
 async def find_workload(
     session: AsyncSession, principal: Principal, project: Project, ref: str, *, for_update: bool
 ) -> Workload:
@@ -245,7 +256,12 @@ def workload_view(workload: Workload, project: Project) -> dict[str, Any]:
     view.update(
         {
             "generation": workload.generation,
-            "status": {"phase": workload.phase, "reason": workload.phase_reason},
+            "status": {
+                "phase": workload.phase,
+                "reason": workload.phase_reason,
+                "desired_replicas": workload.desired_replicas,
+                "ready_replicas": workload.ready_replicas,
+            },
             "created_at": rfc3339(workload.created_at),
             "updated_at": rfc3339(workload.updated_at),
         }

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.support import free_port, wait_until
+from worker_agent.runtimes.process import ProcessRuntime
 
 # Over /usr/lib/postgresql, so the system's servers (and the PATH links to them) are gone for
 # the Manager and the database it starts, and for nothing else on the machine.
@@ -118,6 +119,13 @@ class InstalledManager:
         )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
+
+
+def _stop_engines(runtime_dir: Path) -> None:
+    """Engines outlive their agent on purpose; a test's must not outlive the test."""
+    runtime = ProcessRuntime(runtime_dir)
+    for replica_id in runtime.running():
+        runtime.stop(replica_id, timeout_s=5)
 
 
 def _user_env(home: Path) -> dict[str, str]:
@@ -231,6 +239,7 @@ def test_installed_wheel_runs_the_manager_on_the_wheels_postgres_and_serves_a_wo
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=60)
+        _stop_engines(manager.data_dir.parent / "agent-state" / "process")
     assert served.returncode == 0, (
         f"{served.stderr}\nagent log:\n"
         f"{(manager.data_dir.parent / 'agent.log').read_text(errors='replace')[-4000:]}"
@@ -238,13 +247,17 @@ def test_installed_wheel_runs_the_manager_on_the_wheels_postgres_and_serves_a_wo
     answer = json.loads(served.stdout.strip().splitlines()[-1])
     assert answer["text"].strip() and answer["model"]
 
+    status = manager.cli("status", "--json")
+    assert status["manager"]["healthy"] is True
+    assert [(w["slug"], w["status"]["phase"]) for w in status["workloads"]] == [("gemma", "ready")]
+
     manager.stop()
     assert manager.process is not None and manager.process.returncode == 0, manager.output
     assert not (manager.data_dir / "postgres" / "postmaster.pid").exists()
 
     manager.start("second-start.log")
     assert "admin token" not in manager.output
-    assert [p["slug"] for p in manager.cli("admin", "project", "list")["projects"]].count(
+    assert [p["slug"] for p in manager.cli("admin", "project", "list", "--json")["projects"]].count(
         "demo"
     ) == 1
     listed = httpx.get(

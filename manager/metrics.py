@@ -1,0 +1,217 @@
+"""Prometheus metrics of one Manager process (prometheus-client), served at ``/metrics`` to the
+admin credential, or without one on a separate address (``INFERENCEKEY_METRICS_ADDRESS``).
+
+Labels name projects and workloads only once a request is authorised, so no unauthenticated
+client can grow the series; the rest is labelled ``-``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from manager.db.models import Replica, Worker
+
+log = logging.getLogger("inferencekey.manager")
+
+UNKNOWN = "-"
+# Proxy overheads are sub-millisecond; generations take up to minutes.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+)
+REFRESH_S = 5.0
+
+
+class ManagerMetrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.gateway_requests = Counter(
+            "inferencekey_gateway_requests",
+            "Data-plane requests answered, by workload, route and status.",
+            ["project", "workload", "route", "status"],
+            registry=registry,
+        )
+        self.gateway_duration = Histogram(
+            "inferencekey_gateway_request_duration_seconds",
+            "Data-plane requests, from arrival to the last byte of the answer.",
+            ["project", "workload"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.gateway_first_byte = Histogram(
+            "inferencekey_gateway_time_to_first_byte_seconds",
+            "Data-plane requests, from arrival to the first byte of the answer's body.",
+            ["project", "workload"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.gateway_in_flight = Gauge(
+            "inferencekey_gateway_in_flight_requests",
+            "Data-plane requests being relayed now.",
+            ["project", "workload"],
+            registry=registry,
+        )
+        self.api_requests = Counter(
+            "inferencekey_api_requests",
+            "Control-plane requests answered, by route and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.replicas = Gauge(
+            "inferencekey_replicas", "Replicas by state.", ["state"], registry=registry
+        )
+        self.workers = Gauge(
+            "inferencekey_workers", "Workers by state.", ["state"], registry=registry
+        )
+        self.heartbeat_age = Gauge(
+            "inferencekey_worker_heartbeat_age_seconds",
+            "Seconds since each worker's last heartbeat.",
+            ["worker"],
+            registry=registry,
+        )
+        self.reconcile_duration = Histogram(
+            "inferencekey_reconcile_pass_duration_seconds",
+            "Reconcile passes of the leading Manager.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self._server: object | None = None
+        self._gateway_series: dict[tuple[str, str, str], GatewaySeries] = {}
+
+    def gateway_series(self, project: str, workload: str, route: str) -> GatewaySeries:
+        """The gateway's series for one workload and route, looked up once: ``labels()`` on
+        every request would cost the data plane more than all the rest of its metrics."""
+        key = (project, workload, route)
+        series = self._gateway_series.get(key)
+        if series is None:
+            series = self._gateway_series[key] = GatewaySeries(self, project, workload, route)
+        return series
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def refresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        """Replicas and workers by state, and heartbeat ages, from the database (any Manager
+        process shows the same)."""
+        async with sessions() as session:
+            replicas = (
+                await session.execute(select(Replica.state, func.count()).group_by(Replica.state))
+            ).all()
+            workers = (
+                await session.execute(select(Worker.id, Worker.state, Worker.last_heartbeat_at))
+            ).all()
+        self.replicas.clear()
+        for state, count in replicas:
+            self.replicas.labels(state).set(count)
+        self.workers.clear()
+        self.heartbeat_age.clear()
+        now = datetime.now(UTC)
+        by_state: dict[str, int] = {}
+        for worker_id, state, last_heartbeat in workers:
+            by_state[state] = by_state.get(state, 0) + 1
+            if last_heartbeat is not None:
+                self.heartbeat_age.labels(worker_id).set((now - last_heartbeat).total_seconds())
+        for state, count in by_state.items():
+            self.workers.labels(state).set(count)
+
+    async def keep_fresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh(sessions)
+            await asyncio.sleep(REFRESH_S)
+
+    def serve_separately(self, address: str) -> None:
+        """Serve these metrics without a credential on ``HOST:PORT`` (a thread of its own)."""
+        host, _, port = address.rpartition(":")
+        self._server, _ = start_http_server(
+            int(port), addr=host or "127.0.0.1", registry=self.registry
+        )
+        log.info("metrics served without a credential on http://%s/metrics", address)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()  # type: ignore[attr-defined]
+            self._server = None
+
+
+class GatewaySeries:
+    __slots__ = ("_labels", "_metrics", "_requests", "duration", "first_byte", "in_flight")
+
+    def __init__(self, metrics: ManagerMetrics, project: str, workload: str, route: str) -> None:
+        self._metrics = metrics
+        self._labels = (project, workload, route)
+        self._requests: dict[int, Any] = {}
+        self.duration = metrics.gateway_duration.labels(project, workload)
+        self.first_byte = metrics.gateway_first_byte.labels(project, workload)
+        self.in_flight = metrics.gateway_in_flight.labels(project, workload)
+
+    def answered(self, status: int) -> None:
+        counter = self._requests.get(status)
+        if counter is None:
+            shown = str(status) if status else "disconnected"
+            counter = self._metrics.gateway_requests.labels(*self._labels, shown)
+            self._requests[status] = counter
+        counter.inc()
+
+
+class ApiRequestMetrics:
+    """Counts control-plane answers by route template (never the raw path: ids would make a
+    series each) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ManagerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.api_requests.labels(
+                scope["method"], template, str(status) if status else "disconnected"
+            ).inc()
