@@ -18,6 +18,7 @@ import httpx
 
 from manager.embedded_db import EmbeddedPostgres
 from manager.settings import Settings, default_data_dir
+from worker_agent.logs import LOG_FORMATS, configure_logging, log_format
 
 if TYPE_CHECKING:
     from worker_agent.config import AgentConfig
@@ -48,6 +49,8 @@ def run_manager(args: argparse.Namespace) -> int:
     # Here, not at the top: `inferencekey admin` need not load Alembic.
     from manager.db.migrate import SchemaTooNew, refuse_newer_schema
 
+    if not _configure_logging(args):
+        return 2
     settings = Settings.from_env(
         host=args.host, port=args.port, database_url=args.database_url, data_dir=args.data_dir
     )
@@ -102,6 +105,7 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        log_config=None,  # the handlers _configure_logging installed, in the chosen format
         # A line per request costs the gateway ~7% of its throughput; opt in with the variable.
         access_log=os.environ.get("INFERENCEKEY_ACCESS_LOG", "").strip() in ("1", "true", "yes"),
         **uvicorn_options(settings.server_limits),
@@ -446,6 +450,8 @@ class AgentConfigError(ValueError):
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    if not _configure_logging(args):
+        return 2
     try:
         config = agent_config_from_args(args, os.environ)
     except AgentConfigError as error:
@@ -659,7 +665,26 @@ def _add_manager_command(commands: Any) -> None:
         "--database-url", help="Postgres URL; without one an embedded Postgres runs in the data dir"
     )
     manager.add_argument("--data-dir", type=Path, help="where the Manager keeps its files")
+    _add_log_format(manager)
     manager.set_defaults(command=run_manager)
+
+
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line with the ids of what each line is about "
+        "(default text) [INFERENCEKEY_LOG_FORMAT]",
+    )
+
+
+def _configure_logging(args: argparse.Namespace) -> bool:
+    try:
+        configure_logging(log_format(args.log_format))
+    except ValueError as error:
+        print(f"inferencekey: error: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def _add_agent_command(commands: Any) -> None:
@@ -728,6 +753,7 @@ def _add_agent_command(commands: Any) -> None:
         "engine containers' network (default bridge, published on 127.0.0.1 only)",
         choices=DOCKER_NETWORK_MODES,
     )
+    _add_log_format(agent)
     agent.set_defaults(command=run_agent)
 
 

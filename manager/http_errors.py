@@ -27,6 +27,7 @@ from manager.errors import (
     RouteNotFound,
     ValidationFailed,
 )
+from worker_agent.logs import ids
 
 log = logging.getLogger("inferencekey.manager")
 
@@ -156,9 +157,15 @@ class CrashBarrier:
                     scope["method"],
                     scope["path"],
                     unavailable.message,
+                    extra=ids(method=scope["method"], path=scope["path"]),
                 )
             else:
-                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                log.exception(
+                    "unhandled error on %s %s",
+                    scope["method"],
+                    scope["path"],
+                    extra=ids(method=scope["method"], path=scope["path"]),
+                )
             if started:
                 return  # the answer is under way; the client sees it end short
             problem = unavailable or InternalError()

@@ -29,6 +29,7 @@ from manager.policies import desired_replica_count
 from manager.services import events
 from manager.settings import Settings
 from worker_agent.engines import engine_for
+from worker_agent.logs import ids
 
 log = logging.getLogger("inferencekey.reconciler")
 LEADER_LOCK_KEY = 0x1C_0000_0003
@@ -157,7 +158,9 @@ class Reconciler:
                 await self._reconcile_workload(world, workload)
                 await world.session.flush()
         except Exception as error:
-            log.exception("reconciling workload %s failed", workload_id)
+            log.exception(
+                "reconciling workload %s failed", workload_id, extra=ids(workload_id=workload_id)
+            )
             self._quarantined[workload_id] = generation
             workload.phase = "error"
             workload.phase_reason = f"internal error: {type(error).__name__}; see the Manager log"
@@ -228,7 +231,13 @@ class Reconciler:
             state, reason = worker_liveness(worker, world.now, self.settings)
             if (state, reason) != (worker.state, worker.state_reason):
                 if state != worker.state:
-                    log.info("worker %s is %s (%s)", worker.id, state, reason)
+                    log.info(
+                        "worker %s is %s (%s)",
+                        worker.id,
+                        state,
+                        reason,
+                        extra=ids(worker_id=worker.id),
+                    )
                 worker.state, worker.state_reason = state, reason
             slot = world.slot_of[worker.id]
             slot.state, slot.state_reason = state, reason

@@ -345,6 +345,61 @@ def test_manager_command_runs_on_embedded_postgres_and_stops_it_on_sigterm(
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
 
 
+def test_manager_logs_json_lines_that_name_the_workload_they_are_about(
+    private_dir: Path, database_url: str, manager: Any
+) -> None:
+    port = _free_port()
+    admin_token = f"ik_admin_{uuid.uuid4().hex[:8]}_{uuid.uuid4().hex}{uuid.uuid4().hex}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("INFERENCEKEY_")}
+    env["INFERENCEKEY_ADMIN_TOKEN"] = admin_token
+    stderr_path = private_dir / "stderr"
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "manager.cli", "manager", "--port", str(port),
+             "--database-url", database_url, "--data-dir", str(private_dir),
+             "--log-format", "json"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        admin = {"Authorization": f"Bearer {admin_token}"}
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, stderr_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the Manager never answered"
+                time.sleep(0.2)
+        slug = _unique_slug()
+        httpx.post(f"{base}/api/admin/projects", json={"slug": slug}, headers=admin)
+        token = httpx.post(
+            f"{base}/api/admin/tokens", json={"project": slug}, headers=admin
+        ).json()["token"]
+        created = httpx.post(
+            f"{base}/api/projects/{slug}/workloads",
+            json={"name": "Logged", "slug": "logged", "backend": "vllm", "model_name": "m"},
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    entries = [json.loads(line) for line in stderr_path.read_text().splitlines() if line]
+    assert entries, "nothing was logged"
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
+    (about,) = [e for e in entries if e["message"].startswith("created workload")]
+    assert (about["project"], about["workload"], about["workload_id"]) == (
+        slug,
+        "logged",
+        created["id"],
+    )
+    assert token not in stderr_path.read_text()
+
+
 def _wait_until_serving(
     process: subprocess.Popen[bytes], port: int, data_dir: Path, stderr_path: Path
 ) -> str:

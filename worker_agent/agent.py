@@ -27,6 +27,7 @@ from worker_agent.config import AgentConfig
 from worker_agent.engines import Engine, engine_for
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
 from worker_agent.http_server import uvicorn_options
+from worker_agent.logs import ids
 from worker_agent.metrics import AgentMetrics
 from worker_agent.ports import PortAllocator
 from worker_agent.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment
@@ -252,7 +253,11 @@ class Agent:
         for replica_id in [r for r in self.replicas if r not in wanted]:
             await self._stop(replica_id)
         for replica_id in [r for r in running if r not in wanted and r not in self.replicas]:
-            log.info("removing engine %s: not assigned to this worker", replica_id)
+            log.info(
+                "removing engine %s: not assigned to this worker",
+                replica_id,
+                extra=ids(replica_id=replica_id, worker_id=self.worker_id),
+            )
             await asyncio.to_thread(self.runtime.stop, replica_id)
         for assignment in wanted.values():
             local = self.replicas.get(assignment.id)
@@ -274,7 +279,12 @@ class Agent:
                 assignment, engine, engine_now.port, reason="adopted from an earlier agent run"
             )
             self.replicas[assignment.id] = local
-            log.info("adopted running engine %s on port %d", assignment.id, engine_now.port)
+            log.info(
+                "adopted running engine %s on port %d",
+                assignment.id,
+                engine_now.port,
+                extra=_replica_ids(assignment, self.worker_id),
+            )
             self._changed.set()
             return
         local = LocalReplica(assignment, engine, self.ports.allocate(), served_model=served_model)
@@ -304,7 +314,13 @@ class Agent:
             return
         local.state, local.reason = "starting", "engine launched; loading the model"
         local.ready_since, local.health_failures, local.prepare_task = None, 0, None
-        log.info("started %s (%s) on port %d", assignment.id, assignment.backend, local.port)
+        log.info(
+            "started %s (%s) on port %d",
+            assignment.id,
+            assignment.backend,
+            local.port,
+            extra=_replica_ids(assignment, self.worker_id),
+        )
         self._changed.set()
 
     def _failed(self, local: LocalReplica, reason: str, log_tail: str | None) -> None:
@@ -317,7 +333,12 @@ class Agent:
         local.reason = f"{reason}; restarting in {local.backoff_s:.0f}s"
         local.log_tail = log_tail
         local.ready_since = None
-        log.warning("replica %s failed: %s", local.assignment.id, local.reason)
+        log.warning(
+            "replica %s failed: %s",
+            local.assignment.id,
+            local.reason,
+            extra=_replica_ids(local.assignment, self.worker_id),
+        )
         self._changed.set()
 
     async def _check(self, local: LocalReplica, engine_now: RunningEngine | None) -> None:
@@ -368,7 +389,12 @@ class Agent:
         if await local.engine.ready_check(base_url, self._engine_http):
             local.state, local.reason = "ready", None
             local.ready_since = time.monotonic()
-            log.info("replica %s is ready on port %d", local.assignment.id, local.port)
+            log.info(
+                "replica %s is ready on port %d",
+                local.assignment.id,
+                local.port,
+                extra=_replica_ids(local.assignment, self.worker_id),
+            )
             self._changed.set()
 
     async def _stop(self, replica_id: str) -> None:
@@ -378,7 +404,7 @@ class Agent:
             local.prepare_task.cancel()
         await asyncio.to_thread(self.runtime.stop, replica_id)
         self.ports.release(local.port)
-        log.info("stopped %s", replica_id)
+        log.info("stopped %s", replica_id, extra=ids(replica_id=replica_id))
         self._changed.set()
 
 
@@ -392,9 +418,18 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _replica_ids(assignment: ReplicaAssignment, worker_id: str | None) -> dict[str, object]:
+    return ids(
+        project=assignment.project_slug,
+        workload=assignment.workload_slug,
+        workload_id=assignment.workload_id,
+        replica_id=assignment.id,
+        worker_id=worker_id,
+    )
+
+
 def run(config: AgentConfig) -> None:
     """Run the agent until SIGTERM or SIGINT. Engines keep running; a restart adopts them."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
 
     async def main() -> None:

@@ -21,6 +21,7 @@ from worker_agent.endpoint_paths import (
     EndpointTarget,
     parse_endpoint_target,
 )
+from worker_agent.logs import ids
 from worker_agent.relay import (
     BodyTooLarge,
     problem,
@@ -163,7 +164,16 @@ class AgentProxy:
                 await send_json(send, 400, problem("invalid_header", str(error)))
                 return
             except UpstreamError as error:
-                log.warning("replica %s unreachable: %s", replica.assignment.id, error)
+                log.warning(
+                    "replica %s unreachable: %s",
+                    replica.assignment.id,
+                    error,
+                    extra=ids(
+                        project=target.project,
+                        workload=target.workload,
+                        replica_id=replica.assignment.id,
+                    ),
+                )
                 await send_json(
                     send, 502, problem("engine_unreachable", str(error)), [RETRYABLE, *tag]
                 )
@@ -176,7 +186,16 @@ class AgentProxy:
             await until_client_disconnects(receive, exchange())
         except UpstreamError as error:
             # Headers were sent already; all we can do is end the response early.
-            log.warning("stream from %s broke off: %s", replica.assignment.id, error)
+            log.warning(
+                "stream from %s broke off: %s",
+                replica.assignment.id,
+                error,
+                extra=ids(
+                    project=target.project,
+                    workload=target.workload,
+                    replica_id=replica.assignment.id,
+                ),
+            )
         finally:
             replica.outstanding -= 1
             self.agent.metrics.proxy_duration.labels(target.project, target.workload).observe(

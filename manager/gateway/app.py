@@ -31,6 +31,7 @@ from manager.errors import BodyTooLarge as BodyTooLargeProblem
 from manager.metrics import UNKNOWN, ManagerMetrics
 from manager.settings import Settings
 from worker_agent.endpoint_paths import EndpointPathError, EndpointTarget, parse_endpoint_target
+from worker_agent.logs import ids
 from worker_agent.proxy import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE, forwarded_headers
 from worker_agent.relay import (
     BodyTooLarge,
@@ -171,7 +172,13 @@ class GatewayMiddleware:
         try:
             await until_client_disconnects(receive, self._forward(scope, send, route, target, body))
         except UpstreamError as error:
-            log.warning("stream of %s/%s broke off: %s", project, workload, error)
+            log.warning(
+                "stream of %s/%s broke off: %s",
+                project,
+                workload,
+                error,
+                extra=ids(project=project, workload=workload, workload_id=route.id),
+            )
         finally:
             demand.finished(route.id)
             in_flight.dec()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from inferencekey.enums import ReadinessPhase
@@ -22,9 +23,12 @@ from manager.errors import (
 )
 from manager.ids import new_id
 from manager.validation import WorkloadLimits, canonical_slug, validate_workload
+from worker_agent.logs import ids
 
 from . import events
 from .timefmt import rfc3339, utcnow
+
+log = logging.getLogger("inferencekey.manager")
 
 # The spec fields a client writes; echoed back exactly as written.
 SPEC_FIELDS = (
@@ -126,6 +130,13 @@ async def create_workload(
         ) from None
     await events.record(
         session, workload.id, "created", f"created at generation 1 by {principal.display}"
+    )
+    log.info(
+        "created workload %s/%s by %s",
+        project.slug,
+        workload.slug,
+        principal.display,
+        extra=ids(project=project.slug, workload=workload.slug, workload_id=workload.id),
     )
     await notify.notify(session, notify.RECONCILE, workload.id)
     await session.refresh(workload)
