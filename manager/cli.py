@@ -450,8 +450,6 @@ class AgentConfigError(ValueError):
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    if not _configure_logging(args):
-        return 2
     try:
         config = agent_config_from_args(args, os.environ)
     except AgentConfigError as error:
@@ -508,6 +506,11 @@ def agent_config_from_args(args: argparse.Namespace, environ: Mapping[str, str])
     listen, source = setting("listen")
     if listen is not None:
         options["listen_host"], options["listen_port"] = _host_port(listen.strip(), source)
+
+    try:
+        options["log_format"] = log_format(getattr(args, "log_format", None))
+    except ValueError as error:
+        raise AgentConfigError(str(error)) from None
 
     metrics_listen, source = setting("metrics_listen")
     if metrics_listen is not None:

@@ -151,6 +151,29 @@ def test_out_of_bounds_and_credentials_are_a_typed_400_that_echoes_no_secret(
     assert _workload_count(api, project) == 0
 
 
+@pytest.mark.parametrize(
+    "raw", [b"[" * 200_000, b'{"a": ' * 100 + b"1" + b"}" * 100], ids=["unclosed", "deep"]
+)
+def test_deeply_nested_bodies_are_a_typed_400(
+    api: httpx.Client, project: TestProject, raw: bytes
+) -> None:
+    response = api.post(
+        f"/api/projects/{project.slug}/workloads",
+        content=raw,
+        headers={"content-type": "application/json"},
+    )
+    assert (response.status_code, response.json()["code"]) == (400, "malformed_json")
+
+
+def test_a_multi_line_command_is_accepted(api: httpx.Client, project: TestProject) -> None:
+    command = "llama-server -m /models/m.gguf \\\n    -c 2048"
+    response = api.post(
+        f"/api/projects/{project.slug}/workloads",
+        json={**BASE, "config": {"command": command}},
+    )
+    assert response.status_code == 201, response.text
+
+
 def test_the_replica_limit_is_named_in_the_error(api: httpx.Client, project: TestProject) -> None:
     response = api.post(
         f"/api/projects/{project.slug}/workloads",

@@ -27,7 +27,7 @@ from worker_agent.config import AgentConfig
 from worker_agent.engines import Engine, engine_for
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
 from worker_agent.http_server import uvicorn_options
-from worker_agent.logs import ids
+from worker_agent.logs import configure_logging, ids
 from worker_agent.metrics import AgentMetrics
 from worker_agent.ports import PortAllocator
 from worker_agent.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment
@@ -430,6 +430,7 @@ def _replica_ids(assignment: ReplicaAssignment, worker_id: str | None) -> dict[s
 
 def run(config: AgentConfig) -> None:
     """Run the agent until SIGTERM or SIGINT. Engines keep running; a restart adopts them."""
+    configure_logging(config.log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
 
     async def main() -> None:

@@ -41,5 +41,6 @@ class AgentConfig:
     engine_idle_timeout_s: float = 300.0
     max_request_bytes: int = 64 * 1024 * 1024
     server_limits: ServerLimits = field(default_factory=ServerLimits.from_env)
+    log_format: str = "text"  # or "json" (worker_agent/logs.py)
     # Where to serve Prometheus metrics without a credential; None: not at all.
     metrics_listen: tuple[str, int] | None = None

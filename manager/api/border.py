@@ -23,6 +23,8 @@ from manager.errors import MalformedJson, SecretInSpec, Unauthenticated, Validat
 
 # Postgres' bigint: no number at the border is larger.
 MAX_INTEGER = 2**63 - 1
+# No spec or name nests this deep; the walks over a body recurse once per level.
+MAX_DEPTH = 32
 # Free text that may span lines; every other string is one line without control characters.
 MULTILINE_FIELDS = ("description", "config.command")
 
@@ -53,7 +55,9 @@ def parse_json_strictly(body: bytes) -> Any:
         ) from None
     except (ValueError, UnicodeDecodeError) as error:
         raise MalformedJson(f"request body is not valid JSON: {error}") from None
-    path = _oversized_integer(parsed, "")
+    except RecursionError:
+        raise MalformedJson(f"request body is nested more than {MAX_DEPTH} levels") from None
+    path = _oversized_integer(parsed, "", 0)
     if path is not None:
         raise ValidationFailed(
             f"{path or 'body'} is out of range (integers are at most {MAX_INTEGER})", field=path
@@ -79,17 +83,21 @@ def check_values(parsed: Any) -> None:
         )
 
 
-def _oversized_integer(value: Any, path: str) -> str | None:
+def _oversized_integer(value: Any, path: str, depth: int) -> str | None:
+    """The path of an integer past MAX_INTEGER; refuses nesting past MAX_DEPTH on the way
+    (every later walk over the body recurses as deep)."""
+    if depth > MAX_DEPTH:
+        raise MalformedJson(f"request body is nested more than {MAX_DEPTH} levels")
     if isinstance(value, int) and not isinstance(value, bool):
         return path if abs(value) > MAX_INTEGER else None
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _oversized_integer(item, f"{path}.{key}" if path else str(key))
+            found = _oversized_integer(item, f"{path}.{key}" if path else str(key), depth + 1)
             if found is not None:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = _oversized_integer(item, f"{path}[{index}]")
+            found = _oversized_integer(item, f"{path}[{index}]", depth + 1)
             if found is not None:
                 return found
     return None
