@@ -93,7 +93,7 @@ def create_app(settings: Settings) -> ASGIApp:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            metrics.stop()
+            metrics.server.stop()
             await gateway.stop()
             await hub.stop()
             await engine.dispose()

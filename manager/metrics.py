@@ -9,49 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from manager.db.models import Replica, Worker
-
-log = logging.getLogger("inferencekey.manager")
+from worker_agent.metrics import LATENCY_BUCKETS, MetricsServer
 
 UNKNOWN = "-"
-# Proxy overheads are sub-millisecond; generations take up to minutes.
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    120,
-    300,
-    600,
-)
 REFRESH_S = 5.0
 
 
@@ -108,7 +77,7 @@ class ManagerMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
-        self._server: object | None = None
+        self.server = MetricsServer(registry)
         self._gateway_series: dict[tuple[str, str, str], GatewaySeries] = {}
 
     def gateway_series(self, project: str, workload: str, route: str) -> GatewaySeries:
@@ -154,17 +123,9 @@ class ManagerMetrics:
             await asyncio.sleep(REFRESH_S)
 
     def serve_separately(self, address: str) -> None:
-        """Serve these metrics without a credential on ``HOST:PORT`` (a thread of its own)."""
+        """Serve these metrics without a credential on ``HOST:PORT``."""
         host, _, port = address.rpartition(":")
-        self._server, _ = start_http_server(
-            int(port), addr=host or "127.0.0.1", registry=self.registry
-        )
-        log.info("metrics served without a credential on http://%s/metrics", address)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()  # type: ignore[attr-defined]
-            self._server = None
+        self.server.serve(host or "127.0.0.1", int(port))
 
 
 class GatewaySeries:

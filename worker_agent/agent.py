@@ -152,7 +152,7 @@ class Agent:
             )
         )
         if self.config.metrics_listen is not None:
-            self.metrics.serve(*self.config.metrics_listen)
+            self.metrics.server.serve(*self.config.metrics_listen)
         serving = asyncio.ensure_future(proxy.serve())
         try:
             # Shielded, so a stop lets the proxy finish its requests instead of dropping them.
@@ -167,7 +167,7 @@ class Agent:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(serving, 10)
             upstream.close()
-            self.metrics.stop()
+            self.metrics.server.stop()
             await self._http.aclose()
             await self._engine_http.aclose()
 

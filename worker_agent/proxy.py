@@ -69,6 +69,11 @@ def forwarded_headers(headers: Headers) -> Headers:
     return [(k, v) for k, v in end_to_end(headers) if k not in _NOT_FORWARDED]
 
 
+def _about(target: EndpointTarget, replica: LocalReplica) -> dict[str, object]:
+    """A log line's ids for a request to one replica."""
+    return ids(project=target.project, workload=target.workload, replica_id=replica.assignment.id)
+
+
 class AgentProxy:
     """ASGI app serving the replicas of one agent."""
 
@@ -168,11 +173,7 @@ class AgentProxy:
                     "replica %s unreachable: %s",
                     replica.assignment.id,
                     error,
-                    extra=ids(
-                        project=target.project,
-                        workload=target.workload,
-                        replica_id=replica.assignment.id,
-                    ),
+                    extra=_about(target, replica),
                 )
                 await send_json(
                     send, 502, problem("engine_unreachable", str(error)), [RETRYABLE, *tag]
@@ -190,11 +191,7 @@ class AgentProxy:
                 "stream from %s broke off: %s",
                 replica.assignment.id,
                 error,
-                extra=ids(
-                    project=target.project,
-                    workload=target.workload,
-                    replica_id=replica.assignment.id,
-                ),
+                extra=_about(target, replica),
             )
         finally:
             replica.outstanding -= 1
