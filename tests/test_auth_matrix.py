@@ -69,6 +69,8 @@ def world(admin: httpx.Client) -> World:
         Route("POST", "/api/admin/tokens", writes=True, body={"project": slug}),
         Route("POST", "/api/admin/keys", writes=True, body={"project": slug, "all": True}),
         Route("DELETE", "/api/admin/tokens/00000000", writes=True),
+        Route("GET", "/api/admin/workloads", writes=False),
+        Route("GET", "/metrics", writes=False),
     ]
     tokens = {
         "live": create_live_key(admin, slug),
@@ -87,7 +89,7 @@ def _ids(routes: list[Route]) -> list[str]:
 
 
 ROUTE_INDEXES = range(8)
-ADMIN_INDEXES = range(6)
+ADMIN_INDEXES = range(8)
 
 
 def _assert_problem(response: httpx.Response, status: int, code: str) -> None:
