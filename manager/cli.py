@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
@@ -196,6 +196,41 @@ def show_status(args: argparse.Namespace) -> int:
         if rows:
             print()
             print(render_table(rows, columns))
+    return 0
+
+
+def show_logs(args: argparse.Namespace) -> int:
+    """A workload's engine log, printed as it arrives; ``-f`` follows it until Ctrl-C."""
+    project, _, workload = args.workload.partition("/")
+    if not project or not workload:
+        print("error: name the workload as PROJECT/WORKLOAD", file=sys.stderr)
+        return 2
+    admin_token = _admin_token(args)
+    if admin_token is None:
+        return 1
+    base_url = _base_url(args)
+    params = _without_none({"tail": args.tail, "follow": int(args.follow), "replica": args.replica})
+    path = f"/api/admin/workloads/{quote(project, safe='')}/{quote(workload, safe='')}/logs"
+    try:
+        with httpx.stream(
+            "GET",
+            base_url + path,
+            params=params,
+            headers={"Authorization": f"Bearer {admin_token}"},
+            timeout=httpx.Timeout(30.0, read=None),
+        ) as response:
+            if response.is_error:
+                response.read()
+                print(f"error: {_error_message(response)}", file=sys.stderr)
+                return 1
+            for piece in response.iter_bytes():
+                sys.stdout.buffer.write(piece)
+                sys.stdout.buffer.flush()
+    except httpx.TransportError as failure:
+        print(f"error: could not reach the Manager at {base_url}: {failure}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
@@ -831,6 +866,17 @@ def _add_admin_commands(commands: Any) -> None:
         "workload", help="every project's workloads"
     ).add_subparsers(required=True, metavar="ACTION")
     action(workload_actions, "list", list_workloads, "list workloads, their phase and replicas")
+
+    logs = commands.add_parser(
+        "logs",
+        parents=[connection],
+        help="a workload's engine log (one replica's)",
+    )
+    logs.add_argument("workload", metavar="PROJECT/WORKLOAD")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--tail", type=int, default=100, help="lines to start with (default 100)")
+    logs.add_argument("--replica", help="this replica's (default: the newest, a ready one first)")
+    logs.set_defaults(command=show_logs)
 
     status = commands.add_parser(
         "status",

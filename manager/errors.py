@@ -116,6 +116,10 @@ class TokenNotFound(NotFound):
     code = "token_not_found"
 
 
+class ReplicaNotFound(NotFound):
+    code = "replica_not_found"
+
+
 class RouteNotFound(NotFound):
     code = "route_not_found"
 
@@ -146,6 +150,15 @@ class TooManyFailedAuthentications(ApiProblem):
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)
         self.headers["Retry-After"] = str(retry_after_s)
+
+
+class WorkerUnreachable(ApiProblem):
+    status = 503
+    code = "worker_unreachable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = "5"
 
 
 class InternalError(ApiProblem):

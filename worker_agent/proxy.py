@@ -7,11 +7,14 @@ port reachable on the network is not an open model.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
@@ -23,6 +26,7 @@ from worker_agent.endpoint_paths import (
 )
 from worker_agent.logs import ids
 from worker_agent.relay import (
+    NO_BUFFERING,
     BodyTooLarge,
     problem,
     read_body,
@@ -69,6 +73,23 @@ def forwarded_headers(headers: Headers) -> Headers:
     return [(k, v) for k, v in end_to_end(headers) if k not in _NOT_FORWARDED]
 
 
+LOGS_PATH = re.compile(r"/replicas/(rep_[A-Za-z0-9]{1,64})/logs\Z")
+MAX_LOG_TAIL = 10_000
+
+
+def log_query(query: bytes) -> tuple[int, bool]:
+    """``tail`` (1 to 10,000 lines, default 100) and ``follow`` (0 or 1) of a logs request;
+    ValueError names what is wrong. The Manager's route reads the same."""
+    params = parse_qs(query.decode("latin-1"))
+    raw_tail = params.get("tail", ["100"])[-1]
+    if not raw_tail.isdigit() or not 1 <= int(raw_tail) <= MAX_LOG_TAIL:
+        raise ValueError(f"tail must be a whole number from 1 to {MAX_LOG_TAIL}")
+    raw_follow = params.get("follow", ["0"])[-1]
+    if raw_follow not in ("0", "1", "true", "false"):
+        raise ValueError("follow must be 0 or 1")
+    return int(raw_tail), raw_follow in ("1", "true")
+
+
 def _about(target: EndpointTarget, replica: LocalReplica) -> dict[str, object]:
     """A log line's ids for a request to one replica."""
     return ids(project=target.project, workload=target.workload, replica_id=replica.assignment.id)
@@ -87,13 +108,6 @@ class AgentProxy:
         if scope["path"] == "/healthz":
             await send_json(send, 200, {"status": "ok", "worker_id": self.agent.worker_id})
             return
-        try:
-            target = parse_endpoint_target(
-                scope.get("raw_path") or scope["path"].encode(), scope.get("query_string", b"")
-            )
-        except EndpointPathError as error:
-            await send_json(send, 404, problem("route_not_found", str(error)))
-            return
         headers: Headers = scope["headers"]
         presented = header_value(headers, GATEWAY_HEADER) or b""
         secret = self.agent.gateway_secret.encode()
@@ -107,7 +121,55 @@ class AgentProxy:
                 ),
             )
             return
+        logs = LOGS_PATH.match(scope["path"])
+        if logs is not None:
+            await self._logs(scope, receive, send, logs[1])
+            return
+        try:
+            target = parse_endpoint_target(
+                scope.get("raw_path") or scope["path"].encode(), scope.get("query_string", b"")
+            )
+        except EndpointPathError as error:
+            await send_json(send, 404, problem("route_not_found", str(error)))
+            return
         await self._serve(scope, receive, send, target, headers)
+
+    async def _logs(self, scope: Scope, receive: Receive, send: Send, replica_id: str) -> None:
+        """An engine's log: the last ``tail`` lines, then (``follow=1``) what it writes next."""
+        if scope["method"] != "GET":
+            await send_json(
+                send, 405, problem("method_not_allowed", "use GET"), [(b"allow", b"GET")]
+            )
+            return
+        try:
+            tail, follow = log_query(scope.get("query_string", b""))
+        except ValueError as error:
+            await send_json(send, 400, problem("validation_error", str(error)))
+            return
+        runtime = self.agent.runtime
+        if runtime is None or replica_id not in await asyncio.to_thread(runtime.running):
+            message = f"replica {replica_id} runs no engine on this worker"
+            await send_json(send, 404, problem("replica_not_found", message))
+            return
+        stream = await asyncio.to_thread(runtime.log_stream, replica_id, tail, follow)
+        pieces = iter(stream)
+
+        async def pump() -> None:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), NO_BUFFERING],
+                }
+            )
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        try:
+            await until_client_disconnects(receive, pump())
+        finally:
+            stream.close()
 
     def _pick(self, target: EndpointTarget, headers: Headers) -> LocalReplica | None:
         ready = [

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from manager.api.border import BorderRoute
-from manager.services import projects, tokens, workers, workloads
+from manager.api.workloads import log_request
+from manager.services import engine_logs, projects, tokens, workers, workloads
 
 from .deps import AdminCaller, Session
 
@@ -76,6 +78,30 @@ async def list_all_workloads(caller: AdminCaller, session: Session) -> dict[str,
     """Every project's workloads with their phase: what `inferencekey status` shows."""
     rows = await workloads.list_all_workloads(session)
     return {"workloads": [workloads.workload_view(w, p) for w, p in rows]}
+
+
+@router.get("/workloads/{project}/{workload_slug}/logs")
+async def workload_logs(
+    project: str,
+    workload_slug: str,
+    caller: AdminCaller,
+    request: Request,
+    session: Session,
+    replica: str | None = None,
+) -> StreamingResponse:
+    """What `inferencekey logs PROJECT/WORKLOAD` reads: one replica's engine log (the given
+    one, or the newest that should run, a ready one first)."""
+    tail, follow = log_request(request)
+    owner = await projects.get_project(session, project)
+    workload = await workloads.find_live_workload(session, owner, workload_slug)
+    source = await engine_logs.locate(session, workload, replica)
+    await session.close()
+    pieces = await engine_logs.open_stream(source, tail, follow)
+    return StreamingResponse(
+        pieces,
+        media_type="text/plain; charset=utf-8",
+        headers={"X-InferenceKey-Replica": source.replica_id},
+    )
 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED)

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
 from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
 from sse_starlette.sse import EventSourceResponse
 
 from manager.api.border import BorderRoute
-from manager.services import events, workloads
+from manager.errors import ValidationFailed
+from manager.services import engine_logs, events, workloads
 from manager.services.readiness_stream import readiness_stream
+from worker_agent.proxy import log_query
 
 from .deps import ControlReader, ControlWriter, Limits, OwnProject, PathProject, Session
 
@@ -101,6 +104,32 @@ async def readiness_events(
     await session.close()  # the stream reads with short sessions of its own
     frames = readiness_stream(request.app, workload.id, workload.updated_at)
     return EventSourceResponse(frames, ping=KEEPALIVE_S, send_timeout=30)
+
+
+@router.get("/workloads/{workload_ref}/replicas/{replica_id}/logs")
+async def replica_logs(
+    workload_ref: str,
+    replica_id: str,
+    owner: OwnProject,
+    caller: ControlReader,
+    request: Request,
+    session: Session,
+) -> StreamingResponse:
+    """The engine's log: the last ``tail`` lines (default 100), then, with ``follow=1``, what
+    it writes next, as plain text until the client goes."""
+    tail, follow = log_request(request)
+    workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
+    source = await engine_logs.locate(session, workload, replica_id)
+    await session.close()  # the stream may run for hours; it needs no database
+    pieces = await engine_logs.open_stream(source, tail, follow)
+    return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")
+
+
+def log_request(request: Request) -> tuple[int, bool]:
+    try:
+        return log_query(request.url.query.encode())
+    except ValueError as error:
+        raise ValidationFailed(str(error)) from None
 
 
 @router.get("/workloads/{workload_ref}/replicas")

@@ -232,6 +232,14 @@ async def list_all_workloads(session: AsyncSession) -> list[tuple[Workload, Proj
     return [(workload, project) for workload, project in result.all()]
 
 
+async def find_live_workload(session: AsyncSession, project: Project, slug: str) -> Workload:
+    """A live workload of ``project`` by slug (the operator's lookup, across projects)."""
+    workload = await _live_by_slug(session, project, slug)
+    if workload is None:
+        raise WorkloadNotFound(f'workload "{slug}" not found in project "{project.slug}"')
+    return workload
+
+
 async def find_workload(
     session: AsyncSession, principal: Principal, project: Project, ref: str, *, for_update: bool
 ) -> Workload:

@@ -112,6 +112,9 @@ def test_llama_server_container_answers_chat_and_is_labelled(
     engine = runtime.running()[replica_id]
     assert (engine.port, engine.alive, engine.exit_code) == (spec.port, True, None)
     assert "listening" in runtime.log_tail(replica_id)
+    stream = runtime.log_stream(replica_id, tail=200, follow=False)
+    assert b"listening" in b"".join(stream)
+    stream.close()
 
 
 @pytest.mark.parametrize("runtime", ["bridge"], indirect=True)

@@ -73,6 +73,8 @@ async def test_llama_server_answers_chat_through_the_process_runtime(
     engine = runtime.running()["rep_chat"]
     assert (engine.port, engine.alive, engine.exit_code) == (spec.port, True, None)
     assert "listening" in runtime.log_tail("rep_chat")
+    stream = runtime.log_stream("rep_chat", tail=200, follow=False)
+    assert b"listening" in b"".join(stream)
 
 
 async def test_engine_sees_only_its_assigned_gpus(runtime: ProcessRuntime, state_dir: Path) -> None:

@@ -6,7 +6,7 @@ labels), so `running()` after a restart reports the engines of the previous run 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,6 +71,15 @@ class RunningEngine:
     exit_code: int | None
 
 
+class LogStream(Protocol):
+    """An engine's log: the last lines, then (following) what it writes next. Blocking: iterate
+    it in a thread; ``close()`` from any thread ends it."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
 class LaunchError(RuntimeError):
     """The engine could not be started at all (binary or image missing); the message says why."""
 
@@ -88,3 +97,5 @@ class Runtime(Protocol):
     def running(self) -> dict[str, RunningEngine]: ...
 
     def log_tail(self, replica_id: str, lines: int = 40) -> str: ...
+
+    def log_stream(self, replica_id: str, tail: int, follow: bool) -> LogStream: ...

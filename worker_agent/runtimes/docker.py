@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import docker
@@ -31,6 +32,21 @@ LABEL_REPLICA = "inferencekey.replica"
 LABEL_PORT = "inferencekey.port"
 CACHE_MOUNT = "/root/.cache"  # where engines keep downloaded weights (HF, vLLM, llama.cpp caches)
 _REMOVAL_WAIT_S = 30.0
+
+
+class ContainerLogStream:
+    """A container's log through the daemon's stream, which close() ends."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._stream is not None:
+            yield from self._stream
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
 
 
 class DockerRuntime:
@@ -141,6 +157,13 @@ class DockerRuntime:
             return ""
         logs: bytes = container.logs(tail=lines)
         return logs.decode(errors="replace").rstrip("\n")
+
+    def log_stream(self, replica_id: str, tail: int, follow: bool) -> ContainerLogStream:
+        try:
+            container = self.client.containers.get(container_name(replica_id))
+        except docker.errors.NotFound:
+            return ContainerLogStream(None)
+        return ContainerLogStream(container.logs(stream=True, follow=follow, tail=tail))
 
     def _ensure_image(self, image: str) -> None:
         try:

@@ -14,7 +14,9 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +39,39 @@ class ProcessRecord:
     argv: list[str]
     started_at: str
     start_ticks: int  # start time from /proc/<pid>/stat: with the pid, names one process
+
+
+class FileLogStream:
+    """The last ``tail`` lines of a log file, then what is appended to it (when following)."""
+
+    POLL_S = 0.2
+
+    def __init__(self, path: Path, tail: int, follow: bool) -> None:
+        self.path, self.tail, self.follow = path, tail, follow
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            log = open(self.path, "rb")  # noqa: SIM115 (closed in the finally below)
+        except FileNotFoundError:
+            return
+        try:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - _LOG_TAIL_BYTES))
+            lines = log.read().splitlines(keepends=True)[-self.tail :]
+            if lines:
+                yield b"".join(lines)
+            while self.follow and not self._closed.is_set():
+                chunk = log.read(65536)
+                if chunk:
+                    yield chunk
+                else:
+                    self._closed.wait(self.POLL_S)
+        finally:
+            log.close()
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 class ProcessRuntime:
@@ -132,6 +167,9 @@ class ProcessRuntime:
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def log_stream(self, replica_id: str, tail: int, follow: bool) -> FileLogStream:
+        return FileLogStream(self._log_path(replica_id), tail, follow)
 
     def _resolve(self, program: str) -> str:
         path = self.binaries.get(program) or shutil.which(program)
