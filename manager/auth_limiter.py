@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable
 
-from manager.errors import TooManyFailedAuthentications
+from manager.auth import Principal
+from manager.errors import TooManyFailedAuthentications, Unauthenticated
 
 
 class FailedAuthLimiter:
@@ -23,6 +25,16 @@ class FailedAuthLimiter:
         self.max_addresses = max_addresses
         # address -> (start of its window, failures in it); insertion order is age order.
         self._windows: dict[str, tuple[float, int]] = {}
+
+    async def authenticate(self, address: str | None, attempt: Awaitable[Principal]) -> Principal:
+        """``attempt``'s principal; refused at once while ``address`` is over its limit, and a
+        failure counted against it."""
+        self.check(address)
+        try:
+            return await attempt
+        except Unauthenticated:
+            self.failed(address)
+            raise
 
     def check(self, address: str | None) -> None:
         """Raise TooManyFailedAuthentications while ``address`` is over its limit."""

@@ -284,7 +284,6 @@ def uvicorn_options(limits: ServerLimits) -> dict[str, Any]:
     return {
         "http": guarded_protocol(limits),
         "timeout_keep_alive": limits.keepalive_timeout_s,
-        "h11_max_incomplete_event_size": limits.max_header_bytes,
     }
 
 

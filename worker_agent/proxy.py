@@ -178,10 +178,7 @@ class AgentProxy:
             if replica.state == "ready"
             and replica.assignment.workload_slug == target.workload
             and replica.assignment.project_slug == target.project
-            and (
-                target.route == "v1/models"
-                or replica.assignment.task_type in ROUTE_TASK_TYPES[target.route]
-            )
+            and replica.assignment.task_type in ROUTE_TASK_TYPES[target.route]
         ]
         wanted = (header_value(headers, REPLICA_HEADER) or b"").decode()
         for replica in ready:

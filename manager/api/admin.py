@@ -9,8 +9,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from manager.api.border import BorderRoute
-from manager.api.workloads import log_request
-from manager.services import engine_logs, projects, tokens, workers, workloads
+from manager.api.workloads import stream_engine_log
+from manager.services import projects, tokens, workers, workloads
 
 from .deps import AdminCaller, Session
 
@@ -91,17 +91,9 @@ async def workload_logs(
 ) -> StreamingResponse:
     """What `inferencekey logs PROJECT/WORKLOAD` reads: one replica's engine log (the given
     one, or the newest that should run, a ready one first)."""
-    tail, follow = log_request(request)
     owner = await projects.get_project(session, project)
     workload = await workloads.find_live_workload(session, owner, workload_slug)
-    source = await engine_logs.locate(session, workload, replica)
-    await session.close()
-    pieces = await engine_logs.open_stream(source, tail, follow)
-    return StreamingResponse(
-        pieces,
-        media_type="text/plain; charset=utf-8",
-        headers={"X-InferenceKey-Replica": source.replica_id},
-    )
+    return await stream_engine_log(request, session, workload, replica)
 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED)

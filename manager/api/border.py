@@ -19,7 +19,7 @@ from inferencekey.validation import control_character_field, secret_field
 
 from manager.auth import Principal, authenticate
 from manager.auth_limiter import FailedAuthLimiter
-from manager.errors import MalformedJson, SecretInSpec, Unauthenticated, ValidationFailed
+from manager.errors import MalformedJson, SecretInSpec, ValidationFailed
 
 # Postgres' bigint: no number at the border is larger.
 MAX_INTEGER = 2**63 - 1
@@ -139,13 +139,12 @@ async def authenticated(request: Request) -> Principal:
     if principal is not None:
         return principal
     limiter: FailedAuthLimiter = request.app.state.auth_limiter
-    address = request.client.host if request.client else None
-    limiter.check(address)
-    try:
+
+    async def lookup() -> Principal:
         async with request.app.state.sessions() as session:
-            principal = await authenticate(session, request.headers.get("authorization"))
-    except Unauthenticated:
-        limiter.failed(address)
-        raise
+            return await authenticate(session, request.headers.get("authorization"))
+
+    address = request.client.host if request.client else None
+    principal = await limiter.authenticate(address, lookup())
     request.state.principal = principal
     return principal

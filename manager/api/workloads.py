@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
+from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette.sse import EventSourceResponse
 
 from manager.api.border import BorderRoute
+from manager.db.models import Workload
 from manager.errors import ValidationFailed
 from manager.services import engine_logs, events, workloads
 from manager.services.readiness_stream import readiness_stream
@@ -117,15 +119,26 @@ async def replica_logs(
 ) -> StreamingResponse:
     """The engine's log: the last ``tail`` lines (default 100), then, with ``follow=1``, what
     it writes next, as plain text until the client goes."""
-    tail, follow = log_request(request)
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
+    return await stream_engine_log(request, session, workload, replica_id)
+
+
+async def stream_engine_log(
+    request: Request, session: AsyncSession, workload: Workload, replica_id: str | None
+) -> StreamingResponse:
+    """The log of one of ``workload``'s replicas, relayed from its agent (both log routes)."""
+    tail, follow = _log_query(request)
     source = await engine_logs.locate(session, workload, replica_id)
     await session.close()  # the stream may run for hours; it needs no database
     pieces = await engine_logs.open_stream(source, tail, follow)
-    return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")
+    return StreamingResponse(
+        pieces,
+        media_type="text/plain; charset=utf-8",
+        headers={"X-InferenceKey-Replica": source.replica_id},
+    )
 
 
-def log_request(request: Request) -> tuple[int, bool]:
+def _log_query(request: Request) -> tuple[int, bool]:
     try:
         return log_query(request.url.query.encode())
     except ValueError as error:

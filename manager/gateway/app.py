@@ -23,7 +23,6 @@ from manager.errors import (
     RouteNotFound,
     RouteNotServed,
     ScopeInsufficient,
-    Unauthenticated,
     WorkloadNotFound,
     WrongCredentialType,
 )
@@ -125,14 +124,10 @@ class GatewayMiddleware:
         assert gateway.keys is not None and gateway.routes is not None
         authorization = header_value(scope["headers"], b"authorization")
         address = scope["client"][0] if scope.get("client") else None
-        gateway.auth_limiter.check(address)
-        try:
-            principal = await gateway.keys.authenticate(
-                authorization.decode("latin-1") if authorization else None
-            )
-        except Unauthenticated:
-            gateway.auth_limiter.failed(address)
-            raise
+        principal = await gateway.auth_limiter.authenticate(
+            address,
+            gateway.keys.authenticate(authorization.decode("latin-1") if authorization else None),
+        )
         _require_live_key(principal)
         # "Not yours" and "not there" get the same answer, so a key cannot discover other
         # projects' or ungranted workloads' names.
