@@ -485,7 +485,7 @@ def start_inferencekey_paths(
     manager_url = f"http://127.0.0.1:{manager_port}"
     servers.start(
         "manager",
-        [sys.executable, "-m", "manager.cli", "manager", "--port", str(manager_port)],
+        [sys.executable, "-m", "ik_command", "manager", "--port", str(manager_port)],
         env={
             "INFERENCEKEY_DATABASE_URL": database_url,
             "INFERENCEKEY_ADMIN_TOKEN": admin_token,
@@ -521,7 +521,7 @@ def start_inferencekey_paths(
         [
             sys.executable,
             "-m",
-            "manager.cli",
+            "ik_command",
             "agent",
             "--manager",
             manager_url,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ik_contracts.errors import problem
+
 
 class ApiProblem(Exception):
-    """A failure the client should see. Body: ``{"error", "code", "message"}``.
-
-    ``error`` is the code for 403s and the sentence otherwise, because that is what the
-    official client reads.
-    """
+    """A failure the client should see; its body is ``ik_contracts.errors.problem``'s."""
 
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
@@ -23,12 +21,8 @@ class ApiProblem(Exception):
         self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
-        error = self.code if self.status == 403 else self.message
-        body: dict[str, Any] = {"error": error, "code": self.code, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        body.update(self.extra)
-        return body
+        field = {} if self.field is None else {"field": self.field}
+        return problem(self.code, self.message, **field, **self.extra)
 
 
 class InvalidRequest(ApiProblem):
@@ -129,12 +123,8 @@ class MethodNotAllowed(ApiProblem):
     code = "method_not_allowed"
 
 
-class Conflict(ApiProblem):
+class SlugConflict(ApiProblem):
     status = 409
-    code = "conflict"
-
-
-class SlugConflict(Conflict):
     code = "slug_conflict"
 
 
@@ -178,8 +168,3 @@ class DatabaseUnavailable(ApiProblem):
     def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
         super().__init__(message)
         self.headers["Retry-After"] = str(retry_after_s)
-
-
-class UnsupportedMediaType(ApiProblem):
-    status = 415
-    code = "unsupported_media_type"

@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as SqlAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ik_contracts.logs import ids
 from manager.errors import (
     ApiProblem,
     BodyTooLarge,
@@ -27,7 +28,6 @@ from manager.errors import (
     RouteNotFound,
     ValidationFailed,
 )
-from worker_agent.logs import ids
 
 log = logging.getLogger("inferencekey.manager")
 

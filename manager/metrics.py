@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ik_contracts.metrics import LATENCY_BUCKETS, MetricsServer
 from manager.db.models import Replica, Worker
-from worker_agent.metrics import LATENCY_BUCKETS, MetricsServer
 
 UNKNOWN = "-"
 REFRESH_S = 5.0

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from worker_agent.engines import engine_for
+from ik_contracts.engines import engine_for
+from manager.states import WorkerState
 
 # Shared engines (llama.cpp, Ollama) claim the model file's size plus headroom for the KV cache.
 SHARED_OVERHEAD_MB = 512
@@ -111,7 +112,7 @@ def _pool(demand: Demand, workers: list[WorkerSlot]) -> tuple[list[WorkerSlot], 
             "no worker is registered for this project or the shared pool; create one with "
             "`inferencekey admin worker create` and start its agent"
         )
-    ready = [w for w in allowed if w.state == "ready"]
+    ready = [w for w in allowed if w.state == WorkerState.READY]
     if not ready:
         states = "; ".join(
             f"{w.id} is {w.state} ({w.state_reason or 'no heartbeat yet'})" for w in allowed

@@ -3,6 +3,11 @@
 One Manager process leads at a time (a Postgres advisory lock held on its own connection); the
 others wait to take over. Each pass is level-triggered: it reads the whole state, decides, and
 writes, so a pass never depends on having seen an earlier event.
+
+A pass holds no row lock while it reads or decides ("Locking" in docs/DESIGN.md): it reads a
+snapshot in one transaction that locks nothing, asks `manager.planning` what each workload needs,
+and writes each workload's actions in a short transaction of its own. So an agent's heartbeat
+waits at most for one workload's writes, never for a pass.
 """
 
 from __future__ import annotations
@@ -12,62 +17,114 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, select
+from inferencekey.enums import WorkloadPhase
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from manager import notify, placement
+from ik_contracts.logs import ids
+from ik_contracts.protocol import ReplicaState
+from manager import notify, placement, planning
 from manager.db.models import GpuResource, Replica, Worker, Workload
 from manager.db.queries import one_of
+from manager.gateway.demand import fresh_demand
 from manager.ids import new_id
 from manager.metrics import ManagerMetrics
-from manager.policies import desired_replica_count
+from manager.policies import DemandFigures
 from manager.services import events
 from manager.settings import Settings
-from worker_agent.engines import engine_for
-from worker_agent.logs import ids
+from manager.states import DesiredState, WorkerState
 
 log = logging.getLogger("inferencekey.reconciler")
 LEADER_LOCK_KEY = 0x1C_0000_0003
 
 
-def runtime_spec(workload: Workload) -> dict[str, Any]:
-    """What a replica runs; a change here rolls the workload's replicas."""
-    config = workload.config or {}
-    return {
-        "backend": workload.backend,
-        "task_type": workload.task_type,
-        "model_name": workload.model_name,
-        "command": config.get("command"),
-        "vllm_version": config.get("vllm_version"),
-    }
+NO_DEMAND = DemandFigures()
 
 
-def worker_liveness(worker: Worker, now: datetime, settings: Settings) -> tuple[str, str | None]:
-    if worker.last_heartbeat_at is None:
-        return "registered", "waiting for the agent's first heartbeat"
-    silent = (now - worker.last_heartbeat_at).total_seconds()
-    if silent <= settings.worker_not_ready_after_s:
-        return "ready", None
-    state = "not_ready" if silent <= settings.worker_lost_after_s else "lost"
-    return state, f"no heartbeat for {silent:.0f}s"
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A worker's liveness columns as the snapshot read them: what a state change is judged by."""
+
+    id: str
+    last_heartbeat_at: datetime | None
+    state: str
+    state_reason: str | None
 
 
 @dataclass
-class Pass:
-    """One reconcile pass's view of the world, and the workers whose assignments it changed."""
+class Snapshot:
+    """One pass's view of the world, read in one transaction and held as plain values."""
 
-    session: AsyncSession
     now: datetime
-    workers: dict[str, Worker]
+    workers: list[WorkerRecord]
     slots: list[placement.WorkerSlot]
-    slot_of: dict[str, placement.WorkerSlot]  # the same slots by worker id
-    replicas_by_workload: dict[str, list[Replica]]
-    touched_workers: set[str] = field(default_factory=set)
+    workloads: list[planning.WorkloadView]
+    replicas_by_workload: dict[str, list[planning.ReplicaView]]
+    demand: dict[str, DemandFigures]
+
+
+def as_workload_view(workload: Workload) -> planning.WorkloadView:
+    return planning.WorkloadView(
+        id=workload.id,
+        project_id=workload.project_id,
+        generation=workload.generation,
+        backend=workload.backend,
+        task_type=workload.task_type,
+        model_name=workload.model_name,
+        config=workload.config or {},
+        execution_policy=workload.execution_policy,
+        execution_policy_config=workload.execution_policy_config or {},
+        worker_pin=workload.worker_id,
+        gpu_pin=workload.gpu_resource_id,
+        deleted=workload.deleted_at is not None,
+        phase=workload.phase,
+        phase_reason=workload.phase_reason,
+        desired_replicas=workload.desired_replicas,
+        ready_replicas=workload.ready_replicas,
+        last_scaled_at=workload.last_scaled_at,
+    )
+
+
+def as_replica_view(replica: Replica) -> planning.ReplicaView:
+    return planning.ReplicaView(
+        id=replica.id,
+        workload_id=replica.workload_id,
+        worker_id=replica.worker_id,
+        spec=replica.spec,
+        gpu_resource_ids=tuple(replica.gpu_resource_ids),
+        claim_memory_mb=replica.claim_memory_mb,
+        desired_state=replica.desired_state,
+        state=replica.state,
+        reason=replica.reason,
+        created_at=replica.created_at,
+    )
+
+
+def worker_slots(workers: list[Worker], gpus: list[GpuResource]) -> list[placement.WorkerSlot]:
+    """Each worker with its GPUs, nothing claimed yet (`planning.claim_existing` does that)."""
+    slots = {
+        w.id: placement.WorkerSlot(
+            id=w.id,
+            name=w.name,
+            project_id=w.project_id,
+            state=w.state,
+            state_reason=w.state_reason,
+            gpus=[],
+            model_files=dict((w.inventory or {}).get("model_files") or {}),
+        )
+        for w in workers
+    }
+    for gpu in gpus:
+        if gpu.worker_id in slots:
+            slots[gpu.worker_id].gpus.append(
+                placement.GpuSlot(gpu.id, gpu.uuid, gpu.name, gpu.memory_total_mb)
+            )
+    return list(slots.values())
 
 
 class Reconciler:
@@ -128,109 +185,75 @@ class Reconciler:
                 self.metrics.reconcile_duration.observe(time.perf_counter() - started)
 
     async def _pass(self) -> bool:
-        async with self.sessions() as session:
-            world = await self._load(session)
-            await self._update_liveness(world)
-            complete = True
-            workloads = await self._workloads(session, world)
-            seen = {w.id for w in workloads}
-            self._quarantined = {k: v for k, v in self._quarantined.items() if k in seen}
-            for workload in workloads:
-                if self._quarantined.get(workload.id) == workload.generation:
-                    continue  # failed at this generation already; its phase says so
-                if not await self._reconcile_isolated(world, workload):
-                    # The rollback expired what the session held: the rest gets a fresh pass.
-                    complete = False
-                    break
-            for worker_id in world.touched_workers:
-                await notify.notify(session, notify.ASSIGNMENTS, worker_id)
-            await session.commit()
-        return complete
-
-    async def _reconcile_isolated(self, world: Pass, workload: Workload) -> bool:
-        """One workload's decisions in a savepoint of their own, written out before the next
-        workload's: whatever fails (in our code or in the database) is rolled back for this
-        workload alone, shown on it, and that generation of it is left out of later passes
-        (a PATCH retries it), so every other workload is still reconciled."""
-        workload_id, generation = workload.id, workload.generation
-        try:
-            async with world.session.begin_nested():
-                await self._reconcile_workload(world, workload)
-                await world.session.flush()
-        except Exception as error:
-            log.exception(
-                "reconciling workload %s failed", workload_id, extra=ids(workload_id=workload_id)
-            )
-            self._quarantined[workload_id] = generation
-            workload.phase = "error"
-            workload.phase_reason = f"internal error: {type(error).__name__}; see the Manager log"
-            return False
+        snapshot = await self._read_snapshot()
+        await self._update_liveness(snapshot)
+        planning.claim_existing(
+            snapshot.slots, (r for rs in snapshot.replicas_by_workload.values() for r in rs)
+        )
+        seen = {w.id for w in snapshot.workloads}
+        self._quarantined = {k: v for k, v in self._quarantined.items() if k in seen}
+        for workload in snapshot.workloads:
+            if self._quarantined.get(workload.id) == workload.generation:
+                continue  # failed at this generation already; its phase says so
+            if not await self._reconcile_isolated(snapshot, workload):
+                # Its plan may have claimed room in the snapshot that it never took: plan the
+                # rest afresh.
+                return False
         return True
 
-    async def _load(self, session: AsyncSession) -> Pass:
-        now = (await session.execute(select(func.now()))).scalar_one()
-        workers = {
-            w.id: w for w in (await session.execute(select(Worker).with_for_update())).scalars()
-        }
-        replicas = list((await session.execute(select(Replica).with_for_update())).scalars())
-        by_workload: dict[str, list[Replica]] = defaultdict(list)
-        for replica in replicas:
-            by_workload[replica.workload_id].append(replica)
-        gpus = list(
-            (
-                await session.execute(select(GpuResource).where(GpuResource.present.is_(True)))
-            ).scalars()
-        )
-        slots = self._slots(workers, gpus, replicas)
-        return Pass(session, now, workers, slots, {slot.id: slot for slot in slots}, by_workload)
-
-    @staticmethod
-    def _slots(
-        workers: dict[str, Worker], gpus: list[GpuResource], replicas: list[Replica]
-    ) -> list[placement.WorkerSlot]:
-        slots = {
-            w.id: placement.WorkerSlot(
-                id=w.id,
-                name=w.name,
-                project_id=w.project_id,
-                state=w.state,
-                state_reason=w.state_reason,
-                gpus=[],
-                model_files=dict((w.inventory or {}).get("model_files") or {}),
+    async def _read_snapshot(self) -> Snapshot:
+        async with self.sessions() as session:
+            # One consistent view; plain reads take no row locks, so no writer waits for this.
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            now = (await session.execute(select(func.now()))).scalar_one()
+            workers = list((await session.execute(select(Worker))).scalars())
+            replicas = [
+                as_replica_view(r)
+                for r in (
+                    await session.execute(select(Replica).order_by(Replica.created_at, Replica.id))
+                ).scalars()
+            ]
+            by_workload: dict[str, list[planning.ReplicaView]] = defaultdict(list)
+            for replica in replicas:
+                by_workload[replica.workload_id].append(replica)
+            gpus = list(
+                (
+                    await session.execute(select(GpuResource).where(GpuResource.present.is_(True)))
+                ).scalars()
             )
-            for w in workers.values()
-        }
-        gpu_slots: dict[str, placement.GpuSlot] = {}
-        for gpu in gpus:
-            if gpu.worker_id in slots:
-                slot = placement.GpuSlot(gpu.id, gpu.uuid, gpu.name, gpu.memory_total_mb)
-                slots[gpu.worker_id].gpus.append(slot)
-                gpu_slots[gpu.id] = slot
-        # Stopping replicas still hold their GPUs until their agent confirms they are gone.
-        for replica in replicas:
-            worker = slots.get(replica.worker_id)
-            if worker is None:
-                continue
-            worker.replicas_of[replica.workload_id] = (
-                worker.replicas_of.get(replica.workload_id, 0) + 1
+            workloads = await session.execute(
+                select(Workload)
+                .where(Workload.deleted_at.is_(None) | one_of(Workload.id, list(by_workload)))
+                .order_by(Workload.created_at)
             )
-            whole = engine_for(replica.spec["backend"]).gpu_claim == "whole"
-            for gpu_id in replica.gpu_resource_ids:
-                gpu_slot = gpu_slots.get(gpu_id)
-                if gpu_slot is None:
-                    continue
-                if whole:
-                    gpu_slot.whole_claimed = True
-                else:
-                    gpu_slot.claimed_mb += replica.claim_memory_mb
-                    gpu_slot.shared_claims += 1
-        return list(slots.values())
+            snapshot = Snapshot(
+                now=now,
+                workers=[
+                    WorkerRecord(w.id, w.last_heartbeat_at, w.state, w.state_reason)
+                    for w in workers
+                ],
+                slots=worker_slots(workers, gpus),
+                workloads=[as_workload_view(w) for w in workloads.scalars()],
+                replicas_by_workload=by_workload,
+                demand=await fresh_demand(session),
+            )
+            await session.commit()
+        return snapshot
 
-    async def _update_liveness(self, world: Pass) -> None:
-        for worker in world.workers.values():
-            state, reason = worker_liveness(worker, world.now, self.settings)
+    async def _update_liveness(self, snapshot: Snapshot) -> None:
+        slot_of = {slot.id: slot for slot in snapshot.slots}
+        for worker in snapshot.workers:
+            state, reason = planning.worker_liveness(
+                worker.last_heartbeat_at,
+                snapshot.now,
+                not_ready_after_s=self.settings.worker_not_ready_after_s,
+                lost_after_s=self.settings.worker_lost_after_s,
+            )
             if (state, reason) != (worker.state, worker.state_reason):
-                if state != worker.state:
+                if not await self._set_worker_state(worker, state, reason):
+                    # A heartbeat landed after the snapshot, or is landing now: the agent lives.
+                    state, reason = WorkerState.READY, None
+                elif state != worker.state:
                     log.info(
                         "worker %s is %s (%s)",
                         worker.id,
@@ -238,200 +261,229 @@ class Reconciler:
                         reason,
                         extra=ids(worker_id=worker.id),
                     )
-                worker.state, worker.state_reason = state, reason
-            slot = world.slot_of[worker.id]
+            slot = slot_of[worker.id]
             slot.state, slot.state_reason = state, reason
-            if state == "lost":
-                await self._forget_replicas_of_lost(world, worker)
 
-    async def _forget_replicas_of_lost(self, world: Pass, worker: Worker) -> None:
-        for replicas in world.replicas_by_workload.values():
-            for replica in [r for r in replicas if r.worker_id == worker.id]:
-                replicas.remove(replica)
-                await world.session.delete(replica)
-                if replica.desired_state == "run":
-                    await events.record(
-                        world.session,
-                        replica.workload_id,
-                        "replica_lost",
-                        f"replica {replica.id} on {worker.name} ({worker.id}) is lost: "
-                        f"{worker.state_reason}; placing a replacement",
-                        {"replica_id": replica.id, "worker_id": worker.id},
-                    )
-        slot = world.slot_of[worker.id]
-        slot.replicas_of.clear()
-        for gpu in slot.gpus:
-            gpu.claimed_mb, gpu.shared_claims, gpu.whole_claimed = 0, 0, False
+    async def _set_worker_state(
+        self, worker: WorkerRecord, state: WorkerState, reason: str | None
+    ) -> bool:
+        """Write a liveness change unless a heartbeat came since the snapshot; True if written.
 
-    @staticmethod
-    async def _workloads(session: AsyncSession, world: Pass) -> list[Workload]:
-        with_replicas = list(world.replicas_by_workload)
-        result = await session.execute(
-            select(Workload)
-            .where(Workload.deleted_at.is_(None) | one_of(Workload.id, with_replicas))
-            .order_by(Workload.created_at)
-            .with_for_update()
-        )
-        return list(result.scalars())
-
-    def _stop(self, world: Pass, replica: Replica) -> None:
-        if replica.desired_state != "stop":
-            replica.desired_state = "stop"
-            world.touched_workers.add(replica.worker_id)
-
-    async def _reconcile_workload(self, world: Pass, workload: Workload) -> None:
-        replicas = world.replicas_by_workload.get(workload.id, [])
-        running = [r for r in replicas if r.desired_state == "run"]
-        if workload.deleted_at is not None:
-            for replica in running:
-                self._stop(world, replica)
-            return
-        desired, policy_reason = desired_replica_count(
-            workload.execution_policy, workload.execution_policy_config, world.now
-        )
-        # Specs are validated against the limit; a row written before it was lowered (or by
-        # hand) still gets no more than the limit's worth of work in a pass.
-        desired = min(desired, self.settings.max_replicas_per_workload)
-        spec = runtime_spec(workload)
-        current = [r for r in running if r.spec == spec and self._fits_pins(r, workload)]
-        outdated = [r for r in running if r not in current]
-        stopping = [r for r in replicas if r.desired_state == "stop"]
-
-        for extra in sorted(current, key=lambda r: (r.state == "ready", r.created_at))[
-            : max(0, len(current) - desired)
-        ]:
-            self._stop(world, extra)
-            current.remove(extra)
-
-        unschedulable: str | None = None
-        while len(current) < desired:
-            decision = placement.place(self._demand(workload), world.slots)
-            if isinstance(decision, placement.Unschedulable):
-                unschedulable = decision.reason
-                # Rolling on a full cluster: free room by retiring one old replica at a time.
-                if outdated and not stopping:
-                    retired = outdated.pop()
-                    self._stop(world, retired)
-                    stopping.append(retired)
-                break
-            current.append(
-                await self._create_replica(world, workload, spec, decision, first=not current)
+        Compare-and-set on the heartbeat time it was judged by, skipping a row a heartbeat holds:
+        that heartbeat proves the worker alive, and neither side waits for the other.
+        """
+        judged = (
+            select(Worker.id)
+            .where(
+                Worker.id == worker.id,
+                Worker.last_heartbeat_at.is_not_distinct_from(worker.last_heartbeat_at),
             )
-
-        ready = [r for r in current if r.state == "ready"]
-        if outdated and len(ready) >= desired:
-            for replica in outdated:
-                self._stop(world, replica)
-        await self._set_phase(
-            world, workload, desired, current, ready, unschedulable, policy_reason
+            .with_for_update(key_share=True, skip_locked=True)
+            .scalar_subquery()
         )
+        async with self.sessions() as session, session.begin():
+            written = await session.execute(
+                update(Worker)
+                .where(Worker.id == judged)
+                .values(state=state, state_reason=reason)
+                .returning(Worker.id)
+                .execution_options(synchronize_session=False)
+            )
+            return written.scalar_one_or_none() is not None
 
-    @staticmethod
-    def _fits_pins(replica: Replica, workload: Workload) -> bool:
-        if workload.worker_id and replica.worker_id != workload.worker_id:
+    async def _reconcile_isolated(
+        self, snapshot: Snapshot, workload: planning.WorkloadView
+    ) -> bool:
+        """Plan one workload and write its actions in a transaction of their own: whatever fails
+        (in our code or in the database) is rolled back for this workload alone, shown on it,
+        and that generation of it is left out of later passes (a PATCH retries it), so every
+        other workload is still reconciled."""
+        try:
+            actions = planning.plan_workload(
+                workload,
+                snapshot.replicas_by_workload.get(workload.id, []),
+                snapshot.slots,
+                now=snapshot.now,
+                demand=snapshot.demand.get(workload.id, NO_DEMAND),
+                max_replicas=self.settings.max_replicas_per_workload,
+            )
+            if actions:
+                await self._apply(snapshot.now, workload, actions)
+        except Exception as error:
+            log.exception(
+                "reconciling workload %s failed", workload.id, extra=ids(workload_id=workload.id)
+            )
+            self._quarantined[workload.id] = workload.generation
+            async with self.sessions() as session, session.begin():
+                await session.execute(
+                    update(Workload)
+                    .where(Workload.id == workload.id, Workload.generation == workload.generation)
+                    .values(
+                        phase=WorkloadPhase.ERROR,
+                        phase_reason=f"internal error: {type(error).__name__}; see the Manager log",
+                    )
+                    .execution_options(synchronize_session=False)
+                )
             return False
-        return not workload.gpu_resource_id or workload.gpu_resource_id in replica.gpu_resource_ids
+        return True
+
+    async def _apply(
+        self, now: datetime, workload: planning.WorkloadView, actions: list[planning.Action]
+    ) -> None:
+        async with self.sessions() as session, session.begin():
+            # This workload's row only. An API write holding it wins: its commit notifies, and
+            # the next pass plans from what it wrote.
+            stored = (
+                await session.execute(
+                    select(Workload.generation, Workload.deleted_at)
+                    .where(Workload.id == workload.id)
+                    .with_for_update(key_share=True, skip_locked=True)
+                )
+            ).one_or_none()
+            if stored is None or (stored.generation, stored.deleted_at is not None) != (
+                workload.generation,
+                workload.deleted,
+            ):
+                return  # changed since the snapshot: the plan is for a spec that is gone
+            doomed = sorted(
+                {
+                    a.replica_id
+                    for a in actions
+                    if isinstance(a, planning.StopReplica | planning.ForgetReplica)
+                }
+            )
+            if doomed:
+                # Replica rows in id order, as heartbeats take them: no deadlock between the two.
+                await session.execute(
+                    select(Replica.id)
+                    .where(one_of(Replica.id, doomed))
+                    .order_by(Replica.id)
+                    .with_for_update()
+                )
+            touched: set[str] = set()
+            status: dict[str, Any] = {}  # the workload's own columns, written in one statement
+            for action in actions:
+                status |= await self._write(session, now, workload, action, touched)
+            if status:
+                await session.execute(
+                    update(Workload)
+                    .where(Workload.id == workload.id)
+                    .values(**status)
+                    .execution_options(synchronize_session=False)
+                )
+            if "phase" in status:
+                await notify.notify(session, notify.WORKLOAD_STATUS, workload.id)
+            for worker_id in sorted(touched):
+                await notify.notify(session, notify.ASSIGNMENTS, worker_id)
+
+    async def _write(
+        self,
+        session: AsyncSession,
+        now: datetime,
+        workload: planning.WorkloadView,
+        action: planning.Action,
+        touched: set[str],
+    ) -> dict[str, Any]:
+        """One action's rows and events. Returns the workload columns it sets; ``touched``
+        collects the workers whose assignments changed."""
+        if isinstance(action, planning.ForgetReplica):
+            # Only while its worker is still lost: one that came back keeps its replica (the
+            # replacement planned with it is then one too many, and the next pass stops it).
+            forgotten = await session.execute(
+                delete(Replica)
+                .where(
+                    Replica.id == action.replica_id,
+                    Replica.worker_id.in_(
+                        select(Worker.id).where(Worker.state == WorkerState.LOST)
+                    ),
+                )
+                .returning(Replica.id)
+                .execution_options(synchronize_session=False)
+            )
+            if forgotten.scalar_one_or_none() is not None and action.was_running:
+                await events.record(
+                    session,
+                    workload.id,
+                    "replica_lost",
+                    action.reason,
+                    {"replica_id": action.replica_id, "worker_id": action.worker_id},
+                )
+            return {}
+        if isinstance(action, planning.StopReplica):
+            stopped = await session.execute(
+                update(Replica)
+                .where(Replica.id == action.replica_id, Replica.desired_state == DesiredState.RUN)
+                .values(desired_state=DesiredState.STOP)
+                .returning(Replica.id)
+                .execution_options(synchronize_session=False)
+            )
+            if stopped.scalar_one_or_none() is not None:
+                log.info(
+                    "stopping replica %s: %s",
+                    action.replica_id,
+                    action.reason,
+                    extra=ids(workload_id=workload.id, worker_id=action.worker_id),
+                )
+                touched.add(action.worker_id)
+            return {}
+        if isinstance(action, planning.CreateReplica):
+            await self._create_replica(session, now, workload, action)
+            touched.add(action.worker_id)
+            return {}
+        if isinstance(action, planning.SetPhase):
+            await events.record(
+                session,
+                workload.id,
+                "phase",
+                f"{action.phase.value}: {action.reason}",
+                {"phase": action.phase.value},
+            )
+            return {"phase": action.phase, "phase_reason": action.reason}
+        counts: dict[str, Any] = {
+            "desired_replicas": action.desired,
+            "ready_replicas": action.ready,
+        }
+        if action.scaled:
+            counts["last_scaled_at"] = now
+        return counts
 
     @staticmethod
-    def _demand(workload: Workload) -> placement.Demand:
-        config = workload.config or {}
-        return placement.Demand(
-            workload_id=workload.id,
-            project_id=workload.project_id,
-            backend=workload.backend,
-            model_name=workload.model_name,
-            command=config.get("command"),
-            worker_pin=workload.worker_id,
-            gpu_pin=workload.gpu_resource_id,
-        )
-
     async def _create_replica(
-        self,
-        world: Pass,
-        workload: Workload,
-        spec: dict[str, Any],
-        decision: placement.Placement,
-        *,
-        first: bool,
-    ) -> Replica:
-        engine = engine_for(workload.backend)
-        replica = Replica(
-            id=new_id("rep"),
-            workload_id=workload.id,
-            worker_id=decision.worker_id,
-            generation=workload.generation,
-            spec=spec,
-            gpu_resource_ids=list(decision.gpu_ids),
-            claim_memory_mb=decision.claim_memory_mb,
-            desired_state="run",
-            state="pending",
-            created_at=world.now,
-            updated_at=world.now,
+        session: AsyncSession,
+        now: datetime,
+        workload: planning.WorkloadView,
+        action: planning.CreateReplica,
+    ) -> None:
+        replica_id = new_id("rep")
+        session.add(
+            Replica(
+                id=replica_id,
+                workload_id=workload.id,
+                worker_id=action.worker_id,
+                generation=workload.generation,
+                spec=dict(action.spec),
+                gpu_resource_ids=list(action.gpu_ids),
+                claim_memory_mb=action.claim_memory_mb,
+                desired_state=DesiredState.RUN,
+                state=ReplicaState.PENDING,
+                created_at=now,
+                updated_at=now,
+            )
         )
-        world.session.add(replica)
-        world.replicas_by_workload[workload.id].append(replica)
-        placement.claim(
-            decision, world.slots, self._demand(workload), whole=engine.gpu_claim == "whole"
-        )
-        world.touched_workers.add(decision.worker_id)
-        worker = world.workers[decision.worker_id]
-        gpus = f" on GPU(s) {', '.join(decision.gpu_ids)}" if decision.gpu_ids else " (CPU)"
+        gpus = f" on GPU(s) {', '.join(action.gpu_ids)}" if action.gpu_ids else " (CPU)"
         await events.record(
-            world.session,
+            session,
             workload.id,
             "replica_placed",
-            f"replica {replica.id} placed on {worker.name} ({worker.id}){gpus}",
+            f"replica {replica_id} placed on {action.worker_name} ({action.worker_id}){gpus}",
             {
-                "replica_id": replica.id,
-                "worker_id": worker.id,
-                "gpu_resource_ids": list(decision.gpu_ids),
+                "replica_id": replica_id,
+                "worker_id": action.worker_id,
+                "gpu_resource_ids": list(action.gpu_ids),
             },
         )
-        if first:
-            _, notices = engine.build_argv(spec["command"], spec["model_name"], "0.0.0.0", 0)
-            for notice in notices:
-                await events.record(world.session, workload.id, "command_adjusted", notice)
-        return replica
-
-    async def _set_phase(
-        self,
-        world: Pass,
-        workload: Workload,
-        desired: int,
-        current: list[Replica],
-        ready: list[Replica],
-        unschedulable: str | None,
-        policy_reason: str | None,
-    ) -> None:
-        failed = [r for r in current if r.state == "failed"]
-        starting = [r for r in current if r.state == "starting"]
-        if desired == 0:
-            phase, reason = "stopped", policy_reason or "no replicas wanted"
-        elif ready:
-            phase, reason = "ready", f"{len(ready)}/{desired} replicas ready"
-            if unschedulable:
-                reason += f"; cannot place more: {unschedulable}"
-        elif unschedulable and len(current) < desired and not current:
-            phase, reason = "unschedulable", unschedulable
-        elif failed:
-            phase, reason = "error", failed[0].reason or "engine failed"
-        elif starting:
-            phase, reason = "bootstrapping", starting[0].reason or "engine starting"
-        elif current:
-            worker = world.workers[current[0].worker_id]
-            phase = "provisioning"
-            reason = f"assigned to {worker.name} ({worker.id}); waiting for its agent to start it"
-        else:
-            phase, reason = "scheduling", "waiting for placement"
-        counts = (desired, len(ready))
-        if (phase, reason) != (workload.phase, workload.phase_reason):
-            workload.phase, workload.phase_reason = phase, reason
-            await events.record(
-                world.session, workload.id, "phase", f"{phase}: {reason}", {"phase": phase}
-            )
-            await notify.notify(world.session, notify.WORKLOAD_STATUS, workload.id)
-        if counts != (workload.desired_replicas, workload.ready_replicas):
-            workload.desired_replicas, workload.ready_replicas = counts
+        for notice in action.notices:
+            await events.record(session, workload.id, "command_adjusted", notice)
 
 
 async def run_reconciler(reconciler: Reconciler) -> None:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker_agent.http_server import ServerLimits
+from ik_contracts.http_server import ServerLimits
 
 
 def default_data_dir() -> Path:

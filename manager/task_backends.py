@@ -5,14 +5,6 @@ from __future__ import annotations
 from inferencekey.enums import Backend, TaskType
 
 B = Backend
-BUILTIN_BACKENDS: tuple[str, ...] = (
-    B.OLLAMA.value,
-    B.VLLM.value,
-    B.VLLM_OMNI.value,
-    B.SGLANG.value,
-    B.LLAMACPP.value,
-)
-
 ALLOWED_BACKENDS: dict[str, tuple[str, ...]] = {
     TaskType.TEXT2TEXT.value: (B.VLLM, B.VLLM_OMNI, B.SGLANG, B.OLLAMA, B.LLAMACPP),
     TaskType.EMBEDDING.value: (B.VLLM, B.SGLANG, B.OLLAMA, B.LLAMACPP),

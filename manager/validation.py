@@ -8,6 +8,7 @@ from typing import Any
 from inferencekey.enums import TASK_TYPE_VALUES, Backend
 from inferencekey.validation import blank_field, secret_field, slugify
 
+from ik_contracts.engines import BUILTIN_BACKENDS, EngineCommandError, engine_for
 from manager.errors import (
     BackendNotAllowed,
     SecretInSpec,
@@ -15,8 +16,7 @@ from manager.errors import (
     ValidationFailed,
 )
 from manager.policies import validate_policy
-from manager.task_backends import BUILTIN_BACKENDS, allowed_backends
-from worker_agent.engines import EngineCommandError, engine_for
+from manager.task_backends import allowed_backends
 
 MAX_LENGTHS = {
     "name": 200,

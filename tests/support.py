@@ -17,9 +17,9 @@ import asyncpg
 import httpx
 import uvicorn
 
+from ik_contracts.http_server import uvicorn_options
 from manager.app import create_app
 from manager.settings import Settings
-from worker_agent.http_server import uvicorn_options
 
 # Where tests may create and drop databases (CI: Postgres at 127.0.0.1:5432, trust auth).
 SERVER_URL = os.environ.get(
@@ -187,17 +187,23 @@ class RunningAgent:
         while self._task is None:
             time.sleep(0.01)
         self.loop.call_soon_threadsafe(self._task.cancel)
-        self.thread.join(timeout=15)
+        self.thread.join(timeout=45)  # stopping for good waits for its engines to stop too
         assert not self.thread.is_alive(), "agent did not stop"
 
     def stop_engines(self) -> None:
-        """Stop every engine this agent's runtime still runs (a test's clean-up: engines
-        outlive their agent on purpose, and 30 leftover llama.cpp servers fill a machine)."""
-        runtime = self.agent.runtime
-        if runtime is None:
-            return
-        for replica_id in runtime.running():
-            runtime.stop(replica_id, timeout_s=5)
+        """Stop every engine this agent's runtime still runs, as an agent stopping for good does
+        (engines outlive their agent on purpose, and 30 leftover llama.cpp servers fill a
+        machine)."""
+        self.agent.stop_engines()
+
+    def stop_for_good(self) -> None:
+        """Stop the agent and its engines, as `inferencekey agent --stop-engines-on-exit` does on
+        SIGTERM; or, when the agent is stopped already, the engines it left behind."""
+        if self.thread.is_alive():
+            self.agent.config.stop_engines_on_exit = True
+            self.stop()
+        else:
+            self.stop_engines()
 
 
 AgentFactory = Callable[..., RunningAgent]

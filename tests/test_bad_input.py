@@ -292,8 +292,8 @@ def test_a_500_is_the_json_error_and_keeps_the_keep_alive_connection() -> None:
     import uvicorn
     from fastapi import FastAPI
 
+    from ik_contracts.http_server import ServerLimits, uvicorn_options
     from manager.http_errors import install_error_handlers
-    from worker_agent.http_server import ServerLimits, uvicorn_options
 
     app = FastAPI()
     install_error_handlers(app)

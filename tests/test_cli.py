@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from manager.cli import AGENT_BACKENDS, AGENT_ENV, AgentConfigError, agent_config_from_args, main
-from manager.cli import parse_args as parse_cli
+from ik_command import main
+from ik_command import parse_args as parse_cli
+from ik_contracts.engines import BUILTIN_BACKENDS, ENGINES
+from worker_agent.cli import AGENT_ENV, AgentConfigError, agent_config_from_args
 from worker_agent.config import AgentConfig
-from worker_agent.engines import ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -327,7 +328,7 @@ def test_manager_command_runs_on_embedded_postgres_and_stops_it_on_sigterm(
     stdout_path, stderr_path = private_dir / "stdout", private_dir / "stderr"
     with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "manager.cli", "manager", "--port", str(port),
+            [sys.executable, "-m", "ik_command", "manager", "--port", str(port),
              "--data-dir", str(data_dir)],
             cwd=REPO_ROOT, env=env, stdout=stdout, stderr=stderr,
         )  # fmt: skip
@@ -356,7 +357,7 @@ def test_manager_logs_json_lines_that_name_the_workload_they_are_about(
     stderr_path = private_dir / "stderr"
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "manager.cli", "manager", "--port", str(port),
+            [sys.executable, "-m", "ik_command", "manager", "--port", str(port),
              "--database-url", database_url, "--data-dir", str(private_dir),
              "--log-format", "json"],
             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -554,7 +555,7 @@ def test_agent_binary_paths_become_absolute(
 
 
 def test_agent_backends_are_the_engines_the_agent_has() -> None:
-    assert set(AGENT_BACKENDS) == set(ENGINES)
+    assert set(BUILTIN_BACKENDS) == set(ENGINES)
 
 
 def test_agent_command_runs_the_agent_with_its_settings(
@@ -698,6 +699,32 @@ def test_agent_malformed_settings_raise_a_message_naming_the_setting(
 def test_agent_without_a_manager_url_is_refused() -> None:
     with pytest.raises(AgentConfigError, match="INFERENCEKEY_MANAGER_URL"):
         _config(INFERENCEKEY_AGENT_TOKEN=AGENT_TOKEN)
+
+
+STOP_ENGINES = "INFERENCEKEY_AGENT_STOP_ENGINES_ON_EXIT"
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "stops_engines"),
+    [
+        ([], {}, False),
+        (["--stop-engines-on-exit"], {}, True),
+        ([], {STOP_ENGINES: "1"}, True),
+        ([], {STOP_ENGINES: "True"}, True),
+        ([], {STOP_ENGINES: "off"}, False),
+        (["--no-stop-engines-on-exit"], {STOP_ENGINES: "yes"}, False),
+        (["--stop-engines-on-exit"], {STOP_ENGINES: "0"}, True),
+    ],
+)
+def test_agent_stops_its_engines_on_exit_only_when_told(
+    flags: list[str], environ: dict[str, str], stops_engines: bool
+) -> None:
+    assert _config(*flags, **_minimal_env(**environ)).stop_engines_on_exit is stops_engines
+
+
+def test_agent_stop_engines_on_exit_variable_must_be_a_yes_or_no() -> None:
+    with pytest.raises(AgentConfigError, match=f"{STOP_ENGINES} must be 1, true, yes or on"):
+        _config(**_minimal_env(**{STOP_ENGINES: "maybe"}))
 
 
 def test_agent_unknown_runtime_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

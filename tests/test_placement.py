@@ -5,6 +5,7 @@ Pure functions over hand-built snapshots of workers, GPUs and claims; no databas
 
 from __future__ import annotations
 
+from ik_contracts.engines import engine_for
 from manager.placement import (
     SHARED_HEADROOM,
     SHARED_OVERHEAD_MB,
@@ -17,7 +18,6 @@ from manager.placement import (
     claim,
     place,
 )
-from worker_agent.engines import engine_for
 
 PROJECT = "proj_acme"
 OTHER_PROJECT = "proj_other"

@@ -25,7 +25,14 @@ from inferencekey import (
     WorkloadSpec,
 )
 
-from tests.support import RunningManager, TestProject, create_project, create_sdk_token, revoke
+from tests.support import (
+    RunningManager,
+    TestProject,
+    create_project,
+    create_sdk_token,
+    revoke,
+    wait_until,
+)
 
 
 def support_bot(**overrides: Any) -> WorkloadSpec:
@@ -210,6 +217,21 @@ def test_list_and_get_return_workloads(mgmt: ManagementClient) -> None:
     assert sorted(w.slug for w in listed) == ["embedder", "support-bot"]
     assert all(isinstance(w, Workload) for w in listed)
     assert mgmt.get("embedder").task_type == "embedding"
+
+
+def test_get_reads_the_managers_replica_counts(mgmt: ManagementClient, api: httpx.Client) -> None:
+    # Two replicas wanted and no worker of this project to run them: desired 2, ready 0.
+    mgmt.ensure(support_bot(execution_policy_config={"replicas": 2}))
+
+    status = wait_until(
+        lambda: (s := mgmt.get("support-bot").status) is not None and s.desired_replicas and s,
+        15,
+        "the reconciler never counted the desired replicas",
+    )
+
+    assert (status.desired_replicas, status.ready_replicas) == (2, 0)
+    raw = api.get("/api/workloads/support-bot").json()["status"]
+    assert (raw["desired_replicas"], raw["ready_replicas"]) == (2, 0)
 
 
 def test_get_of_an_absent_workload_is_not_found(

@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
+from ik_contracts.http_server import ServerLimits
 from manager.settings import Settings
 from tests.support import (
     RunningManager,
@@ -25,7 +26,6 @@ from tests.support import (
     new_admin_token,
     start_manager,
 )
-from worker_agent.http_server import ServerLimits
 
 LIMITS = ServerLimits(
     max_header_bytes=4096,

@@ -49,9 +49,9 @@ def replicas(api: httpx.Client) -> list[dict[str, Any]]:
 
 
 def test_too_few_gpus_is_unschedulable_with_the_reason_then_placed_when_a_worker_fits(
-    start_agent: AgentFactory, mgmt: ManagementClient, api: httpx.Client, project: TestProject
+    start_bare_agent: AgentFactory, mgmt: ManagementClient, api: httpx.Client, project: TestProject
 ) -> None:
-    start_agent(simulate_gpus=f"1x{A100}")
+    start_bare_agent(simulate_gpus=f"1x{A100}")
     small = ready_worker_with(api, project, gpu_count=1)
     mgmt.ensure(TWO_GPU_VLLM)
 
@@ -68,7 +68,7 @@ def test_too_few_gpus_is_unschedulable_with_the_reason_then_placed_when_a_worker
     assert status(api) == unschedulable
     assert replicas(api) == []
 
-    start_agent(simulate_gpus=f"2x{A100}")
+    start_bare_agent(simulate_gpus=f"2x{A100}")
     big = ready_worker_with(api, project, gpu_count=2)
     [replica] = wait_until(lambda: replicas(api), 10, "the workload was never placed")
     assert replica["worker_id"] == big["id"]

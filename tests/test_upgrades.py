@@ -140,7 +140,7 @@ def test_a_database_of_the_previous_schema_is_upgraded_by_starting_the_manager_a
             await connection.close()
 
     revision, writer = asyncio.run(schema_state())
-    assert revision == "0004" and writer
+    assert revision == "0005" and writer
 
 
 def test_a_manager_refuses_a_schema_newer_than_it_knows_and_names_the_release(
@@ -166,7 +166,7 @@ def test_a_manager_refuses_a_schema_newer_than_it_knows_and_names_the_release(
         [
             sys.executable,
             "-m",
-            "manager.cli",
+            "ik_command",
             "manager",
             "--port",
             str(free_port()),

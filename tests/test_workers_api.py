@@ -49,11 +49,11 @@ def settings_of(manager: RunningManager) -> Settings:
 
 
 def test_agent_with_simulated_gpus_is_listed_ready_with_its_gpus(
-    start_agent: AgentFactory,
+    start_bare_agent: AgentFactory,
     api: httpx.Client,
     project: TestProject,
 ) -> None:
-    start_agent(simulate_gpus=f"2x{A100}", runtime="process")
+    start_bare_agent(simulate_gpus=f"2x{A100}", runtime="process")
     worker = wait_ready(api, project, gpu_count=2)
     assert worker["id"].startswith("wrk_")
     assert worker["pool"] == "private" and worker["simulated"] is True
@@ -75,14 +75,14 @@ def test_agent_with_simulated_gpus_is_listed_ready_with_its_gpus(
 
 
 def test_restarted_agent_keeps_its_gpu_ids(
-    start_agent: AgentFactory,
+    start_bare_agent: AgentFactory,
     api: httpx.Client,
     project: TestProject,
 ) -> None:
-    first = start_agent(simulate_gpus=f"2x{A100}")
+    first = start_bare_agent(simulate_gpus=f"2x{A100}")
     before = wait_ready(api, project, gpu_count=2)
     first.stop()
-    start_agent(
+    start_bare_agent(
         simulate_gpus=f"2x{A100}", token=first.config.token, state_dir=first.config.state_dir
     )
     after = wait_until(
@@ -101,12 +101,12 @@ def test_restarted_agent_keeps_its_gpu_ids(
 
 
 def test_two_simulated_workers_on_one_host_report_different_gpu_uuids(
-    start_agent: AgentFactory,
+    start_bare_agent: AgentFactory,
     api: httpx.Client,
     project: TestProject,
 ) -> None:
-    start_agent(simulate_gpus=f"1x{A100}")
-    start_agent(simulate_gpus=f"1x{A100}")
+    start_bare_agent(simulate_gpus=f"1x{A100}")
+    start_bare_agent(simulate_gpus=f"1x{A100}")
     mine = wait_until(
         lambda: (
             len(ws := [w for w in workers_seen(api) if w["project_id"] == project.id]) == 2
@@ -182,13 +182,13 @@ def test_live_key_on_workers_routes_is_403_wrong_credential_type(
 
 
 def test_worker_that_stops_heartbeating_becomes_not_ready_then_lost(
-    start_agent: AgentFactory,
+    start_bare_agent: AgentFactory,
     manager: RunningManager,
     api: httpx.Client,
     project: TestProject,
 ) -> None:
     settings = settings_of(manager)
-    agent = start_agent(simulate_gpus=f"1x{A100}")
+    agent = start_bare_agent(simulate_gpus=f"1x{A100}")
     wait_ready(api, project, gpu_count=1)
     agent.stop()
     stopped = time.monotonic()

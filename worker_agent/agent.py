@@ -6,6 +6,9 @@ Three loops share one picture of the replicas:
 - converge: starts what is missing, stops what is extra, health-checks, restarts crashed engines
   with capped exponential backoff. It waits for the first desired set, so a restarted agent
   adopts its running engines instead of killing them.
+
+Engines outlive the agent unless it is told to stop for good (`stop_engines_on_exit`, the
+`--stop-engines-on-exit` flag): then it stops every engine it runs as it exits.
 """
 
 from __future__ import annotations
@@ -15,62 +18,34 @@ import contextlib
 import logging
 import signal
 import socket
+import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import uvicorn
 from inferencekey.validation import redact_token
 
+from ik_contracts.engines import engine_for
+from ik_contracts.http_server import uvicorn_options
+from ik_contracts.logs import configure_logging, ids
+from ik_contracts.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment, ReplicaState
+from ik_contracts.upstream import UpstreamClient
 from worker_agent import __version__
 from worker_agent.config import AgentConfig
-from worker_agent.engines import Engine, engine_for
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
-from worker_agent.http_server import uvicorn_options
-from worker_agent.logs import configure_logging, ids
 from worker_agent.metrics import AgentMetrics
 from worker_agent.ports import PortAllocator
-from worker_agent.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment
 from worker_agent.proxy import AgentProxy
-from worker_agent.runtimes.base import LaunchSpec, RunningEngine, Runtime
-from worker_agent.upstream import UpstreamClient
+from worker_agent.replicas import LocalReplica
+from worker_agent.runtimes.base import LaunchError, LaunchSpec, RunningEngine, Runtime
 
 log = logging.getLogger("inferencekey.agent")
 
 LOG_TAIL_LINES = 40
+ENGINE_STOP_TIMEOUT_S = 10.0  # SIGTERM (docker stop) to SIGKILL, when stopping for good
 READY_HEALTH_FAILURES = 3  # consecutive failed checks before a ready engine counts as unhealthy
 STABLE_AFTER_S = 60.0  # a replica ready this long gets its restart backoff reset
-
-
-@dataclass
-class LocalReplica:
-    """What the agent knows of one replica it runs."""
-
-    assignment: ReplicaAssignment
-    engine: Engine
-    port: int
-    state: str = "starting"
-    reason: str | None = "launching the engine"
-    log_tail: str | None = None
-    restarts: int = 0
-    backoff_s: float = 0.0
-    restart_at: float | None = None
-    ready_since: float | None = None
-    health_failures: int = 0
-    prepare_task: asyncio.Task[None] | None = None
-    notices: list[str] = field(default_factory=list)
-    outstanding: int = 0  # requests the proxy is relaying to it now
-    served_model: str = ""  # the `model` its engine answers to
-
-    def observed(self) -> dict[str, object]:
-        return {
-            "id": self.assignment.id,
-            "state": self.state,
-            "reason": self.reason,
-            "log_tail": self.log_tail if self.state == "failed" else None,
-            "port": self.port,
-            "restarts": self.restarts,
-        }
 
 
 def build_runtime(config: AgentConfig, worker_id: str) -> Runtime:
@@ -118,6 +93,10 @@ class Agent:
         )
         self._engine_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, read=5.0))
         self.metrics = AgentMetrics()
+        # Held around each engine start: stopping for good waits for a start under way, and
+        # none begins after it.
+        self._engine_starts = threading.Lock()
+        self._engines_stopped_for_good = False
 
     @property
     def gateway_secret(self) -> str:
@@ -166,6 +145,8 @@ class Agent:
             proxy.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(serving, 10)
+            if self.config.stop_engines_on_exit:
+                await asyncio.to_thread(self.stop_engines)
             upstream.close()
             self.metrics.server.stop()
             await self._http.aclose()
@@ -308,11 +289,11 @@ class Agent:
                 port=local.port,
                 image=local.engine.image(assignment.vllm_version, self.config.images),
             )
-            await asyncio.to_thread(self.runtime.start, spec)
+            await asyncio.to_thread(self._start_engine, spec)
         except Exception as error:
             self._failed(local, f"could not start the engine: {error}", log_tail=None)
             return
-        local.state, local.reason = "starting", "engine launched; loading the model"
+        local.state, local.reason = ReplicaState.STARTING, "engine launched; loading the model"
         local.ready_since, local.health_failures, local.prepare_task = None, 0, None
         log.info(
             "started %s (%s) on port %d",
@@ -323,13 +304,76 @@ class Agent:
         )
         self._changed.set()
 
+    def _start_engine(self, spec: LaunchSpec) -> None:
+        assert self.runtime is not None
+        with self._engine_starts:
+            if self._engines_stopped_for_good:
+                raise LaunchError("the agent is stopping for good")
+            self.runtime.start(spec)
+
+    def stop_engines(self) -> int:
+        """Stop every engine this agent's runtime runs and start none after: the agent is going
+        away for good. Returns how many engines it stopped. Blocking; call it in a thread."""
+        with self._engine_starts:
+            self._engines_stopped_for_good = True
+        runtime = self.runtime
+        if runtime is None and self.config.runtime == "process":
+            runtime = build_runtime(self.config, worker_id="")  # its records name no worker
+        if runtime is None:
+            log.warning(
+                "stopped no engines: the agent never registered, so it cannot tell which "
+                "containers are its worker's (docker ps --filter label=inferencekey.worker)"
+            )
+            return 0
+        engines = list(runtime.running())
+        if not engines:
+            log.info("no engines to stop")
+            return 0
+
+        def stop(replica_id: str) -> bool:
+            local = self.replicas.get(replica_id)
+            about = (
+                f"{local.assignment.project_slug}/{local.assignment.workload_slug}"
+                if local is not None
+                else "not assigned to this agent run"
+            )
+            where = (
+                _replica_ids(local.assignment, self.worker_id)
+                if local is not None
+                else ids(replica_id=replica_id, worker_id=self.worker_id)
+            )
+            try:
+                runtime.stop(replica_id, timeout_s=ENGINE_STOP_TIMEOUT_S)
+            except Exception as error:
+                log.error(
+                    "could not stop engine for replica %s (%s): %s",
+                    replica_id,
+                    about,
+                    error,
+                    extra=where,
+                )
+                return False
+            log.info("stopped engine for replica %s (%s)", replica_id, about, extra=where)
+            return True
+
+        # Side by side: each may take its whole timeout.
+        with ThreadPoolExecutor(max_workers=min(len(engines), 16)) as pool:
+            stopped = sum(pool.map(stop, engines))
+        if stopped < len(engines):
+            log.error(
+                "stopped %d of %d engines; the others are still running", stopped, len(engines)
+            )
+        else:
+            log.info("stopped %d engine(s) for good", stopped)
+        return stopped
+
     def _failed(self, local: LocalReplica, reason: str, log_tail: str | None) -> None:
         cfg = self.config
         local.backoff_s = min(
             cfg.restart_backoff_max_s, max(cfg.restart_backoff_initial_s, local.backoff_s * 2)
         )
         local.restart_at = time.monotonic() + local.backoff_s
-        local.state = "failed"
+        local.state = ReplicaState.FAILED
         local.reason = f"{reason}; restarting in {local.backoff_s:.0f}s"
         local.log_tail = log_tail
         local.ready_since = None
@@ -343,7 +387,7 @@ class Agent:
 
     async def _check(self, local: LocalReplica, engine_now: RunningEngine | None) -> None:
         assert self.runtime is not None
-        if local.state == "failed":
+        if local.state == ReplicaState.FAILED:
             if local.restart_at is not None and time.monotonic() >= local.restart_at:
                 local.restarts += 1
                 assignment = local.assignment
@@ -364,13 +408,14 @@ class Agent:
             self._failed(local, f"{what}: {last_line}" if last_line else what, log_tail=tail)
             return
         base_url = f"http://127.0.0.1:{local.port}"
-        if local.state == "starting":
+        if local.state == ReplicaState.STARTING:
             await self._progress_startup(local, base_url)
             return
         healthy = await local.engine.ready_check(base_url, self._engine_http)
         local.health_failures = 0 if healthy else local.health_failures + 1
         if local.health_failures >= READY_HEALTH_FAILURES:
-            local.state, local.reason = "starting", "health check failing; waiting for the engine"
+            local.state = ReplicaState.STARTING
+            local.reason = "health check failing; waiting for the engine"
             local.ready_since = None
             self._changed.set()
         elif local.ready_since and time.monotonic() - local.ready_since > STABLE_AFTER_S:
@@ -387,7 +432,7 @@ class Agent:
             self._failed(local, f"preparing the engine failed: {error}", log_tail=None)
             return
         if await local.engine.ready_check(base_url, self._engine_http):
-            local.state, local.reason = "ready", None
+            local.state, local.reason = ReplicaState.READY, None
             local.ready_since = time.monotonic()
             log.info(
                 "replica %s is ready on port %d",
@@ -429,7 +474,8 @@ def _replica_ids(assignment: ReplicaAssignment, worker_id: str | None) -> dict[s
 
 
 def run(config: AgentConfig) -> None:
-    """Run the agent until SIGTERM or SIGINT. Engines keep running; a restart adopts them."""
+    """Run the agent until SIGTERM or SIGINT. Engines keep running, and a restart adopts them,
+    unless ``config.stop_engines_on_exit`` says to stop them too."""
     configure_logging(config.log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
 
@@ -441,7 +487,10 @@ def run(config: AgentConfig) -> None:
             loop.add_signal_handler(signum, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await Agent(config).run()
-        log.info("agent stopped; engines left running for the next agent run to adopt")
+        if config.stop_engines_on_exit:
+            log.info("agent stopped for good, with its engines")
+        else:
+            log.info("agent stopped; engines left running for the next agent run to adopt")
 
     try:
         import uvloop  # the proxy relays every request: the faster loop is worth it

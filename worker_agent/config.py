@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker_agent.http_server import ServerLimits
+from ik_contracts.http_server import ServerLimits
 
 
 def default_state_dir() -> Path:
@@ -41,6 +41,9 @@ class AgentConfig:
     engine_idle_timeout_s: float = 300.0
     max_request_bytes: int = 64 * 1024 * 1024
     server_limits: ServerLimits = field(default_factory=ServerLimits.from_env)
-    log_format: str = "text"  # or "json" (worker_agent/logs.py)
+    log_format: str = "text"  # or "json" (ik_contracts/logs.py)
     # Where to serve Prometheus metrics without a credential; None: not at all.
     metrics_listen: tuple[str, int] | None = None
+    # Stop every engine when the agent exits (the host is being cleared). Off, engines outlive
+    # the agent and a restarted agent adopts them.
+    stop_engines_on_exit: bool = False

@@ -13,46 +13,49 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
+from collections import Counter
+from collections.abc import Mapping
+from typing import Protocol
 
 from starlette.types import Receive, Scope, Send
 
-from worker_agent.endpoint_paths import (
+from ik_contracts.endpoint_paths import (
     ROUTE_TASK_TYPES,
     EndpointPathError,
     EndpointTarget,
     parse_endpoint_target,
 )
-from worker_agent.logs import ids
-from worker_agent.relay import (
+from ik_contracts.errors import problem
+from ik_contracts.forwarding import (
+    GATEWAY_HEADER,
+    REPLICA_HEADER,
+    RETRYABLE,
+    forwarded_headers,
+    log_query,
+)
+from ik_contracts.logs import ids
+from ik_contracts.protocol import ReplicaState
+from ik_contracts.relay import (
     NO_BUFFERING,
     BodyTooLarge,
-    problem,
     read_body,
     relay_response,
     send_json,
     until_client_disconnects,
 )
-from worker_agent.upstream import (
+from ik_contracts.upstream import (
     Headers,
     UnsafeRequest,
     UpstreamClient,
     UpstreamError,
-    end_to_end,
     header_value,
 )
-
-if TYPE_CHECKING:
-    from worker_agent.agent import Agent, LocalReplica
+from worker_agent.config import AgentConfig
+from worker_agent.metrics import AgentMetrics
+from worker_agent.replicas import LocalReplica
+from worker_agent.runtimes.base import Runtime
 
 log = logging.getLogger("inferencekey.agent")
-
-GATEWAY_HEADER = b"x-inferencekey-gateway"
-REPLICA_HEADER = b"x-inferencekey-replica"
-# On a 502/503 from an agent, this tells the gateway that another replica may serve the request.
-RETRYABLE = (b"x-inferencekey-retryable", b"1")
-_NOT_FORWARDED = frozenset({b"authorization", GATEWAY_HEADER, REPLICA_HEADER})
 
 
 def rewrite_model(body: bytes, content_type: bytes, model: str) -> bytes:
@@ -69,25 +72,7 @@ def rewrite_model(body: bytes, content_type: bytes, model: str) -> bytes:
     return json.dumps(payload).encode()
 
 
-def forwarded_headers(headers: Headers) -> Headers:
-    return [(k, v) for k, v in end_to_end(headers) if k not in _NOT_FORWARDED]
-
-
 LOGS_PATH = re.compile(r"/replicas/(rep_[A-Za-z0-9]{1,64})/logs\Z")
-MAX_LOG_TAIL = 10_000
-
-
-def log_query(query: bytes) -> tuple[int, bool]:
-    """``tail`` (1 to 10,000 lines, default 100) and ``follow`` (0 or 1) of a logs request;
-    ValueError names what is wrong. The Manager's route reads the same."""
-    params = parse_qs(query.decode("latin-1"))
-    raw_tail = params.get("tail", ["100"])[-1]
-    if not raw_tail.isdigit() or not 1 <= int(raw_tail) <= MAX_LOG_TAIL:
-        raise ValueError(f"tail must be a whole number from 1 to {MAX_LOG_TAIL}")
-    raw_follow = params.get("follow", ["0"])[-1]
-    if raw_follow not in ("0", "1", "true", "false"):
-        raise ValueError("follow must be 0 or 1")
-    return int(raw_tail), raw_follow in ("1", "true")
 
 
 def _about(target: EndpointTarget, replica: LocalReplica) -> dict[str, object]:
@@ -95,12 +80,31 @@ def _about(target: EndpointTarget, replica: LocalReplica) -> dict[str, object]:
     return ids(project=target.project, workload=target.workload, replica_id=replica.assignment.id)
 
 
+class ServedHost(Protocol):
+    """What the proxy reads of its agent (which satisfies it); the proxy changes none of it."""
+
+    @property
+    def worker_id(self) -> str | None: ...
+    @property
+    def gateway_secret(self) -> str: ...
+    @property
+    def config(self) -> AgentConfig: ...
+    @property
+    def runtime(self) -> Runtime | None: ...
+    @property
+    def replicas(self) -> Mapping[str, LocalReplica]: ...
+    @property
+    def metrics(self) -> AgentMetrics: ...
+
+
 class AgentProxy:
     """ASGI app serving the replicas of one agent."""
 
-    def __init__(self, agent: Agent, client: UpstreamClient) -> None:
+    def __init__(self, agent: ServedHost, client: UpstreamClient) -> None:
         self.agent = agent
         self.client = client
+        # Requests relayed to each replica now, for least-outstanding picking.
+        self.outstanding: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,7 +179,7 @@ class AgentProxy:
         ready = [
             replica
             for replica in self.agent.replicas.values()
-            if replica.state == "ready"
+            if replica.state == ReplicaState.READY
             and replica.assignment.workload_slug == target.workload
             and replica.assignment.project_slug == target.project
             and replica.assignment.task_type in ROUTE_TASK_TYPES[target.route]
@@ -184,7 +188,7 @@ class AgentProxy:
         for replica in ready:
             if replica.assignment.id == wanted:
                 return replica
-        return min(ready, key=lambda r: r.outstanding, default=None)
+        return min(ready, key=lambda r: self.outstanding[r.assignment.id], default=None)
 
     async def _serve(
         self,
@@ -240,7 +244,7 @@ class AgentProxy:
                 return
             await relay_response(response, send, tag)
 
-        replica.outstanding += 1
+        self.outstanding[replica.assignment.id] += 1
         started = time.perf_counter()
         try:
             await until_client_disconnects(receive, exchange())
@@ -253,7 +257,9 @@ class AgentProxy:
                 extra=_about(target, replica),
             )
         finally:
-            replica.outstanding -= 1
+            self.outstanding[replica.assignment.id] -= 1
+            if not self.outstanding[replica.assignment.id]:
+                del self.outstanding[replica.assignment.id]
             self.agent.metrics.proxy_duration.labels(target.project, target.workload).observe(
                 time.perf_counter() - started
             )

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 from fastapi import APIRouter, Request, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from inferencekey.wire import WorkloadList
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
+from manager import wire
 from manager.api.border import BorderRoute
 from manager.api.workloads import stream_engine_log
+from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES
 from manager.services import projects, tokens, workers, workloads
 
 from .deps import AdminCaller, Session
 
-router = APIRouter(prefix="/api/admin", route_class=BorderRoute)
+router = APIRouter(prefix="/api/admin", route_class=BorderRoute, responses=ERROR_RESPONSES)
 
 
 class CreateProjectRequest(BaseModel):
@@ -48,10 +49,11 @@ class CreateWorkerRequest(BaseModel):
     project: StrictStr | None = None
 
 
-@router.post("/workers", status_code=status.HTTP_201_CREATED)
+# Views leave out what does not apply (a token kind's own keys, a secret not minted now).
+@router.post("/workers", status_code=status.HTTP_201_CREATED, response_model_exclude_unset=True)
 async def create_worker(
     body: CreateWorkerRequest, caller: AdminCaller, session: Session
-) -> dict[str, Any]:
+) -> wire.Worker:
     """A worker and its ik_agent_ credential (shown once); private to ``project`` if given."""
     project = await projects.get_project(session, body.project) if body.project else None
     worker, secret = await workers.create_worker(session, name=body.name, project=project)
@@ -62,25 +64,30 @@ async def create_worker(
 @router.post("/projects", status_code=status.HTTP_201_CREATED)
 async def create_project(
     body: CreateProjectRequest, caller: AdminCaller, session: Session
-) -> dict[str, Any]:
+) -> wire.Project:
     project = await projects.create_project(session, body.slug, body.name)
     await session.commit()
     return projects.project_view(project)
 
 
 @router.get("/projects")
-async def list_projects(caller: AdminCaller, session: Session) -> dict[str, Any]:
-    return {"projects": [projects.project_view(p) for p in await projects.list_projects(session)]}
+async def list_projects(caller: AdminCaller, session: Session) -> wire.ProjectList:
+    rows = await projects.list_projects(session)
+    return wire.ProjectList(projects=[projects.project_view(p) for p in rows])
 
 
 @router.get("/workloads")
-async def list_all_workloads(caller: AdminCaller, session: Session) -> dict[str, Any]:
+async def list_all_workloads(caller: AdminCaller, session: Session) -> WorkloadList:
     """Every project's workloads with their phase: what `inferencekey status` shows."""
     rows = await workloads.list_all_workloads(session)
-    return {"workloads": [workloads.workload_view(w, p) for w, p in rows]}
+    return WorkloadList(workloads=[workloads.workload_view(w, p) for w, p in rows])
 
 
-@router.get("/workloads/{project}/{workload_slug}/logs")
+@router.get(
+    "/workloads/{project}/{workload_slug}/logs",
+    response_class=PlainTextResponse,
+    responses=ENGINE_LOG_RESPONSES,
+)
 async def workload_logs(
     project: str,
     workload_slug: str,
@@ -96,10 +103,10 @@ async def workload_logs(
     return await stream_engine_log(request, session, workload, replica)
 
 
-@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+@router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model_exclude_unset=True)
 async def create_sdk_token(
     body: CreateSdkTokenRequest, caller: AdminCaller, session: Session
-) -> dict[str, Any]:
+) -> wire.Token:
     project = await projects.get_project(session, body.project)
     row, secret = await tokens.create_sdk_token(
         session, project, read_only=body.read_only, name=body.name
@@ -108,10 +115,10 @@ async def create_sdk_token(
     return tokens.token_view(row, project.slug, secret)
 
 
-@router.post("/keys", status_code=status.HTTP_201_CREATED)
+@router.post("/keys", status_code=status.HTTP_201_CREATED, response_model_exclude_unset=True)
 async def create_live_key(
     body: CreateLiveKeyRequest, caller: AdminCaller, session: Session
-) -> dict[str, Any]:
+) -> wire.Token:
     project = await projects.get_project(session, body.project)
     row, secret = await tokens.create_live_key(
         session, project, workloads=body.workloads, all_workloads=body.all, name=body.name
@@ -120,21 +127,23 @@ async def create_live_key(
     return tokens.token_view(row, project.slug, secret)
 
 
-@router.get("/tokens")
+@router.get("/tokens", response_model_exclude_unset=True)
 async def list_tokens(
     caller: AdminCaller,
     session: Session,
     project: str | None = None,
-    kind: Literal["sdk", "live", "admin", "agent"] | None = None,
-) -> dict[str, Any]:
+    kind: wire.TokenKindName | None = None,
+) -> wire.TokenList:
     owner = await projects.get_project(session, project) if project else None
     rows = await tokens.list_tokens(session, project_id=owner.id if owner else None, kind=kind)
     slugs = await _project_slugs(session)
-    return {"tokens": [tokens.token_view(row, slugs.get(row.project_id or "")) for row in rows]}
+    return wire.TokenList(
+        tokens=[tokens.token_view(row, slugs.get(row.project_id or "")) for row in rows]
+    )
 
 
-@router.delete("/tokens/{token_ref}")
-async def revoke_token(token_ref: str, caller: AdminCaller, session: Session) -> dict[str, Any]:
+@router.delete("/tokens/{token_ref}", response_model_exclude_unset=True)
+async def revoke_token(token_ref: str, caller: AdminCaller, session: Session) -> wire.Token:
     row = await tokens.revoke_token(session, token_ref)
     await session.commit()
     slugs = await _project_slugs(session)

@@ -7,15 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat
 from manager import notify
 from manager.api.border import AgentBorderRoute, authenticated
 from manager.auth import TokenKind, require_kind
 from manager.db.models import Worker
+from manager.openapi import ERROR_RESPONSES
 from manager.services import workers
 from manager.services.timefmt import utcnow
-from worker_agent.protocol import MAX_WAIT_S, Assignments, Heartbeat
 
-router = APIRouter(prefix="/api/agent", route_class=AgentBorderRoute)
+router = APIRouter(prefix="/api/agent", route_class=AgentBorderRoute, responses=ERROR_RESPONSES)
 WHERE = "the agent protocol (/api/agent)"
 DISCONNECT_CHECK_S = 1.0
 
@@ -48,7 +49,7 @@ async def _answer(request: Request, worker: Worker) -> Assignments:
 @router.post("/heartbeat")
 async def heartbeat(request: Request, worker: AgentWorker, body: Heartbeat) -> Assignments:
     async with request.app.state.sessions() as session:
-        row = await session.get(Worker, worker.id, with_for_update=True)
+        row = await session.get(Worker, worker.id, with_for_update={"key_share": True})
         assert row is not None
         await workers.record_heartbeat(session, row, body.model_dump(), utcnow())
         await session.commit()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
 from manager.api.border import BorderRoute, authenticated
 from manager.auth import Principal, Scope, TokenKind, require_scope
 from manager.errors import WrongCredentialType
+from manager.openapi import ERROR_RESPONSES
 from manager.services import workers
+from manager.wire import GpuResourceList, WorkerList
 
 from .deps import Session
 
-router = APIRouter(prefix="/api", route_class=BorderRoute)
+router = APIRouter(prefix="/api", route_class=BorderRoute, responses=ERROR_RESPONSES)
 
 
 async def _viewer(request: Request) -> Principal:
@@ -28,20 +28,20 @@ async def _viewer(request: Request) -> Principal:
     return principal
 
 
-@router.get("/workers")
-async def list_workers(request: Request, session: Session) -> dict[str, Any]:
+@router.get("/workers", response_model_exclude_unset=True)  # no worker's token, not even null
+async def list_workers(request: Request, session: Session) -> WorkerList:
     viewer = await _viewer(request)
     rows = await workers.visible_workers(session, viewer.project_id)
     gpus = await workers.gpus_of(session, [w.id for w in rows])
-    return {"workers": [workers.worker_view(w, gpus) for w in rows]}
+    return WorkerList(workers=[workers.worker_view(w, gpus) for w in rows])
 
 
 @router.get("/gpu-resources")
-async def list_gpu_resources(request: Request, session: Session) -> dict[str, Any]:
+async def list_gpu_resources(request: Request, session: Session) -> GpuResourceList:
     viewer = await _viewer(request)
     rows = await workers.visible_workers(session, viewer.project_id)
     gpus = await workers.gpus_of(session, [w.id for w in rows])
     names = {w.id: w.name for w in rows}
-    return {
-        "gpu_resources": [workers.gpu_view(g) | {"worker_name": names[g.worker_id]} for g in gpus]
-    }
+    return GpuResourceList(
+        gpu_resources=[workers.pool_gpu_view(g, names[g.worker_id]) for g in gpus]
+    )

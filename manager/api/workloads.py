@@ -2,36 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response, status
-from fastapi.responses import StreamingResponse
-from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest, WorkloadList
+from inferencekey.wire import Workload as WorkloadView
 from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette.sse import EventSourceResponse
 
+from ik_contracts.forwarding import log_query
 from manager.api.border import BorderRoute
 from manager.db.models import Workload
 from manager.errors import ValidationFailed
+from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES, READINESS_STREAM_RESPONSES
 from manager.services import engine_logs, events, workloads
 from manager.services.readiness_stream import readiness_stream
-from worker_agent.proxy import log_query
+from manager.wire import ReplicaList, WorkloadEventList
 
 from .deps import ControlReader, ControlWriter, Limits, OwnProject, PathProject, Session
 
-router = APIRouter(prefix="/api", route_class=BorderRoute)
+router = APIRouter(prefix="/api", route_class=BorderRoute, responses=ERROR_RESPONSES)
 KEEPALIVE_S = 15
 
 
 @router.get("/projects/{project}/workloads")
 async def list_workloads(
     project: str, owner: PathProject, caller: ControlReader, session: Session
-) -> dict[str, Any]:
+) -> WorkloadList:
     rows = await workloads.list_workloads(session, owner)
-    return {"workloads": [workloads.workload_view(row, owner) for row in rows]}
+    return WorkloadList(workloads=[workloads.workload_view(row, owner) for row in rows])
 
 
-@router.post("/projects/{project}/workloads", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/projects/{project}/workloads",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        status.HTTP_200_OK: {
+            "model": WorkloadView,
+            "description": "an identical spec already held the slug: that workload, unchanged",
+        }
+    },
+)
 async def create_workload(
     project: str,
     owner: PathProject,
@@ -40,7 +50,7 @@ async def create_workload(
     session: Session,
     limits: Limits,
     response: Response,
-) -> dict[str, Any]:
+) -> WorkloadView:
     workload, created = await workloads.create_workload(session, caller, owner, body, limits)
     await session.commit()
     if not created:
@@ -51,7 +61,7 @@ async def create_workload(
 @router.get("/workloads/{workload_ref}")
 async def get_workload(
     workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
-) -> dict[str, Any]:
+) -> WorkloadView:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
     return workloads.workload_view(workload, owner)
 
@@ -64,14 +74,16 @@ async def update_workload(
     body: UpdateWorkloadRequest,
     session: Session,
     limits: Limits,
-) -> dict[str, Any]:
+) -> WorkloadView:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=True)
     workload = await workloads.update_workload(session, caller, workload, body, limits)
     await session.commit()
     return workloads.workload_view(workload, owner)
 
 
-@router.delete("/workloads/{workload_ref}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/workloads/{workload_ref}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response
+)
 async def delete_workload(
     workload_ref: str, owner: OwnProject, caller: ControlWriter, session: Session
 ) -> Response:
@@ -84,13 +96,17 @@ async def delete_workload(
 @router.get("/workloads/{workload_ref}/events")
 async def list_workload_events(
     workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
-) -> dict[str, Any]:
+) -> WorkloadEventList:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
     rows = await events.list_events(session, workload.id)
-    return {"events": [events.event_view(row) for row in rows]}
+    return WorkloadEventList(events=[events.event_view(row) for row in rows])
 
 
-@router.get("/projects/{project}/workloads/{workload_slug}/readiness-events")
+@router.get(
+    "/projects/{project}/workloads/{workload_slug}/readiness-events",
+    response_class=EventSourceResponse,
+    responses=READINESS_STREAM_RESPONSES,
+)
 async def readiness_events(
     project: str,
     workload_slug: str,
@@ -108,7 +124,11 @@ async def readiness_events(
     return EventSourceResponse(frames, ping=KEEPALIVE_S, send_timeout=30)
 
 
-@router.get("/workloads/{workload_ref}/replicas/{replica_id}/logs")
+@router.get(
+    "/workloads/{workload_ref}/replicas/{replica_id}/logs",
+    response_class=PlainTextResponse,
+    responses=ENGINE_LOG_RESPONSES,
+)
 async def replica_logs(
     workload_ref: str,
     replica_id: str,
@@ -148,7 +168,7 @@ def _log_query(request: Request) -> tuple[int, bool]:
 @router.get("/workloads/{workload_ref}/replicas")
 async def list_workload_replicas(
     workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
-) -> dict[str, Any]:
+) -> ReplicaList:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
     rows = await workloads.list_replicas(session, workload.id)
-    return {"replicas": [workloads.replica_view(row) for row in rows]}
+    return ReplicaList(replicas=[workloads.replica_view(row) for row in rows])

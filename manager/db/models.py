@@ -18,6 +18,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ik_contracts.protocol import ReplicaState
+from manager.states import DesiredState, WorkerState
+
 
 class Base(DeclarativeBase):
     pass
@@ -82,6 +85,8 @@ class Workload(Base):
     generation: Mapped[int] = mapped_column(Integer, default=1)
     desired_replicas: Mapped[int] = mapped_column(Integer, default=0)
     ready_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    # When the reconciler last changed desired_replicas (migration 0005); None until it first does.
+    last_scaled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     phase: Mapped[str] = mapped_column(String)
     phase_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -111,7 +116,7 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String)
     project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), nullable=True)
     token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id"))
-    state: Mapped[str] = mapped_column(String, default="registered")
+    state: Mapped[str] = mapped_column(String, default=WorkerState.REGISTERED)
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     address: Mapped[str | None] = mapped_column(String, nullable=True)
     inventory: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
@@ -158,8 +163,8 @@ class Replica(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
     gpu_resource_ids: Mapped[list[str]] = mapped_column(ARRAY(String), default=list)
     claim_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
-    desired_state: Mapped[str] = mapped_column(String, default="run")
-    state: Mapped[str] = mapped_column(String, default="pending")
+    desired_state: Mapped[str] = mapped_column(String, default=DesiredState.RUN)
+    state: Mapped[str] = mapped_column(String, default=ReplicaState.PENDING)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     log_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)

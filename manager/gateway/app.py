@@ -13,6 +13,18 @@ import time
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ik_contracts.endpoint_paths import EndpointPathError, EndpointTarget, parse_endpoint_target
+from ik_contracts.errors import problem
+from ik_contracts.forwarding import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE, forwarded_headers
+from ik_contracts.logs import ids
+from ik_contracts.relay import (
+    BodyTooLarge,
+    read_body,
+    relay_response,
+    send_json,
+    until_client_disconnects,
+)
+from ik_contracts.upstream import UnsafeRequest, UpstreamClient, UpstreamError, header_value
 from manager import notify
 from manager.auth import ALL_WORKLOADS, Principal, TokenKind
 from manager.auth_limiter import FailedAuthLimiter
@@ -29,18 +41,6 @@ from manager.errors import (
 from manager.errors import BodyTooLarge as BodyTooLargeProblem
 from manager.metrics import UNKNOWN, ManagerMetrics
 from manager.settings import Settings
-from worker_agent.endpoint_paths import EndpointPathError, EndpointTarget, parse_endpoint_target
-from worker_agent.logs import ids
-from worker_agent.proxy import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE, forwarded_headers
-from worker_agent.relay import (
-    BodyTooLarge,
-    problem,
-    read_body,
-    relay_response,
-    send_json,
-    until_client_disconnects,
-)
-from worker_agent.upstream import UnsafeRequest, UpstreamClient, UpstreamError, header_value
 
 from .demand import DemandMeter
 from .keys import KeyCache

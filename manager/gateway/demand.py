@@ -11,15 +11,38 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from datetime import timedelta
 
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from manager.db.models import WorkloadDemand
 from manager.ids import new_id
+from manager.policies import DemandFigures
 
 log = logging.getLogger("inferencekey.gateway")
 FLUSH_S = 2.0
+# A row not refreshed for this long is from a Manager process that stopped: its figures are gone.
+STALE_AFTER_S = 3 * FLUSH_S
+
+
+async def fresh_demand(session: AsyncSession) -> dict[str, DemandFigures]:
+    """Each workload's demand now, summed over the Manager processes that still report."""
+    fresh = WorkloadDemand.updated_at > func.now() - timedelta(seconds=STALE_AFTER_S)
+    rows = await session.execute(
+        select(
+            WorkloadDemand.workload_id,
+            func.sum(WorkloadDemand.in_flight),
+            func.sum(WorkloadDemand.requests_per_s),
+        )
+        .where(fresh)
+        .group_by(WorkloadDemand.workload_id)
+    )
+    return {
+        workload_id: DemandFigures(in_flight_requests=int(in_flight), requests_per_s=float(rate))
+        for workload_id, in_flight, rate in rows.all()
+    }
 
 
 class DemandMeter:

@@ -18,8 +18,10 @@ from inferencekey.enums import TaskType
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ik_contracts.endpoint_paths import ROUTE_TASK_TYPES
+from ik_contracts.protocol import ReplicaState
 from manager.db.models import Project, Replica, Worker, Workload
-from worker_agent.endpoint_paths import ROUTE_TASK_TYPES
+from manager.states import DesiredState, WorkerState
 
 log = logging.getLogger("inferencekey.gateway")
 
@@ -124,15 +126,15 @@ class RouteTable:
                         Replica,
                         and_(
                             Replica.workload_id == Workload.id,
-                            Replica.desired_state == "run",
-                            Replica.state == "ready",
+                            Replica.desired_state == DesiredState.RUN,
+                            Replica.state == ReplicaState.READY,
                         ),
                     )
                     .outerjoin(
                         Worker,
                         and_(
                             Worker.id == Replica.worker_id,
-                            Worker.state == "ready",
+                            Worker.state == WorkerState.READY,
                             Worker.address.is_not(None),
                         ),
                     )

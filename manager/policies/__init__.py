@@ -1,8 +1,11 @@
-"""Execution policies: one module each, holding its config rules and (later) its evaluator."""
+"""Execution policies: one module each, holding its config rules and its evaluator.
+
+`POLICIES` is the one registry: validation and the reconciler both look a policy up there, so a
+new policy is a module plus one line here.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from inferencekey.enums import EXECUTION_POLICY_VALUES, ExecutionPolicy
@@ -10,12 +13,28 @@ from inferencekey.enums import EXECUTION_POLICY_VALUES, ExecutionPolicy
 from manager.errors import InvalidPolicyConfig, ValidationFailed
 
 from . import autoscaling, fixed, scheduled
+from .base import DemandFigures, Desired, Policy, PolicyContext
 
-_VALIDATORS = {
-    ExecutionPolicy.FIXED.value: fixed.validate_config,
-    ExecutionPolicy.SCHEDULED.value: scheduled.validate_config,
-    ExecutionPolicy.AUTOSCALING.value: autoscaling.validate_config,
+__all__ = [
+    "POLICIES",
+    "DemandFigures",
+    "Desired",
+    "Policy",
+    "PolicyContext",
+    "policy_for",
+    "validate_policy",
+]
+
+POLICIES: dict[ExecutionPolicy, Policy] = {
+    ExecutionPolicy.FIXED: fixed.POLICY,
+    ExecutionPolicy.SCHEDULED: scheduled.POLICY,
+    ExecutionPolicy.AUTOSCALING: autoscaling.POLICY,
 }
+
+
+def policy_for(name: str | None) -> Policy:
+    """The policy a workload names; no policy means ``fixed``. ``name`` was validated."""
+    return POLICIES[ExecutionPolicy(name or ExecutionPolicy.FIXED)]
 
 
 def validate_policy(
@@ -34,17 +53,4 @@ def validate_policy(
         raise InvalidPolicyConfig(
             "execution_policy_config must be an object", field="execution_policy_config"
         )
-    _VALIDATORS[policy or ExecutionPolicy.FIXED.value](config or {}, max_replicas)
-
-
-def desired_replica_count(
-    policy: str | None, config: dict[str, Any] | None, now: datetime
-) -> tuple[int, str | None]:
-    """How many replicas a workload wants now, and why when that is zero or held."""
-    config = config or {}
-    if policy in (None, ExecutionPolicy.FIXED.value):
-        count = fixed.desired_replica_count(config)
-        return count, None if count else "fixed policy with replicas = 0"
-    if policy == ExecutionPolicy.SCHEDULED.value:
-        return scheduled.desired_replica_count(config, now)
-    return autoscaling.desired_replica_count(config)
+    policy_for(policy).validate_config(config or {}, max_replicas)

@@ -18,6 +18,7 @@ from ._rules import (
     require_int,
     require_string_list,
 )
+from .base import Desired, Policy, PolicyContext
 
 ROOT_KEYS = ("min_workers", "max_workers", "max_hourly_cost_usd", "workers", "gpu_pool")
 WORKERS_KEYS = ("source", "cloud_pool", "private_worker_ids")
@@ -103,7 +104,11 @@ def validate_config(config: dict[str, Any], max_replicas: int) -> None:
         _require_positive_cost(config, ROOT, required=False)
 
 
-def desired_replica_count(config: dict[str, Any]) -> tuple[int, str | None]:
-    floor = int(config.get("min_workers") or 0)
+def desired(context: PolicyContext) -> Desired:
+    # The demand figures are in the context already; following them is the next release's.
+    floor = int(context.config.get("min_workers") or 0)
     reason = "demand-based scaling is not in this Manager release yet; holding min_workers"
     return floor, reason
+
+
+POLICY = Policy(validate_config, desired)

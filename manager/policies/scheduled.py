@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from ._rules import ROOT, fail, reject_unknown_keys
+from .base import Desired, Policy, PolicyContext
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _WINDOW = re.compile(r"^(?P<days>\S+) (?P<start>\d{2}:\d{2})-(?P<end>\d{2}:\d{2}) (?P<tz>\S+)$")
@@ -108,9 +109,13 @@ def in_window(window: Window, now: datetime) -> bool:
     )
 
 
-def desired_replica_count(config: dict[str, Any], now: datetime) -> tuple[int, str | None]:
+def desired(context: PolicyContext) -> Desired:
+    config = context.config
     if "window" in config:
-        if in_window(parse_window(config["window"]), now):
+        if in_window(parse_window(config["window"]), context.now):
             return 1, None
         return 0, f"outside the schedule window {config['window']}"
     return 0, "cron schedules are not evaluated by this Manager release yet"
+
+
+POLICY = Policy(validate_config, desired)

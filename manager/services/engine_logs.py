@@ -10,9 +10,11 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ik_contracts.forwarding import GATEWAY_HEADER
+from ik_contracts.protocol import ReplicaState
 from manager.db.models import Replica, Worker, Workload
 from manager.errors import ReplicaNotFound, WorkerUnreachable
-from worker_agent.proxy import GATEWAY_HEADER
+from manager.states import DesiredState
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,13 @@ async def locate(session: AsyncSession, workload: Workload, replica_id: str | No
         candidates = (
             await session.execute(
                 select(Replica)
-                .where(Replica.workload_id == workload.id, Replica.desired_state == "run")
+                .where(
+                    Replica.workload_id == workload.id, Replica.desired_state == DesiredState.RUN
+                )
                 .order_by(Replica.created_at.desc())
             )
         ).scalars()
-        replicas = sorted(candidates, key=lambda r: r.state != "ready")
+        replicas = sorted(candidates, key=lambda r: r.state != ReplicaState.READY)
         if not replicas:
             raise ReplicaNotFound(f'workload "{workload.slug}" has no replica to show logs of')
         replica = replicas[0]

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from manager import wire
 from manager.db.models import WorkloadEvent
 
 from .timefmt import rfc3339
@@ -34,11 +35,11 @@ async def list_events(
     return list(reversed(result.scalars().all()))
 
 
-def event_view(event: WorkloadEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "kind": event.kind,
-        "message": event.message,
-        "data": event.data,
-        "created_at": rfc3339(event.created_at),
-    }
+def event_view(event: WorkloadEvent) -> wire.WorkloadEvent:
+    return wire.WorkloadEvent(
+        id=event.id,
+        kind=event.kind,
+        message=event.message,
+        data=event.data,
+        created_at=rfc3339(event.created_at),
+    )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from inferencekey.validation import slugify
 from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from manager import wire
 from manager.db.models import Project, Tenant
 from manager.errors import ProjectNotFound, SlugConflict, ValidationFailed
 from manager.ids import new_id
@@ -64,10 +63,10 @@ async def list_projects(session: AsyncSession) -> list[Project]:
     return list((await session.execute(select(Project).order_by(Project.created_at))).scalars())
 
 
-def project_view(project: Project) -> dict[str, Any]:
-    return {
-        "id": project.id,
-        "slug": project.slug,
-        "name": project.name,
-        "created_at": rfc3339(project.created_at),
-    }
+def project_view(project: Project) -> wire.Project:
+    return wire.Project(
+        id=project.id,
+        slug=project.slug,
+        name=project.name,
+        created_at=rfc3339(project.created_at),
+    )

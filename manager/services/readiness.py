@@ -5,22 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from inferencekey.enums import ReadinessPhase
+from inferencekey.enums import ReadinessPhase, WorkloadPhase
+from inferencekey.wire import ReadinessEvent
 
 from manager.db.models import Workload
 
 # Workload phases that are not readiness phases, and what a waiting client should hear.
-_PHASE_MAP = {
-    "scheduling": ReadinessPhase.SCHEDULING,
-    "unschedulable": ReadinessPhase.SCHEDULING,
-    "provisioning": ReadinessPhase.PROVISIONING,
-    "bootstrapping": ReadinessPhase.BOOTSTRAPPING,
-    "ready": ReadinessPhase.READY,
-    "error": ReadinessPhase.ERROR,
-    "stopped": ReadinessPhase.ERROR,
-    "deleted": ReadinessPhase.ERROR,
+_PHASE_MAP: dict[str, ReadinessPhase] = {
+    WorkloadPhase.SCHEDULING.value: ReadinessPhase.SCHEDULING,
+    WorkloadPhase.UNSCHEDULABLE.value: ReadinessPhase.SCHEDULING,
+    WorkloadPhase.PROVISIONING.value: ReadinessPhase.PROVISIONING,
+    WorkloadPhase.BOOTSTRAPPING.value: ReadinessPhase.BOOTSTRAPPING,
+    WorkloadPhase.READY.value: ReadinessPhase.READY,
+    WorkloadPhase.ERROR.value: ReadinessPhase.ERROR,
+    WorkloadPhase.STOPPED.value: ReadinessPhase.ERROR,
+    WorkloadPhase.DELETED.value: ReadinessPhase.ERROR,
 }
-_STEPS = {"bootstrapping": "model_load"}
+_STEPS = {WorkloadPhase.BOOTSTRAPPING.value: "model_load"}
 
 
 @dataclass(frozen=True)
@@ -29,24 +30,22 @@ class Readiness:
     message: str
     step: str | None
 
-    def frame(self, since: datetime, now: datetime) -> dict[str, object]:
-        body: dict[str, object] = {
-            "phase": self.phase,
-            "message": self.message,
-            "elapsed_ms": max(0, int((now - since).total_seconds() * 1000)),
-        }
-        if self.step:
-            body["step"] = self.step
-        return body
+    def frame(self, since: datetime, now: datetime) -> ReadinessEvent:
+        return ReadinessEvent(
+            phase=self.phase,
+            message=self.message,
+            elapsed_ms=max(0, int((now - since).total_seconds() * 1000)),
+            step=self.step or None,
+        )
 
 
 def readiness_of(workload: Workload) -> Readiness:
     phase = _PHASE_MAP.get(workload.phase, ReadinessPhase.SCHEDULING).value
     reason = workload.phase_reason or workload.phase
-    if workload.phase == "stopped":
+    if workload.phase == WorkloadPhase.STOPPED:
         reason = f"the workload wants no replicas: {reason}"
-    elif workload.phase == "deleted":
+    elif workload.phase == WorkloadPhase.DELETED:
         reason = "the workload was deleted"
-    elif workload.phase == "unschedulable":
+    elif workload.phase == WorkloadPhase.UNSCHEDULABLE:
         reason = f"cannot be placed yet: {reason}"
     return Readiness(phase, reason, _STEPS.get(workload.phase))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -33,7 +32,8 @@ async def readiness_stream(
             current = readiness_of(workload)
             if current != last:
                 last = current
-                yield {"data": json.dumps(current.frame(since, utcnow()))}
+                frame = current.frame(since, utcnow())
+                yield {"data": frame.model_dump_json(exclude_none=True)}
             if current.phase in TERMINAL_READINESS_PHASES:
                 return
             await notify.wait_for(changed, RECHECK_S)

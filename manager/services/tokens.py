@@ -11,7 +11,7 @@ from inferencekey.validation import slugify
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from manager import notify
+from manager import notify, wire
 from manager.auth import (
     ALL_WORKLOADS,
     DEFAULT_SDK_SCOPES,
@@ -129,8 +129,9 @@ async def revoke_token(session: AsyncSession, ref: str) -> Token:
     return row
 
 
-def token_view(row: Token, project_slug: str | None, secret: str | None = None) -> dict[str, Any]:
-    """A credential as the admin API shows it; ``secret`` only in the answer that minted it."""
+def token_view(row: Token, project_slug: str | None, secret: str | None = None) -> wire.Token:
+    """A credential as the admin API shows it; ``secret`` only in the answer that minted it.
+    The keys of another kind (and the secret) are left unset, so the answer leaves them out."""
     view: dict[str, Any] = {
         "id": row.id,
         "kind": row.kind,
@@ -147,7 +148,7 @@ def token_view(row: Token, project_slug: str | None, secret: str | None = None) 
         view["grants"] = [f"{project_slug}/{grant}" for grant in row.workload_grants]
     if secret is not None:
         view["token"] = secret
-    return view
+    return wire.Token.model_validate(view)
 
 
 def configured_admin_token_id(configured: str) -> str:

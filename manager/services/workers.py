@@ -1,4 +1,9 @@
-"""Workers: registration, heartbeats (observed state in), assignments (desired state out)."""
+"""Workers: registration, heartbeats (observed state in), assignments (desired state out).
+
+A heartbeat writes only what the agent observed: its worker's inventory, address, heartbeat time
+and ``state = ready``, its GPUs, and its replicas' observed columns. The reconciler owns every
+other column ("Locking" in docs/DESIGN.md), so the two never wait on each other for long.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,20 @@ from typing import Any
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from manager import notify
+from ik_contracts.protocol import REPORTED_STATES, ReplicaState
+from manager import notify, wire
 from manager.auth import Principal, TokenKind, display_token, mint_token
 from manager.db.models import GpuResource, Project, Replica, Token, Worker, Workload
 from manager.db.queries import one_of
 from manager.errors import ValidationFailed
 from manager.ids import new_id
+from manager.states import DesiredState, WorkerState
 
 from . import events
 from .timefmt import rfc3339, utcnow
 
 log = logging.getLogger("inferencekey.manager")
 
-REPLICA_STATES = ("starting", "ready", "failed", "stopped")
 LOG_TAIL_LIMIT = 4000
 
 
@@ -47,7 +53,7 @@ async def create_worker(
         name=name or worker_id,
         project_id=project.id if project else None,
         token_id=minted.id,
-        state="registered",
+        state=WorkerState.REGISTERED,
         state_reason="waiting for the agent's first heartbeat",
         gateway_secret=secrets.token_hex(32),
     )
@@ -83,23 +89,26 @@ async def gpus_of(session: AsyncSession, worker_ids: list[str]) -> list[GpuResou
     return list(result.scalars())
 
 
-def gpu_view(gpu: GpuResource) -> dict[str, Any]:
-    return {
-        "id": gpu.id,
-        "worker_id": gpu.worker_id,
-        "index": gpu.index,
-        "uuid": gpu.uuid,
-        "name": gpu.name,
-        "memory_total_mb": gpu.memory_total_mb,
-        "memory_used_mb": gpu.memory_used_mb,
-        "utilization_pct": gpu.utilization_pct,
-        "simulated": gpu.simulated,
-    }
+def gpu_view(gpu: GpuResource) -> wire.GpuResource:
+    return wire.GpuResource(
+        id=gpu.id,
+        worker_id=gpu.worker_id,
+        index=gpu.index,
+        uuid=gpu.uuid,
+        name=gpu.name,
+        memory_total_mb=gpu.memory_total_mb,
+        memory_used_mb=gpu.memory_used_mb,
+        utilization_pct=gpu.utilization_pct,
+        simulated=gpu.simulated,
+    )
 
 
-def worker_view(
-    worker: Worker, gpus: list[GpuResource], token: str | None = None
-) -> dict[str, Any]:
+def pool_gpu_view(gpu: GpuResource, worker_name: str) -> wire.PoolGpuResource:
+    return wire.PoolGpuResource(**gpu_view(gpu).model_dump(), worker_name=worker_name)
+
+
+def worker_view(worker: Worker, gpus: list[GpuResource], token: str | None = None) -> wire.Worker:
+    """A worker and its GPUs; ``token`` (its credential) only in the answer that registered it."""
     inventory = worker.inventory or {}
     view: dict[str, Any] = {
         "id": worker.id,
@@ -120,7 +129,7 @@ def worker_view(
     }
     if token is not None:
         view["token"] = token
-    return view
+    return wire.Worker.model_validate(view)
 
 
 async def _sync_gpus(
@@ -163,10 +172,16 @@ async def _apply_observed(
     session: AsyncSession, worker: Worker, reported: list[dict[str, Any]]
 ) -> bool:
     """Store what the agent says of its replicas; True if any state changed."""
+    # Locked in id order, as the reconciler locks the replicas it changes: no deadlock.
     rows = {
         r.id: r
         for r in (
-            await session.execute(select(Replica).where(Replica.worker_id == worker.id))
+            await session.execute(
+                select(Replica)
+                .where(Replica.worker_id == worker.id)
+                .order_by(Replica.id)
+                .with_for_update(key_share=True)
+            )
         ).scalars()
     }
     reported_ids = set()
@@ -175,7 +190,7 @@ async def _apply_observed(
     for item in reported:
         replica = rows.get(str(item.get("id")))
         state = item.get("state")
-        if replica is None or state not in REPLICA_STATES:
+        if replica is None or state not in REPORTED_STATES:
             continue
         reported_ids.add(replica.id)
         reason = item.get("reason")
@@ -188,13 +203,14 @@ async def _apply_observed(
         replica.port = item.get("port")
         replica.restarts = int(item.get("restarts") or 0)
         replica.updated_at = now
-        if state == "ready" and replica.ready_at is None:
+        if state == ReplicaState.READY and replica.ready_at is None:
             replica.ready_at = now
     # A replica the Manager stopped is gone once the agent no longer runs it.
     finished = [
         r.id
         for r in rows.values()
-        if r.desired_state == "stop" and (r.id not in reported_ids or r.state == "stopped")
+        if r.desired_state == DesiredState.STOP
+        and (r.id not in reported_ids or r.state == ReplicaState.STOPPED)
     ]
     if finished:
         await session.execute(delete(Replica).where(one_of(Replica.id, finished)))
@@ -211,14 +227,14 @@ async def _record_transition(
     item: dict[str, Any],
 ) -> None:
     what = _describe(replica, worker)
-    if state == "ready":
+    if state == ReplicaState.READY:
         message = f"{what} is ready on port {item.get('port')}"
-    elif state == "failed":
+    elif state == ReplicaState.FAILED:
         tail = (item.get("log_tail") or "").strip().splitlines()[-5:]
         message = f"{what} failed: {reason or 'engine exited'}"
         if tail:
             message += "\n" + "\n".join(tail)
-    elif state == "starting":
+    elif state == ReplicaState.STARTING:
         message = f"{what} is starting: {reason or 'launching the engine'}"
     else:
         message = f"{what} stopped"
@@ -238,11 +254,11 @@ async def record_heartbeat(
     worker.simulated = simulated
     worker.address = body.get("address")
     worker.last_heartbeat_at = now
-    worker.state = "ready"
+    worker.state = WorkerState.READY
     worker.state_reason = None
     await _sync_gpus(session, worker, gpus, simulated)
     changed = await _apply_observed(session, worker, list(body.get("replicas") or []))
-    if changed or was != "ready":
+    if changed or was != WorkerState.READY:
         await notify.notify(session, notify.RECONCILE, worker.id)
 
 
@@ -252,7 +268,7 @@ async def assignments(session: AsyncSession, worker: Worker) -> list[dict[str, A
         select(Replica, Workload, Project)
         .join(Workload, Workload.id == Replica.workload_id)
         .join(Project, Project.id == Workload.project_id)
-        .where(Replica.worker_id == worker.id, Replica.desired_state == "run")
+        .where(Replica.worker_id == worker.id, Replica.desired_state == DesiredState.RUN)
         .order_by(Replica.id)
     )
     gpu_uuids = {

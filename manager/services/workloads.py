@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from inferencekey.enums import ReadinessPhase
+from inferencekey import wire
+from inferencekey.enums import WorkloadPhase
 from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ik_contracts.logs import ids
 from manager import notify
 from manager.auth import Principal, Scope, require_scope
 from manager.db.models import GpuResource, Project, Replica, Worker, Workload
@@ -23,7 +25,7 @@ from manager.errors import (
 )
 from manager.ids import new_id
 from manager.validation import WorkloadLimits, canonical_slug, validate_workload
-from worker_agent.logs import ids
+from manager.wire import Replica as ReplicaView
 
 from . import events
 from .timefmt import rfc3339, utcnow
@@ -109,7 +111,7 @@ async def create_workload(
         id=new_id("wl"),
         project_id=project.id,
         generation=1,
-        phase=ReadinessPhase.SCHEDULING.value,
+        phase=WorkloadPhase.SCHEDULING.value,
         phase_reason=WAITING_FOR_PLACEMENT,
         **fields,
     )
@@ -184,7 +186,7 @@ async def update_workload(
     workload.generation += 1
     if set(changed) & ROLLING_FIELDS:
         # Until the reconciler has looked, the old phase would describe the old spec.
-        workload.phase = ReadinessPhase.SCHEDULING.value
+        workload.phase = WorkloadPhase.SCHEDULING.value
         workload.phase_reason = f"rolling out generation {workload.generation}"
     workload.updated_at = utcnow()
     await events.record(
@@ -205,7 +207,7 @@ async def delete_workload(session: AsyncSession, principal: Principal, workload:
     require_scope(principal, Scope.WORKLOAD_WRITE)
     workload.deleted_at = utcnow()
     workload.updated_at = workload.deleted_at
-    workload.phase = "deleted"
+    workload.phase = WorkloadPhase.DELETED.value
     workload.phase_reason = f"deleted by {principal.display}"
     await events.record(session, workload.id, "deleted", workload.phase_reason)
     await notify.notify(session, notify.RECONCILE, workload.id)
@@ -250,7 +252,9 @@ async def find_workload(
     else:
         query = query.where(Workload.project_id == project.id, Workload.slug == ref)
     if for_update:
-        query = query.with_for_update()
+        # NO KEY UPDATE: heartbeats' event rows reference the workload (FOR KEY SHARE) and need
+        # not wait for a PATCH ("Locking" in docs/DESIGN.md).
+        query = query.with_for_update(key_share=True)
     workload = (await session.execute(query)).scalar_one_or_none()
     if workload is None:
         raise WorkloadNotFound(f'workload "{ref}" not found in project "{project.slug}"')
@@ -262,30 +266,28 @@ async def find_workload(
     return workload
 
 
-def workload_view(workload: Workload, project: Project) -> dict[str, Any]:
-    """The contract's workload shape plus project/workload slugs and a status object."""
-    view: dict[str, Any] = {
-        "id": workload.id,
-        "project_id": workload.project_id,
-        "project_slug": project.slug,
-        "slug": workload.slug,
-        "workload_slug": workload.slug,
-    }
-    view.update({name: getattr(workload, name) for name in SPEC_FIELDS})
-    view.update(
+def workload_view(workload: Workload, project: Project) -> wire.Workload:
+    """The contract's workload shape plus project/workload slugs and a status object; the
+    spec fields exactly as written."""
+    return wire.Workload.model_validate(
         {
+            "id": workload.id,
+            "project_id": workload.project_id,
+            "project_slug": project.slug,
+            "slug": workload.slug,
+            "workload_slug": workload.slug,
+            **{name: getattr(workload, name) for name in SPEC_FIELDS},
             "generation": workload.generation,
-            "status": {
-                "phase": workload.phase,
-                "reason": workload.phase_reason,
-                "desired_replicas": workload.desired_replicas,
-                "ready_replicas": workload.ready_replicas,
-            },
+            "status": wire.WorkloadStatus(
+                phase=workload.phase,
+                reason=workload.phase_reason,
+                desired_replicas=workload.desired_replicas,
+                ready_replicas=workload.ready_replicas,
+            ),
             "created_at": rfc3339(workload.created_at),
             "updated_at": rfc3339(workload.updated_at),
         }
     )
-    return view
 
 
 async def list_replicas(session: AsyncSession, workload_id: str) -> list[Replica]:
@@ -295,18 +297,18 @@ async def list_replicas(session: AsyncSession, workload_id: str) -> list[Replica
     return list(result.scalars())
 
 
-def replica_view(replica: Replica) -> dict[str, Any]:
-    return {
-        "id": replica.id,
-        "worker_id": replica.worker_id,
-        "generation": replica.generation,
-        "gpu_resource_ids": list(replica.gpu_resource_ids),
-        "desired_state": replica.desired_state,
-        "state": replica.state,
-        "reason": replica.reason,
-        "log_tail": replica.log_tail,
-        "port": replica.port,
-        "restarts": replica.restarts,
-        "created_at": rfc3339(replica.created_at),
-        "ready_at": rfc3339(replica.ready_at),
-    }
+def replica_view(replica: Replica) -> ReplicaView:
+    return ReplicaView(
+        id=replica.id,
+        worker_id=replica.worker_id,
+        generation=replica.generation,
+        gpu_resource_ids=list(replica.gpu_resource_ids),
+        desired_state=replica.desired_state,
+        state=replica.state,
+        reason=replica.reason,
+        log_tail=replica.log_tail,
+        port=replica.port,
+        restarts=replica.restarts,
+        created_at=rfc3339(replica.created_at),
+        ready_at=rfc3339(replica.ready_at),
+    )

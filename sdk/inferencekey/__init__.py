@@ -12,7 +12,7 @@ EndpointRef(project_slug='acme', workload_slug='support-bot', plan=None)
 """
 
 from .data import AsyncDataClient, AsyncEndpoint, AsyncTextStream, DataClient, Endpoint, TextStream
-from .enums import Backend, ExecutionPolicy, OnDrift, ReadinessPhase, TaskType
+from .enums import Backend, ExecutionPolicy, OnDrift, ReadinessPhase, TaskType, WorkloadPhase
 from .errors import (
     ApiError,
     AuthError,
@@ -66,6 +66,7 @@ __all__ = [
     "TextStream",
     "ValidationError",
     "Workload",
+    "WorkloadPhase",
     "WorkloadSpec",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""The wire enums: one definition of a backend, a task type, a policy and a drift mode."""
+"""The wire enums: one definition of a backend, a task type, a policy, a drift mode and a phase."""
 
 from __future__ import annotations
 
@@ -71,6 +71,26 @@ class ReadinessPhase(str, Enum):
     BOOTSTRAPPING = "bootstrapping"
     READY = "ready"
     ERROR = "error"
+
+
+class WorkloadPhase(str, Enum):
+    """Where a workload is in its life (``status.phase`` of a workload).
+
+    A finer set than the readiness stream's: ``unschedulable``, ``stopped`` and ``deleted`` are
+    phases of their own here, which the stream reports as ``scheduling`` or ``error``.
+
+    >>> WorkloadPhase.UNSCHEDULABLE.value
+    'unschedulable'
+    """
+
+    SCHEDULING = "scheduling"
+    UNSCHEDULABLE = "unschedulable"
+    PROVISIONING = "provisioning"
+    BOOTSTRAPPING = "bootstrapping"
+    READY = "ready"
+    ERROR = "error"
+    STOPPED = "stopped"
+    DELETED = "deleted"
 
 
 TASK_TYPE_VALUES: tuple[str, ...] = tuple(t.value for t in TaskType)

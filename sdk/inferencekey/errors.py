@@ -57,7 +57,8 @@ class ConflictError(ApiError):
     """409: the request conflicts with the current state (e.g. a taken slug)."""
 
 
-_KNOWN_403_CODES = frozenset(
+# The 403 codes the official client parses from a body's ``error``; any other is ``forbidden``.
+PERMISSION_CODES = frozenset(
     {"wrong_credential_type", "project_scope_mismatch", "scope_insufficient"}
 )
 
@@ -79,7 +80,7 @@ def error_from_response(status: int, body: Any, text: str) -> InferenceKeyError:
     if status == 401:
         return AuthError(f"authentication failed: {message}", status=status, code=code)
     if status == 403:
-        shown = code if code in _KNOWN_403_CODES else "forbidden"
+        shown = code if code in PERMISSION_CODES else "forbidden"
         return PermissionDenied(
             f"permission denied [{shown}]: {message}", status=status, code=shown
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from .enums import TaskType
 
@@ -107,8 +107,14 @@ class ReadinessEvent(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx/5xx body: ``error`` is what the official client reads, ``code`` is typed."""
+    """Every 4xx/5xx body: ``error`` is what the official client reads, ``code`` is typed.
 
-    error: str
-    code: str
-    message: str
+    Some errors carry more keys (a 503 its workload's ``phase`` and ``reason``); they are kept.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="the code for 403s, the sentence otherwise")
+    code: str = Field(description="the typed error code")
+    message: str = Field(description="the sentence")
+    field: str | None = Field(default=None, description="the offending field, where there is one")

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 import uvloop
 
+from ik_contracts.upstream import UpstreamClient
 from tests.agent.scripted_http import Script, ScriptedServer, Serve
-from worker_agent.upstream import UpstreamClient
 
 DATA_PLANE_TESTS = {"test_upstream.py", "test_relay_and_proxy.py"}
 

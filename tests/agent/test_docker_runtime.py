@@ -14,7 +14,7 @@ import docker.errors
 import httpx
 import pytest
 
-from worker_agent.engines.llamacpp import LlamaCppEngine
+from ik_contracts.engines.llamacpp import LlamaCppEngine
 from worker_agent.ports import PortAllocator
 from worker_agent.runtimes.base import LaunchError, LaunchSpec
 from worker_agent.runtimes.docker import DockerRuntime, container_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker_agent.endpoint_paths import EndpointPathError, parse_endpoint_target
+from ik_contracts.endpoint_paths import EndpointPathError, parse_endpoint_target
 
 SMUGGLING_PATH = (
     b"/endpoint/a/echo/v1/models%20HTTP/1.1%0D%0Ahost:%20x%0D%0Acontent-length:%200%0D%0A%0D%0A"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from worker_agent.logs import JsonFormatter, TextFormatter, ids, log_format
+from ik_contracts.logs import JsonFormatter, TextFormatter, ids, log_format
 
 
 def _record(message: str, **extra: object) -> logging.LogRecord:

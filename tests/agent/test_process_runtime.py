@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ik_contracts.engines.llamacpp import LlamaCppEngine
 from tests.support import wait_until
-from worker_agent.engines.llamacpp import LlamaCppEngine
 from worker_agent.ports import PortAllocator
 from worker_agent.runtimes.base import LaunchError, LaunchSpec
 from worker_agent.runtimes.process import ProcessRuntime, _group_alive

@@ -18,6 +18,10 @@ import uvicorn
 from inferencekey.enums import TaskType
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ik_contracts.engines import engine_for
+from ik_contracts.protocol import Assignments, ReplicaAssignment
+from ik_contracts.relay import BodyTooLarge, read_body, relay_response, until_client_disconnects
+from ik_contracts.upstream import UpstreamClient
 from manager.gateway.routes import ROUTE_TASK_TYPES, ReplicaTarget, WorkloadRoute, route_problem
 from tests.agent.scripted_http import (
     CHUNKED_HEAD,
@@ -28,14 +32,11 @@ from tests.agent.scripted_http import (
     chunk,
     ok,
 )
-from worker_agent.agent import Agent, LocalReplica
+from worker_agent.agent import Agent
 from worker_agent.config import AgentConfig
-from worker_agent.engines import engine_for
 from worker_agent.gpus import NoGpuInventory
-from worker_agent.protocol import Assignments, ReplicaAssignment
 from worker_agent.proxy import AgentProxy, rewrite_model
-from worker_agent.relay import BodyTooLarge, read_body, relay_response, until_client_disconnects
-from worker_agent.upstream import UpstreamClient
+from worker_agent.replicas import LocalReplica
 
 JSON = b"application/json"
 
@@ -376,18 +377,19 @@ async def test_the_proxy_forwards_to_the_engine_with_its_model_and_without_crede
 
 
 async def test_the_proxy_serves_the_replica_the_gateway_named_else_the_least_busy(
-    serve: Serve, proxied: Callable[[Agent], Awaitable[httpx.AsyncClient]]
+    serve: Serve, client: UpstreamClient, run_asgi: Callable[[ASGIApp], Awaitable[str]]
 ) -> None:
     engines = [await serve(answer_every_request), await serve(answer_every_request)]
-    agent = agent_with_replicas(*(engine.port for engine in engines))
-    http = await proxied(agent)
+    proxy = AgentProxy(agent_with_replicas(*(engine.port for engine in engines)), client)
+    proxy.outstanding["replica-1"] = 3
+    http = httpx.AsyncClient(base_url=await run_asgi(proxy))
     path = "/endpoint/demo/chat/v1/chat/completions"
     named = {"x-inferencekey-gateway": SECRET, "x-inferencekey-replica": "replica-1"}
-    agent.replicas["replica-1"].outstanding = 3
     assert (await http.post(path, headers=named)).headers["x-inferencekey-replica"] == "replica-1"
     unnamed = {"x-inferencekey-gateway": SECRET}
     assert (await http.post(path, headers=unnamed)).headers["x-inferencekey-replica"] == "replica-2"
     assert [engine.accepted for engine in engines] == [1, 1]
+    await http.aclose()
 
 
 async def test_no_ready_replica_is_a_retryable_503(

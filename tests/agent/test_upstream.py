@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from ik_contracts import upstream
+from ik_contracts.upstream import UpstreamClient, UpstreamError, UpstreamResponse, end_to_end
 from tests.agent.scripted_http import (
     CHUNKED_HEAD,
     LAST_CHUNK,
@@ -22,8 +24,6 @@ from tests.agent.scripted_http import (
     chunk,
     ok,
 )
-from worker_agent import upstream
-from worker_agent.upstream import UpstreamClient, UpstreamError, UpstreamResponse, end_to_end
 
 
 async def get(

@@ -33,6 +33,8 @@ from tests.support import (
 )
 
 CHAT = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}
+# For the gateway's answers before any engine: named in a command, never loaded (no engine lane).
+UNLOADED_GGUF = Path("/models/gemma-3-270m-q4_k_m.gguf")
 
 
 def chat_spec(
@@ -159,12 +161,11 @@ def test_key_matrix_on_data_routes(
     admin: httpx.Client,
     api: httpx.Client,
     project: TestProject,
-    gguf_model: Path,
     mgmt: ManagementClient,
 ) -> None:
     # No agent: a request that passes every check is answered 503 (no ready replica).
-    mgmt.ensure(chat_spec(gguf_model))
-    mgmt.ensure(chat_spec(gguf_model, slug="other"))
+    mgmt.ensure(chat_spec(UNLOADED_GGUF))
+    mgmt.ensure(chat_spec(UNLOADED_GGUF, slug="other"))
     other_project = create_project(admin)["slug"]
     # Private to another project, so no other test sees an agentless worker in its pool.
     worker = admin.post("/api/admin/workers", json={"project": other_project}).json()
@@ -215,9 +216,8 @@ def test_not_yours_and_not_there_look_the_same_to_a_key(
     admin: httpx.Client,
     project: TestProject,
     mgmt: ManagementClient,
-    gguf_model: Path,
 ) -> None:
-    mgmt.ensure(chat_spec(gguf_model))
+    mgmt.ensure(chat_spec(UNLOADED_GGUF))
     outsider = create_live_key(admin, create_project(admin)["slug"])
     narrow = create_live_key(admin, project.slug, ["chat"])
 
@@ -267,12 +267,11 @@ def test_revoked_key_is_refused_within_a_second(
 
 def test_route_the_task_type_does_not_serve_is_400_naming_the_task_type(
     mgmt: ManagementClient,
-    gguf_model: Path,
     manager: RunningManager,
     project: TestProject,
     live_key: str,
 ) -> None:
-    mgmt.ensure(chat_spec(gguf_model))
+    mgmt.ensure(chat_spec(UNLOADED_GGUF))
     with endpoint(manager, project, "chat", live_key) as client:
         response = client.post("/v1/embeddings", json={"model": "chat", "input": ["a"]})
     assert response.status_code == 400
@@ -282,12 +281,11 @@ def test_route_the_task_type_does_not_serve_is_400_naming_the_task_type(
 
 def test_no_ready_replica_is_503_with_phase_reason_and_retry_after(
     mgmt: ManagementClient,
-    gguf_model: Path,
     manager: RunningManager,
     project: TestProject,
     live_key: str,
 ) -> None:
-    mgmt.ensure(chat_spec(gguf_model))  # no worker in this project: unschedulable
+    mgmt.ensure(chat_spec(UNLOADED_GGUF))  # no worker in this project: unschedulable
     with endpoint(manager, project, "chat", live_key) as client:
         wait_until(
             lambda: (

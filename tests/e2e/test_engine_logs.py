@@ -11,7 +11,7 @@ import httpx
 import pytest
 from inferencekey import ManagementClient
 
-from manager.cli import main
+from ik_command import main
 from tests.e2e.test_data_plane import CHAT, chat_spec, endpoint, wait_routable
 from tests.support import (
     AgentFactory,

@@ -104,9 +104,10 @@ def test_changing_the_command_rolls_new_replicas_before_stopping_old_ones(
 def agent_process(
     manager_url: str, token: str, state_dir: Path, gguf: Path, llama_server: str
 ) -> subprocess.Popen[bytes]:
-    """`inferencekey agent` as its own process, as an operator runs it."""
+    """`inferencekey agent` as its own process, as an operator runs it; told to stop for good, so
+    that a test's SIGTERM leaves no engine behind (SIGKILL still does, as on a crash)."""
     command = [
-        sys.executable, "-m", "manager.cli", "agent",
+        sys.executable, "-m", "ik_command", "agent",
         "--manager", manager_url,
         "--runtime", "process",
         "--state-dir", str(state_dir),
@@ -114,6 +115,7 @@ def agent_process(
         "--binary", f"llama-server={llama_server}",
         "--advertise-url", "http://127.0.0.1:9",
         "--listen", f"127.0.0.1:{free_port()}",
+        "--stop-engines-on-exit",
     ]  # fmt: skip
     return subprocess.Popen(
         command, env={**os.environ, "INFERENCEKEY_AGENT_TOKEN": token}, stdout=subprocess.DEVNULL
@@ -149,9 +151,11 @@ def test_killed_agent_process_restarts_adopts_its_engine_and_leaves_no_orphan(
         chat(after["port"])
     finally:
         mgmt.delete("gemma")
-        wait_until(lambda: engine_pids(tmp_path) == {}, 30, "the engine outlived its workload")
-        agent.terminate()
-        agent.wait(timeout=15)
+        try:
+            wait_until(lambda: engine_pids(tmp_path) == {}, 30, "the engine outlived its workload")
+        finally:
+            agent.terminate()
+            agent.wait(timeout=30)
 
 
 def test_orphan_engine_of_a_removed_replica_is_stopped_by_the_restarted_agent(

@@ -1,4 +1,5 @@
-"""One broken workload never stops placement for the others."""
+"""One broken workload never stops placement for the others. The healthy one is served by the
+stand-in llama-server (tests/fake_engine.py): this is about reconciling, not serving."""
 
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ def test_a_workload_whose_row_breaks_its_reconcile_leaves_the_others_placed(
     manager: RunningManager,
     mgmt: ManagementClient,
     api: httpx.Client,
-    start_agent: AgentFactory,
-    gguf_model: Path,
+    start_bare_agent: AgentFactory,
+    fake_llama_server: str,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    start_agent()
+    gguf_model = tmp_path / "models" / "gemma.gguf"
+    gguf_model.parent.mkdir()
+    gguf_model.write_bytes(b"GGUF")
+    start_bare_agent(binaries={"llama-server": fake_llama_server}, model_dir=gguf_model.parent)
     base = {"model": "gemma-3-270m", "backend": Backend.LLAMACPP}
     mgmt.ensure(WorkloadSpec(name="broken", slug="broken", command="llama-server -m x", **base))
     # A row written before the border checked for NUL (or by hand): the command's NUL cannot

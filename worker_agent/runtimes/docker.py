@@ -23,7 +23,7 @@ import docker
 import docker.errors
 import docker.types
 
-from worker_agent.engines import container_entrypoints
+from ik_contracts.engines import container_entrypoints
 from worker_agent.runtimes.base import PASSTHROUGH_ENV, LaunchError, LaunchSpec, RunningEngine
 
 LABEL_WORKER = "inferencekey.worker"

@@ -7,6 +7,7 @@ A line about a workload, replica, worker or request carries its ids as fields, g
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -80,3 +81,13 @@ def configure_logging(format_name: str, level: int = logging.INFO) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers[:] = []
         uvicorn_logger.propagate = True
+
+
+def add_log_format_option(parser: argparse.ArgumentParser) -> None:
+    """``--log-format`` as the Manager and the agent both take it."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line with the ids of what each line is about "
+        "(default text) [INFERENCEKEY_LOG_FORMAT]",
+    )

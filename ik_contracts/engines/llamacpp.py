@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from worker_agent.engines.base import Engine, flag_value
+from inferencekey.enums import Backend
+
+from ik_contracts.engines.base import Engine, flag_value
 
 
 class LlamaCppEngine(Engine):
-    backend = "llamacpp"
+    backend = Backend.LLAMACPP
     default_image = "ghcr.io/ggml-org/llama.cpp:server"
     container_binary = "/app/llama-server"
     gpu_claim = "shared"
     command_prefixes = (("llama-server",),)
     served_model_flags = ("--alias", "-a")
     health_path = "/health"
-    openai_routes = (
-        "/v1/models",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/rerank",
-    )
 
     def default_command(self, model_name: str) -> list[str]:
         if model_name.endswith(".gguf"):

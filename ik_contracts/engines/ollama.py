@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import httpx
+from inferencekey.enums import Backend
 
-from worker_agent.engines.base import Engine
+from ik_contracts.engines.base import Engine
 
 
 class OllamaEngine(Engine):
-    backend = "ollama"
+    backend = Backend.OLLAMA
     default_image = "ollama/ollama:latest"
     container_binary = "/bin/ollama"
     gpu_claim = "shared"
     command_prefixes = ()
     health_path = "/api/version"
-    openai_routes = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
     def default_command(self, model_name: str) -> list[str]:
         return ["ollama", "serve"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import Receive, Send
 
-from worker_agent.upstream import Headers, UpstreamError, UpstreamResponse, end_to_end
+from ik_contracts.upstream import Headers, UpstreamError, UpstreamResponse, end_to_end
 
 # Nothing between the client and us may hold a stream back (nginx honours this header).
 NO_BUFFERING = (b"x-accel-buffering", b"no")
@@ -59,11 +59,6 @@ async def send_json(
         }
     )
     await send({"type": "http.response.body", "body": payload})
-
-
-def problem(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The platform's error shape; ``error`` is the code for 403s, the sentence otherwise."""
-    return {"error": message, "code": code, "message": message, **extra}
 
 
 async def relay_response(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from worker_agent.engines.base import Engine, EngineCommandError, flag_value
-from worker_agent.engines.llamacpp import LlamaCppEngine
-from worker_agent.engines.ollama import OllamaEngine
-from worker_agent.engines.sglang import SglangEngine
-from worker_agent.engines.vllm import VllmEngine
-from worker_agent.engines.vllm_omni import VllmOmniEngine
+from inferencekey.enums import Backend
+
+from ik_contracts.engines.base import Engine, EngineCommandError, flag_value
+from ik_contracts.engines.llamacpp import LlamaCppEngine
+from ik_contracts.engines.ollama import OllamaEngine
+from ik_contracts.engines.sglang import SglangEngine
+from ik_contracts.engines.vllm import VllmEngine
+from ik_contracts.engines.vllm_omni import VllmOmniEngine
 
 ENGINES: dict[str, Engine] = {
-    engine.backend: engine
+    engine.backend.value: engine
     for engine in (
         VllmEngine(),
         VllmOmniEngine(),
@@ -19,6 +21,12 @@ ENGINES: dict[str, Engine] = {
         LlamaCppEngine(),
     )
 }
+
+# The SDK's backends that have a recipe here, in the SDK's order: what a Manager accepts and an
+# agent runs.
+BUILTIN_BACKENDS: tuple[str, ...] = tuple(
+    dict.fromkeys(backend.value for backend in Backend if backend.value in ENGINES)
+)
 
 
 def engine_for(backend: str) -> Engine:
@@ -40,6 +48,7 @@ def container_entrypoints() -> dict[str, str]:
 
 
 __all__ = [
+    "BUILTIN_BACKENDS",
     "ENGINES",
     "Engine",
     "EngineCommandError",

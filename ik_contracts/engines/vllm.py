@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from worker_agent.engines.base import Engine
+from inferencekey.enums import Backend
+
+from ik_contracts.engines.base import Engine
 
 
 class VllmEngine(Engine):
-    backend = "vllm"
+    backend = Backend.VLLM
     image_repository: ClassVar[str] = "vllm/vllm-openai"
     default_image = "vllm/vllm-openai:latest"
     container_binary: ClassVar[str | None] = "vllm"
@@ -20,21 +22,12 @@ class VllmEngine(Engine):
     tensor_parallel_flags = ("--tensor-parallel-size", "-tp")
     served_model_flags = ("--served-model-name",)
     health_path = "/health"
-    openai_routes: ClassVar[tuple[str, ...]] = (
-        "/v1/models",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/rerank",
-        "/v1/score",
-        "/v1/audio/transcriptions",
-    )
 
     def default_command(self, model_name: str) -> list[str]:
         return ["vllm", "serve", model_name]
 
     def image(self, vllm_version: str | None, overrides: dict[str, str]) -> str:
-        return pinned_image(self.backend, self.image_repository, vllm_version, overrides)
+        return pinned_image(self.backend.value, self.image_repository, vllm_version, overrides)
 
 
 def pinned_image(

@@ -24,6 +24,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ik_contracts.errors import problem
+
 # How long a connection closed mid-body keeps reading (and dropping) what the client still sends.
 _LINGER_S = 2.0
 
@@ -65,7 +67,7 @@ class _Refused(Exception):
 
 
 def _problem(status: int, code: str, message: str, extra: bytes = b"") -> bytes:
-    body = json.dumps({"error": message, "code": code, "message": message}).encode()
+    body = json.dumps(problem(code, message)).encode()
     reason = {
         400: b"Bad Request",
         408: b"Request Timeout",

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-ReplicaState = Literal["starting", "ready", "failed", "stopped"]
 MAX_WAIT_S = 30.0
 MAX_LOG_TAIL_CHARS = 64 * 1024
+
+
+class ReplicaState(StrEnum):
+    """A replica's state as its agent observes it (``replicas.state`` on the Manager)."""
+
+    # Written by the Manager when it creates the replica; no agent has reported on it yet.
+    PENDING = "pending"
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+# What an agent may report: every state but PENDING, which only the Manager writes.
+REPORTED_STATES: tuple[ReplicaState, ...] = (
+    ReplicaState.STARTING,
+    ReplicaState.READY,
+    ReplicaState.FAILED,
+    ReplicaState.STOPPED,
+)
 
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
@@ -27,11 +47,18 @@ def _scrub_text(value: object) -> object:
     return value
 
 
+def _reported_state(value: object) -> object:
+    if value not in REPORTED_STATES:
+        raise ValueError(f"must be one of: {', '.join(REPORTED_STATES)}")
+    return value
+
+
 # Names and ids: one line, bounded. Counts and sizes: within the database's columns.
 Name = Annotated[str, Field(max_length=512), AfterValidator(_no_control_characters)]
 Text = Annotated[str, BeforeValidator(_scrub_text)]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Bytes = Annotated[int, Field(ge=0, le=2**63 - 1)]
+ReportedState = Annotated[ReplicaState, BeforeValidator(_reported_state)]
 
 
 class GpuWire(BaseModel):
@@ -62,7 +89,7 @@ class ObservedReplica(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: Name
-    state: ReplicaState
+    state: ReportedState
     reason: Text | None = None
     log_tail: Text | None = None
     port: Annotated[int, Field(ge=0, le=65535)] | None = None

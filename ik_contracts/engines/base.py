@@ -12,6 +12,7 @@ import shlex
 from typing import ClassVar, Literal
 
 import httpx
+from inferencekey.enums import Backend
 
 GpuClaim = Literal["whole", "shared"]
 
@@ -21,7 +22,7 @@ class EngineCommandError(ValueError):
 
 
 class Engine:
-    backend: ClassVar[str]
+    backend: ClassVar[Backend]
     default_image: ClassVar[str]
     # The engine binary inside its image, used as the container entrypoint; None: argv[0] as is.
     container_binary: ClassVar[str | None] = None
@@ -34,14 +35,13 @@ class Engine:
     # Flags naming the model the engine answers to; without one it is the workload's model_name.
     served_model_flags: ClassVar[tuple[str, ...]] = ()
     health_path: ClassVar[str] = "/health"
-    openai_routes: ClassVar[tuple[str, ...]]
 
     def default_command(self, model_name: str) -> list[str]:
         raise NotImplementedError
 
     def image(self, vllm_version: str | None, overrides: dict[str, str]) -> str:
         """The image to run: the operator's override for this backend, else the engine's own."""
-        return overrides.get(self.backend) or self.default_image
+        return overrides.get(self.backend.value) or self.default_image
 
     def tensor_parallel_size(self, argv: list[str]) -> int:
         """How many whole GPUs the command asks for (1 unless a tensor-parallel flag says more)."""
@@ -97,7 +97,7 @@ class Engine:
             if head == list(prefix):
                 return argv
         expected = " or ".join(f"`{' '.join(prefix)}`" for prefix in self.command_prefixes)
-        raise EngineCommandError(f"a {self.backend} command must start with {expected}")
+        raise EngineCommandError(f"a {self.backend.value} command must start with {expected}")
 
 
 def flag_value(argv: list[str], flags: tuple[str, ...]) -> str | None:

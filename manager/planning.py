@@ -1,0 +1,352 @@
+"""Reconcile decisions: for one workload, which replicas to create, stop or forget, and what to
+show, each with the reason.
+
+A module of its own, apart from the loop in `manager/reconciler.py`, because it is pure: it reads
+frozen views of rows (never ORM objects), the clock and the demand it is handed, and the worker
+slots of `manager/placement.py`; it opens no session and does no I/O. That lets the loop read
+the world without row locks, decide outside any transaction, and then write each workload's
+actions in a short transaction of its own; and every rule below is tested with hand-built views
+and no database (tests/unit/test_reconcile_plan.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from inferencekey.enums import WorkloadPhase
+
+from ik_contracts.engines import engine_for
+from ik_contracts.protocol import ReplicaState
+from manager import placement
+from manager.policies import DemandFigures, PolicyContext, policy_for
+from manager.states import DesiredState, WorkerState
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """What the planner reads of a workload row."""
+
+    id: str
+    project_id: str
+    generation: int
+    backend: str
+    task_type: str
+    model_name: str
+    config: Mapping[str, Any]
+    execution_policy: str | None
+    execution_policy_config: Mapping[str, Any]
+    worker_pin: str | None
+    gpu_pin: str | None
+    deleted: bool
+    phase: str
+    phase_reason: str | None
+    desired_replicas: int
+    ready_replicas: int
+    last_scaled_at: datetime | None
+
+    def runtime_spec(self) -> dict[str, Any]:
+        """What a replica runs; a change here rolls the workload's replicas."""
+        return {
+            "backend": self.backend,
+            "task_type": self.task_type,
+            "model_name": self.model_name,
+            "command": self.config.get("command"),
+            "vllm_version": self.config.get("vllm_version"),
+        }
+
+    def placement_demand(self) -> placement.Demand:
+        return placement.Demand(
+            workload_id=self.id,
+            project_id=self.project_id,
+            backend=self.backend,
+            model_name=self.model_name,
+            command=self.config.get("command"),
+            worker_pin=self.worker_pin,
+            gpu_pin=self.gpu_pin,
+        )
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """What the planner reads of a replica row."""
+
+    id: str
+    workload_id: str
+    worker_id: str
+    spec: Mapping[str, Any]
+    gpu_resource_ids: tuple[str, ...]
+    claim_memory_mb: int
+    desired_state: str
+    state: str
+    reason: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CreateReplica:
+    worker_id: str
+    worker_name: str
+    gpu_ids: tuple[str, ...]
+    claim_memory_mb: int
+    spec: Mapping[str, Any]
+    # How the engine adjusted the user's command; told once, with a workload's first replica.
+    notices: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopReplica:
+    replica_id: str
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ForgetReplica:
+    """Delete the row of a replica on a lost worker: no agent will confirm it stopped."""
+
+    replica_id: str
+    worker_id: str
+    was_running: bool  # only a replica the workload still wanted is worth an event
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetPhase:
+    phase: WorkloadPhase
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetReplicaCounts:
+    desired: int
+    ready: int
+    scaled: bool  # the wanted count changed: stamp last_scaled_at
+    reason: str
+
+
+Action = CreateReplica | StopReplica | ForgetReplica | SetPhase | SetReplicaCounts
+
+
+def worker_liveness(
+    last_heartbeat_at: datetime | None,
+    now: datetime,
+    *,
+    not_ready_after_s: float,
+    lost_after_s: float,
+) -> tuple[WorkerState, str | None]:
+    """A worker's state from how long its agent has been silent, and why when not ready."""
+    if last_heartbeat_at is None:
+        return WorkerState.REGISTERED, "waiting for the agent's first heartbeat"
+    silent = (now - last_heartbeat_at).total_seconds()
+    if silent <= not_ready_after_s:
+        return WorkerState.READY, None
+    state = WorkerState.NOT_READY if silent <= lost_after_s else WorkerState.LOST
+    return state, f"no heartbeat for {silent:.0f}s"
+
+
+def claim_existing(slots: Sequence[placement.WorkerSlot], replicas: Iterable[ReplicaView]) -> None:
+    """Record in ``slots`` what existing replicas hold, so placement sees only what is free.
+
+    Stopping replicas still hold their GPUs until their agent confirms they are gone; replicas on
+    a lost worker hold nothing, since they are forgotten in this pass.
+    """
+    slot_of = {slot.id: slot for slot in slots}
+    gpu_of = {gpu.id: gpu for slot in slots for gpu in slot.gpus}
+    for replica in replicas:
+        worker = slot_of.get(replica.worker_id)
+        if worker is None or worker.state == WorkerState.LOST:
+            continue
+        worker.replicas_of[replica.workload_id] = worker.replicas_of.get(replica.workload_id, 0) + 1
+        whole = engine_for(replica.spec["backend"]).gpu_claim == "whole"
+        for gpu_id in replica.gpu_resource_ids:
+            gpu = gpu_of.get(gpu_id)
+            if gpu is None:
+                continue
+            if whole:
+                gpu.whole_claimed = True
+            else:
+                gpu.claimed_mb += replica.claim_memory_mb
+                gpu.shared_claims += 1
+
+
+def _fits_pins(replica: ReplicaView, workload: WorkloadView) -> bool:
+    if workload.worker_pin and replica.worker_id != workload.worker_pin:
+        return False
+    return not workload.gpu_pin or workload.gpu_pin in replica.gpu_resource_ids
+
+
+def _worker_label(slot_of: Mapping[str, placement.WorkerSlot], worker_id: str) -> str:
+    slot = slot_of.get(worker_id)
+    return f"{slot.name} ({worker_id})" if slot else worker_id
+
+
+def _forget_replicas_on_lost_workers(
+    replicas: Sequence[ReplicaView], slot_of: Mapping[str, placement.WorkerSlot]
+) -> tuple[list[ReplicaView], list[ForgetReplica]]:
+    """The replicas still counted, and the forgetting of those whose worker is lost."""
+    live: list[ReplicaView] = []
+    forgotten: list[ForgetReplica] = []
+    for replica in replicas:
+        slot = slot_of.get(replica.worker_id)
+        if slot is None or slot.state != WorkerState.LOST:
+            live.append(replica)
+            continue
+        forgotten.append(
+            ForgetReplica(
+                replica.id,
+                replica.worker_id,
+                was_running=replica.desired_state == DesiredState.RUN,
+                reason=f"replica {replica.id} on {_worker_label(slot_of, replica.worker_id)} "
+                f"is lost: {slot.state_reason}; placing a replacement",
+            )
+        )
+    return live, forgotten
+
+
+def plan_workload(
+    workload: WorkloadView,
+    replicas: Sequence[ReplicaView],
+    slots: list[placement.WorkerSlot],
+    *,
+    now: datetime,
+    demand: DemandFigures,
+    max_replicas: int,
+) -> list[Action]:
+    """What to do for one workload now, each action with its reason.
+
+    ``slots`` are the pass's workers with what is already claimed (`claim_existing`); the
+    placements planned here are claimed in them too, so the next workload's plan sees them.
+    """
+    slot_of = {slot.id: slot for slot in slots}
+    live, forgotten = _forget_replicas_on_lost_workers(replicas, slot_of)
+    actions: list[Action] = list(forgotten)
+    running = [r for r in live if r.desired_state == DesiredState.RUN]
+    if workload.deleted:
+        actions.extend(StopReplica(r.id, r.worker_id, "the workload was deleted") for r in running)
+        return actions
+
+    context = PolicyContext(
+        config=workload.execution_policy_config,
+        now=now,
+        demand=demand,
+        last_scaled_at=workload.last_scaled_at,
+    )
+    desired, policy_reason = policy_for(workload.execution_policy).desired(context)
+    # Specs are validated against the limit; a row written before it was lowered (or by hand)
+    # still gets no more than the limit's worth of work in a pass.
+    desired = min(desired, max_replicas)
+    spec = workload.runtime_spec()
+    current = [r for r in running if r.spec == spec and _fits_pins(r, workload)]
+    outdated = [r for r in running if r not in current]
+    stopping = [r for r in live if r.desired_state == DesiredState.STOP]
+
+    # Scaling down stops replicas that are not ready first, then the oldest.
+    surplus = sorted(current, key=lambda r: (r.state == ReplicaState.READY, r.created_at))
+    for extra in surplus[: max(0, len(current) - desired)]:
+        actions.append(StopReplica(extra.id, extra.worker_id, f"scaling down to {desired}"))
+        current.remove(extra)
+
+    created: list[CreateReplica] = []
+    unschedulable: str | None = None
+    demand_of_one = workload.placement_demand()
+    engine = engine_for(workload.backend)
+    while len(current) + len(created) < desired:
+        decision = placement.place(demand_of_one, slots)
+        if isinstance(decision, placement.Unschedulable):
+            unschedulable = decision.reason
+            # Rolling on a full cluster: free room by retiring one old replica at a time; the
+            # others keep serving until a new one is ready.
+            if outdated and not stopping:
+                retired = outdated.pop()
+                actions.append(
+                    StopReplica(
+                        retired.id,
+                        retired.worker_id,
+                        f"rolling to generation {workload.generation} on a full cluster: "
+                        f"stopping one old replica to make room ({unschedulable})",
+                    )
+                )
+                stopping.append(retired)
+            break
+        placement.claim(decision, slots, demand_of_one, whole=engine.gpu_claim == "whole")
+        notices: tuple[str, ...] = ()
+        if not current and not created:
+            _, adjusted = engine.build_argv(spec["command"], spec["model_name"], "0.0.0.0", 0)
+            notices = tuple(adjusted)
+        have = len(current) + len(created)
+        created.append(
+            CreateReplica(
+                worker_id=decision.worker_id,
+                worker_name=slot_of[decision.worker_id].name,
+                gpu_ids=decision.gpu_ids,
+                claim_memory_mb=decision.claim_memory_mb,
+                spec=spec,
+                notices=notices,
+                reason=f"{have} of {desired} wanted replica(s) of generation "
+                f"{workload.generation} exist",
+            )
+        )
+    actions.extend(created)
+
+    ready = [r for r in current if r.state == ReplicaState.READY]
+    if outdated and len(ready) >= desired:
+        actions.extend(
+            StopReplica(
+                r.id,
+                r.worker_id,
+                f"replaced by generation {workload.generation}: {len(ready)} replica(s) ready",
+            )
+            for r in outdated
+        )
+
+    phase, reason = _phase(desired, current, created, ready, unschedulable, policy_reason, slot_of)
+    if (phase, reason) != (workload.phase, workload.phase_reason):
+        actions.append(SetPhase(phase, reason))
+    if (desired, len(ready)) != (workload.desired_replicas, workload.ready_replicas):
+        actions.append(
+            SetReplicaCounts(
+                desired,
+                len(ready),
+                scaled=desired != workload.desired_replicas,
+                reason=policy_reason
+                or f"the {workload.execution_policy or 'fixed'} policy wants {desired}",
+            )
+        )
+    return actions
+
+
+def _phase(
+    desired: int,
+    current: list[ReplicaView],
+    created: list[CreateReplica],
+    ready: list[ReplicaView],
+    unschedulable: str | None,
+    policy_reason: str | None,
+    slot_of: Mapping[str, placement.WorkerSlot],
+) -> tuple[WorkloadPhase, str]:
+    failed = [r for r in current if r.state == ReplicaState.FAILED]
+    starting = [r for r in current if r.state == ReplicaState.STARTING]
+    if desired == 0:
+        return WorkloadPhase.STOPPED, policy_reason or "no replicas wanted"
+    if ready:
+        reason = f"{len(ready)}/{desired} replicas ready"
+        if unschedulable:
+            reason += f"; cannot place more: {unschedulable}"
+        return WorkloadPhase.READY, reason
+    if unschedulable and not current and not created:
+        return WorkloadPhase.UNSCHEDULABLE, unschedulable
+    if failed:
+        return WorkloadPhase.ERROR, failed[0].reason or "engine failed"
+    if starting:
+        return WorkloadPhase.BOOTSTRAPPING, starting[0].reason or "engine starting"
+    if current or created:
+        worker_id = current[0].worker_id if current else created[0].worker_id
+        return (
+            WorkloadPhase.PROVISIONING,
+            f"assigned to {_worker_label(slot_of, worker_id)}; waiting for its agent to start it",
+        )
+    return WorkloadPhase.SCHEDULING, "waiting for placement"
