@@ -1,0 +1,135 @@
+// The package as users load it: both module systems, the error classes, the progress display,
+// and the behaviours the wire fixtures cannot show (timing, leaving a stream early).
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { createRequire } from "node:module";
+import { after, before, describe, it } from "node:test";
+
+import * as sdk from "@inferencekey/sdk";
+
+const require = createRequire(import.meta.url);
+const SDK_TOKEN = `ik_sdk_0123abcd_${"a".repeat(64)}`;
+const LIVE_KEY = `ik_live_89abcdef_${"b".repeat(64)}`;
+
+describe("the package", () => {
+  it("loads with require() and import alike, with the same exports", () => {
+    const cjs = require("@inferencekey/sdk");
+    assert.deepEqual(Object.keys(cjs).sort(), Object.keys(sdk).sort());
+    assert.equal(new cjs.AuthError("x") instanceof cjs.PermissionDenied, true);
+  });
+
+  it("spells the constants as the docs show them", () => {
+    assert.equal(sdk.Backend.Vllm, "vllm");
+    assert.equal(sdk.Backend.VllmOmni, "vllm-omni");
+    assert.equal(sdk.Backend.StableDiffusionCpp, "stablediffusioncpp");
+    assert.equal(sdk.OnDrift.DryRun, "dry_run");
+    assert.equal(sdk.TaskType.Embedding, "embedding");
+    assert.equal(Object.keys(sdk.TaskType).length, 13);
+    assert.equal(sdk.ExecutionPolicy.Autoscaling, "autoscaling");
+  });
+
+  it("keeps the Python SDK's error hierarchy", () => {
+    const { InferenceKeyError, PermissionDenied, AuthError, ValidationError, DriftError } = sdk;
+    assert.ok(new AuthError("x") instanceof PermissionDenied);
+    assert.ok(new DriftError("x", ["name"]) instanceof ValidationError);
+    assert.ok(new sdk.NotFoundError("x") instanceof sdk.ApiError);
+    assert.ok(new sdk.ConfigurationError("x") instanceof InferenceKeyError);
+    assert.ok(!(new sdk.TimeoutError("x") instanceof InferenceKeyError));
+    assert.equal(new AuthError("x").name, "AuthError");
+  });
+
+  it("never shows a secret in a client's string form", () => {
+    const mgmt = sdk.ManagementClient.fromEnv({ baseUrl: "http://m", project: "p", sdkToken: SDK_TOKEN });
+    assert.equal(String(mgmt).includes("a".repeat(64)), false);
+    assert.match(String(mgmt), /ik_sdk_0123abcd…/);
+  });
+});
+
+describe("ProgressRenderer", () => {
+  const event = (phase, message, elapsedMs, step) => ({ phase, message, elapsedMs, step });
+
+  it("off a terminal writes one line per event", () => {
+    const lines = [];
+    const render = new sdk.ProgressRenderer({ write: (text) => lines.push(text) });
+    render.render(event("scheduling", "waiting for a worker", 0));
+    render.render(event("bootstrapping", "loading weights", 12500, "model_load"));
+    render.tick();
+    render.close();
+    assert.deepEqual(lines, [
+      "[0.0s] scheduling: waiting for a worker\n",
+      "[12.5s] bootstrapping [model_load]: loading weights\n",
+    ]);
+  });
+
+  it("on a terminal redraws one line of phase dots, marking where it failed", () => {
+    const writes = [];
+    const render = sdk.makeProgressRenderer({ write: (t) => writes.push(t), isTTY: true, columns: 120 });
+    render.render(event("provisioning", "starting", 3000));
+    render.render(event("error", "out of memory", 5000));
+    render.close();
+    assert.equal(writes[0], "\r\x1b[2K● ● ○ ○  3s  provisioning: starting");
+    assert.equal(writes[1], "\r\x1b[2K● ● ✗ ○  5s  error: out of memory");
+    assert.equal(writes.at(-1), "\n");
+  });
+});
+
+describe("streams and deadlines", () => {
+  let server;
+  let url;
+  const closed = [];
+  before(async () => {
+    server = createServer((req, res) => {
+      res.writeHead(200, { "Content-Type": "text/event-stream" });
+      const chunk = JSON.stringify({ model: "m", choices: [{ index: 0, delta: { content: "x" } }] });
+      if (req.url.startsWith("/endpoint/")) {
+        // An endless stream: one delta every 20 ms until the client leaves.
+        const timer = setInterval(() => res.write(`data: ${chunk}\n\n`), 20);
+        res.on("close", () => {
+          clearInterval(timer);
+          closed.push(req.url);
+        });
+      } else {
+        // Keep-alives only: the readiness stream of a workload that never gets ready.
+        const timer = setInterval(() => res.write(": ping\n\n"), 50);
+        res.on("close", () => clearInterval(timer));
+      }
+    });
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    url = `http://127.0.0.1:${server.address().port}`;
+  });
+  after(() => {
+    server.closeAllConnections();
+    return new Promise((resolve) => server.close(resolve));
+  });
+
+  it("leaving a stream early closes its connection", async () => {
+    const endpoint = sdk.DataClient.fromEnv({ baseUrl: url, project: "acme" })
+      .endpoint("support-bot", { apiKey: LIVE_KEY });
+    let seen = 0;
+    for await (const chunk of endpoint.generateTextStream({ prompt: "Hola" })) {
+      assert.equal(chunk.text, "x");
+      if (++seen === 3) break;
+    }
+    for (let i = 0; i < 50 && closed.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(closed, ["/endpoint/acme/support-bot/v1/chat/completions"]);
+  });
+
+  it("local checks of a stream throw at the call, before any iteration", () => {
+    const endpoint = sdk.DataClient.fromEnv({ baseUrl: url, project: "acme" })
+      .endpoint("support-bot", { apiKey: LIVE_KEY });
+    assert.throws(() => endpoint.generateTextStream({}), sdk.ValidationError);
+  });
+
+  it("a workload that never gets ready times out at the deadline", async () => {
+    const mgmt = sdk.ManagementClient.fromEnv({ baseUrl: url, project: "acme", sdkToken: SDK_TOKEN });
+    const started = performance.now();
+    await assert.rejects(
+      mgmt.waitUntilReady("support-bot", { timeoutMs: 700, silent: true }),
+      (error) =>
+        error instanceof sdk.TimeoutError &&
+        error.message === 'workload "support-bot" not ready after 0.7s',
+    );
+    const took = performance.now() - started;
+    assert.ok(took >= 650 && took < 3000, `took ${took} ms`);
+  });
+});
