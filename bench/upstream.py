@@ -5,8 +5,9 @@
 Serves, on 127.0.0.1 only:
 
 - ``POST /v1/chat/completions``: a small ``chat.completion``; with ``"stream": true`` in the body,
-  an SSE stream of ``--chunks`` ``chat.completion.chunk`` events ``--chunk-gap-ms`` apart, then
-  ``data: [DONE]`` (chunked transfer encoding, so proxies must pass chunks through as they come);
+  an SSE stream of ``--chunks`` ``chat.completion.chunk`` events ``--chunk-gap-ms`` apart, then a
+  usage-only chunk and ``data: [DONE]`` as llama.cpp ends a stream (chunked transfer encoding, so
+  proxies must pass chunks through as they come);
 - ``GET /v1/models`` and ``GET /health``.
 
 It is a bare asyncio ``Protocol`` over ``httptools`` (uvloop when installed) with every response
@@ -97,6 +98,7 @@ class Responses:
         events = [_stream_chunk({"role": "assistant", "content": ""}, None)]
         events += [_stream_chunk({"content": f"tok{i} "}, None) for i in range(1, chunks - 1)]
         events.append(_stream_chunk({}, "stop"))
+        usage_chunk = {**_stream_chunk({}, None), "choices": [], "usage": completion["usage"]}
         return cls(
             completion=_json_response("200 OK", completion),
             models=_json_response("200 OK", models),
@@ -108,7 +110,8 @@ class Responses:
                 b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
             ),
             stream_events=tuple(_sse_event(event) for event in events),
-            stream_end=_chunk_frame(b"data: [DONE]\n\n") + b"0\r\n\r\n",
+            # As llama.cpp ends a stream: a usage-only chunk, then [DONE] (the gateway reads it).
+            stream_end=_sse_event(usage_chunk) + _chunk_frame(b"data: [DONE]\n\n") + b"0\r\n\r\n",
         )
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Receive, Send
 
@@ -23,6 +23,15 @@ NO_BUFFERING = (b"x-accel-buffering", b"no")
 
 class BodyTooLarge(Exception):
     pass
+
+
+class BodyTap(Protocol):
+    """Sees a relayed body chunk by chunk; what ``feed`` returns is sent on (it may hold back
+    part of a chunk, which ``rest`` gives once the body ends)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def rest(self) -> bytes: ...
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -62,9 +71,16 @@ async def send_json(
 
 
 async def relay_response(
-    response: UpstreamResponse, send: Send, extra: Headers | None = None
+    response: UpstreamResponse,
+    send: Send,
+    extra: Headers | None = None,
+    tap: BodyTap | None = None,
 ) -> None:
-    """Send the upstream's status and headers, then its body chunk by chunk as it arrives."""
+    """Send the upstream's status and headers, then its body chunk by chunk as it arrives.
+
+    A ``tap`` sees each chunk and says what to send of it; one that may change the body's length
+    is only given a body without a content-length.
+    """
     headers = end_to_end(response.headers)
     length = response.header(b"content-length")
     if length is not None and response.header(b"transfer-encoding") is None:
@@ -73,8 +89,15 @@ async def relay_response(
     headers.extend(extra or ())
     try:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        async for chunk in response.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if tap is None:
+            async for chunk in response.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        else:
+            async for chunk in response.chunks():
+                if chunk := tap.feed(chunk):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if rest := tap.rest():
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     finally:
         response.close()  # no-op once complete; cancelled or failed, the upstream hears at once

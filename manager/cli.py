@@ -1,4 +1,5 @@
-"""The Manager's commands of ``inferencekey``: ``manager``, ``admin ...``, ``status``, ``logs``.
+"""The Manager's commands of ``inferencekey``: ``manager``, ``admin ...``, ``status``, ``logs``,
+``usage``.
 
 ``ik_command`` puts these and the agent's (``worker_agent.cli``) under one parser."""
 
@@ -220,6 +221,29 @@ def show_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_usage(args: argparse.Namespace) -> int:
+    """A project's token usage, grouped by workload, key or day, with a total."""
+    params = _without_none({"from": args.since, "to": args.until, "group_by": args.group_by})
+    path = f"/api/admin/projects/{quote(args.project, safe='')}/usage"
+    answer = _admin_request(args, "GET", path, params=params)
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"Usage of {answer['project']} from {answer['from']} to {answer['to']}")
+    if not answer["rows"]:
+        print("no data-plane requests in this range")
+        return 0
+    label: Column = USAGE_LABELS[answer["group_by"]]
+    total = {**answer["total"], "_label": "TOTAL"}
+    rows = [*answer["rows"], total]
+    print(
+        render_table(rows, [(label[0], lambda r: r.get("_label") or label[1](r)), *USAGE_COLUMNS])
+    )
+    return 0
+
+
 def _counts(values: Iterable[str]) -> str:
     counted: dict[str, int] = {}
     for value in values:
@@ -306,6 +330,19 @@ def _cell(value: object) -> str:
         return "-"
     # One line per row, whatever a reason or name holds.
     return " ".join(str(value).split())
+
+
+USAGE_LABELS: dict[str, Column] = {
+    "workload": ("WORKLOAD", lambda r: r.get("workload")),
+    "key": ("KEY", lambda r: " ".join(filter(None, (r.get("key"), r.get("key_name"))))),
+    "day": ("DAY", lambda r: r.get("day")),
+}
+USAGE_COLUMNS: list[Column] = [
+    ("REQUESTS", lambda r: r["requests"]),
+    ("PROMPT TOKENS", lambda r: r["prompt_tokens"]),
+    ("COMPLETION TOKENS", lambda r: r["completion_tokens"]),
+    ("TOTAL TOKENS", lambda r: r["total_tokens"]),
+]
 
 
 def _list(
@@ -531,6 +568,30 @@ def add_admin_commands(commands: Any) -> None:
     logs.add_argument("--tail", type=int, default=100, help="lines to start with (default 100)")
     logs.add_argument("--replica", help="this replica's (default: the newest, a ready one first)")
     logs.set_defaults(command=show_logs)
+
+    usage = commands.add_parser(
+        "usage",
+        parents=[connection],
+        help="a project's token usage by workload, key or day",
+    )
+    usage.add_argument("project", metavar="PROJECT")
+    usage.add_argument(
+        "--group-by",
+        choices=("workload", "key", "day"),
+        default="workload",
+        help="rows per workload (default), per key or per UTC day",
+    )
+    usage.add_argument(
+        "--from",
+        dest="since",
+        metavar="WHEN",
+        help="ISO 8601 date or date-time, UTC unless given (default: 30 days before --to)",
+    )
+    usage.add_argument(
+        "--to", dest="until", metavar="WHEN", help="ISO 8601, exclusive (default: now)"
+    )
+    usage.add_argument("--json", action="store_true", help="JSON instead of a table")
+    usage.set_defaults(command=show_usage)
 
     status = commands.add_parser(
         "status",

@@ -125,3 +125,36 @@ class Replica(BaseModel):
 
 class ReplicaList(BaseModel):
     replicas: list[Replica]
+
+
+UsageGrouping = Literal["workload", "key", "day"]
+
+
+class UsageTotals(BaseModel):
+    requests: int = Field(description="data-plane requests an engine answered")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageRow(UsageTotals):
+    """One group's counts; only the keys of the chosen grouping are present."""
+
+    workload: str | None = Field(
+        default=None, description="the workload's slug (group_by=workload)"
+    )
+    workload_id: str | None = None
+    key: str | None = Field(default=None, description="the key's display form (group_by=key)")
+    key_name: str | None = None
+    day: str | None = Field(default=None, description="a UTC day, YYYY-MM-DD (group_by=day)")
+
+
+class UsageReport(BaseModel):
+    """Token usage of one project's data-plane traffic, as the engines reported it."""
+
+    project: str
+    from_: str = Field(alias="from", description="start of the range (inclusive), ISO 8601 UTC")
+    to: str = Field(description="end of the range (exclusive), ISO 8601 UTC")
+    group_by: UsageGrouping
+    rows: list[UsageRow]
+    total: UsageTotals

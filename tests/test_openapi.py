@@ -7,11 +7,13 @@ lane in tests/security/ drives its requests from this same document).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
@@ -173,9 +175,31 @@ def test_every_api_route_answers_what_the_document_says(
     )
     call(admin, "GET", "/api/admin/workloads/{project}/{workload_slug}/logs")
 
+    # Usage: one counted minute, as the gateway writes it (tests/e2e/test_usage.py makes real
+    # ones), read in each grouping.
+    asyncio.run(count_usage(manager.database_url, project.id, key.json()["id"]))
+    for group_by in ("workload", "key", "day"):
+        answer = call(sdk, "GET", "/api/projects/{project}/usage", params={"group_by": group_by})
+        assert answer.json()["rows"][0]["requests"] == 3
+    call(admin, "GET", "/api/admin/projects/{project}/usage", params={"from": "2026-01-01"})
+
     deleted = call(sdk, "DELETE", "/api/workloads/{workload_ref}", at={"workload_ref": "doc-bot"})
     assert deleted.status_code == 204
     assert document.operations() <= document.called, document.operations() - document.called
+
+
+async def count_usage(database_url: str, project_id: str, key_id: str) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "INSERT INTO usage_counts (project_id, workload_id, key_id, minute, workload_slug, "
+            "requests, prompt_tokens, completion_tokens, total_tokens) "
+            "VALUES ($1, 'wl_doc', $2, date_trunc('minute', now()), 'doc-bot', 3, 30, 12, 42)",
+            project_id,
+            key_id,
+        )
+    finally:
+        await connection.close()
 
 
 def test_errors_are_the_documented_error_body(

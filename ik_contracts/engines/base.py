@@ -35,6 +35,10 @@ class Engine:
     # Flags naming the model the engine answers to; without one it is the workload's model_name.
     served_model_flags: ClassVar[tuple[str, ...]] = ()
     health_path: ClassVar[str] = "/health"
+    # The engine reports a stream's token usage when the request sets OpenAI's
+    # `stream_options.include_usage` (the gateway then asks on behalf of a client that did not,
+    # and keeps the extra usage-only chunk from it). Every built-in engine does.
+    stream_usage_on_request: ClassVar[bool] = True
 
     def default_command(self, model_name: str) -> list[str]:
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from inferencekey.wire import WorkloadList
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
@@ -11,7 +11,7 @@ from manager import wire
 from manager.api.border import BorderRoute
 from manager.api.workloads import stream_engine_log
 from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES
-from manager.services import projects, tokens, workers, workloads
+from manager.services import projects, tokens, usage, workers, workloads
 
 from .deps import AdminCaller, Session
 
@@ -81,6 +81,20 @@ async def list_all_workloads(caller: AdminCaller, session: Session) -> WorkloadL
     """Every project's workloads with their phase: what `inferencekey status` shows."""
     rows = await workloads.list_all_workloads(session)
     return WorkloadList(workloads=[workloads.workload_view(w, p) for w, p in rows])
+
+
+@router.get("/projects/{project}/usage", response_model_exclude_unset=True)
+async def project_usage(
+    project: str,
+    caller: AdminCaller,
+    session: Session,
+    start: str | None = Query(None, alias="from", description=usage.FROM_HELP),
+    to: str | None = Query(None, description=usage.TO_HELP),
+    group_by: str = Query("workload", description=usage.GROUP_BY_HELP),
+) -> wire.UsageReport:
+    """What `inferencekey usage PROJECT` reads: any project's usage."""
+    owner = await projects.get_project(session, project)
+    return await usage.usage_report(session, owner, start, to, group_by)
 
 
 @router.get(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest, WorkloadList
 from inferencekey.wire import Workload as WorkloadView
@@ -14,9 +14,9 @@ from manager.api.border import BorderRoute
 from manager.db.models import Workload
 from manager.errors import ValidationFailed
 from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES, READINESS_STREAM_RESPONSES
-from manager.services import engine_logs, events, workloads
+from manager.services import engine_logs, events, usage, workloads
 from manager.services.readiness_stream import readiness_stream
-from manager.wire import ReplicaList, WorkloadEventList
+from manager.wire import ReplicaList, UsageReport, WorkloadEventList
 
 from .deps import ControlReader, ControlWriter, Limits, OwnProject, PathProject, Session
 
@@ -30,6 +30,20 @@ async def list_workloads(
 ) -> WorkloadList:
     rows = await workloads.list_workloads(session, owner)
     return WorkloadList(workloads=[workloads.workload_view(row, owner) for row in rows])
+
+
+@router.get("/projects/{project}/usage", response_model_exclude_unset=True)
+async def project_usage(
+    project: str,
+    owner: PathProject,
+    caller: ControlReader,
+    session: Session,
+    start: str | None = Query(None, alias="from", description=usage.FROM_HELP),
+    to: str | None = Query(None, description=usage.TO_HELP),
+    group_by: str = Query("workload", description=usage.GROUP_BY_HELP),
+) -> UsageReport:
+    """Tokens and requests of the project's data-plane traffic, as the engines reported them."""
+    return await usage.usage_report(session, owner, start, to, group_by)
 
 
 @router.post(

@@ -184,3 +184,23 @@ class WorkloadDemand(Base):
     in_flight: Mapped[int] = mapped_column(Integer)
     requests_per_s: Mapped[float] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UsageCount(Base):
+    """Requests and tokens the gateway saw in one minute, per project, workload and key.
+
+    No foreign keys: usage outlives the workload and key it counts (the workload's slug is kept
+    for the report; a key's id stays resolvable, as keys are revoked, never deleted).
+    """
+
+    __tablename__ = "usage_counts"
+
+    project_id: Mapped[str] = mapped_column(String, primary_key=True)
+    workload_id: Mapped[str] = mapped_column(String, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String, primary_key=True)
+    minute: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    workload_slug: Mapped[str] = mapped_column(String)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -44,7 +44,8 @@ from manager.settings import Settings
 
 from .demand import DemandMeter
 from .keys import KeyCache
-from .routes import EJECT_S, RouteTable, WorkloadRoute, route_problem
+from .routes import EJECT_S, STREAM_USAGE_ROUTES, RouteTable, WorkloadRoute, route_problem
+from .usage import UsageMeter, UsageTap, ask_for_stream_usage
 
 log = logging.getLogger("inferencekey.gateway")
 
@@ -65,6 +66,7 @@ class Gateway:
         self.keys: KeyCache | None = None
         self.routes: RouteTable | None = None
         self.demand: DemandMeter | None = None
+        self.usage: UsageMeter | None = None
         self.client = UpstreamClient()
 
     async def start(
@@ -73,17 +75,21 @@ class Gateway:
         self.keys = KeyCache(sessions)
         self.routes = RouteTable(sessions)
         self.demand = DemandMeter(sessions)
+        self.usage = UsageMeter(sessions)
         hub.on(notify.TOKENS, self.keys.evict)
         for channel in (notify.WORKLOAD_STATUS, notify.ASSIGNMENTS, notify.RECONCILE):
             hub.on(channel, self.routes.changed)
         await self.routes.start()
         await self.demand.start()
+        await self.usage.start()
 
     async def stop(self) -> None:
         if self.routes is not None:
             await self.routes.stop()
         if self.demand is not None:
             await self.demand.stop()
+        if self.usage is not None:
+            await self.usage.stop()
         self.client.close()
 
 
@@ -119,7 +125,9 @@ class GatewayMiddleware:
         finally:
             seen.record(self.gateway.metrics)
 
-    async def _authorise(self, scope: Scope, project: str, workload: str) -> WorkloadRoute:
+    async def _authorise(
+        self, scope: Scope, project: str, workload: str
+    ) -> tuple[Principal, WorkloadRoute]:
         gateway = self.gateway
         assert gateway.keys is not None and gateway.routes is not None
         authorization = header_value(scope["headers"], b"authorization")
@@ -140,7 +148,7 @@ class GatewayMiddleware:
         route = gateway.routes.workloads.get((own_project, workload))
         if route is None:
             raise WorkloadNotFound(f'workload "{workload}" not found in project "{project}"')
-        return route
+        return principal, route
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, seen: _Seen) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -149,7 +157,7 @@ class GatewayMiddleware:
         except EndpointPathError as error:
             raise RouteNotFound(str(error)) from None
         project, workload, rest = target.project, target.workload, target.route
-        route = await self._authorise(scope, project, workload)
+        principal, route = await self._authorise(scope, project, workload)
         seen.project, seen.workload, seen.route = project, workload, rest
         wrong_route = route_problem(rest, route)
         if wrong_route:
@@ -159,13 +167,21 @@ class GatewayMiddleware:
             body = await read_body(receive, settings.gateway_max_body_bytes)
         except BodyTooLarge as error:
             raise BodyTooLargeProblem(str(error)) from None
-        demand = self.gateway.demand
-        assert demand is not None
+        demand, usage = self.gateway.demand, self.gateway.usage
+        assert demand is not None and usage is not None
+        asked = (
+            ask_for_stream_usage(body)
+            if route.asks_stream_usage and rest in STREAM_USAGE_ROUTES
+            else None
+        )
+        tap = UsageTap(hide_usage_chunk=asked is not None)
         demand.started(route.id)
         in_flight = self.gateway.metrics.gateway_series(project, workload, rest).in_flight
         in_flight.inc()
         try:
-            await until_client_disconnects(receive, self._forward(scope, send, route, target, body))
+            await until_client_disconnects(
+                receive, self._forward(scope, send, route, target, asked or body, tap)
+            )
         except UpstreamError as error:
             log.warning(
                 "stream of %s/%s broke off: %s",
@@ -177,6 +193,10 @@ class GatewayMiddleware:
         finally:
             demand.finished(route.id)
             in_flight.dec()
+            if tap.responded:
+                usage.record(
+                    route.project_id, route.id, route.slug, principal.token_id, tap.usage()
+                )
 
     async def _forward(
         self,
@@ -185,6 +205,7 @@ class GatewayMiddleware:
         route: WorkloadRoute,
         target: EndpointTarget,
         body: bytes,
+        tap: UsageTap,
     ) -> None:
         settings = self.gateway.settings
         project, workload = target.project, target.workload
@@ -232,7 +253,10 @@ class GatewayMiddleware:
                     replica.last_error = f"worker {replica.worker_id}: {last_error[:200]}"
                     continue
                 replica.last_error = None
-                await relay_response(response, send)
+                tap.answered_with(
+                    response.header(b"content-type"), response.header(b"content-length")
+                )
+                await relay_response(response, send, tap=tap)
                 return
             finally:
                 replica.outstanding -= 1

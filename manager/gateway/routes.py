@@ -19,6 +19,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ik_contracts.endpoint_paths import ROUTE_TASK_TYPES
+from ik_contracts.engines import ENGINES
 from ik_contracts.protocol import ReplicaState
 from manager.db.models import Project, Replica, Worker, Workload
 from manager.states import DesiredState, WorkerState
@@ -51,6 +52,8 @@ class WorkloadRoute:
     task_type: str
     phase: str
     reason: str | None
+    # Its engine reports a stream's token usage only when asked (Engine.stream_usage_on_request).
+    asks_stream_usage: bool = False
     replicas: list[ReplicaTarget] = field(default_factory=list)
 
     def pick(self, now: float, exclude: set[str]) -> ReplicaTarget | None:
@@ -78,6 +81,15 @@ def route_problem(route: str, workload: WorkloadRoute) -> str | None:
         f"{route} is served by task type {' or '.join(sorted(serving))}; workload "
         f'"{workload.slug}" is {workload.task_type}'
     )
+
+
+def _asks_stream_usage(backend: str) -> bool:
+    engine = ENGINES.get(backend)
+    return engine is not None and engine.stream_usage_on_request
+
+
+# Routes whose streams carry token usage (OpenAI's stream_options applies to them).
+STREAM_USAGE_ROUTES = frozenset({"v1/chat/completions", "v1/completions"})
 
 
 class RouteTable:
@@ -156,6 +168,7 @@ class RouteTable:
                     workload.task_type,
                     workload.phase,
                     workload.phase_reason,
+                    _asks_stream_usage(workload.backend),
                 )
             if replica_id is None or worker is None:
                 continue

@@ -5,9 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
+from inferencekey import ManagementClient, WorkloadSpec
 
+from tests.e2e.serving import Serve, endpoint, wait_routable
 from tests.support import AgentFactory as AgentFactory
-from tests.support import wait_until
+from tests.support import (
+    RunningAgent,
+    RunningManager,
+    TestProject,
+    create_live_key,
+    wait_until,
+)
 
 
 def replicas(api: httpx.Client, slug: str) -> list[dict[str, Any]]:
@@ -34,3 +43,32 @@ def chat(port: int, prompt: str = "Say hi") -> dict[str, Any]:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@pytest.fixture
+def live_key(admin: httpx.Client, project: TestProject) -> str:
+    return create_live_key(admin, project.slug)
+
+
+@pytest.fixture
+def serve(
+    start_agent: AgentFactory,
+    mgmt: ManagementClient,
+    manager: RunningManager,
+    project: TestProject,
+    live_key: str,
+) -> Serve:
+    """Start an agent, declare the specs, and wait until the gateway routes to the first."""
+
+    def run(*specs: WorkloadSpec) -> RunningAgent:
+        agent = start_agent()
+        for spec in specs:
+            mgmt.ensure(spec)
+        for spec in specs:
+            mgmt.wait_until_ready(spec.slug, timeout=60, silent=True)
+        if specs[0].task_type in (None, "text2text"):
+            with endpoint(manager, project, specs[0].slug, live_key) as client:
+                wait_routable(client)
+        return agent
+
+    return run

@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,12 @@ import asyncpg
 import httpx
 import openai
 import pytest
-from inferencekey import Backend, DataClient, ManagementClient, WorkloadSpec
+from inferencekey import DataClient, ManagementClient
 
+from tests.e2e.serving import CHAT, Serve, chat_spec, embed_spec, endpoint, wait_routable
 from tests.e2e.test_fixed_policy_process_runtime import engine_pids
 from tests.support import (
     AgentFactory,
-    RunningAgent,
     RunningManager,
     TestProject,
     bearer,
@@ -32,90 +31,13 @@ from tests.support import (
     wait_until,
 )
 
-CHAT = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}
 # For the gateway's answers before any engine: named in a command, never loaded (no engine lane).
 UNLOADED_GGUF = Path("/models/gemma-3-270m-q4_k_m.gguf")
-
-
-def chat_spec(
-    gguf: Path, *, slug: str = "chat", replicas: int = 1, context: int = 512
-) -> WorkloadSpec:
-    return WorkloadSpec(
-        name=slug,
-        slug=slug,
-        model="gemma-3-270m",
-        backend=Backend.LLAMACPP,
-        command=f"llama-server -m {gguf} -c {context}",
-        execution_policy_config={"replicas": replicas},
-    )
-
-
-def embed_spec(gguf: Path) -> WorkloadSpec:
-    return WorkloadSpec(
-        name="emb",
-        slug="emb",
-        model="gemma-3-270m",
-        backend=Backend.LLAMACPP,
-        task_type="embedding",
-        command=f"llama-server -m {gguf} -c 512 --embedding --pooling mean",
-    )
-
-
-def endpoint(
-    manager: RunningManager, project: TestProject, workload: str, key: str
-) -> httpx.Client:
-    return httpx.Client(
-        base_url=f"{manager.url}/endpoint/{project.slug}/{workload}",
-        headers=bearer(key),
-        timeout=30,
-    )
 
 
 def ready_replicas(api: httpx.Client) -> list[dict[str, Any]]:
     replicas = api.get("/api/workloads/chat/replicas").json()["replicas"]
     return [r for r in replicas if r["state"] == "ready"]
-
-
-def wait_routable(client: httpx.Client) -> None:
-    """Ready in the API and in the gateway's route table (reloaded within a second)."""
-    wait_until(
-        lambda: client.post("/v1/chat/completions", json=CHAT).status_code == 200,
-        30,
-        "the gateway never routed to the workload",
-        interval=0.3,
-    )
-
-
-@pytest.fixture
-def live_key(admin: httpx.Client, project: TestProject) -> str:
-    return create_live_key(admin, project.slug)
-
-
-Serve = Callable[..., RunningAgent]
-
-
-@pytest.fixture
-def serve(
-    start_agent: AgentFactory,
-    mgmt: ManagementClient,
-    manager: RunningManager,
-    project: TestProject,
-    live_key: str,
-) -> Serve:
-    """Start an agent, declare the specs, and wait until the gateway routes to the first."""
-
-    def run(*specs: WorkloadSpec) -> RunningAgent:
-        agent = start_agent()
-        for spec in specs:
-            mgmt.ensure(spec)
-        for spec in specs:
-            mgmt.wait_until_ready(spec.slug, timeout=60, silent=True)
-        if specs[0].task_type in (None, "text2text"):
-            with endpoint(manager, project, specs[0].slug, live_key) as client:
-                wait_routable(client)
-        return agent
-
-    return run
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from inferencekey import ManagementClient
 
 from ik_command import main
-from tests.e2e.test_data_plane import CHAT, chat_spec, endpoint, wait_routable
+from tests.e2e.serving import CHAT, chat_spec, endpoint, wait_routable
 from tests.support import (
     AgentFactory,
     RunningManager,

@@ -12,7 +12,7 @@ from inferencekey import ManagementClient
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.e2e.test_data_plane import CHAT, chat_spec, endpoint, wait_routable
+from tests.e2e.serving import CHAT, chat_spec, endpoint, wait_routable
 from tests.e2e.test_fixed_policy_process_runtime import engine_pids
 from tests.support import (
     AgentFactory,
