@@ -154,6 +154,22 @@ def list_gpu_resources(args: argparse.Namespace) -> int:
     return _list(args, "/api/gpu-resources", "gpu_resources", GPU_COLUMNS)
 
 
+def show_gpu_catalog(args: argparse.Namespace) -> int:
+    return _list(args, "/api/gpu-catalog", "gpus", GPU_CATALOG_COLUMNS)
+
+
+def set_gpu_price(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "usd_per_hour": args.usd_per_hour}
+    answer = _admin_request(args, "PUT", "/api/admin/gpu-prices", body=body)
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(render_table([answer], GPU_CATALOG_COLUMNS))
+    return 0
+
+
 def list_workloads(args: argparse.Namespace) -> int:
     return _list(args, "/api/admin/workloads", "workloads", WORKLOAD_COLUMNS)
 
@@ -301,6 +317,13 @@ GPU_COLUMNS: list[Column] = [
     ("UTIL %", lambda r: r["utilization_pct"]),
     ("SIMULATED", lambda r: "yes" if r.get("simulated") else "no"),
 ]
+GPU_CATALOG_COLUMNS: list[Column] = [
+    ("NAME", lambda r: r["name"]),
+    ("MEMORY MB", lambda r: r.get("memory_total_mb")),
+    ("FREE", lambda r: f"{r['free']}/{r['total']}"),
+    ("CUDA", lambda r: ", ".join(r.get("cuda_versions") or [])),
+    ("USD/H", lambda r: None if r.get("usd_per_hour") is None else f"{r['usd_per_hour']:.2f}"),
+]
 WORKLOAD_COLUMNS: list[Column] = [
     ("PROJECT", lambda r: r["project_slug"]),
     ("WORKLOAD", lambda r: r["slug"]),
@@ -308,6 +331,18 @@ WORKLOAD_COLUMNS: list[Column] = [
     ("PHASE", lambda r: (r.get("status") or {}).get("phase")),
     ("READY", _ready),
     ("REASON", lambda r: (r.get("status") or {}).get("reason")),
+]
+
+USAGE_LABELS: dict[str, Column] = {
+    "workload": ("WORKLOAD", lambda r: r.get("workload")),
+    "key": ("KEY", lambda r: " ".join(filter(None, (r.get("key"), r.get("key_name"))))),
+    "day": ("DAY", lambda r: r.get("day")),
+}
+USAGE_COLUMNS: list[Column] = [
+    ("REQUESTS", lambda r: r["requests"]),
+    ("PROMPT TOKENS", lambda r: r["prompt_tokens"]),
+    ("COMPLETION TOKENS", lambda r: r["completion_tokens"]),
+    ("TOTAL TOKENS", lambda r: r["total_tokens"]),
 ]
 
 
@@ -330,19 +365,6 @@ def _cell(value: object) -> str:
         return "-"
     # One line per row, whatever a reason or name holds.
     return " ".join(str(value).split())
-
-
-USAGE_LABELS: dict[str, Column] = {
-    "workload": ("WORKLOAD", lambda r: r.get("workload")),
-    "key": ("KEY", lambda r: " ".join(filter(None, (r.get("key"), r.get("key_name"))))),
-    "day": ("DAY", lambda r: r.get("day")),
-}
-USAGE_COLUMNS: list[Column] = [
-    ("REQUESTS", lambda r: r["requests"]),
-    ("PROMPT TOKENS", lambda r: r["prompt_tokens"]),
-    ("COMPLETION TOKENS", lambda r: r["completion_tokens"]),
-    ("TOTAL TOKENS", lambda r: r["total_tokens"]),
-]
 
 
 def _list(
@@ -552,6 +574,18 @@ def add_admin_commands(commands: Any) -> None:
         required=True, metavar="ACTION"
     )
     action(gpus, "list", list_gpu_resources, "list every worker's GPUs")
+    catalog = action(
+        gpus, "catalog", show_gpu_catalog, "the shared pool's GPU names, free counts and prices"
+    )
+    catalog.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    prices = resources.add_parser(
+        "gpu-price", help="hourly GPU prices, for max_hourly_cost_usd"
+    ).add_subparsers(required=True, metavar="ACTION")
+    price = action(prices, "set", set_gpu_price, "set the hourly price of a GPU display name (USD)")
+    price.add_argument("name", metavar="NAME", help='GPU display name, e.g. "NVIDIA L4"')
+    price.add_argument("usd_per_hour", metavar="USD", type=float, help="price per GPU-hour")
+    price.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     workload_actions = resources.add_parser(
         "workload", help="every project's workloads"

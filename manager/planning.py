@@ -12,7 +12,7 @@ and no database (tests/unit/test_reconcile_plan.py).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from ik_contracts.engines import engine_for
 from ik_contracts.protocol import ReplicaState
 from manager import placement
 from manager.policies import DemandFigures, PolicyContext, policy_for
+from manager.policies.pools import pool_of
 from manager.states import DesiredState, WorkerState
 
 
@@ -66,6 +67,7 @@ class WorkloadView:
             command=self.config.get("command"),
             worker_pin=self.worker_pin,
             gpu_pin=self.gpu_pin,
+            pool=pool_of(self.execution_policy_config),
         )
 
 
@@ -173,10 +175,64 @@ def claim_existing(slots: Sequence[placement.WorkerSlot], replicas: Iterable[Rep
                 gpu.shared_claims += 1
 
 
-def _fits_pins(replica: ReplicaView, workload: WorkloadView) -> bool:
+def _fits_pins_and_pool(
+    replica: ReplicaView,
+    workload: WorkloadView,
+    pool: placement.Pool,
+    slot_of: Mapping[str, placement.WorkerSlot],
+) -> bool:
     if workload.worker_pin and replica.worker_id != workload.worker_pin:
         return False
-    return not workload.gpu_pin or workload.gpu_pin in replica.gpu_resource_ids
+    if workload.gpu_pin and workload.gpu_pin not in replica.gpu_resource_ids:
+        return False
+    # A replica outside the pool (the pool changed, or a price was removed) is replaced.
+    slot = slot_of.get(replica.worker_id)
+    return slot is None or pool.admits(slot, workload.project_id, replica.gpu_resource_ids)
+
+
+def _gpus_by_id(
+    gpu_ids: Iterable[str], slot_of: Mapping[str, placement.WorkerSlot]
+) -> dict[str, placement.GpuSlot]:
+    gpu_of = {gpu.id: gpu for slot in slot_of.values() for gpu in slot.gpus}
+    return {g: gpu_of[g] for g in gpu_ids if g in gpu_of}
+
+
+def _gpus_held(
+    replicas: Iterable[ReplicaView], slot_of: Mapping[str, placement.WorkerSlot]
+) -> dict[str, placement.GpuSlot]:
+    """The GPUs ``replicas`` occupy, by id: what the workload pays for, each GPU once."""
+    return _gpus_by_id((g for r in replicas for g in r.gpu_resource_ids), slot_of)
+
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+# Prices are floats: a sum that equals the ceiling up to rounding is within it.
+COST_EPSILON = 1e-9
+
+
+def hourly_cost(gpus: Iterable[placement.GpuSlot]) -> float:
+    return sum(gpu.price_usd_per_hour or 0.0 for gpu in gpus)
+
+
+def cost_breakdown(gpus: Iterable[placement.GpuSlot]) -> str:
+    """``2 x 1.89/h + 1 x 0.80/h`` (with TIMES for x): the GPUs held, counted by price."""
+    counts: dict[float, int] = {}
+    for gpu in gpus:
+        price = gpu.price_usd_per_hour or 0.0
+        counts[price] = counts.get(price, 0) + 1
+    return " + ".join(
+        f"{n} {TIMES} {price:.2f}/h" for price, n in sorted(counts.items(), reverse=True)
+    )
+
+
+def _capped_by_cost(ceiling: float, held: Mapping[str, placement.GpuSlot], one_more: float) -> str:
+    if not held:
+        return (
+            f"capped by max_hourly_cost_usd {ceiling:.2f}: one replica would cost {one_more:.2f}/h"
+        )
+    return (
+        f"capped by max_hourly_cost_usd {ceiling:.2f}: {cost_breakdown(held.values())} "
+        f"({hourly_cost(held.values()):.2f}/h); one more replica would add {one_more:.2f}/h"
+    )
 
 
 def _worker_label(slot_of: Mapping[str, placement.WorkerSlot], worker_id: str) -> str:
@@ -239,8 +295,16 @@ def plan_workload(
     # Specs are validated against the limit; a row written before it was lowered (or by hand)
     # still gets no more than the limit's worth of work in a pass.
     desired = min(desired, max_replicas)
+    demand_of_one = workload.placement_demand()
+    pool = demand_of_one.pool
+    limits: list[str] = []
+    if pool.max_instances is not None and desired > pool.max_instances:
+        limits.append(f"capped by max_instances {pool.max_instances} (the policy wants {desired})")
+        desired = pool.max_instances
     spec = workload.runtime_spec()
-    current = [r for r in running if r.spec == spec and _fits_pins(r, workload)]
+    current = [
+        r for r in running if r.spec == spec and _fits_pins_and_pool(r, workload, pool, slot_of)
+    ]
     outdated = [r for r in running if r not in current]
     stopping = [r for r in live if r.desired_state == DesiredState.STOP]
 
@@ -250,14 +314,42 @@ def plan_workload(
         actions.append(StopReplica(extra.id, extra.worker_id, f"scaling down to {desired}"))
         current.remove(extra)
 
+    ceiling = pool.max_hourly_cost_usd
+    if ceiling is not None:
+        # A lowered ceiling stops replicas until what still runs fits under it.
+        while current:
+            running_gpus = _gpus_held([*current, *outdated], slot_of).values()
+            if hourly_cost(running_gpus) <= ceiling + COST_EPSILON:
+                break
+            extra = min(current, key=lambda r: (r.state == ReplicaState.READY, r.created_at))
+            actions.append(
+                StopReplica(
+                    extra.id,
+                    extra.worker_id,
+                    f"over max_hourly_cost_usd {ceiling:.2f}: {cost_breakdown(running_gpus)} "
+                    f"({hourly_cost(running_gpus):.2f}/h)",
+                )
+            )
+            current.remove(extra)
+            stopping.append(extra)
+    # Every GPU the workload still occupies counts, stopping replicas' too, until freed.
+    held = _gpus_held(live, slot_of)
+
     created: list[CreateReplica] = []
     unschedulable: str | None = None
-    demand_of_one = workload.placement_demand()
     engine = engine_for(workload.backend)
     while len(current) + len(created) < desired:
+        if ceiling is not None:
+            demand_of_one = replace(
+                demand_of_one,
+                budget_usd_per_hour=ceiling - hourly_cost(held.values()),
+                held_gpu_ids=frozenset(held),
+            )
         decision = placement.place(demand_of_one, slots)
         if isinstance(decision, placement.Unschedulable):
             unschedulable = decision.reason
+            if ceiling is not None and decision.over_budget_usd_per_hour is not None:
+                unschedulable = _capped_by_cost(ceiling, held, decision.over_budget_usd_per_hour)
             # Rolling on a full cluster: free room by retiring one old replica at a time; the
             # others keep serving until a new one is ready.
             if outdated and not stopping:
@@ -273,6 +365,7 @@ def plan_workload(
                 stopping.append(retired)
             break
         placement.claim(decision, slots, demand_of_one, whole=engine.gpu_claim == "whole")
+        held.update(_gpus_by_id(decision.gpu_ids, slot_of))
         notices: tuple[str, ...] = ()
         if not current and not created:
             _, adjusted = engine.build_argv(spec["command"], spec["model_name"], "0.0.0.0", 0)
@@ -304,6 +397,8 @@ def plan_workload(
         )
 
     phase, reason = _phase(desired, current, created, ready, unschedulable, policy_reason, slot_of)
+    if limits and phase != WorkloadPhase.STOPPED:
+        reason = "; ".join([reason, *limits])
     if (phase, reason) != (workload.phase, workload.phase_reason):
         actions.append(SetPhase(phase, reason))
     if (desired, len(ready)) != (workload.desired_replicas, workload.ready_replicas):
@@ -339,14 +434,18 @@ def _phase(
         return WorkloadPhase.READY, reason
     if unschedulable and not current and not created:
         return WorkloadPhase.UNSCHEDULABLE, unschedulable
+    # Some replicas exist but more cannot be placed: the phase says so too, so the phase event
+    # records that decision.
+    more = f"; cannot place more: {unschedulable}" if unschedulable else ""
     if failed:
-        return WorkloadPhase.ERROR, failed[0].reason or "engine failed"
+        return WorkloadPhase.ERROR, (failed[0].reason or "engine failed") + more
     if starting:
-        return WorkloadPhase.BOOTSTRAPPING, starting[0].reason or "engine starting"
+        return WorkloadPhase.BOOTSTRAPPING, (starting[0].reason or "engine starting") + more
     if current or created:
         worker_id = current[0].worker_id if current else created[0].worker_id
         return (
             WorkloadPhase.PROVISIONING,
-            f"assigned to {_worker_label(slot_of, worker_id)}; waiting for its agent to start it",
+            f"assigned to {_worker_label(slot_of, worker_id)}; waiting for its agent to start it"
+            + more,
         )
     return WorkloadPhase.SCHEDULING, "waiting for placement"

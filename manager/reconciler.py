@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ik_contracts.logs import ids
 from ik_contracts.protocol import ReplicaState
 from manager import notify, placement, planning
-from manager.db.models import GpuResource, Replica, Worker, Workload
+from manager.db.models import GpuPrice, GpuResource, Replica, Worker, Workload
 from manager.db.queries import one_of
 from manager.gateway.demand import fresh_demand
 from manager.ids import new_id
@@ -105,8 +105,12 @@ def as_replica_view(replica: Replica) -> planning.ReplicaView:
     )
 
 
-def worker_slots(workers: list[Worker], gpus: list[GpuResource]) -> list[placement.WorkerSlot]:
-    """Each worker with its GPUs, nothing claimed yet (`planning.claim_existing` does that)."""
+def worker_slots(
+    workers: list[Worker], gpus: list[GpuResource], prices: dict[str, float] | None = None
+) -> list[placement.WorkerSlot]:
+    """Each worker with its GPUs and their prices, nothing claimed yet
+    (`planning.claim_existing` does that)."""
+    prices = prices or {}
     slots = {
         w.id: placement.WorkerSlot(
             id=w.id,
@@ -116,13 +120,16 @@ def worker_slots(workers: list[Worker], gpus: list[GpuResource]) -> list[placeme
             state_reason=w.state_reason,
             gpus=[],
             model_files=dict((w.inventory or {}).get("model_files") or {}),
+            cuda_version=(w.inventory or {}).get("cuda_version"),
         )
         for w in workers
     }
     for gpu in gpus:
         if gpu.worker_id in slots:
             slots[gpu.worker_id].gpus.append(
-                placement.GpuSlot(gpu.id, gpu.uuid, gpu.name, gpu.memory_total_mb)
+                placement.GpuSlot(
+                    gpu.id, gpu.uuid, gpu.name, gpu.memory_total_mb, prices.get(gpu.name)
+                )
             )
     return list(slots.values())
 
@@ -221,6 +228,10 @@ class Reconciler:
                     await session.execute(select(GpuResource).where(GpuResource.present.is_(True)))
                 ).scalars()
             )
+            prices = {
+                row.name: row.usd_per_hour
+                for row in (await session.execute(select(GpuPrice))).scalars()
+            }
             workloads = await session.execute(
                 select(Workload)
                 .where(Workload.deleted_at.is_(None) | one_of(Workload.id, list(by_workload)))
@@ -232,7 +243,7 @@ class Reconciler:
                     WorkerRecord(w.id, w.last_heartbeat_at, w.state, w.state_reason)
                     for w in workers
                 ],
-                slots=worker_slots(workers, gpus),
+                slots=worker_slots(workers, gpus, prices),
                 workloads=[as_workload_view(w) for w in workloads.scalars()],
                 replicas_by_workload=by_workload,
                 demand=await fresh_demand(session),

@@ -71,6 +71,24 @@ class GpuResourceList(BaseModel):
     gpu_resources: list[PoolGpuResource]
 
 
+class GpuCatalogEntry(BaseModel):
+    """A GPU display name the shared pool has (or had, or the operator priced)."""
+
+    name: str = Field(description='the display name gpu_pool uses, e.g. "NVIDIA A100-SXM4-80GB"')
+    memory_total_mb: int | None = Field(description="null when none is in the pool now")
+    total: int = Field(description="how many are in the shared pool now")
+    free: int = Field(description="how many of those are on a ready worker and held by no replica")
+    cuda_versions: list[str] = Field(description="CUDA versions of the workers that have one")
+    usd_per_hour: float | None = Field(
+        description="the operator's price (`inferencekey admin gpu-price set`); null: unpriced, "
+        "so a pool with max_hourly_cost_usd does not use it"
+    )
+
+
+class GpuCatalog(BaseModel):
+    gpus: list[GpuCatalogEntry]
+
+
 class Worker(BaseModel):
     id: str
     name: str

@@ -70,6 +70,7 @@ def world(admin: httpx.Client) -> World:
         Route("POST", "/api/admin/keys", writes=True, body={"project": slug, "all": True}),
         Route("DELETE", "/api/admin/tokens/00000000", writes=True),
         Route("GET", "/api/admin/workloads", writes=False),
+        Route("PUT", "/api/admin/gpu-prices", writes=True, body={"name": "x", "usd_per_hour": 1}),
         Route("GET", "/metrics", writes=False),
     ]
     tokens = {
@@ -89,7 +90,7 @@ def _ids(routes: list[Route]) -> list[str]:
 
 
 ROUTE_INDEXES = range(8)
-ADMIN_INDEXES = range(8)
+ADMIN_INDEXES = range(9)
 
 
 def _assert_problem(response: httpx.Response, status: int, code: str) -> None:

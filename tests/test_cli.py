@@ -732,3 +732,15 @@ def test_agent_unknown_runtime_flag_is_a_usage_error(capsys: pytest.CaptureFixtu
         parse_cli(["agent", "--runtime", "podman"])
 
     assert exit_info.value.code == 2
+
+
+def test_agent_simulated_cuda_version_comes_from_the_flag_or_the_environment() -> None:
+    assert _config("--simulate-cuda-version", "13.0", **_minimal_env()).simulate_cuda_version == (
+        "13.0"
+    )
+    environ = _minimal_env(INFERENCEKEY_SIMULATE_CUDA_VERSION="12.8")
+    assert _config(**environ).simulate_cuda_version == "12.8"
+    with pytest.raises(
+        AgentConfigError, match=r"expected a CUDA version like 12\.4, got 'thirteen'"
+    ):
+        _config("--simulate-cuda-version", "thirteen", **_minimal_env())

@@ -152,6 +152,9 @@ def test_every_api_route_answers_what_the_document_says(
     call(sdk, "GET", "/api/workloads/{workload_ref}/replicas", at={"workload_ref": "doc-bot"})
     call(sdk, "GET", "/api/workers")
     call(sdk, "GET", "/api/gpu-resources")
+    price = {"name": A100, "usd_per_hour": 1.89}
+    assert call(admin, "PUT", "/api/admin/gpu-prices", json=price).json()["usd_per_hour"] == 1.89
+    call(sdk, "GET", "/api/gpu-catalog")
     call(admin, "GET", "/api/admin/workloads")
 
     # The readiness stream: its first frame is a ReadinessEvent.

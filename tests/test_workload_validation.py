@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -215,6 +216,35 @@ CREATE_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "execution_policy_config.workers.private_worker_ids",
     ),
     (
+        "autoscaling without a pool",
+        {"execution_policy": "autoscaling", "execution_policy_config": {"min_workers": 1}},
+        "invalid_execution_policy_config",
+        "execution_policy_config.workers",
+    ),
+    (
+        "private worker that does not exist",
+        {
+            "execution_policy": "autoscaling",
+            "execution_policy_config": {
+                "workers": {"source": "private", "private_worker_ids": ["wrk_nope"]},
+            },
+        },
+        "invalid_execution_policy_config",
+        "execution_policy_config.workers.private_worker_ids",
+    ),
+    (
+        "gpu_pool name the GPU catalog has never seen",
+        {
+            "execution_policy": "autoscaling",
+            "execution_policy_config": {
+                "max_hourly_cost_usd": 5.0,
+                "workers": {"source": "cloud", "cloud_pool": {"gpu_pool": ["Imaginary GPU 9000"]}},
+            },
+        },
+        "invalid_execution_policy_config",
+        "execution_policy_config.workers.cloud_pool.gpu_pool",
+    ),
+    (
         "unknown worker source",
         {
             "execution_policy": "autoscaling",
@@ -247,6 +277,7 @@ def test_invalid_create_is_400_naming_the_field_and_creates_nothing(
     assert _workloads(api, project) == []
 
 
+PRIVATE_WORKER = "wrk_7Yc2"  # replaced by a worker of the test's project
 VALID_POLICIES: list[tuple[str | None, dict[str, Any] | None]] = [
     (None, None),
     ("fixed", {"replicas": 0}),
@@ -275,7 +306,7 @@ VALID_POLICIES: list[tuple[str | None, dict[str, Any] | None]] = [
         {
             "min_workers": 1,
             "max_workers": 4,
-            "workers": {"source": "private", "private_worker_ids": ["wrk_7Yc2"]},
+            "workers": {"source": "private", "private_worker_ids": [PRIVATE_WORKER]},
         },
     ),
     ("autoscaling", {"max_hourly_cost_usd": 2.5, "gpu_pool": ["NVIDIA L4"], "max_workers": 2}),
@@ -284,8 +315,18 @@ VALID_POLICIES: list[tuple[str | None, dict[str, Any] | None]] = [
 
 @pytest.mark.parametrize(("policy", "config"), VALID_POLICIES)
 def test_documented_policy_shapes_are_accepted_and_echoed_verbatim(
-    api: httpx.Client, project: TestProject, policy: str | None, config: dict[str, Any] | None
+    api: httpx.Client,
+    admin: httpx.Client,
+    project: TestProject,
+    policy: str | None,
+    config: dict[str, Any] | None,
 ) -> None:
+    # The pool names what exists: GPUs the catalog knows (priced here), the project's worker.
+    for name in ("NVIDIA A100-SXM4-80GB", "NVIDIA L4"):
+        price = {"name": name, "usd_per_hour": 1.0}
+        assert admin.put("/api/admin/gpu-prices", json=price).status_code == 200
+    worker = admin.post("/api/admin/workers", json={"project": project.slug}).json()
+    config = json.loads(json.dumps(config).replace(PRIVATE_WORKER, worker["id"]))
     body = {**BASE, "execution_policy": policy, "execution_policy_config": config}
     response = api.post(f"/api/projects/{project.slug}/workloads", json=body)
     assert response.status_code == 201, response.text

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support import TestProject, create_project
 
@@ -28,6 +29,13 @@ CONTRACT_FIELDS = {
     "updated_at", "description", "config", "worker_id", "gpu_resource_id", "execution_policy",
     "execution_policy_config", "project_slug", "workload_slug", "status",
 }  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def a100_in_the_gpu_catalog(admin: httpx.Client) -> None:
+    """SPEC's gpu_pool names the A100, so the GPU catalog must know it: here by its price."""
+    price = {"name": "NVIDIA A100-SXM4-80GB", "usd_per_hour": 1.89}
+    assert admin.put("/api/admin/gpu-prices", json=price).status_code == 200
 
 
 def _create(api: httpx.Client, project: TestProject, **change: Any) -> dict[str, Any]:

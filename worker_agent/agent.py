@@ -75,7 +75,9 @@ class Agent:
         # Simulated GPU UUIDs are seeded per host and state dir: stable across restarts, and
         # distinct for two agents on one host, as real GPU UUIDs are.
         seed = f"{socket.gethostname()}:{config.state_dir}"
-        self.inventory = inventory or detect_inventory(config.simulate_gpus, log, seed=seed)
+        self.inventory = inventory or detect_inventory(
+            config.simulate_gpus, log, seed=seed, cuda_version=config.simulate_cuda_version
+        )
         self.runtime = runtime
         self.ports = PortAllocator(*config.port_range)
         self.replicas: dict[str, LocalReplica] = {}

@@ -32,6 +32,7 @@ AGENT_ENV = {
     "model_dir": "INFERENCEKEY_MODEL_DIR",
     "port_range": "INFERENCEKEY_AGENT_PORT_RANGE",
     "simulate_gpus": "INFERENCEKEY_SIMULATE_GPUS",
+    "simulate_cuda_version": "INFERENCEKEY_SIMULATE_CUDA_VERSION",
     "images": "INFERENCEKEY_ENGINE_IMAGES",
     "binaries": "INFERENCEKEY_ENGINE_BINARIES",
     "docker_network": "INFERENCEKEY_AGENT_DOCKER_NETWORK",
@@ -48,6 +49,7 @@ AGENT_FLAGS = {
     "model_dir": "--model-dir",
     "port_range": "--port-range",
     "simulate_gpus": "--simulate-gpus",
+    "simulate_cuda_version": "--simulate-cuda-version",
     "images": "--image",
     "binaries": "--binary",
     "docker_network": "--docker-network",
@@ -144,6 +146,14 @@ def agent_config_from_args(args: argparse.Namespace, environ: Mapping[str, str])
     simulate_gpus, source = setting("simulate_gpus")
     if simulate_gpus is not None and simulate_gpus.strip():
         options["simulate_gpus"] = _gpu_spec(simulate_gpus.strip(), source)
+
+    cuda_version, source = setting("simulate_cuda_version")
+    if cuda_version is not None and cuda_version.strip():
+        if not re.fullmatch(r"\d+\.\d+", cuda_version.strip()):
+            raise AgentConfigError(
+                f"{source}: expected a CUDA version like 12.4, got {cuda_version!r}"
+            )
+        options["simulate_cuda_version"] = cuda_version.strip()
 
     stop_engines_on_exit, source = setting("stop_engines_on_exit")
     if stop_engines_on_exit is not None:
@@ -315,6 +325,11 @@ def add_agent_command(commands: Any) -> None:
         "simulate_gpus",
         "report these GPUs instead of NVML's, e.g. '2xNVIDIA A100-SXM4-80GB' (tests, demos)",
         metavar="SPEC",
+    )
+    option(
+        "simulate_cuda_version",
+        "the CUDA version the simulated GPUs report (default 12.4), for allowed_cuda_versions",
+        metavar="X.Y",
     )
     option(
         "images",

@@ -29,6 +29,7 @@ class AgentConfig:
     model_dir: Path = Path("/models")
     port_range: tuple[int, int] = (41000, 41999)
     simulate_gpus: str | None = None
+    simulate_cuda_version: str | None = None  # default: gpus.SIMULATED_CUDA_VERSION
     # Operator overrides: backend -> image, and engine binary name -> path (process runtime).
     images: dict[str, str] = field(default_factory=dict)
     binaries: dict[str, str] = field(default_factory=dict)

@@ -175,11 +175,18 @@ class SimulatedInventory:
 
 
 def detect_inventory(
-    simulate: str | None, log: logging.Logger, seed: str | None = None
+    simulate: str | None,
+    log: logging.Logger,
+    seed: str | None = None,
+    cuda_version: str | None = None,
 ) -> InventorySource:
     """The simulation when one is asked for, else NVML, else a source that reports no GPUs."""
     if simulate:
-        return SimulatedInventory(simulate, seed=seed or socket.gethostname())
+        return SimulatedInventory(
+            simulate,
+            seed=seed or socket.gethostname(),
+            cuda_version=cuda_version or SIMULATED_CUDA_VERSION,
+        )
     try:
         return NvmlInventory()
     except Exception as error:  # ImportError or any NVMLError: both mean "no NVIDIA GPUs here"

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from inferencekey.wire import WorkloadList
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from manager import wire
 from manager.api.border import BorderRoute
 from manager.api.workloads import stream_engine_log
 from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES
-from manager.services import projects, tokens, usage, workers, workloads
+from manager.services import gpu_catalog, projects, tokens, usage, workers, workloads
 
 from .deps import AdminCaller, Session
 
@@ -47,6 +47,24 @@ class CreateWorkerRequest(BaseModel):
 
     name: StrictStr | None = None
     project: StrictStr | None = None
+
+
+class SetGpuPriceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
+    usd_per_hour: StrictFloat | StrictInt
+
+
+@router.put("/gpu-prices")
+async def set_gpu_price(
+    body: SetGpuPriceRequest, caller: AdminCaller, session: Session
+) -> wire.GpuCatalogEntry:
+    """What `inferencekey admin gpu-price set NAME USD` sends: a GPU display name's hourly price,
+    which cost ceilings (max_hourly_cost_usd) count; the name joins the GPU catalog."""
+    entry = await gpu_catalog.set_price(session, body.name, body.usd_per_hour)
+    await session.commit()
+    return entry
 
 
 # Views leave out what does not apply (a token kind's own keys, a secret not minted now).

@@ -8,8 +8,8 @@ from manager.api.border import BorderRoute, authenticated
 from manager.auth import Principal, Scope, TokenKind, require_scope
 from manager.errors import WrongCredentialType
 from manager.openapi import ERROR_RESPONSES
-from manager.services import workers
-from manager.wire import GpuResourceList, WorkerList
+from manager.services import gpu_catalog, workers
+from manager.wire import GpuCatalog, GpuResourceList, WorkerList
 
 from .deps import Session
 
@@ -45,3 +45,11 @@ async def list_gpu_resources(request: Request, session: Session) -> GpuResourceL
     return GpuResourceList(
         gpu_resources=[workers.pool_gpu_view(g, names[g.worker_id]) for g in gpus]
     )
+
+
+@router.get("/gpu-catalog")
+async def show_gpu_catalog(request: Request, session: Session) -> GpuCatalog:
+    """The shared pool's GPU display names (what ``gpu_pool`` takes), how many are free, and
+    the operator's hourly price of each."""
+    await _viewer(request)
+    return await gpu_catalog.catalog(session)

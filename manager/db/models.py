@@ -204,3 +204,13 @@ class UsageCount(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class GpuPrice(Base):
+    """The operator's hourly price for a GPU display name, for cost ceilings and the catalog."""
+
+    __tablename__ = "gpu_prices"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    usd_per_hour: Mapped[float] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

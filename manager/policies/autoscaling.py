@@ -91,6 +91,7 @@ def validate_config(config: dict[str, Any], max_replicas: int) -> None:
             f"{ROOT}.min_workers",
             f"({min_workers}) must be <= max_workers ({max_workers})",
         )
+    _require_positive_cost(config, ROOT, required=False)
     if "gpu_pool" in config:
         if "workers" in config:
             raise fail(
@@ -101,7 +102,13 @@ def validate_config(config: dict[str, Any], max_replicas: int) -> None:
     elif "workers" in config:
         _validate_workers(config["workers"], config, max_replicas)
     else:
-        _require_positive_cost(config, ROOT, required=False)
+        # Without a pool the policy would scale onto any worker, at any cost.
+        raise fail(
+            f"{ROOT}.workers",
+            'is required for policy \'autoscaling\': {"source": "cloud", "cloud_pool": '
+            '{...}} or {"source": "private", "private_worker_ids": [...]} (or the '
+            "legacy root gpu_pool)",
+        )
 
 
 def desired(context: PolicyContext) -> Desired:

@@ -18,16 +18,18 @@ from manager.auth import Principal, Scope, require_scope
 from manager.db.models import GpuResource, Project, Replica, Worker, Workload
 from manager.errors import (
     FieldNotPatchable,
+    InvalidPolicyConfig,
     ProjectScopeMismatch,
     SlugConflict,
     ValidationFailed,
     WorkloadNotFound,
 )
 from manager.ids import new_id
+from manager.policies.pools import PRIVATE_IDS_FIELD, gpu_pool_field, pool_of
 from manager.validation import WorkloadLimits, canonical_slug, validate_workload
 from manager.wire import Replica as ReplicaView
 
-from . import events
+from . import events, gpu_catalog
 from .timefmt import rfc3339, utcnow
 
 log = logging.getLogger("inferencekey.manager")
@@ -46,6 +48,8 @@ SPEC_FIELDS = (
     "execution_policy_config",
 )
 ASSIGNMENT_FIELDS = ("worker_id", "gpu_resource_id")
+# A change to one of these re-checks the pool's worker ids and GPU names against what exists.
+POOL_FIELDS = ("execution_policy", "execution_policy_config")
 # A change to one of these replaces the running replicas.
 ROLLING_FIELDS = frozenset({"backend", "model_name", "config", "worker_id", "gpu_resource_id"})
 WAITING_FOR_PLACEMENT = "waiting for the reconciler to place replicas"
@@ -93,6 +97,41 @@ async def check_pins(session: AsyncSession, project: Project, fields: dict[str, 
             )
 
 
+async def check_pool(session: AsyncSession, project: Project, fields: dict[str, Any]) -> None:
+    """The policy's pool names what exists: private workers of this project, GPUs the catalog
+    knows. A 400 naming the first that does not."""
+    config = fields.get("execution_policy_config") or {}
+    pool = pool_of(config)
+    for worker_id in pool.private_worker_ids or ():
+        worker = await session.get(Worker, worker_id)
+        if worker is None:
+            raise InvalidPolicyConfig(
+                f"{PRIVATE_IDS_FIELD}: {worker_id!r} is not a registered worker",
+                field=PRIVATE_IDS_FIELD,
+            )
+        if worker.project_id != project.id:
+            whose = "the shared pool" if worker.project_id is None else "another project"
+            raise InvalidPolicyConfig(
+                f"{PRIVATE_IDS_FIELD}: worker {worker_id} belongs to {whose}; private workers "
+                f'must belong to the same project ("{project.slug}")',
+                field=PRIVATE_IDS_FIELD,
+            )
+    if pool.gpu_names:
+        known = await gpu_catalog.known_gpu_names(session)
+        unknown = [name for name in pool.gpu_names if name not in known]
+        if unknown:
+            field = gpu_pool_field(config)
+            listed = ", ".join(repr(n) for n in sorted(known)) or (
+                "none yet (start a shared-pool worker's agent, or price a GPU with "
+                "`inferencekey admin gpu-price set`)"
+            )
+            raise InvalidPolicyConfig(
+                f"{field}: {unknown[0]!r} is not in the GPU catalog (GET /api/gpu-catalog); "
+                f"known GPUs: {listed}",
+                field=field,
+            )
+
+
 async def create_workload(
     session: AsyncSession,
     principal: Principal,
@@ -107,6 +146,7 @@ async def create_workload(
     fields["slug"] = canonical_slug(request.slug if request.slug is not None else request.name)
     validate_workload(fields, limits)
     await check_pins(session, project, fields)
+    await check_pool(session, project, fields)
     workload = Workload(
         id=new_id("wl"),
         project_id=project.id,
@@ -174,10 +214,11 @@ async def update_workload(
         )
     merged = _spec_of(workload) | given
     validate_workload(merged, limits)
-    if any(name in given for name in ASSIGNMENT_FIELDS):
+    if any(name in given for name in (*ASSIGNMENT_FIELDS, *POOL_FIELDS)):
         project = await session.get(Project, workload.project_id)
         assert project is not None
         await check_pins(session, project, merged)
+        await check_pool(session, project, merged)
     changed = sorted(name for name in SPEC_FIELDS if merged[name] != getattr(workload, name))
     if not changed:
         return workload

@@ -71,6 +71,13 @@ def test_detect_prefers_the_simulation() -> None:
     assert source.snapshot().source == "simulated"
 
 
+def test_simulated_gpus_report_the_cuda_version_they_are_given() -> None:
+    source = detect_inventory(
+        "1xNVIDIA L4", logging.getLogger("test"), seed="s", cuda_version="13.0"
+    )
+    assert source.snapshot().cuda_version == "13.0"
+
+
 def test_without_nvml_the_host_reports_no_gpus_and_logs_one_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
