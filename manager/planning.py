@@ -271,6 +271,8 @@ def plan_workload(
     now: datetime,
     demand: DemandFigures,
     max_replicas: int,
+    scale_down_delay_s: float = 300.0,
+    idle_s: float = 600.0,
 ) -> list[Action]:
     """What to do for one workload now, each action with its reason.
 
@@ -290,6 +292,9 @@ def plan_workload(
         now=now,
         demand=demand,
         last_scaled_at=workload.last_scaled_at,
+        current_replicas=workload.desired_replicas,
+        scale_down_delay_s=scale_down_delay_s,
+        idle_s=idle_s,
     )
     desired, policy_reason = policy_for(workload.execution_policy).desired(context)
     # Specs are validated against the limit; a row written before it was lowered (or by hand)

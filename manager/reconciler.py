@@ -317,6 +317,8 @@ class Reconciler:
                 now=snapshot.now,
                 demand=snapshot.demand.get(workload.id, NO_DEMAND),
                 max_replicas=self.settings.max_replicas_per_workload,
+                scale_down_delay_s=self.settings.autoscale_scale_down_delay_s,
+                idle_s=self.settings.autoscale_idle_s,
             )
             if actions:
                 await self._apply(snapshot.now, workload, actions)
@@ -456,6 +458,13 @@ class Reconciler:
         }
         if action.scaled:
             counts["last_scaled_at"] = now
+            await events.record(
+                session,
+                workload.id,
+                "scaled",
+                action.reason,
+                {"from": workload.desired_replicas, "to": action.desired},
+            )
         return counts
 
     @staticmethod

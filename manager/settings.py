@@ -38,6 +38,9 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "reconcile_interval_s": (float, 0.1),
     "gateway_first_byte_timeout_s": (float, 0.1),
     "gateway_idle_timeout_s": (float, 0.1),
+    "gateway_wake_timeout_s": (float, 0.1),
+    "autoscale_scale_down_delay_s": (float, 0),
+    "autoscale_idle_s": (float, 0),
 }
 
 
@@ -72,6 +75,13 @@ class Settings:
     gateway_first_byte_timeout_s: float = 600.0
     gateway_idle_timeout_s: float = 300.0
     gateway_max_body_bytes: int = 64 * 1024 * 1024
+    # How long a request to an autoscaling workload with no ready replica is held while the
+    # workload wakes (scale-from-zero) before it is answered 503.
+    gateway_wake_timeout_s: float = 300.0
+    # Autoscaling: replicas are removed only once the count has been stable this long, and a
+    # workload with min_workers 0 goes to zero after this long without a request.
+    autoscale_scale_down_delay_s: float = 300.0
+    autoscale_idle_s: float = 600.0
     # Limits: no one workload, client or burst may stall the Manager (SECURITY.md).
     max_replicas_per_workload: int = 100
     # Database connections this process may hold, and how long a request waits for one before

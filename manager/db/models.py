@@ -183,6 +183,9 @@ class WorkloadDemand(Base):
     workload_id: Mapped[str] = mapped_column(ForeignKey("workloads.id"), primary_key=True)
     in_flight: Mapped[int] = mapped_column(Integer)
     requests_per_s: Mapped[float] = mapped_column()
+    # Requests in flight on average over the report's window (migration 0008).
+    concurrency: Mapped[float] = mapped_column(default=0.0)
+    last_request_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -51,6 +51,7 @@ log = logging.getLogger("inferencekey.gateway")
 
 PREFIX = "/endpoint/"
 MAX_ATTEMPTS = 3
+WAKE_EVERY_S = 1.0  # held requests wake their workload's reconcile at most this often
 RETRY_AFTER_S = b"5"
 
 
@@ -99,6 +100,7 @@ class GatewayMiddleware:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
+        self._woken: dict[str, float] = {}  # workload id -> when a request last woke it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
@@ -209,6 +211,8 @@ class GatewayMiddleware:
     ) -> None:
         settings = self.gateway.settings
         project, workload = target.project, target.workload
+        if route.wakes and not route.replicas:
+            route = await self._wake(route)
         upstream_target = target.upstream_target(with_prefix=True)
         headers = forwarded_headers(scope["headers"])
         tried: set[str] = set()
@@ -271,9 +275,14 @@ class GatewayMiddleware:
                 )
             else:
                 state = f"{route.phase}: {route.reason}" if route.reason else route.phase
+                waited = (
+                    f" after waiting {settings.gateway_wake_timeout_s:g}s for it to wake"
+                    if route.wakes
+                    else ""
+                )
                 code, message = (
                     "no_ready_replica",
-                    f'workload "{workload}" has no ready replica ({state})',
+                    f'workload "{workload}" has no ready replica{waited} ({state})',
                 )
             await send_json(
                 send,
@@ -291,6 +300,32 @@ class GatewayMiddleware:
             ),
             [(b"retry-after", RETRY_AFTER_S)],
         )
+
+    async def _wake(self, route: WorkloadRoute) -> WorkloadRoute:
+        """Hold the request while its workload gets a ready replica (scale-from-zero): report
+        the demand and wake the reconciler now, then wait for a route table that has one, up to
+        the wake timeout. A client that gives up cancels the wait, and stops counting."""
+        gateway = self.gateway
+        assert gateway.routes is not None and gateway.demand is not None
+        now = time.monotonic()
+        if now - self._woken.get(route.id, -WAKE_EVERY_S) >= WAKE_EVERY_S:
+            self._woken[route.id] = now
+            try:
+                await gateway.demand.wake(route.id)
+            except Exception:
+                # The periodic report still carries this request's demand within seconds.
+                log.exception("could not wake workload %s at once", route.id)
+        deadline = now + gateway.settings.gateway_wake_timeout_s
+        key = (route.project_id, route.slug)
+        while (left := deadline - time.monotonic()) > 0:
+            await gateway.routes.next_reload(left)
+            fresh = gateway.routes.workloads.get(key)
+            if fresh is None or fresh.id != route.id:
+                return route  # deleted meanwhile: answered as no ready replica
+            route = fresh
+            if route.replicas:
+                break
+        return route
 
 
 class _Seen:

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from inferencekey.enums import TaskType
+from inferencekey.enums import ExecutionPolicy, TaskType
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -54,6 +54,8 @@ class WorkloadRoute:
     reason: str | None
     # Its engine reports a stream's token usage only when asked (Engine.stream_usage_on_request).
     asks_stream_usage: bool = False
+    # A request finding no ready replica wakes it and waits (autoscaling: scale-from-zero).
+    wakes: bool = False
     replicas: list[ReplicaTarget] = field(default_factory=list)
 
     def pick(self, now: float, exclude: set[str]) -> ReplicaTarget | None:
@@ -100,10 +102,16 @@ class RouteTable:
         self.workloads: dict[tuple[str, str], WorkloadRoute] = {}  # (project id, slug) -> route
         self._targets: dict[str, ReplicaTarget] = {}
         self._dirty = asyncio.Event()
+        self._reloaded = asyncio.Event()  # set (and replaced) after every reload
         self._task: asyncio.Task[None] | None = None
 
     def changed(self, _payload: str = "") -> None:
         self._dirty.set()
+
+    async def next_reload(self, timeout: float) -> None:
+        """Return after the next reload, or after ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reloaded.wait(), timeout)
 
     async def start(self) -> None:
         await self.reload()
@@ -169,6 +177,7 @@ class RouteTable:
                     workload.phase,
                     workload.phase_reason,
                     _asks_stream_usage(workload.backend),
+                    workload.execution_policy == ExecutionPolicy.AUTOSCALING,
                 )
             if replica_id is None or worker is None:
                 continue
@@ -176,6 +185,8 @@ class RouteTable:
             targets[replica_id] = target
             route.replicas.append(target)
         self.workloads, self._targets = workloads, targets
+        reloaded, self._reloaded = self._reloaded, asyncio.Event()
+        reloaded.set()
 
     def _target(self, replica_id: str, worker: Worker) -> ReplicaTarget:
         address = urlsplit(worker.address or "")

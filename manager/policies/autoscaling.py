@@ -6,7 +6,9 @@ root ``gpu_pool`` (which cannot carry ``allowed_cuda_versions``).
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import datetime
 from typing import Any
 
 from ._rules import (
@@ -20,7 +22,18 @@ from ._rules import (
 )
 from .base import Desired, Policy, PolicyContext
 
-ROOT_KEYS = ("min_workers", "max_workers", "max_hourly_cost_usd", "workers", "gpu_pool")
+ROOT_KEYS = (
+    "min_workers",
+    "max_workers",
+    "target_in_flight",
+    "max_hourly_cost_usd",
+    "workers",
+    "gpu_pool",
+)
+# Requests in flight one replica is meant to carry; more and another replica is added.
+DEFAULT_TARGET_IN_FLIGHT = 4
+MAX_TARGET_IN_FLIGHT = 10_000
+IDLE_REASON = "idle at zero replicas; the next request wakes it"
 WORKERS_KEYS = ("source", "cloud_pool", "private_worker_ids")
 CLOUD_POOL_KEYS = ("gpu_pool", "max_hourly_cost_usd", "max_instances", "allowed_cuda_versions")
 SOURCES = ("cloud", "private")
@@ -92,6 +105,14 @@ def validate_config(config: dict[str, Any], max_replicas: int) -> None:
             f"({min_workers}) must be <= max_workers ({max_workers})",
         )
     _require_positive_cost(config, ROOT, required=False)
+    if "target_in_flight" in config:
+        target = config["target_in_flight"]
+        if not is_number(target) or not 0 < target <= MAX_TARGET_IN_FLIGHT:
+            raise fail(
+                f"{ROOT}.target_in_flight",
+                f"must be a number greater than 0 and at most {MAX_TARGET_IN_FLIGHT}, "
+                f"got {target!r}",
+            )
     if "gpu_pool" in config:
         if "workers" in config:
             raise fail(
@@ -112,10 +133,43 @@ def validate_config(config: dict[str, Any], max_replicas: int) -> None:
 
 
 def desired(context: PolicyContext) -> Desired:
-    # The demand figures are in the context already; following them is the next release's.
-    floor = int(context.config.get("min_workers") or 0)
-    reason = "demand-based scaling is not in this Manager release yet; holding min_workers"
-    return floor, reason
+    """Replicas for the demand: ``ceil(load / target_in_flight)`` between the bounds.
+
+    The load is what the gateways report (requests in flight, held ones included, or their
+    average over the last report's window when that is higher) plus queued async jobs. Up at
+    once; down only once the count has been stable for the scale-down delay; to zero (with
+    ``min_workers: 0``) only after the idle period without a request.
+    """
+    config, demand, now = context.config, context.demand, context.now
+    floor = int(config.get("min_workers") or 0)
+    ceiling = max(floor, int(config.get("max_workers") or 0))
+    target = float(config.get("target_in_flight") or DEFAULT_TARGET_IN_FLIGHT)
+    load = max(float(demand.in_flight_requests), demand.concurrency) + demand.queued_jobs
+    wanted = min(max(math.ceil(load / target - 1e-9), floor), ceiling)
+    current = context.current_replicas
+    figures = f"{load:g} in flight, target {target:g} per replica"
+    if wanted > current:
+        return wanted, f"scaled {current} → {wanted}: {figures}"
+    if wanted == current:
+        if current == 0:
+            return 0, IDLE_REASON
+        return current, f"holding {current}: {figures}"
+    if wanted == 0:
+        idle_since = _latest(demand.last_request_at, context.last_scaled_at)
+        if idle_since is not None and (now - idle_since).total_seconds() < context.idle_s:
+            wanted = 1  # not idle long enough for zero: down to one at most
+        else:
+            return 0, f"scaled {current} → 0: no request for {context.idle_s:g}s; {IDLE_REASON}"
+    since = context.last_scaled_at
+    stable_for = (now - since).total_seconds() if since is not None else math.inf
+    if wanted >= current or stable_for < context.scale_down_delay_s:
+        return current, f"holding {current}: {figures}"
+    return wanted, f"scaled {current} → {wanted}: {figures}"
+
+
+def _latest(*moments: datetime | None) -> datetime | None:
+    known = [moment for moment in moments if moment is not None]
+    return max(known) if known else None
 
 
 POLICY = Policy(validate_config, desired)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from inferencekey.enums import ReadinessPhase, WorkloadPhase
+from inferencekey.enums import ExecutionPolicy, ReadinessPhase, WorkloadPhase
 from inferencekey.wire import ReadinessEvent
 
 from manager.db.models import Workload
@@ -42,7 +42,16 @@ class Readiness:
 def readiness_of(workload: Workload) -> Readiness:
     phase = _PHASE_MAP.get(workload.phase, ReadinessPhase.SCHEDULING).value
     reason = workload.phase_reason or workload.phase
-    if workload.phase == WorkloadPhase.STOPPED:
+    policy = workload.execution_policy
+    if workload.phase == WorkloadPhase.STOPPED and policy == ExecutionPolicy.AUTOSCALING:
+        # At zero it is as callable as ever: the next request wakes it and is held meanwhile.
+        phase = ReadinessPhase.READY.value
+        reason = f"ready to wake: {reason}"
+    elif workload.phase == WorkloadPhase.STOPPED and policy == ExecutionPolicy.SCHEDULED:
+        # Outside its window or run: a waiting client hears when the next one begins.
+        phase = ReadinessPhase.SCHEDULING.value
+        reason = f"waiting for its schedule: {reason}"
+    elif workload.phase == WorkloadPhase.STOPPED:
         reason = f"the workload wants no replicas: {reason}"
     elif workload.phase == WorkloadPhase.DELETED:
         reason = "the workload was deleted"

@@ -11,7 +11,6 @@ from inferencekey.enums import ExecutionPolicy
 from manager.errors import InvalidPolicyConfig
 from manager.policies import (
     POLICIES,
-    DemandFigures,
     PolicyContext,
     autoscaling,
     fixed,
@@ -71,14 +70,3 @@ def test_scheduled_cron_is_not_evaluated_yet_and_says_so() -> None:
         0,
         "cron schedules are not evaluated by this Manager release yet",
     )
-
-
-def test_autoscaling_holds_min_workers_whatever_the_demand() -> None:
-    busy = context(
-        {"min_workers": 2, "max_workers": 5},
-        demand=DemandFigures(in_flight_requests=40, requests_per_s=12.5, queued_jobs=3),
-        last_scaled_at=FRIDAY_NOON - timedelta(minutes=10),
-    )
-    held = "demand-based scaling is not in this Manager release yet; holding min_workers"
-    assert autoscaling.desired(busy) == (2, held)
-    assert autoscaling.desired(context({})) == (0, held)

@@ -1,0 +1,202 @@
+"""Autoscaling on demand with the real llama.cpp engine: a workload at zero wakes for a held
+request, serves it, and goes back to zero when idle; a burst scales it up to max_workers and no
+further. The module runs a Manager of its own with short delays (operator settings)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from inferencekey import ManagementClient
+
+from manager.policies.autoscaling import IDLE_REASON
+from manager.settings import Settings
+from tests.e2e.serving import CHAT, endpoint
+from tests.support import (
+    AgentFactory,
+    RunningManager,
+    TestProject,
+    bearer,
+    create_database,
+    create_live_key,
+    drop_database,
+    free_port,
+    new_admin_token,
+    start_manager,
+    wait_until,
+)
+
+IDLE_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningManager]:
+    database_url = create_database()
+    settings = Settings(
+        port=free_port(),
+        database_url=database_url,
+        data_dir=tmp_path_factory.mktemp("autoscaling-manager"),
+        admin_token=new_admin_token(),
+        heartbeat_interval_s=0.5,
+        reconcile_interval_s=0.5,
+        autoscale_scale_down_delay_s=2.0,
+        autoscale_idle_s=IDLE_S,
+        gateway_wake_timeout_s=60.0,
+        auth_failures_per_window=1_000_000,
+    )
+    running = start_manager(settings)
+    yield running
+    running.stop()
+    drop_database(database_url)
+
+
+@pytest.fixture(scope="module")
+def admin(manager: RunningManager) -> Iterator[httpx.Client]:
+    assert manager.admin_token
+    with httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token)) as client:
+        yield client
+
+
+def private_worker(admin: httpx.Client, project: TestProject, start_agent: AgentFactory) -> str:
+    created = admin.post("/api/admin/workers", json={"project": project.slug})
+    assert created.status_code == 201, created.text
+    start_agent(token=created.json()["token"])
+    return str(created.json()["id"])
+
+
+def spec(gguf: Path, slug: str, worker_id: str, **config: Any) -> dict[str, Any]:
+    return {
+        "name": slug,
+        "slug": slug,
+        "model_name": "gemma-3-270m",
+        "backend": "llamacpp",
+        "config": {"command": f"llama-server -m {gguf} -c 512"},
+        "execution_policy": "autoscaling",
+        "execution_policy_config": {
+            "workers": {"source": "private", "private_worker_ids": [worker_id]},
+            **config,
+        },
+    }
+
+
+def running_replicas(api: httpx.Client, slug: str) -> list[dict[str, Any]]:
+    replicas = api.get(f"/api/workloads/{slug}/replicas").json()["replicas"]
+    return [r for r in replicas if r["desired_state"] == "run"]
+
+
+def events(api: httpx.Client, slug: str, kind: str) -> list[str]:
+    answer = api.get(f"/api/workloads/{slug}/events").json()["events"]
+    return [e["message"] for e in answer if e["kind"] == kind]
+
+
+def test_a_workload_at_zero_wakes_for_a_held_request_and_sleeps_again_when_idle(
+    manager: RunningManager,
+    admin: httpx.Client,
+    project: TestProject,
+    api: httpx.Client,
+    mgmt: ManagementClient,
+    start_agent: AgentFactory,
+    gguf_model: Path,
+) -> None:
+    worker_id = private_worker(admin, project, start_agent)
+    body = spec(gguf_model, "sleepy", worker_id, min_workers=0, max_workers=1)
+    created = api.post(f"/api/projects/{project.slug}/workloads", json=body)
+    assert created.status_code == 201, created.text
+
+    # At zero it is idle, and ready to wake as far as a waiting client is concerned.
+    status = wait_until(
+        lambda: (
+            (s := api.get("/api/workloads/sleepy").json()["status"])["phase"] == "stopped" and s
+        ),
+        10,
+        "the workload never settled at zero",
+    )
+    assert status["reason"] == IDLE_REASON
+    seen = []
+    mgmt.wait_until_ready("sleepy", timeout=10, on_progress=seen.append, silent=True)
+    assert seen[-1].phase == "ready" and "ready to wake" in seen[-1].message
+    assert running_replicas(api, "sleepy") == []
+
+    key = create_live_key(admin, project.slug)
+    with endpoint(manager, project, "sleepy", key) as client:
+        client.timeout = httpx.Timeout(90)
+        started = time.monotonic()
+        answer = client.post("/v1/chat/completions", json=CHAT)
+        woke_in = time.monotonic() - started
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] is not None
+    assert any(m.startswith("scaled 0 → 1: ") for m in events(api, "sleepy", "scaled"))
+    print(f"woken and served in {woke_in:.1f}s")
+
+    # Idle for the idle period: back to zero, with the reason in its event.
+    wait_until(
+        lambda: running_replicas(api, "sleepy") == [],
+        IDLE_S + 20,
+        "the idle workload never went back to zero",
+    )
+    assert any("→ 0: no request for 4s" in m for m in events(api, "sleepy", "scaled"))
+
+    # A stream wakes it the same way; its client sees only the engine's bytes.
+    with endpoint(manager, project, "sleepy", key) as client:
+        client.timeout = httpx.Timeout(90)
+        streamed = {**CHAT, "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=streamed) as stream:
+            assert stream.status_code == 200
+            lines = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and len(lines) > 2
+
+
+def test_a_burst_scales_up_to_max_workers_and_no_further(
+    manager: RunningManager,
+    admin: httpx.Client,
+    project: TestProject,
+    api: httpx.Client,
+    mgmt: ManagementClient,
+    start_agent: AgentFactory,
+    gguf_model: Path,
+) -> None:
+    worker_id = private_worker(admin, project, start_agent)
+    body = spec(gguf_model, "bursty", worker_id, min_workers=1, max_workers=2, target_in_flight=1)
+    assert api.post(f"/api/projects/{project.slug}/workloads", json=body).status_code == 201
+    mgmt.wait_until_ready("bursty", timeout=60, silent=True)
+    key = create_live_key(admin, project.slug)
+
+    stop = threading.Event()
+    answers: list[int] = []
+    most: list[int] = []
+
+    def client_loop() -> None:
+        with endpoint(manager, project, "bursty", key) as client:
+            client.timeout = httpx.Timeout(120)
+            while not stop.is_set():
+                long_one = {**CHAT, "max_tokens": 48}
+                answers.append(client.post("/v1/chat/completions", json=long_one).status_code)
+
+    clients = [threading.Thread(target=client_loop) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            counts = api.get("/api/workloads/bursty").json()["status"]
+            most.append(max(counts["desired_replicas"], len(running_replicas(api, "bursty"))))
+            if counts["ready_replicas"] == 2:
+                break
+            time.sleep(0.5)
+        for _ in range(6):  # and it stays there while the burst goes on
+            counts = api.get("/api/workloads/bursty").json()["status"]
+            most.append(max(counts["desired_replicas"], len(running_replicas(api, "bursty"))))
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=120)
+    assert max(most) == 2, most
+    assert counts["ready_replicas"] == 2
+    assert answers and set(answers) == {200}
+    assert any(m.startswith("scaled 1 → 2: ") for m in events(api, "bursty", "scaled"))
