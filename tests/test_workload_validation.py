@@ -132,6 +132,57 @@ CREATE_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "execution_policy_config.window",
     ),
     (
+        "window of no time at all",
+        {
+            "execution_policy": "scheduled",
+            "execution_policy_config": {"window": "Mon-Fri 08:00-08:00 Europe/Madrid"},
+        },
+        "invalid_execution_policy_config",
+        "execution_policy_config.window",
+    ),
+    (
+        "cron that never fires",
+        {"execution_policy": "scheduled", "execution_policy_config": {"cron": "0 0 30 2 *"}},
+        "invalid_execution_policy_config",
+        "execution_policy_config.cron",
+    ),
+    (
+        "scheduled with zero replicas",
+        {
+            "execution_policy": "scheduled",
+            "execution_policy_config": {"cron": "0 2 * * *", "replicas": 0},
+        },
+        "invalid_execution_policy_config",
+        "execution_policy_config.replicas",
+    ),
+    (
+        "cron with a zero duration",
+        {
+            "execution_policy": "scheduled",
+            "execution_policy_config": {"cron": "0 2 * * *", "duration_minutes": 0},
+        },
+        "invalid_execution_policy_config",
+        "execution_policy_config.duration_minutes",
+    ),
+    (
+        "cron with an unknown time zone",
+        {
+            "execution_policy": "scheduled",
+            "execution_policy_config": {"cron": "0 2 * * *", "timezone": "Europe/Atlantis"},
+        },
+        "invalid_execution_policy_config",
+        "execution_policy_config.timezone",
+    ),
+    (
+        "window with a timezone key",
+        {
+            "execution_policy": "scheduled",
+            "execution_policy_config": {"window": "Mon 08:00-09:00 UTC", "timezone": "UTC"},
+        },
+        "invalid_execution_policy_config",
+        "execution_policy_config.timezone",
+    ),
+    (
         "autoscaling min above max",
         {
             "execution_policy": "autoscaling",
@@ -284,6 +335,16 @@ VALID_POLICIES: list[tuple[str | None, dict[str, Any] | None]] = [
     ("scheduled", {"cron": "0 2 * * *"}),
     ("scheduled", {"window": "Mon-Fri 08:00-20:00 Europe/Madrid"}),
     ("scheduled", {"window": "Sat,Sun 22:00-06:00 UTC"}),
+    ("scheduled", {"window": "Mon-Fri 00:00-24:00 America/New_York", "replicas": 2}),
+    (
+        "scheduled",
+        {
+            "cron": "30 6 * * 1-5",
+            "duration_minutes": 90,
+            "timezone": "Europe/Madrid",
+            "replicas": 2,
+        },
+    ),
     (
         "autoscaling",
         {

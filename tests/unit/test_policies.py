@@ -55,18 +55,12 @@ def test_fixed_wants_its_replicas_one_by_default_and_says_why_at_zero() -> None:
     assert fixed.desired(context({"replicas": 0})) == (0, "fixed policy with replicas = 0")
 
 
-def test_scheduled_wants_one_inside_its_window_and_none_outside() -> None:
+def test_scheduled_wants_its_replicas_inside_its_window_and_none_outside() -> None:
+    # The rest of its rules: tests/unit/test_scheduled.py.
     window = {"window": "Mon-Fri 08:00-20:00 UTC"}
-    assert scheduled.desired(context(window)) == (1, None)
+    assert scheduled.desired(context(window)) == (1, "window open; closes at 2026-11-27T20:00:00Z")
     saturday = FRIDAY_NOON + timedelta(days=1)
     assert scheduled.desired(context(window, saturday)) == (
         0,
-        "outside the schedule window Mon-Fri 08:00-20:00 UTC",
-    )
-
-
-def test_scheduled_cron_is_not_evaluated_yet_and_says_so() -> None:
-    assert scheduled.desired(context({"cron": "0 2 * * *"})) == (
-        0,
-        "cron schedules are not evaluated by this Manager release yet",
+        "window closed; opens at 2026-11-30T08:00:00Z",
     )

@@ -344,8 +344,34 @@ def test_outside_a_schedule_window_the_phase_says_so() -> None:
         max_replicas=100,
     )
     assert phase_of(saturday) == SetPhase(
-        WorkloadPhase.STOPPED, "outside the schedule window Mon-Fri 08:00-20:00 UTC"
+        WorkloadPhase.STOPPED, "window closed; opens at 2026-11-30T08:00:00Z"
     )
+
+
+def test_a_cron_run_places_its_replicas_and_its_end_stops_them_each_saying_why() -> None:
+    nightly = workload(
+        execution_policy="scheduled",
+        execution_policy_config={"cron": "0 12 * * *", "replicas": 2},
+    )
+    during = plan(nightly, [], [worker("wrk_a"), worker("wrk_b")])
+    assert len(of_type(during, CreateReplica)) == 2
+    run = "cron run started: fired at 2026-11-27T12:00:00Z, until 2026-11-27T13:00:00Z"
+    assert of_type(during, SetReplicaCounts) == [SetReplicaCounts(2, 0, scaled=True, reason=run)]
+
+    running = dataclasses.replace(nightly, desired_replicas=2, ready_replicas=2)
+    replicas = [replica("rep_1", "wrk_a", of=nightly), replica("rep_2", "wrk_b", of=nightly)]
+    after = plan_workload(
+        running,
+        replicas,
+        [worker("wrk_a"), worker("wrk_b")],
+        now=NOW + timedelta(hours=1),
+        demand=DemandFigures(),
+        max_replicas=100,
+    )
+    assert sorted(s.replica_id for s in of_type(after, StopReplica)) == ["rep_1", "rep_2"]
+    ended = "cron run ended; next run fires at 2026-11-28T12:00:00Z"
+    assert phase_of(after) == SetPhase(WorkloadPhase.STOPPED, ended)
+    assert of_type(after, SetReplicaCounts) == [SetReplicaCounts(0, 0, scaled=True, reason=ended)]
 
 
 def test_a_deleted_workload_stops_its_replicas_and_leaves_its_phase_alone() -> None:
