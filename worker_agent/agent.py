@@ -45,6 +45,7 @@ log = logging.getLogger("inferencekey.agent")
 LOG_TAIL_LINES = 40
 ENGINE_STOP_TIMEOUT_S = 10.0  # SIGTERM (docker stop) to SIGKILL, when stopping for good
 READY_HEALTH_FAILURES = 3  # consecutive failed checks before a ready engine counts as unhealthy
+BOOT_POLL_S = 0.1  # how often a booting engine is asked whether it is ready
 STABLE_AFTER_S = 60.0  # a replica ready this long gets its restart backoff reset
 
 
@@ -297,6 +298,9 @@ class Agent:
             return
         local.state, local.reason = ReplicaState.STARTING, "engine launched; loading the model"
         local.ready_since, local.health_failures, local.prepare_task = None, 0, None
+        if local.boot_watch is not None:
+            local.boot_watch.cancel()
+        local.boot_watch = asyncio.create_task(self._watch_boot(local))
         log.info(
             "started %s (%s) on port %d",
             assignment.id,
@@ -444,11 +448,27 @@ class Agent:
             )
             self._changed.set()
 
+    async def _watch_boot(self, local: LocalReplica) -> None:
+        """While the engine boots, ask it every tenth of a second whether it is ready, and run a
+        converge pass as soon as it is: held requests wait for that replica (scale-from-zero),
+        and the converge loop's own health checks come only every `health_interval_s`."""
+        base_url = f"http://127.0.0.1:{local.port}"
+        while (
+            local.state == ReplicaState.STARTING and self.replicas.get(local.assignment.id) is local
+        ):
+            with contextlib.suppress(Exception):
+                if await local.engine.ready_check(base_url, self._engine_http):
+                    self._desired_changed.set()
+                    return
+            await asyncio.sleep(BOOT_POLL_S)
+
     async def _stop(self, replica_id: str) -> None:
         assert self.runtime is not None
         local = self.replicas.pop(replica_id)
         if local.prepare_task is not None:
             local.prepare_task.cancel()
+        if local.boot_watch is not None:
+            local.boot_watch.cancel()
         await asyncio.to_thread(self.runtime.stop, replica_id)
         self.ports.release(local.port)
         log.info("stopped %s", replica_id, extra=ids(replica_id=replica_id))

@@ -25,6 +25,8 @@ class LocalReplica:
     ready_since: float | None = None
     health_failures: int = 0
     prepare_task: asyncio.Task[None] | None = None
+    # Polls a booting engine often, so its readiness is seen at once (Agent._watch_boot).
+    boot_watch: asyncio.Task[None] | None = None
     notices: list[str] = field(default_factory=list)
     served_model: str = ""  # the `model` its engine answers to
 
