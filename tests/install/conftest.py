@@ -59,3 +59,13 @@ def installed_venv(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) 
         check=True,
     )
     yield root / "bin"
+
+
+@pytest.fixture(scope="session")
+def clean_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tracked files: what a clean clone holds, for builds that read a whole tree."""
+    root = tmp_path_factory.mktemp("checkout")
+    for name in tracked_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    return root
