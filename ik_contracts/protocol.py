@@ -85,6 +85,16 @@ class InventoryWire(BaseModel):
     model_files: dict[Name, Bytes] = Field(default_factory=dict, max_length=100_000)
 
 
+class EngineLoad(BaseModel):
+    """What a ready engine says of its own load on its Prometheus /metrics, where it has one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    running: Count | None = None  # requests it is working on
+    waiting: Count | None = None  # requests queued inside it
+    kv_cache_usage: Annotated[float, Field(ge=0, le=1)] | None = None  # share of its KV cache
+
+
 class ObservedReplica(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -94,6 +104,7 @@ class ObservedReplica(BaseModel):
     log_tail: Text | None = None
     port: Annotated[int, Field(ge=0, le=65535)] | None = None
     restarts: Count = 0
+    engine_load: EngineLoad | None = None
 
 
 class Heartbeat(BaseModel):

@@ -85,6 +85,8 @@ class ReplicaView:
     state: str
     reason: str | None
     created_at: datetime
+    # Requests its engine reports running plus waiting (None: not reported).
+    engine_requests: int | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,13 @@ def plan_workload(
         actions.extend(StopReplica(r.id, r.worker_id, "the workload was deleted") for r in running)
         return actions
 
+    reported = [
+        r.engine_requests
+        for r in running
+        if r.state == ReplicaState.READY and r.engine_requests is not None
+    ]
+    if reported:
+        demand = replace(demand, engine_requests=sum(reported))
     context = PolicyContext(
         config=workload.execution_policy_config,
         now=now,

@@ -102,6 +102,11 @@ def as_replica_view(replica: Replica) -> planning.ReplicaView:
         state=replica.state,
         reason=replica.reason,
         created_at=replica.created_at,
+        engine_requests=(
+            None
+            if replica.engine_running is None and replica.engine_waiting is None
+            else (replica.engine_running or 0) + (replica.engine_waiting or 0)
+        ),
     )
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ik_contracts.protocol import EngineLoad
+
 TokenKindName = Literal["sdk", "live", "admin", "agent"]
 
 
@@ -139,6 +141,9 @@ class Replica(BaseModel):
     restarts: int
     created_at: str
     ready_at: str | None
+    engine_load: EngineLoad | None = Field(
+        default=None, description="the engine's own load at the last report, where it has /metrics"
+    )
 
 
 class ReplicaList(BaseModel):

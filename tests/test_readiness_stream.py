@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -65,6 +66,25 @@ def test_a_workload_no_worker_can_take_stays_scheduling_until_the_deadline(
     assert seen[0].phase == "scheduling"
     assert {event.phase for event in seen} == {"scheduling"}
     assert "cannot be placed" in seen[-1].message
+
+
+def test_a_scheduled_workload_outside_its_window_says_when_it_opens(
+    mgmt: ManagementClient,
+) -> None:
+    # A window on a day three days from now: closed whenever the test runs.
+    day = (datetime.now(UTC) + timedelta(days=3)).strftime("%a")
+    window = {"window": f"{day} 08:00-09:00 UTC"}
+    ref = mgmt.ensure(spec("nightly", execution_policy="scheduled", execution_policy_config=window))
+    seen: list[ReadinessEvent] = []
+
+    with pytest.raises(TimeoutError):
+        mgmt.wait_until_ready(ref.workload_slug, timeout=3, on_progress=seen.append)
+
+    last = seen[-1]
+    assert last.phase == "scheduling"
+    assert last.message.startswith("waiting for its schedule: window closed; opens at ")
+    opens = datetime.fromisoformat(last.message.rsplit(" ", 1)[1].replace("Z", "+00:00"))
+    assert opens.strftime("%a %H:%M") == f"{day} 08:00"
 
 
 def test_an_unknown_workload_is_not_found(mgmt: ManagementClient) -> None:

@@ -419,6 +419,8 @@ class Agent:
             return
         healthy = await local.engine.ready_check(base_url, self._engine_http)
         local.health_failures = 0 if healthy else local.health_failures + 1
+        if healthy:
+            local.engine_load = await local.engine.load(base_url, self._engine_http)
         if local.health_failures >= READY_HEALTH_FAILURES:
             local.state = ReplicaState.STARTING
             local.reason = "health check failing; waiting for the engine"

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from ik_contracts.engines import Engine
-from ik_contracts.protocol import ReplicaAssignment, ReplicaState
+from ik_contracts.protocol import EngineLoad, ReplicaAssignment, ReplicaState
 
 
 @dataclass
@@ -27,6 +27,8 @@ class LocalReplica:
     prepare_task: asyncio.Task[None] | None = None
     # Polls a booting engine often, so its readiness is seen at once (Agent._watch_boot).
     boot_watch: asyncio.Task[None] | None = None
+    # The engine's own load figures at the last health check (ready engines with /metrics).
+    engine_load: EngineLoad | None = None
     notices: list[str] = field(default_factory=list)
     served_model: str = ""  # the `model` its engine answers to
 
@@ -38,4 +40,9 @@ class LocalReplica:
             "log_tail": self.log_tail if self.state == ReplicaState.FAILED else None,
             "port": self.port,
             "restarts": self.restarts,
+            "engine_load": (
+                self.engine_load.model_dump(exclude_none=True)
+                if self.engine_load is not None and self.state == ReplicaState.READY
+                else None
+            ),
         }

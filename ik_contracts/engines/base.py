@@ -13,6 +13,9 @@ from typing import ClassVar, Literal
 
 import httpx
 from inferencekey.enums import Backend
+from prometheus_client.parser import text_string_to_metric_families
+
+from ik_contracts.protocol import EngineLoad
 
 GpuClaim = Literal["whole", "shared"]
 
@@ -39,6 +42,13 @@ class Engine:
     # `stream_options.include_usage` (the gateway then asks on behalf of a client that did not,
     # and keeps the extra usage-only chunk from it). Every built-in engine does.
     stream_usage_on_request: ClassVar[bool] = True
+    # Where the engine serves Prometheus figures of its load (None: it has none), flags the agent
+    # adds so that it does, and the metric names of each figure (samples are summed).
+    metrics_path: ClassVar[str | None] = None
+    metrics_flags: ClassVar[tuple[str, ...]] = ()
+    running_metrics: ClassVar[tuple[str, ...]] = ()
+    waiting_metrics: ClassVar[tuple[str, ...]] = ()
+    kv_cache_metrics: ClassVar[tuple[str, ...]] = ()
 
     def default_command(self, model_name: str) -> list[str]:
         raise NotImplementedError
@@ -67,7 +77,8 @@ class Engine:
         reasons = dict.fromkeys(self.host_flags, "the agent sets the listen address")
         reasons.update(dict.fromkeys(self.port_flags, "the agent assigns the port"))
         argv, notices = _remove_flags(argv, reasons)
-        return [*argv, self.host_flags[0], host, self.port_flags[0], str(port)], notices
+        extra = [flag for flag in self.metrics_flags if flag not in argv]
+        return [*argv, *extra, self.host_flags[0], host, self.port_flags[0], str(port)], notices
 
     def served_model_name(self, argv: list[str], model_name: str) -> str:
         """The `model` the engine expects in a request (the gateway rewrites the slug to it)."""
@@ -90,6 +101,44 @@ class Engine:
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+    async def load(self, base_url: str, client: httpx.AsyncClient) -> EngineLoad | None:
+        """The engine's own load figures, or None where it serves none (or did not answer)."""
+        if self.metrics_path is None:
+            return None
+        try:
+            response = await client.get(base_url.rstrip("/") + self.metrics_path, timeout=1.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        return self.read_load(response.text)
+
+    def read_load(self, text: str) -> EngineLoad | None:
+        """The figures named by ``*_metrics`` in a Prometheus text page (None if it has none)."""
+        totals: dict[str, float] = {}
+        try:
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        except ValueError:
+            return None
+
+        def first(names: tuple[str, ...]) -> float | None:
+            return next((totals[name] for name in names if name in totals), None)
+
+        running, waiting, kv_cache = (
+            first(self.running_metrics),
+            first(self.waiting_metrics),
+            first(self.kv_cache_metrics),
+        )
+        if running is None and waiting is None and kv_cache is None:
+            return None
+        return EngineLoad(
+            running=None if running is None else max(0, round(running)),
+            waiting=None if waiting is None else max(0, round(waiting)),
+            kv_cache_usage=None if kv_cache is None else min(1.0, max(0.0, kv_cache)),
+        )
 
     def _parse_command(self, command: str) -> list[str]:
         try:

@@ -15,6 +15,11 @@ class LlamaCppEngine(Engine):
     command_prefixes = (("llama-server",),)
     served_model_flags = ("--alias", "-a")
     health_path = "/health"
+    metrics_path = "/metrics"
+    metrics_flags = ("--metrics",)
+    running_metrics = ("llamacpp:requests_processing",)
+    waiting_metrics = ("llamacpp:requests_deferred",)
+    kv_cache_metrics = ("llamacpp:kv_cache_usage_ratio",)
 
     def default_command(self, model_name: str) -> list[str]:
         if model_name.endswith(".gguf"):

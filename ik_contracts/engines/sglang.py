@@ -19,6 +19,10 @@ class SglangEngine(Engine):
     tensor_parallel_flags = ("--tp-size", "--tp")
     served_model_flags = ("--served-model-name",)
     health_path = "/health"
+    metrics_path = "/metrics"  # served when the command has --enable-metrics
+    running_metrics = ("sglang:num_running_reqs",)
+    waiting_metrics = ("sglang:num_queue_reqs",)
+    kv_cache_metrics = ("sglang:token_usage",)
 
     def default_command(self, model_name: str) -> list[str]:
         return ["python3", "-m", "sglang.launch_server", "--model-path", model_name]

@@ -22,6 +22,10 @@ class VllmEngine(Engine):
     tensor_parallel_flags = ("--tensor-parallel-size", "-tp")
     served_model_flags = ("--served-model-name",)
     health_path = "/health"
+    metrics_path = "/metrics"
+    running_metrics = ("vllm:num_requests_running",)
+    waiting_metrics = ("vllm:num_requests_waiting",)
+    kv_cache_metrics = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 
     def default_command(self, model_name: str) -> list[str]:
         return ["vllm", "serve", model_name]

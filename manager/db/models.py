@@ -172,6 +172,10 @@ class Replica(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The engine's own load at its agent's last report (migration 0009); None: not reported.
+    engine_running: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    engine_waiting: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kv_cache_usage: Mapped[float | None] = mapped_column(nullable=True)
 
 
 class WorkloadDemand(Base):

@@ -135,8 +135,9 @@ def validate_config(config: dict[str, Any], max_replicas: int) -> None:
 def desired(context: PolicyContext) -> Desired:
     """Replicas for the demand: ``ceil(load / target_in_flight)`` between the bounds.
 
-    The load is what the gateways report (requests in flight, held ones included, or their
-    average over the last report's window when that is higher) plus queued async jobs. Up at
+    The load is the highest of what the gateways report (requests in flight, held ones
+    included, or their average over the last report's window) and what the ready replicas'
+    engines report running or queued on their /metrics, plus queued async jobs. Up at
     once; down only once the count has been stable for the scale-down delay; to zero (with
     ``min_workers: 0``) only after the idle period without a request.
     """
@@ -144,7 +145,8 @@ def desired(context: PolicyContext) -> Desired:
     floor = int(config.get("min_workers") or 0)
     ceiling = max(floor, int(config.get("max_workers") or 0))
     target = float(config.get("target_in_flight") or DEFAULT_TARGET_IN_FLIGHT)
-    load = max(float(demand.in_flight_requests), demand.concurrency) + demand.queued_jobs
+    engine = float(demand.engine_requests or 0)
+    load = max(float(demand.in_flight_requests), demand.concurrency, engine) + demand.queued_jobs
     wanted = min(max(math.ceil(load / target - 1e-9), floor), ceiling)
     current = context.current_replicas
     figures = f"{load:g} in flight, target {target:g} per replica"

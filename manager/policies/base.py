@@ -22,6 +22,9 @@ class DemandFigures:
     concurrency: float = 0.0
     # When the gateway last saw a request for it; None if never (or not since it was created).
     last_request_at: datetime | None = None
+    # Requests its ready replicas' engines report running or queued (their /metrics); None where
+    # no engine reports any.
+    engine_requests: int | None = None
 
 
 @dataclass(frozen=True)

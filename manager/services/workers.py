@@ -202,6 +202,10 @@ async def _apply_observed(
         replica.log_tail = (item.get("log_tail") or "")[-LOG_TAIL_LIMIT:] or None
         replica.port = item.get("port")
         replica.restarts = int(item.get("restarts") or 0)
+        load = item.get("engine_load") or {}
+        replica.engine_running = load.get("running")
+        replica.engine_waiting = load.get("waiting")
+        replica.kv_cache_usage = load.get("kv_cache_usage")
         replica.updated_at = now
         if state == ReplicaState.READY and replica.ready_at is None:
             replica.ready_at = now

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ik_contracts.logs import ids
+from ik_contracts.protocol import EngineLoad
 from manager import notify
 from manager.auth import Principal, Scope, require_scope
 from manager.db.models import GpuResource, Project, Replica, Worker, Workload
@@ -352,4 +353,13 @@ def replica_view(replica: Replica) -> ReplicaView:
         restarts=replica.restarts,
         created_at=rfc3339(replica.created_at),
         ready_at=rfc3339(replica.ready_at),
+        engine_load=engine_load_of(replica),
     )
+
+
+def engine_load_of(replica: Replica) -> EngineLoad | None:
+    figures = (replica.engine_running, replica.engine_waiting, replica.kv_cache_usage)
+    if all(figure is None for figure in figures):
+        return None
+    running, waiting, kv_cache_usage = figures
+    return EngineLoad(running=running, waiting=waiting, kv_cache_usage=kv_cache_usage)

@@ -26,11 +26,51 @@ def test_verbatim_command_is_kept_and_agent_host_and_port_appended() -> None:
     argv, notices = engine_for("llamacpp").build_argv(
         "llama-server -m '/models/my model.gguf' -c 2048 -ngl 99", "unused", "127.0.0.1", 41000
     )
+    # llama.cpp serves its load figures (/metrics) only when asked: the agent asks.
     assert argv == [
-        "llama-server", "-m", "/models/my model.gguf", "-c", "2048", "-ngl", "99",
+        "llama-server", "-m", "/models/my model.gguf", "-c", "2048", "-ngl", "99", "--metrics",
         "--host", "127.0.0.1", "--port", "41000",
     ]  # fmt: skip
     assert notices == []
+    again, _ = engine_for("llamacpp").build_argv("llama-server -m m.gguf --metrics", "", "h", 1)
+    assert again.count("--metrics") == 1
+
+
+LLAMACPP_METRICS = """\
+# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 6886
+# HELP llamacpp:requests_processing Number of requests processing.
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 3
+# HELP llamacpp:requests_deferred Number of requests deferred.
+# TYPE llamacpp:requests_deferred gauge
+llamacpp:requests_deferred 2
+"""
+VLLM_METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="Qwen/Qwen2.5-0.5B"} 7.0
+vllm:num_requests_running{engine="1",model_name="Qwen/Qwen2.5-0.5B"} 1.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen2.5-0.5B"} 4.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen2.5-0.5B"} 0.42
+"""
+
+
+def test_engines_load_figures_are_read_from_their_prometheus_pages() -> None:
+    llamacpp = engine_for("llamacpp").read_load(LLAMACPP_METRICS)
+    assert llamacpp is not None
+    assert (llamacpp.running, llamacpp.waiting, llamacpp.kv_cache_usage) == (3, 2, None)
+    vllm = engine_for("vllm").read_load(VLLM_METRICS)
+    assert vllm is not None
+    assert (vllm.running, vllm.waiting, vllm.kv_cache_usage) == (8, 4, 0.42)
+    assert engine_for("vllm").read_load(LLAMACPP_METRICS) is None  # none of its figures
+    assert engine_for("vllm").read_load("not { a metrics page") is None
+    assert engine_for("ollama").metrics_path is None
 
 
 def test_user_port_and_host_are_removed_with_a_notice_each() -> None:

@@ -32,6 +32,7 @@ from tests.support import (
 )
 
 IDLE_S = 4.0
+WAKE_TIMEOUT_S = 20.0  # the engine boots in a few seconds; a worker with no agent never
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningManager
         reconcile_interval_s=0.5,
         autoscale_scale_down_delay_s=2.0,
         autoscale_idle_s=IDLE_S,
-        gateway_wake_timeout_s=60.0,
+        gateway_wake_timeout_s=WAKE_TIMEOUT_S,
         auth_failures_per_window=1_000_000,
     )
     running = start_manager(settings)
@@ -197,6 +198,34 @@ def test_a_burst_scales_up_to_max_workers_and_no_further(
         for thread in clients:
             thread.join(timeout=120)
     assert max(most) == 2, most
+    # llama.cpp's own load figures (its /metrics, which the agent turns on) reach the API.
+    loads = [r.get("engine_load") for r in running_replicas(api, "bursty")]
+    assert loads and all(load is not None and "running" in load for load in loads), loads
     assert counts["ready_replicas"] == 2
     assert answers and set(answers) == {200}
     assert any(m.startswith("scaled 1 → 2: ") for m in events(api, "bursty", "scaled"))
+
+
+def test_a_held_request_that_no_replica_comes_for_is_503_with_the_reason_after_the_timeout(
+    manager: RunningManager, admin: httpx.Client, project: TestProject, api: httpx.Client
+) -> None:
+    # A worker whose agent never runs: the workload wakes, but no replica ever becomes ready.
+    created = admin.post("/api/admin/workers", json={"project": project.slug})
+    assert created.status_code == 201, created.text
+    body = spec(Path("/models/none.gguf"), "stranded", created.json()["id"], max_workers=1)
+    assert api.post(f"/api/projects/{project.slug}/workloads", json=body).status_code == 201
+    key = create_live_key(admin, project.slug)
+    with endpoint(manager, project, "stranded", key) as client:
+        client.timeout = httpx.Timeout(WAKE_TIMEOUT_S + 30)
+        started = time.monotonic()
+        answer = client.post("/v1/chat/completions", json=CHAT)
+        waited = time.monotonic() - started
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "5"
+    problem = answer.json()
+    assert problem["code"] == "no_ready_replica"
+    assert f"after waiting {WAKE_TIMEOUT_S:g}s for it to wake" in problem["message"]
+    assert problem["phase"] and problem["reason"]
+    assert WAKE_TIMEOUT_S - 1 <= waited < WAKE_TIMEOUT_S + 10
+    # It was woken: the held request asked for a replica.
+    assert any(m.startswith("scaled 0 → 1: ") for m in events(api, "stranded", "scaled"))

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import replicas, status, wait_phase
+from tests.e2e.conftest import replicas, wait_phase
 from tests.support import AgentFactory, RunningAgent, TestProject, wait_until
 
 
@@ -157,7 +157,8 @@ def test_a_patched_window_takes_effect_and_a_delete_releases_the_replicas(
     # Open again, then deleted: the replica stops and the agent runs nothing.
     patched = api.patch(f"/api/workloads/{workload_id}", json={"execution_policy_config": always})
     assert patched.status_code == 200, patched.text
+    # Ready in the replica list first, in the workload's phase at the reconcile pass after.
     wait_until(lambda: ready(api, "office"), 30, "the reopened window got no ready replica")
-    assert status(api, "office")["phase"] == "ready"
+    wait_phase(api, "office", "ready", timeout=10)
     assert api.delete(f"/api/workloads/{workload_id}").status_code == 204
     wait_until(lambda: engines(agent) == [], 30, "the deleted workload's engine kept running")

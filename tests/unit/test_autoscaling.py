@@ -18,6 +18,7 @@ def ask(
     in_flight: int = 0,
     concurrency: float = 0.0,
     queued: int = 0,
+    engine: int | None = None,
     scaled_ago: float | None = None,
     request_ago: float | None = None,
     **config: Any,
@@ -31,6 +32,7 @@ def ask(
             in_flight_requests=in_flight,
             concurrency=concurrency,
             queued_jobs=queued,
+            engine_requests=engine,
             last_request_at=None if request_ago is None else NOW - request_ago * seconds,
         ),
         last_scaled_at=None if scaled_ago is None else NOW - scaled_ago * seconds,
@@ -90,3 +92,9 @@ def test_to_zero_only_after_the_idle_period_and_to_one_before() -> None:
 
 def test_a_request_in_the_idle_period_keeps_it_up() -> None:
     assert ask(current=1, scaled_ago=1000, request_ago=299)[0] == 1
+
+
+def test_what_the_engines_report_running_and_queued_counts_when_it_is_more() -> None:
+    # Requests queue inside the engines beyond what the gateways still count as in flight.
+    assert ask(current=1, in_flight=2, engine=11, scaled_ago=1)[0] == 3
+    assert ask(current=1, in_flight=6, engine=1, scaled_ago=1)[0] == 2
