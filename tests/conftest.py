@@ -24,7 +24,6 @@ import httpx
 import pytest
 from inferencekey import ManagementClient
 
-from manager.settings import Settings
 from tests import engine_setup
 from tests.leftovers import TestRun, find_leftovers
 from tests.support import (
@@ -38,8 +37,7 @@ from tests.support import (
     create_sdk_token,
     drop_database,
     free_port,
-    new_admin_token,
-    start_manager,
+    own_manager,
 )
 from worker_agent.config import AgentConfig
 from worker_agent.runtimes.base import LaunchSpec
@@ -139,23 +137,8 @@ def database_url() -> Iterator[str]:
 def manager(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningManager]:
-    settings = Settings(
-        port=free_port(),
-        database_url=database_url,
-        data_dir=tmp_path_factory.mktemp("manager-data"),
-        admin_token=new_admin_token(),
-        # Short enough for the lost-worker tests to run in seconds.
-        worker_not_ready_after_s=3.0,
-        worker_lost_after_s=8.0,
-        heartbeat_interval_s=1.0,
-        reconcile_interval_s=1.0,
-        # The suite makes many failed authentications from 127.0.0.1 on purpose; the limit
-        # itself is tested on a Manager of its own (tests/test_server_limits.py).
-        auth_failures_per_window=1_000_000,
-    )
-    running = start_manager(settings)
-    yield running
-    running.stop()
+    with own_manager(tmp_path_factory.mktemp("manager-data"), database_url) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

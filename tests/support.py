@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -115,6 +117,42 @@ def start_manager(settings: Settings) -> RunningManager:
         thread=thread,
         settings=settings,
     )
+
+
+# The suite's Managers: worker liveness short enough for the lost-worker tests to run in seconds,
+# and no limit on failed authentications (the suite makes many from 127.0.0.1 on purpose; the
+# limit itself is tested on a Manager of its own, tests/test_server_limits.py).
+TEST_MANAGER_SETTINGS: dict[str, Any] = {
+    "worker_not_ready_after_s": 3.0,
+    "worker_lost_after_s": 8.0,
+    "heartbeat_interval_s": 1.0,
+    "reconcile_interval_s": 1.0,
+    "auth_failures_per_window": 1_000_000,
+}
+
+
+@contextlib.contextmanager
+def own_manager(
+    data_dir: Path, database_url: str | None = None, **settings: Any
+) -> Iterator[RunningManager]:
+    """A Manager with the suite's settings and ``settings`` over them, on ``database_url`` or
+    on a new database of its own (dropped when it stops)."""
+    url = database_url or create_database()
+    running = start_manager(
+        Settings(
+            port=free_port(),
+            database_url=url,
+            data_dir=data_dir,
+            admin_token=new_admin_token(),
+            **{**TEST_MANAGER_SETTINGS, **settings},
+        )
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+        if database_url is None:
+            drop_database(url)
 
 
 @dataclass

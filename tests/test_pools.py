@@ -17,18 +17,13 @@ import pytest
 
 from ik_command import main
 from manager.planning import TIMES
-from manager.settings import Settings
 from tests.support import (
     AgentFactory,
     RunningManager,
     TestProject,
     bearer,
-    create_database,
     create_project,
-    drop_database,
-    free_port,
-    new_admin_token,
-    start_manager,
+    own_manager,
     wait_until,
 )
 
@@ -40,22 +35,8 @@ H100 = "NVIDIA H100 80GB HBM3"
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningManager]:
     """A Manager of its own: the session's shared pool is every other test's too."""
-    database_url = create_database()
-    settings = Settings(
-        port=free_port(),
-        database_url=database_url,
-        data_dir=tmp_path_factory.mktemp("pools-manager"),
-        admin_token=new_admin_token(),
-        worker_not_ready_after_s=3.0,
-        worker_lost_after_s=8.0,
-        heartbeat_interval_s=1.0,
-        reconcile_interval_s=1.0,
-        auth_failures_per_window=1_000_000,
-    )
-    running = start_manager(settings)
-    yield running
-    running.stop()
-    drop_database(database_url)
+    with own_manager(tmp_path_factory.mktemp("pools-manager")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

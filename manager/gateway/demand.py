@@ -7,7 +7,6 @@ couple of seconds under its own id; the autoscaler sums the fresh rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,8 +21,9 @@ from manager.db.models import WorkloadDemand
 from manager.ids import new_id
 from manager.policies import DemandFigures
 
+from .flushing import FLUSH_S, PeriodicFlush
+
 log = logging.getLogger("inferencekey.gateway")
-FLUSH_S = 2.0
 # A row not refreshed for this long is from a Manager process that stopped: its figures are gone.
 STALE_AFTER_S = 3 * FLUSH_S
 
@@ -75,14 +75,17 @@ class _Load:
         self.in_flight += change
 
 
-class DemandMeter:
+class DemandMeter(PeriodicFlush):
+    task_name = "gateway-demand"
+    failure = "writing demand figures failed"
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__()
         self._sessions = sessions
         self.manager_id = new_id("mgr")
         self._loads: dict[str, _Load] = {}
         self._reported: set[str] = set()
         self._since = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -105,23 +108,6 @@ class DemandMeter:
         """Report now and wake the reconciler: a request waits for this workload's first
         replica (scale-from-zero)."""
         await self.flush(wake=workload_id)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._flush_forever(), name="gateway-demand")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_S)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("writing demand figures failed")
 
     async def flush(self, wake: str | None = None) -> None:
         async with self._lock:

@@ -13,9 +13,9 @@ kept from a client that did not ask for it, so what the client receives is uncha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from manager.db.models import UsageCount
 
+from .flushing import PeriodicFlush
+
 log = logging.getLogger("inferencekey.gateway")
 
-FLUSH_S = 2.0
 # The usage object is at the end of an answer (OpenAI's order, and llama.cpp's sorted keys); the
 # tail kept must hold the last chunk of a stream whole.
 TAIL_BYTES = 16 * 1024
@@ -90,7 +91,9 @@ def ask_for_stream_usage(body: bytes) -> bytes | None:
         return None
     options = request.get("stream_options")
     if options is None:
-        options = request["stream_options"] = {}
+        # The common case: one key added at the end of the object, the client's bytes kept.
+        end = body.rindex(b"}")
+        return body[:end] + b',"stream_options":{"include_usage":true}' + body[end:]
     if not isinstance(options, dict) or "include_usage" in options:
         return None
     options["include_usage"] = True
@@ -110,7 +113,7 @@ class UsageTap:
     def __init__(self, *, hide_usage_chunk: bool = False) -> None:
         self.hide_usage_chunk = hide_usage_chunk
         self.responded = False
-        self._tail = bytearray()
+        self._tail = b""
         self._pending = b""
         self._hidden: TokenCounts | None = None
 
@@ -121,10 +124,9 @@ class UsageTap:
         self.hide_usage_chunk = self.hide_usage_chunk and streamed and content_length is None
 
     def feed(self, chunk: bytes) -> bytes:
+        # A one-chunk answer is kept as it is, without a copy.
         tail = self._tail
-        tail += chunk
-        if len(tail) > 2 * TAIL_BYTES:
-            del tail[:-TAIL_BYTES]
+        self._tail = tail[-TAIL_BYTES:] + chunk if tail else chunk
         if not self.hide_usage_chunk:
             return chunk
         data = self._pending + chunk
@@ -144,7 +146,7 @@ class UsageTap:
         return pending
 
     def usage(self) -> TokenCounts | None:
-        return self._hidden or read_usage(bytes(self._tail))
+        return self._hidden or read_usage(self._tail)
 
     def _usage_only(self, event: bytes) -> bool:
         if _USAGE not in event:
@@ -181,26 +183,25 @@ def _events(data: bytes) -> list[bytes]:
     return events
 
 
-@dataclass(frozen=True)
-class UsageKey:
-    project_id: str
-    workload_id: str
-    workload_slug: str
-    key_id: str
-    minute: datetime
+# (project id, workload id, workload slug, key id, minute since the epoch): a plain tuple, as
+# it is built for every request.
+UsageKey = tuple[str, str, str, str, int]
 
 
-class UsageMeter:
+class UsageMeter(PeriodicFlush):
     """Counts requests and tokens per (project, workload, key, minute); writes them in batches.
 
     A failed write keeps its counts for the next one, and stopping writes what is left: what is
     lost is at most the last couple of seconds before a crash.
     """
 
+    task_name = "gateway-usage"
+    failure = "writing usage counts failed; keeping them for the next try"
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__()
         self._sessions = sessions
         self._counts: dict[UsageKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     def record(
@@ -211,34 +212,20 @@ class UsageMeter:
         key_id: str,
         usage: TokenCounts | None,
     ) -> None:
-        minute = datetime.now(UTC).replace(second=0, microsecond=0)
-        row = self._counts[UsageKey(project_id, workload_id, workload_slug, key_id, minute)]
+        minute = int(time.time() // 60)
+        row = self._counts[(project_id, workload_id, workload_slug, key_id, minute)]
         row[0] += 1
         if usage is not None:
             row[1] += usage.prompt_tokens
             row[2] += usage.completion_tokens
             row[3] += usage.total_tokens
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._flush_forever(), name="gateway-usage")
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         try:
             await self.flush()
         except Exception:
             log.exception("writing the last usage counts failed; %d rows lost", len(self._counts))
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_S)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("writing usage counts failed; keeping them for the next try")
 
     async def flush(self) -> None:
         async with self._lock:
@@ -247,17 +234,17 @@ class UsageMeter:
                 return
             rows = [
                 {
-                    "project_id": key.project_id,
-                    "workload_id": key.workload_id,
-                    "workload_slug": key.workload_slug,
-                    "key_id": key.key_id,
-                    "minute": key.minute,
+                    "project_id": project_id,
+                    "workload_id": workload_id,
+                    "workload_slug": workload_slug,
+                    "key_id": key_id,
+                    "minute": datetime.fromtimestamp(minute * 60, UTC),
                     "requests": n[0],
                     "prompt_tokens": n[1],
                     "completion_tokens": n[2],
                     "total_tokens": n[3],
                 }
-                for key, n in counts.items()
+                for (project_id, workload_id, workload_slug, key_id, minute), n in counts.items()
             ]
             statement = insert(UsageCount).values(rows)
             added = statement.excluded

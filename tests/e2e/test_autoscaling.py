@@ -15,19 +15,14 @@ import pytest
 from inferencekey import ManagementClient
 
 from manager.policies.autoscaling import IDLE_REASON
-from manager.settings import Settings
 from tests.e2e.serving import CHAT, endpoint
 from tests.support import (
     AgentFactory,
     RunningManager,
     TestProject,
     bearer,
-    create_database,
     create_live_key,
-    drop_database,
-    free_port,
-    new_admin_token,
-    start_manager,
+    own_manager,
     wait_until,
 )
 
@@ -37,23 +32,15 @@ WAKE_TIMEOUT_S = 20.0  # the engine boots in a few seconds; a worker with no age
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningManager]:
-    database_url = create_database()
-    settings = Settings(
-        port=free_port(),
-        database_url=database_url,
-        data_dir=tmp_path_factory.mktemp("autoscaling-manager"),
-        admin_token=new_admin_token(),
+    with own_manager(
+        tmp_path_factory.mktemp("autoscaling-manager"),
         heartbeat_interval_s=0.5,
         reconcile_interval_s=0.5,
         autoscale_scale_down_delay_s=2.0,
         autoscale_idle_s=IDLE_S,
         gateway_wake_timeout_s=WAKE_TIMEOUT_S,
-        auth_failures_per_window=1_000_000,
-    )
-    running = start_manager(settings)
-    yield running
-    running.stop()
-    drop_database(database_url)
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
