@@ -20,6 +20,7 @@ from manager.db.migrate import upgrade_to_head_async
 from manager.db.session import make_engine, make_sessionmaker
 from manager.gateway.app import Gateway, GatewayMiddleware
 from manager.http_errors import install_error_handlers
+from manager.jobs.dispatcher import JobDispatcher
 from manager.metrics import ApiRequestMetrics, ManagerMetrics
 from manager.notify import NotificationHub
 from manager.openapi import install_openapi
@@ -79,6 +80,16 @@ def create_app(settings: Settings) -> ASGIApp:
             background.append(
                 asyncio.create_task(metrics.keep_fresh(app.state.sessions), name="metrics")
             )
+            assert gateway.routes is not None and gateway.demand is not None
+            dispatcher = JobDispatcher(
+                app.state.sessions,
+                gateway.routes,
+                gateway.client,
+                settings,
+                hub,
+                manager_id=gateway.demand.manager_id,
+            )
+            background.append(asyncio.create_task(dispatcher.run_forever(), name="jobs"))
             if settings.metrics_address:
                 metrics.serve_separately(settings.metrics_address)
             if settings.run_reconciler:

@@ -118,6 +118,10 @@ class RouteNotFound(NotFound):
     code = "route_not_found"
 
 
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
 class MethodNotAllowed(ApiProblem):
     status = 405
     code = "method_not_allowed"

@@ -22,7 +22,8 @@ RECONCILE = "ik_reconcile"  # payload: a workload or worker id; wakes the reconc
 ASSIGNMENTS = "ik_assignments"  # payload: a worker id whose desired replica set changed
 WORKLOAD_STATUS = "ik_workload_status"  # payload: a workload id whose phase changed
 TOKENS = "ik_tokens"  # payload: a credential id that was revoked
-CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS, TOKENS)
+JOBS = "ik_jobs"  # payload: a workload id with a new job; wakes the job dispatchers
+CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS, TOKENS, JOBS)
 ANY = "*"
 
 

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from manager.db.models import GpuPrice, GpuResource, Replica, Worker, Workload
 from manager.db.queries import one_of
 from manager.gateway.demand import fresh_demand
 from manager.ids import new_id
+from manager.jobs.dispatcher import queued_jobs
 from manager.metrics import ManagerMetrics
 from manager.policies import DemandFigures
 from manager.services import events
@@ -108,6 +109,14 @@ def as_replica_view(replica: Replica) -> planning.ReplicaView:
             else (replica.engine_running or 0) + (replica.engine_waiting or 0)
         ),
     )
+
+
+def with_jobs(demand: dict[str, DemandFigures], jobs: dict[str, int]) -> dict[str, DemandFigures]:
+    """The gateways' figures with each workload's unfinished async jobs added."""
+    merged = dict(demand)
+    for workload_id, count in jobs.items():
+        merged[workload_id] = replace(merged.get(workload_id, NO_DEMAND), queued_jobs=count)
+    return merged
 
 
 def worker_slots(
@@ -251,7 +260,7 @@ class Reconciler:
                 slots=worker_slots(workers, gpus, prices),
                 workloads=[as_workload_view(w) for w in workloads.scalars()],
                 replicas_by_workload=by_workload,
-                demand=await fresh_demand(session),
+                demand=with_jobs(await fresh_demand(session), await queued_jobs(session)),
             )
             await session.commit()
         return snapshot

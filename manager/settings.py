@@ -41,6 +41,9 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "gateway_wake_timeout_s": (float, 0.1),
     "autoscale_scale_down_delay_s": (float, 0),
     "autoscale_idle_s": (float, 0),
+    "jobs_per_replica": (int, 1),
+    "job_lease_s": (float, 1),
+    "job_max_attempts": (int, 1),
 }
 
 
@@ -82,6 +85,12 @@ class Settings:
     # workload with min_workers 0 goes to zero after this long without a request.
     autoscale_scale_down_delay_s: float = 300.0
     autoscale_idle_s: float = 600.0
+    # Async jobs: at most this many run on one replica at a time from one Manager process (sync
+    # requests are not bounded, so jobs never starve them); a job's lease, renewed while it runs,
+    # after which another process may claim it; attempts before a job is failed for good.
+    jobs_per_replica: int = 2
+    job_lease_s: float = 60.0
+    job_max_attempts: int = 5
     # Limits: no one workload, client or burst may stall the Manager (SECURITY.md).
     max_replicas_per_workload: int = 100
     # Database connections this process may hold, and how long a request waits for one before

@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     func,
@@ -221,3 +222,30 @@ class GpuPrice(Base):
     name: Mapped[str] = mapped_column(String, primary_key=True)
     usd_per_hour: Mapped[float] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Job(Base):
+    """An async job: what was submitted, who runs it under which lease, and its result."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)  # a UUID, the client's job_id
+    project_id: Mapped[str] = mapped_column(String)
+    workload_id: Mapped[str] = mapped_column(String)
+    key_id: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String)
+    route: Mapped[str] = mapped_column(String)  # the sync twin it is sent to
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    content_type: Mapped[str] = mapped_column(String)
+    context: Mapped[str | None] = mapped_column(Text, nullable=True)  # the caller's JSON, as sent
+    status: Mapped[str] = mapped_column(String, default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    result_content_type: Mapped[str | None] = mapped_column(String, nullable=True)
+    result_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

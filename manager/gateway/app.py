@@ -13,7 +13,12 @@ import time
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ik_contracts.endpoint_paths import EndpointPathError, EndpointTarget, parse_endpoint_target
+from ik_contracts.endpoint_paths import (
+    ROUTE_TASK_TYPES,
+    EndpointPathError,
+    EndpointTarget,
+    parse_endpoint_target,
+)
 from ik_contracts.errors import problem
 from ik_contracts.forwarding import GATEWAY_HEADER, REPLICA_HEADER, RETRYABLE, forwarded_headers
 from ik_contracts.logs import ids
@@ -31,6 +36,8 @@ from manager.auth_limiter import FailedAuthLimiter
 from manager.errors import (
     ApiProblem,
     InvalidHeader,
+    JobNotFound,
+    MethodNotAllowed,
     ProjectScopeMismatch,
     RouteNotFound,
     RouteNotServed,
@@ -39,6 +46,8 @@ from manager.errors import (
     WrongCredentialType,
 )
 from manager.errors import BodyTooLarge as BodyTooLargeProblem
+from manager.jobs.envelope import parse_envelope
+from manager.jobs.service import JobsPath, find_job, job_view, parse_jobs_path, submit
 from manager.metrics import UNKNOWN, ManagerMetrics
 from manager.settings import Settings
 
@@ -68,11 +77,13 @@ class Gateway:
         self.routes: RouteTable | None = None
         self.demand: DemandMeter | None = None
         self.usage: UsageMeter | None = None
+        self.sessions: async_sessionmaker[AsyncSession] | None = None
         self.client = UpstreamClient()
 
     async def start(
         self, sessions: async_sessionmaker[AsyncSession], hub: notify.NotificationHub
     ) -> None:
+        self.sessions = sessions
         self.keys = KeyCache(sessions)
         self.routes = RouteTable(sessions)
         self.demand = DemandMeter(sessions)
@@ -154,6 +165,10 @@ class GatewayMiddleware:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, seen: _Seen) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        jobs_path = parse_jobs_path(raw_path) if b"/jobs" in raw_path else None
+        if jobs_path is not None:
+            await self._jobs(scope, receive, send, seen, jobs_path)
+            return
         try:
             target = parse_endpoint_target(raw_path, scope.get("query_string", b""))
         except EndpointPathError as error:
@@ -199,6 +214,46 @@ class GatewayMiddleware:
                 usage.record(
                     route.project_id, route.id, route.slug, principal.token_id, tap.usage()
                 )
+
+    async def _jobs(
+        self, scope: Scope, receive: Receive, send: Send, seen: _Seen, path: JobsPath
+    ) -> None:
+        """``POST .../jobs`` queues a job (202 with its id once committed); ``GET
+        .../jobs/{id}`` shows it to a key that may call the workload."""
+        principal, route = await self._authorise(scope, path.project, path.workload)
+        seen.project, seen.workload, seen.route = path.project, path.workload, "jobs"
+        gateway = self.gateway
+        assert gateway.sessions is not None
+        method = scope["method"]
+        if path.job_id is not None:
+            if method != "GET":
+                raise MethodNotAllowed("read a job with GET .../jobs/{job_id}")
+            job = await find_job(gateway.sessions, route.id, path.job_id)
+            if job is None:
+                raise JobNotFound(f'job "{path.job_id}" not found for workload "{route.slug}"')
+            await send_json(send, 200, job_view(job))
+            return
+        if method != "POST":
+            raise MethodNotAllowed("submit a job with POST .../jobs")
+        try:
+            raw = await read_body(receive, gateway.settings.gateway_max_body_bytes)
+        except BodyTooLarge as error:
+            raise BodyTooLargeProblem(str(error)) from None
+        envelope = parse_envelope(raw)
+        if route.task_type not in ROUTE_TASK_TYPES[envelope.route]:
+            serving = " or ".join(sorted(ROUTE_TASK_TYPES[envelope.route]))
+            raise RouteNotServed(
+                f"jobs of kind {envelope.kind!r} go to {envelope.route}, which task type "
+                f'{serving} serves; workload "{route.slug}" is {route.task_type}'
+            )
+        job_id = await submit(
+            gateway.sessions,
+            envelope,
+            project_id=route.project_id,
+            workload_id=route.id,
+            key_id=principal.token_id,
+        )
+        await send_json(send, 202, {"job_id": job_id})
 
     async def _forward(
         self,

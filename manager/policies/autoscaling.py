@@ -149,7 +149,8 @@ def desired(context: PolicyContext) -> Desired:
     load = max(float(demand.in_flight_requests), demand.concurrency, engine) + demand.queued_jobs
     wanted = min(max(math.ceil(load / target - 1e-9), floor), ceiling)
     current = context.current_replicas
-    figures = f"{load:g} in flight, target {target:g} per replica"
+    queued = f" incl. {demand.queued_jobs} queued job(s)" if demand.queued_jobs else ""
+    figures = f"{load:g} in flight{queued}, target {target:g} per replica"
     if wanted > current:
         return wanted, f"scaled {current} → {wanted}: {figures}"
     if wanted == current:

@@ -216,3 +216,31 @@ def test_a_held_request_that_no_replica_comes_for_is_503_with_the_reason_after_t
     assert WAKE_TIMEOUT_S - 1 <= waited < WAKE_TIMEOUT_S + 10
     # It was woken: the held request asked for a replica.
     assert any(m.startswith("scaled 0 → 1: ") for m in events(api, "stranded", "scaled"))
+
+
+def test_a_queued_job_wakes_a_workload_at_zero_and_is_run(
+    manager: RunningManager,
+    admin: httpx.Client,
+    project: TestProject,
+    api: httpx.Client,
+    start_agent: AgentFactory,
+    gguf_model: Path,
+) -> None:
+    worker_id = private_worker(admin, project, start_agent)
+    body = spec(gguf_model, "batchy", worker_id, min_workers=0, max_workers=1)
+    assert api.post(f"/api/projects/{project.slug}/workloads", json=body).status_code == 201
+    key = create_live_key(admin, project.slug)
+    with endpoint(manager, project, "batchy", key) as client:
+        submitted = client.post("/jobs", json={"kind": "chat", "body": CHAT})
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+
+        def finished() -> dict[str, Any] | None:
+            job = client.get(f"/jobs/{job_id}").json()
+            return job if job["status"] in ("succeeded", "failed") else None
+
+        job = wait_until(finished, 60, "the job never ran", interval=0.3)
+    assert job["status"] == "succeeded", job
+    # The queued job was the demand that woke it.
+    scaled = events(api, "batchy", "scaled")
+    assert any(m.startswith("scaled 0 → 1: 1 in flight incl. 1 queued job(s)") for m in scaled)

@@ -63,7 +63,10 @@ def test_the_average_over_the_window_counts_what_a_snapshot_misses() -> None:
 
 
 def test_queued_jobs_are_demand() -> None:
-    assert ask(current=0, queued=9)[0] == 3
+    assert ask(current=0, queued=9) == (
+        3,
+        "scaled 0 → 3: 9 in flight incl. 9 queued job(s), target 4 per replica",
+    )
 
 
 def test_min_workers_is_a_floor() -> None:

@@ -1,0 +1,293 @@
+"""Running queued jobs: any Manager process claims them and sends each through a ready replica.
+
+A claim is one statement (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``) that
+marks the jobs running under this process's lease; the lease is renewed while they run. A process
+that dies leaves its jobs to be claimed again once their lease expires: at least once, never lost.
+
+Jobs never starve sync traffic: each ready replica runs at most ``jobs_per_replica`` jobs from a
+process at a time (sync requests have no such bound), and a job's request counts in the replica's
+outstanding requests like a sync one, so the gateway's least-outstanding choice sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from ik_contracts.forwarding import GATEWAY_HEADER, REPLICA_HEADER
+from ik_contracts.logs import ids
+from ik_contracts.upstream import UpstreamClient, UpstreamError
+from manager import notify
+from manager.db.models import Job
+from manager.gateway.routes import RouteTable, WorkloadRoute
+from manager.settings import Settings
+
+from .service import FAILED, QUEUED, RUNNING, SUCCEEDED
+
+log = logging.getLogger("inferencekey.jobs")
+
+IDLE_WAIT_S = 1.0  # without a notification, look for claimable jobs this often
+RETRY_SOON_S = 2.0  # a job whose replica could not be reached is claimable again after this
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    workload_id: str
+    route: str
+    body: bytes
+    content_type: str
+    attempts: int
+
+
+def claimable() -> ColumnElement[bool]:
+    """Jobs waiting for a run: queued, or running under a lease that expired."""
+    return or_(
+        Job.status == QUEUED,
+        and_(Job.status == RUNNING, Job.lease_until < func.now()),
+    )
+
+
+class JobDispatcher:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        routes: RouteTable,
+        client: UpstreamClient,
+        settings: Settings,
+        hub: notify.NotificationHub,
+        manager_id: str,
+    ) -> None:
+        self.sessions = sessions
+        self.routes = routes
+        self.client = client
+        self.settings = settings
+        self.hub = hub
+        self.manager_id = manager_id
+        self.running: dict[str, set[str]] = defaultdict(set)  # workload id -> job ids
+        self.on_replica: dict[str, int] = defaultdict(int)  # replica id -> jobs running
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run_forever(self) -> None:
+        renewing = asyncio.create_task(self._renew_leases(), name="job-leases")
+        try:
+            while True:
+                with self.hub.subscription(notify.JOBS) as wake:
+                    try:
+                        await self.claim_once()
+                    except Exception:
+                        log.exception("claiming jobs failed; retrying")
+                    await notify.wait_for(wake, IDLE_WAIT_S)
+        finally:
+            renewing.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def claim_once(self) -> int:
+        """Claim what this process has room for; returns how many jobs it started."""
+        by_id = {route.id: route for route in self.routes.workloads.values() if route.replicas}
+        if not by_id:
+            return 0
+        async with self.sessions() as session:
+            waiting = (
+                await session.execute(
+                    select(Job.workload_id)
+                    .where(claimable(), Job.workload_id.in_(list(by_id)))
+                    .distinct()
+                )
+            ).scalars()
+            started = 0
+            for workload_id in list(waiting):
+                route = by_id[workload_id]
+                room = len(route.replicas) * self.settings.jobs_per_replica - len(
+                    self.running[workload_id]
+                )
+                if room <= 0:
+                    continue
+                for job in await self._claim(session, workload_id, room):
+                    self.running[workload_id].add(job.id)
+                    task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    started += 1
+            await session.commit()
+        return started
+
+    async def _claim(self, session: AsyncSession, workload_id: str, limit: int) -> list[Claimed]:
+        oldest = (
+            select(Job.id)
+            .where(Job.workload_id == workload_id, claimable())
+            .order_by(Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        rows = await session.execute(
+            update(Job)
+            .where(Job.id.in_(oldest))
+            .values(
+                status=RUNNING,
+                attempts=Job.attempts + 1,
+                claimed_by=self.manager_id,
+                lease_until=func.now() + timedelta(seconds=self.settings.job_lease_s),
+                started_at=func.coalesce(Job.started_at, func.now()),
+            )
+            .returning(Job.id, Job.workload_id, Job.route, Job.body, Job.content_type, Job.attempts)
+            .execution_options(synchronize_session=False)
+        )
+        return [Claimed(*row) for row in rows.all()]
+
+    async def _run(self, job: Claimed) -> None:
+        try:
+            if job.attempts > self.settings.job_max_attempts:
+                await self._finish(job, FAILED, error=f"gave up after {job.attempts - 1} attempts")
+                return
+            route = next(
+                (r for r in self.routes.workloads.values() if r.id == job.workload_id), None
+            )
+            if route is None:
+                await self._finish(job, FAILED, error="the workload was deleted")
+                return
+            await self._send(job, route)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "job %s failed in the dispatcher", job.id, extra=ids(workload_id=job.workload_id)
+            )
+            await self._release(job)
+        finally:
+            self.running[job.workload_id].discard(job.id)
+
+    async def _send(self, job: Claimed, route: WorkloadRoute) -> None:
+        free = [r for r in route.replicas if self.on_replica[r.id] < self.settings.jobs_per_replica]
+        replica = min(free, key=lambda r: r.outstanding, default=None)
+        if replica is None:
+            await self._release(job)
+            return
+        replica.outstanding += 1
+        self.on_replica[replica.id] += 1
+        try:
+            response = await self.client.request(
+                replica.host,
+                replica.port,
+                "POST",
+                f"/endpoint/{route.project_slug}/{route.slug}/{job.route}",
+                [
+                    (b"content-type", job.content_type.encode("latin-1")),
+                    (GATEWAY_HEADER, replica.gateway_secret),
+                    (REPLICA_HEADER, replica.id.encode()),
+                ],
+                job.body,
+                connect_timeout=self.settings.gateway_connect_timeout_s,
+                first_byte_timeout=self.settings.gateway_first_byte_timeout_s,
+                idle_timeout=self.settings.gateway_idle_timeout_s,
+            )
+            try:
+                result = await response.read()
+            finally:
+                response.close()
+        except UpstreamError as error:
+            replica.last_error = f"worker {replica.worker_id}: {error}"
+            log.warning(
+                "job %s: %s; it runs again", job.id, error, extra=ids(workload_id=job.workload_id)
+            )
+            await self._release(job)
+            return
+        finally:
+            replica.outstanding -= 1
+            self.on_replica[replica.id] -= 1
+        content_type = response.header(b"content-type")
+        ok = 200 <= response.status < 300
+        await self._finish(
+            job,
+            SUCCEEDED if ok else FAILED,
+            result=result,
+            content_type=content_type.decode("latin-1") if content_type else None,
+            status_code=response.status,
+            error=None if ok else f"the engine answered {response.status}: {result[:300]!r}",
+        )
+
+    async def _finish(
+        self,
+        job: Claimed,
+        status: str,
+        *,
+        result: bytes | None = None,
+        content_type: str | None = None,
+        status_code: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        async with self.sessions() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.claimed_by == self.manager_id)
+                .values(
+                    status=status,
+                    result=result,
+                    result_content_type=content_type,
+                    result_status=status_code,
+                    error=error,
+                    lease_until=None,
+                    finished_at=func.now(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+
+    async def _release(self, job: Claimed) -> None:
+        """Give the job back to be claimed again shortly (by any process)."""
+        async with self.sessions() as session:
+            await session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.claimed_by == self.manager_id, Job.status == RUNNING)
+                .values(lease_until=func.now() + timedelta(seconds=RETRY_SOON_S))
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+
+    async def _renew_leases(self) -> None:
+        every = max(self.settings.job_lease_s / 3, 0.1)
+        while True:
+            await asyncio.sleep(every)
+            mine = [job_id for jobs in self.running.values() for job_id in jobs]
+            if not mine:
+                continue
+            try:
+                async with self.sessions() as session:
+                    await session.execute(
+                        update(Job)
+                        .where(
+                            Job.id.in_(mine),
+                            Job.claimed_by == self.manager_id,
+                            Job.status == RUNNING,
+                        )
+                        .values(
+                            lease_until=func.now() + timedelta(seconds=self.settings.job_lease_s)
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
+                    await session.commit()
+            except Exception:
+                log.exception("renewing job leases failed")
+
+
+async def queued_jobs(session: AsyncSession) -> dict[str, int]:
+    """Unfinished jobs per workload: demand for the autoscaler, and what keeps a cron run."""
+    rows = await session.execute(
+        select(Job.workload_id, func.count())
+        .where(Job.status.in_((QUEUED, RUNNING)))
+        .group_by(Job.workload_id)
+    )
+    return {workload_id: int(count) for workload_id, count in rows.all()}

@@ -1,0 +1,148 @@
+"""Submitting a job and reading it back: what the gateway's jobs routes do with the database."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from manager import notify
+from manager.db.models import Job
+from manager.services.timefmt import rfc3339
+
+from .envelope import JSON, Envelope
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+UNFINISHED = (QUEUED, RUNNING)
+_NAME = rb"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+_JOBS_PATH = re.compile(
+    rb"/endpoint/(" + _NAME + rb")/(" + _NAME + rb")/jobs"
+    rb"(?:/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}))?/?\Z"
+)
+
+
+@dataclass(frozen=True)
+class JobsPath:
+    project: str
+    workload: str
+    job_id: str | None  # None: the collection (POST submits)
+
+
+def parse_jobs_path(raw_path: bytes) -> JobsPath | None:
+    """``/endpoint/{p}/{w}/jobs[/{job_id}]`` exactly (plain bytes only); None for any other."""
+    match = _JOBS_PATH.match(raw_path)
+    if match is None:
+        return None
+    job_id = match[3].decode() if match[3] else None
+    return JobsPath(match[1].decode(), match[2].decode(), job_id)
+
+
+async def submit(
+    sessions: async_sessionmaker[AsyncSession],
+    envelope: Envelope,
+    *,
+    project_id: str,
+    workload_id: str,
+    key_id: str,
+) -> str:
+    """Queue the job; its id once it is committed. The dispatchers and the reconciler (queued
+    jobs are demand) hear of it at once."""
+    job_id = str(uuid.uuid4())
+    async with sessions() as session:
+        session.add(
+            Job(
+                id=job_id,
+                project_id=project_id,
+                workload_id=workload_id,
+                key_id=key_id,
+                kind=envelope.kind,
+                route=envelope.route,
+                body=envelope.body,
+                content_type=envelope.content_type,
+                context=envelope.context,
+                status=QUEUED,
+                attempts=0,
+            )
+        )
+        await notify.notify(session, notify.JOBS, workload_id)
+        await notify.notify(session, notify.RECONCILE, workload_id)
+        await session.commit()
+    return job_id
+
+
+async def find_job(
+    sessions: async_sessionmaker[AsyncSession], workload_id: str, job_id: str
+) -> Job | None:
+    async with sessions() as session:
+        job = await session.scalar(
+            select(Job).where(Job.id == job_id, Job.workload_id == workload_id)
+        )
+        if job is not None:
+            session.expunge(job)
+        return job
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """What a client polling ``GET .../jobs/{id}`` sees; ``data`` is shaped as a webhook's."""
+    view: dict[str, Any] = {
+        "job_id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "attempts": job.attempts,
+        "created_at": rfc3339(job.created_at),
+        "started_at": rfc3339(job.started_at),
+        "finished_at": rfc3339(job.finished_at),
+    }
+    if job.context is not None:
+        view["context"] = json.loads(job.context)
+    if job.status in (SUCCEEDED, FAILED):
+        view["data"] = result_data(job)
+    return view
+
+
+def result_data(job: Job) -> dict[str, Any]:
+    """``data`` of contract section 8: status, the result as payload or binary, usage, error."""
+    data: dict[str, Any] = {
+        "job_id": job.id,
+        "status": "ok" if job.status == SUCCEEDED else "error",
+    }
+    result, content_type = job.result, job.result_content_type or ""
+    if result is not None:
+        payload = _json(result) if content_type.startswith(JSON) else None
+        if payload is not None:
+            data["payload"] = payload
+            if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                data["usage"] = _usage(payload["usage"])
+        else:
+            data["binary_b64"] = base64.b64encode(result).decode()
+            data["content_type"] = content_type or "application/octet-stream"
+    if job.status == FAILED:
+        data["error"] = job.error or "the job failed"
+    return data
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, int]:
+    names = {
+        "input_tokens": ("prompt_tokens", "input_tokens"),
+        "output_tokens": ("completion_tokens", "output_tokens"),
+        "total_tokens": ("total_tokens",),
+    }
+    found = {}
+    for name, sources in names.items():
+        value = next((usage[s] for s in sources if isinstance(usage.get(s), int)), None)
+        if value is not None:
+            found[name] = value
+    return found
