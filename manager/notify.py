@@ -33,6 +33,13 @@ async def notify(session: AsyncSession, channel: str, payload: str) -> None:
     )
 
 
+async def notify_many(session: AsyncSession, channels: tuple[str, ...], payload: str) -> None:
+    """The same payload on each channel, in one statement."""
+    calls = ", ".join(f"pg_notify(:channel_{i}, :payload)" for i in range(len(channels)))
+    values = {f"channel_{i}": channel for i, channel in enumerate(channels)}
+    await session.execute(text(f"SELECT {calls}"), {**values, "payload": payload})
+
+
 def plain_postgres_url(url: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if url.startswith(prefix):

@@ -252,6 +252,7 @@ class GatewayMiddleware:
             project_id=route.project_id,
             workload_id=route.id,
             key_id=principal.token_id,
+            wake=route.wakes and not route.replicas,
         )
         await send_json(send, 202, {"job_id": job_id})
 

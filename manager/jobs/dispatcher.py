@@ -75,17 +75,20 @@ class JobDispatcher:
         self.running: dict[str, set[str]] = defaultdict(set)  # workload id -> job ids
         self.on_replica: dict[str, int] = defaultdict(int)  # replica id -> jobs running
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set by a new job anywhere (the JOBS notification) and by a job finishing here (room).
+        self._wake = asyncio.Event()
 
     async def run_forever(self) -> None:
         renewing = asyncio.create_task(self._renew_leases(), name="job-leases")
+        self.hub.on(notify.JOBS, lambda _payload: self._wake.set())
         try:
             while True:
-                with self.hub.subscription(notify.JOBS) as wake:
-                    try:
-                        await self.claim_once()
-                    except Exception:
-                        log.exception("claiming jobs failed; retrying")
-                    await notify.wait_for(wake, IDLE_WAIT_S)
+                self._wake.clear()  # before claiming: a wake-up during the claim is kept
+                try:
+                    await self.claim_once()
+                except Exception:
+                    log.exception("claiming jobs failed; retrying")
+                await notify.wait_for(self._wake, IDLE_WAIT_S)
         finally:
             renewing.cancel()
             for task in list(self._tasks):
@@ -169,6 +172,7 @@ class JobDispatcher:
             await self._release(job)
         finally:
             self.running[job.workload_id].discard(job.id)
+            self._wake.set()  # room for the next one
 
     async def _send(self, job: Claimed, route: WorkloadRoute) -> None:
         free = [r for r in route.replicas if self.on_replica[r.id] < self.settings.jobs_per_replica]

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from manager import notify
@@ -50,13 +50,15 @@ async def submit(
     project_id: str,
     workload_id: str,
     key_id: str,
+    wake: bool,
 ) -> str:
-    """Queue the job; its id once it is committed. The dispatchers and the reconciler (queued
-    jobs are demand) hear of it at once."""
+    """Queue the job; its id once it is committed. The dispatchers hear of it at once, and so
+    does the reconciler when ``wake`` (a workload with no ready replica that scales on demand:
+    queued jobs are demand; otherwise its next pass counts them)."""
     job_id = str(uuid.uuid4())
     async with sessions() as session:
-        session.add(
-            Job(
+        await session.execute(
+            insert(Job).values(
                 id=job_id,
                 project_id=project_id,
                 workload_id=workload_id,
@@ -70,8 +72,8 @@ async def submit(
                 attempts=0,
             )
         )
-        await notify.notify(session, notify.JOBS, workload_id)
-        await notify.notify(session, notify.RECONCILE, workload_id)
+        channels = (notify.JOBS, notify.RECONCILE) if wake else (notify.JOBS,)
+        await notify.notify_many(session, channels, workload_id)
         await session.commit()
     return job_id
 
