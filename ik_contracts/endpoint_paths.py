@@ -35,10 +35,11 @@ ROUTE_TASK_TYPES: dict[str, frozenset[str]] = {
 
 PREFIX = b"/endpoint/"
 # Project ids and slugs, workload slugs: what the control plane lets one be named.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+NAME_PATTERN = rb"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+_NAME = re.compile(NAME_PATTERN.decode() + r"\Z")
 # A path with no escapes, dot segments or doubled slashes: taken as it is.
 _PLAIN_PATH = re.compile(
-    rb"/endpoint/([A-Za-z0-9][A-Za-z0-9_-]{0,127})/([A-Za-z0-9][A-Za-z0-9_-]{0,127})/"
+    rb"/endpoint/(" + NAME_PATTERN + rb")/(" + NAME_PATTERN + rb")/"
     rb"((?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]+)\Z"
 )
 # Bytes a query string may carry on as they are; any other is percent-encoded.

@@ -100,6 +100,7 @@ class RouteTable:
         self._refresh_s = refresh_s
         self.projects: dict[str, str] = {}  # slug and id -> id
         self.workloads: dict[tuple[str, str], WorkloadRoute] = {}  # (project id, slug) -> route
+        self.by_id: dict[str, WorkloadRoute] = {}  # workload id -> route
         self._targets: dict[str, ReplicaTarget] = {}
         self._dirty = asyncio.Event()
         self._reloaded = asyncio.Event()  # set (and replaced) after every reload
@@ -185,6 +186,7 @@ class RouteTable:
             targets[replica_id] = target
             route.replicas.append(target)
         self.workloads, self._targets = workloads, targets
+        self.by_id = {route.id: route for route in workloads.values()}
         reloaded, self._reloaded = self._reloaded, asyncio.Event()
         reloaded.set()
 

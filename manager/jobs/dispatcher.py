@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -99,7 +100,7 @@ class JobDispatcher:
 
     async def claim_once(self) -> int:
         """Claim what this process has room for; returns how many jobs it started."""
-        by_id = {route.id: route for route in self.routes.workloads.values() if route.replicas}
+        by_id = {id_: route for id_, route in self.routes.by_id.items() if route.replicas}
         if not by_id:
             return 0
         async with self.sessions() as session:
@@ -156,9 +157,7 @@ class JobDispatcher:
             if job.attempts > self.settings.job_max_attempts:
                 await self._finish(job, FAILED, error=f"gave up after {job.attempts - 1} attempts")
                 return
-            route = next(
-                (r for r in self.routes.workloads.values() if r.id == job.workload_id), None
-            )
+            route = self.routes.by_id.get(job.workload_id)
             if route is None:
                 await self._finish(job, FAILED, error="the workload was deleted")
                 return
@@ -175,8 +174,11 @@ class JobDispatcher:
             self._wake.set()  # room for the next one
 
     async def _send(self, job: Claimed, route: WorkloadRoute) -> None:
-        free = [r for r in route.replicas if self.on_replica[r.id] < self.settings.jobs_per_replica]
-        replica = min(free, key=lambda r: r.outstanding, default=None)
+        # The gateway's choice (least outstanding, ejected ones skipped) among the replicas
+        # with a free job slot.
+        per_replica = self.settings.jobs_per_replica
+        full = {r.id for r in route.replicas if self.on_replica[r.id] >= per_replica}
+        replica = route.pick(time.monotonic(), full)
         if replica is None:
             await self._release(job)
             return

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ik_contracts.endpoint_paths import NAME_PATTERN
 from manager import notify
 from manager.db.models import Job
 from manager.services.timefmt import rfc3339
@@ -20,9 +21,8 @@ from .envelope import JSON, Envelope
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 UNFINISHED = (QUEUED, RUNNING)
-_NAME = rb"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
 _JOBS_PATH = re.compile(
-    rb"/endpoint/(" + _NAME + rb")/(" + _NAME + rb")/jobs"
+    rb"/endpoint/(" + NAME_PATTERN + rb")/(" + NAME_PATTERN + rb")/jobs"
     rb"(?:/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}))?/?\Z"
 )
 
