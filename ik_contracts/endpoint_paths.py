@@ -30,8 +30,38 @@ ROUTE_TASK_TYPES: dict[str, frozenset[str]] = {
     "v1/audio/voices": frozenset({T.TEXT2AUDIO.value}),
     "v1/audio/transcriptions": frozenset({T.AUDIO2TEXT.value}),
     "forecast": frozenset({T.FORECAST.value}),
+    # Async only (jobs of kind classification and reward), on engines that have them.
+    "classify": frozenset({T.CLASSIFICATION.value}),
+    "pooling": frozenset({T.REWARD.value}),
     "v1/models": frozenset(t.value for t in TaskType),
 }
+# Each route's endpoint toggle (a workload may switch it off); v1/models has none. The async
+# surface's master switch is JOBS_TOGGLE; a job's kind is governed by its route's toggle too.
+ROUTE_TOGGLES: dict[str, str] = {
+    "v1/chat/completions": "chat",
+    "v1/completions": "completions",
+    "v1/embeddings": "embeddings",
+    "v1/rerank": "rerank",
+    "v1/images/generations": "images",
+    "v1/images/edits": "images_edits",
+    "v1/images/variations": "images_variations",
+    "v1/audio/speech": "audio_speech",
+    "v1/audio/generate": "audio_generate",
+    "v1/audio/voices": "audio_voices",
+    "v1/audio/transcriptions": "audio_transcriptions",
+    "forecast": "forecast",
+    "classify": "classification",
+    "pooling": "reward",
+}
+JOBS_TOGGLE = "jobs"
+
+
+def task_type_toggles(task_type: str) -> list[str]:
+    """The toggles a workload of this task type has: ``jobs`` and one per route it serves."""
+    return [JOBS_TOGGLE] + [
+        toggle for route, toggle in ROUTE_TOGGLES.items() if task_type in ROUTE_TASK_TYPES[route]
+    ]
+
 
 PREFIX = b"/endpoint/"
 # Project ids and slugs, workload slugs: what the control plane lets one be named.

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from manager.api import admin, agent, workers, workloads
+from manager.api import admin, agent, webhooks, workers, workloads
 from manager.api import metrics as metrics_api
 from manager.auth_limiter import FailedAuthLimiter
 from manager.body_limit import BodyLimitMiddleware
@@ -27,6 +27,7 @@ from manager.openapi import install_openapi
 from manager.reconciler import Reconciler, run_reconciler
 from manager.services import projects, tokens
 from manager.settings import Settings
+from manager.webhooks.deliverer import WebhookDeliverer
 
 log = logging.getLogger("inferencekey.manager")
 
@@ -90,6 +91,8 @@ def create_app(settings: Settings) -> ASGIApp:
                 manager_id=gateway.demand.manager_id,
             )
             background.append(asyncio.create_task(dispatcher.run_forever(), name="jobs"))
+            deliverer = WebhookDeliverer(app.state.sessions, settings, hub)
+            background.append(asyncio.create_task(deliverer.run_forever(), name="webhooks"))
             if settings.metrics_address:
                 metrics.serve_separately(settings.metrics_address)
             if settings.run_reconciler:
@@ -133,6 +136,8 @@ def create_app(settings: Settings) -> ASGIApp:
     app.include_router(admin.router)
     app.include_router(agent.router)
     app.include_router(workers.router)
+    app.include_router(webhooks.router)
+    app.include_router(webhooks.admin_router)
     app.include_router(metrics_api.router)
 
     @app.get("/healthz", include_in_schema=False)

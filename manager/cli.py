@@ -1,5 +1,5 @@
 """The Manager's commands of ``inferencekey``: ``manager``, ``admin ...``, ``status``, ``logs``,
-``usage``.
+``usage``, ``webhooks ...``.
 
 ``ik_command`` puts these and the agent's (``worker_agent.cli``) under one parser."""
 
@@ -401,6 +401,37 @@ def token_id(value: str) -> str:
     return match.group(1)
 
 
+def show_endpoints(args: argparse.Namespace) -> int:
+    """A workload's endpoint toggles, switching the named ones on or off first."""
+    project, _, workload = args.workload.partition("/")
+    if not project or not workload:
+        print("error: name the workload as PROJECT/WORKLOAD", file=sys.stderr)
+        return 2
+    both = set(args.on) & set(args.off)
+    if both:
+        print(f"error: both --on and --off for {', '.join(sorted(both))}", file=sys.stderr)
+        return 2
+    path = f"/api/admin/workloads/{quote(project, safe='')}/{quote(workload, safe='')}/endpoints"
+    changes = {name: True for name in args.on} | {name: False for name in args.off}
+    answer = (
+        _admin_request(args, "PATCH", path, body={"endpoints": changes})
+        if changes
+        else _admin_request(args, "GET", path)
+    )
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    rows = [{"name": name, "on": on} for name, on in answer["endpoints"].items()]
+    print(render_table(rows, [("ENDPOINT", lambda r: r["name"]), ("ON", _on_off)]))
+    return 0
+
+
+def _on_off(row: dict[str, Any]) -> str:
+    return "on" if row["on"] else "off"
+
+
 def _call_admin_api(
     args: argparse.Namespace,
     method: str,
@@ -450,7 +481,7 @@ def _admin_request(
     if response.is_error:
         print(f"error: {_error_message(response)}", file=sys.stderr)
         return None
-    return response.json()
+    return response.json() if response.content else {}  # {} for a 204
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:
@@ -482,6 +513,143 @@ def _error_message(response: httpx.Response) -> str:
 
 def _without_none(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
+
+
+# --- inferencekey webhooks -----------------------------------------------------------------
+
+
+def _workload_path(args: argparse.Namespace) -> str | None:
+    """``/api/admin/workloads/{project}/{workload}`` of ``PROJECT/WORKLOAD``, or None once the
+    usage error is printed."""
+    project, _, workload = args.workload.partition("/")
+    if not project or not workload:
+        print("error: name the workload as PROJECT/WORKLOAD", file=sys.stderr)
+        return None
+    return f"/api/admin/workloads/{quote(project, safe='')}/{quote(workload, safe='')}"
+
+
+def list_webhooks(args: argparse.Namespace) -> int:
+    workload = _workload_path(args)
+    if workload is None:
+        return 2
+    answer = _admin_request(args, "GET", f"{workload}/webhooks")
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif answer["webhooks"]:
+        print(render_table(answer["webhooks"], WEBHOOK_COLUMNS))
+    else:
+        print("no webhook destinations")
+    return 0
+
+
+def add_webhook(args: argparse.Namespace) -> int:
+    workload = _workload_path(args)
+    if workload is None:
+        return 2
+    body = {"url": args.url, "enabled": not args.muted}
+    answer = _admin_request(args, "POST", f"{workload}/webhooks", body=body)
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    state = "muted" if not answer["enabled"] else "on"
+    print(f"Added webhook {answer['id']} ({state}): {answer['url']}")
+    print("Signing secret (shown once: store it now, only its prefix is shown again):")
+    print(answer["secret"])
+    return 0
+
+
+def switch_webhook(args: argparse.Namespace) -> int:
+    """``mute`` and ``unmute``."""
+    workload = _workload_path(args)
+    if workload is None:
+        return 2
+    path = f"{workload}/webhooks/{quote(args.webhook_id, safe='')}"
+    answer = _admin_request(args, "PATCH", path, body={"enabled": args.enabled})
+    if answer is None:
+        return 1
+    print(f"{answer['id']} {'unmuted' if answer['enabled'] else 'muted'}: {answer['url']}")
+    return 0
+
+
+def delete_webhook(args: argparse.Namespace) -> int:
+    workload = _workload_path(args)
+    if workload is None:
+        return 2
+    path = f"{workload}/webhooks/{quote(args.webhook_id, safe='')}"
+    if _admin_request(args, "DELETE", path) is None:
+        return 1
+    print(f"deleted {args.webhook_id} and its deliveries")
+    return 0
+
+
+def ping_webhook(args: argparse.Namespace) -> int:
+    """A signed ping, now; exits 1 when it was not delivered."""
+    workload = _workload_path(args)
+    if workload is None:
+        return 2
+    path = f"{workload}/webhooks/{quote(args.webhook_id, safe='')}/test"
+    answer = _admin_request(args, "POST", path)
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif answer["delivered"]:
+        print(f"delivered: HTTP {answer['status_code']} in {answer['duration_ms']:g} ms")
+    else:
+        print(f"not delivered: {answer['error']} ({answer['duration_ms']:g} ms)")
+    return 0 if answer["delivered"] else 1
+
+
+def list_deliveries(args: argparse.Namespace) -> int:
+    workload = _workload_path(args)
+    if workload is None:
+        return 2
+    params = _without_none({"status": args.status, "limit": args.limit})
+    answer = _admin_request(args, "GET", f"{workload}/deliveries", params=params)
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif answer["deliveries"]:
+        print(render_table(answer["deliveries"], DELIVERY_COLUMNS))
+    else:
+        print("no deliveries")
+    return 0
+
+
+def redeliver(args: argparse.Namespace) -> int:
+    workload = _workload_path(args)
+    if workload is None:
+        return 2
+    path = f"{workload}/deliveries/{quote(args.delivery_id, safe='')}/redeliver"
+    answer = _admin_request(args, "POST", path)
+    if answer is None:
+        return 1
+    print(f"{answer['id']} is pending again: due now, attempts start over")
+    return 0
+
+
+WEBHOOK_COLUMNS: list[Column] = [
+    ("WEBHOOK", lambda r: r["id"]),
+    ("URL", lambda r: r["url"]),
+    ("STATE", lambda r: "on" if r["enabled"] else "muted"),
+    ("SECRET", lambda r: f"{r['secret_prefix']}…"),
+    ("CREATED", lambda r: r["created_at"]),
+]
+DELIVERY_COLUMNS: list[Column] = [
+    ("DELIVERY", lambda r: r["id"]),
+    ("JOB", lambda r: r["job_id"]),
+    ("WEBHOOK", lambda r: r["destination_id"]),
+    ("EVENT", lambda r: r["event"]),
+    ("STATUS", lambda r: r["status"]),
+    ("ATTEMPTS", lambda r: r["attempts"]),
+    ("NEXT", lambda r: r.get("next_attempt_at")),
+    ("LAST ERROR", lambda r: r.get("last_error")),
+]
 
 
 # --- argument parsing -----------------------------------------------------------------------
@@ -627,6 +795,21 @@ def add_admin_commands(commands: Any) -> None:
     usage.add_argument("--json", action="store_true", help="JSON instead of a table")
     usage.set_defaults(command=show_usage)
 
+    endpoints = commands.add_parser(
+        "endpoints",
+        parents=[connection],
+        help="a workload's endpoint toggles (jobs and one per route); switch them on or off",
+    )
+    endpoints.add_argument("workload", metavar="PROJECT/WORKLOAD")
+    endpoints.add_argument(
+        "--on", action="append", default=[], metavar="NAME", help="switch this endpoint on"
+    )
+    endpoints.add_argument(
+        "--off", action="append", default=[], metavar="NAME", help="switch this endpoint off"
+    )
+    endpoints.add_argument("--json", action="store_true", help="JSON instead of a table")
+    endpoints.set_defaults(command=show_endpoints)
+
     status = commands.add_parser(
         "status",
         parents=[connection],
@@ -634,3 +817,46 @@ def add_admin_commands(commands: Any) -> None:
     )
     status.add_argument("--json", action="store_true", help="JSON instead of tables")
     status.set_defaults(command=show_status)
+
+    _add_webhook_commands(commands, connection)
+
+
+def _add_webhook_commands(commands: Any, connection: argparse.ArgumentParser) -> None:
+    webhooks = commands.add_parser(
+        "webhooks", help="a workload's webhook destinations and deliveries"
+    ).add_subparsers(required=True, metavar="ACTION")
+
+    def action(name: str, command: Command, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = webhooks.add_parser(
+            name, parents=[connection], help=help_text
+        )
+        parser.add_argument("workload", metavar="PROJECT/WORKLOAD")
+        parser.set_defaults(command=command)
+        return parser
+
+    listing = action("list", list_webhooks, "list destinations (never their secrets)")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    add = action("add", add_webhook, "add a destination; prints its signing secret (once)")
+    add.add_argument("url", metavar="URL", help="https:// and a public host")
+    add.add_argument("--muted", action="store_true", help="add it switched off")
+    add.add_argument("--json", action="store_true", help="JSON instead of text")
+    for name, enabled, help_text in (
+        ("mute", False, "stop sending to a destination (its pending deliveries are skipped)"),
+        ("unmute", True, "send to a muted destination again"),
+    ):
+        switch = action(name, switch_webhook, help_text)
+        switch.add_argument("webhook_id", metavar="WEBHOOK")
+        switch.set_defaults(enabled=enabled)
+    delete = action("delete", delete_webhook, "delete a destination and its deliveries")
+    delete.add_argument("webhook_id", metavar="WEBHOOK")
+    ping = action("test", ping_webhook, "send a signed ping now")
+    ping.add_argument("webhook_id", metavar="WEBHOOK")
+    ping.add_argument("--json", action="store_true", help="JSON instead of text")
+    deliveries = action("deliveries", list_deliveries, "list deliveries, newest first")
+    deliveries.add_argument(
+        "--status", choices=("pending", "delivered", "terminal", "skipped"), help="only these"
+    )
+    deliveries.add_argument("--limit", type=int, help="at most this many (default 50)")
+    deliveries.add_argument("--json", action="store_true", help="JSON instead of a table")
+    again = action("redeliver", redeliver, "send a terminal or skipped delivery again")
+    again.add_argument("delivery_id", metavar="DELIVERY")

@@ -93,6 +93,29 @@ class ScopeInsufficient(ApiProblem):
     code = "scope_insufficient"
 
 
+class EndpointDisabled(ApiProblem):
+    """The workload's endpoint toggle for this route (or for jobs) is switched off."""
+
+    status = 403
+    code = "endpoint_disabled"
+
+
+class UnsafeWebhookUrl(ApiProblem):
+    """A webhook URL the SSRF rules refuse: not https, credentials in it, a non-public host."""
+
+    code = "unsafe_webhook_url"
+
+
+class WebhookLimitReached(ApiProblem):
+    status = 409
+    code = "webhook_limit_reached"
+
+
+class DeliveryNotTerminal(ApiProblem):
+    status = 409
+    code = "delivery_not_terminal"
+
+
 class NotFound(ApiProblem):
     status = 404
     code = "not_found"
@@ -120,6 +143,14 @@ class RouteNotFound(NotFound):
 
 class JobNotFound(NotFound):
     code = "job_not_found"
+
+
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+
+
+class DeliveryNotFound(NotFound):
+    code = "delivery_not_found"
 
 
 class MethodNotAllowed(ApiProblem):

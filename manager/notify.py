@@ -23,7 +23,8 @@ ASSIGNMENTS = "ik_assignments"  # payload: a worker id whose desired replica set
 WORKLOAD_STATUS = "ik_workload_status"  # payload: a workload id whose phase changed
 TOKENS = "ik_tokens"  # payload: a credential id that was revoked
 JOBS = "ik_jobs"  # payload: a workload id with a new job; wakes the job dispatchers
-CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS, TOKENS, JOBS)
+WEBHOOKS = "ik_webhooks"  # payload: a workload id with deliveries due now; wakes the deliverers
+CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS, TOKENS, JOBS, WEBHOOKS)
 ANY = "*"
 
 

@@ -44,7 +44,30 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "jobs_per_replica": (int, 1),
     "job_lease_s": (float, 1),
     "job_max_attempts": (int, 1),
+    "webhook_timeout_s": (float, 0.1),
+    "webhook_lease_s": (float, 1),
+    "webhook_concurrency": (int, 1),
+    "webhook_max_binary_bytes": (int, 0),
 }
+# Webhook retry delays (seconds between attempts 1-2, 2-3, ...): the contract's schedule.
+DEFAULT_WEBHOOK_RETRY_DELAYS_S = (60.0, 300.0, 900.0, 3600.0, 21600.0)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(name: str, raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError(f"{name} must be true or false (1 or 0), got {raw!r}")
+
+
+def retry_delays(name: str, raw: str) -> tuple[float, ...]:
+    """``"60,300,900"`` -> ``(60.0, 300.0, 900.0)``: at least one, none negative."""
+    delays = tuple(float(_number(name, part.strip(), float, 0)) for part in raw.split(","))
+    if not delays:
+        raise ValueError(f"{name} needs at least one delay")
+    return delays
 
 
 def _env(name: str) -> str | None:
@@ -104,6 +127,17 @@ class Settings:
     # Failed authentications one client address may make per window before it gets 429s.
     auth_failures_per_window: int = 30
     auth_failure_window_s: float = 10.0
+    # Webhooks: only https and public addresses unless the operator allows private ones (on-prem
+    # receivers); a delivery attempt's whole budget; the delays between attempts (after the last
+    # one fails, the delivery is terminal); a claimed attempt's lease, after which another process
+    # may send it; attempts one process sends at once; binary results larger than this are kept
+    # for GET .../jobs/{id} and not delivered.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = 3.0
+    webhook_retry_delays_s: tuple[float, ...] = DEFAULT_WEBHOOK_RETRY_DELAYS_S
+    webhook_lease_s: float = 30.0
+    webhook_concurrency: int = 32
+    webhook_max_binary_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -121,6 +155,12 @@ class Settings:
             values["admin_token"] = token
         if metrics_address := _env("INFERENCEKEY_METRICS_ADDRESS"):
             values["metrics_address"] = metrics_address
+        if allow := _env("INFERENCEKEY_WEBHOOK_ALLOW_PRIVATE"):
+            values["webhook_allow_private"] = _flag("INFERENCEKEY_WEBHOOK_ALLOW_PRIVATE", allow)
+        if delays := _env("INFERENCEKEY_WEBHOOK_RETRY_DELAYS_S"):
+            values["webhook_retry_delays_s"] = retry_delays(
+                "INFERENCEKEY_WEBHOOK_RETRY_DELAYS_S", delays
+            )
         for name, (kind, minimum) in _NUMBERS.items():
             if raw := _env(f"INFERENCEKEY_{name.upper()}"):
                 values[name] = _number(f"INFERENCEKEY_{name.upper()}", raw, kind, minimum)

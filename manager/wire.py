@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from ik_contracts.protocol import EngineLoad
 
@@ -181,3 +181,18 @@ class UsageReport(BaseModel):
     group_by: UsageGrouping
     rows: list[UsageRow]
     total: UsageTotals
+
+
+class EndpointToggles(BaseModel):
+    """A workload's endpoint toggles: ``jobs`` (the async surface) and one per route it serves."""
+
+    workload_id: str
+    endpoints: dict[str, bool] = Field(
+        description="toggle name -> on; a route switched off also refuses its async twin"
+    )
+
+
+class UpdateEndpointToggles(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    endpoints: dict[str, StrictBool] = Field(description="the toggles to change, name -> on")

@@ -128,6 +128,11 @@ TEST_MANAGER_SETTINGS: dict[str, Any] = {
     "heartbeat_interval_s": 1.0,
     "reconcile_interval_s": 1.0,
     "auth_failures_per_window": 1_000_000,
+    # Webhook receivers in tests listen on 127.0.0.1 over http, and retries come in a blink.
+    "webhook_allow_private": True,
+    "webhook_retry_delays_s": (0.2, 0.2, 0.2, 0.2, 0.2),
+    "webhook_timeout_s": 2.0,
+    "webhook_lease_s": 3.0,
 }
 
 

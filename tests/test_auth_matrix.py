@@ -61,6 +61,13 @@ def world(admin: httpx.Client) -> World:
         Route("GET", f"/api/workloads/{wl}/events", writes=False),
         Route("PATCH", f"/api/workloads/{wl}", writes=True, body={"name": "Bot"}),
         Route("DELETE", "/api/workloads/no-such-workload", writes=True),
+        Route("GET", f"/api/workloads/{wl}/webhooks", writes=False),
+        Route("POST", f"/api/workloads/{wl}/webhooks", writes=True, body={"url": "http://h/"}),
+        Route("PATCH", f"/api/workloads/{wl}/webhooks/whd_x", writes=True, body={}),
+        Route("POST", f"/api/workloads/{wl}/webhooks/whd_x/test", writes=True),
+        Route("GET", f"/api/workloads/{wl}/jobs", writes=False),
+        Route("GET", f"/api/workloads/{wl}/deliveries", writes=False),
+        Route("POST", f"/api/workloads/{wl}/deliveries/whdl_x/redeliver", writes=True),
     ]
     admin_routes = [
         Route("GET", "/api/admin/projects", writes=False),
@@ -72,6 +79,8 @@ def world(admin: httpx.Client) -> World:
         Route("GET", "/api/admin/workloads", writes=False),
         Route("PUT", "/api/admin/gpu-prices", writes=True, body={"name": "x", "usd_per_hour": 1}),
         Route("GET", "/metrics", writes=False),
+        Route("GET", f"/api/admin/workloads/{slug}/bot/webhooks", writes=False),
+        Route("GET", f"/api/admin/workloads/{slug}/bot/deliveries", writes=False),
     ]
     tokens = {
         "live": create_live_key(admin, slug),
@@ -89,8 +98,8 @@ def _ids(routes: list[Route]) -> list[str]:
     return [f"{r.method} {r.path.split('/', 3)[-1]}" for r in routes]
 
 
-ROUTE_INDEXES = range(8)
-ADMIN_INDEXES = range(9)
+ROUTE_INDEXES = range(15)
+ADMIN_INDEXES = range(11)
 
 
 def _assert_problem(response: httpx.Response, status: int, code: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import pytest
 from ik_command import main
 from ik_command import parse_args as parse_cli
 from ik_contracts.engines import BUILTIN_BACKENDS, ENGINES
+from tests.webhook_receiver import receiving, terminal_delivery
 from worker_agent.cli import AGENT_ENV, AgentConfigError, agent_config_from_args
 from worker_agent.config import AgentConfig
 
@@ -274,6 +276,115 @@ def test_workload_list_and_status_show_every_projects_workloads_and_phases(
     status = json.loads(capsys.readouterr().out)
     assert status["manager"] == {"url": manager.url, "healthy": True}
     assert any(w["slug"] == "listed" for w in status["workloads"])
+
+
+def test_endpoints_shows_and_switches_a_workloads_toggles(
+    manager: Any, admin: httpx.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = admin.post("/api/admin/projects", json={"slug": _unique_slug()}).json()["slug"]
+    token = admin.post("/api/admin/tokens", json={"project": project}).json()["token"]
+    created = httpx.post(
+        f"{manager.url}/api/projects/{project}/workloads",
+        json={"name": "Toggled", "slug": "toggled", "backend": "llamacpp", "model_name": "m"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert created.status_code == 201, created.text
+    connection = ["--base-url", manager.url, "--admin-token", manager.admin_token]
+
+    def endpoints(*argv: str) -> tuple[int, str, str]:
+        code = main(["endpoints", f"{project}/toggled", *argv, *connection])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, err = endpoints()
+    assert code == 0, err
+    assert [line.split() for line in out.splitlines()] == [
+        ["ENDPOINT", "ON"],
+        ["jobs", "on"],
+        ["chat", "on"],
+        ["completions", "on"],
+    ]
+    code, out, err = endpoints("--off", "jobs", "--off", "completions", "--json")
+    assert code == 0, err
+    assert json.loads(out)["endpoints"] == {"jobs": False, "chat": True, "completions": False}
+    code, out, err = endpoints("--on", "jobs")
+    assert code == 0 and ["jobs", "on"] in [line.split() for line in out.splitlines()]
+
+    code, out, err = endpoints("--off", "images")
+    assert code == 1 and "'images' is not an endpoint of a text2text workload" in err
+    code, out, err = endpoints("--on", "chat", "--off", "chat")
+    assert code == 2 and "both --on and --off for chat" in err
+    code = main(["endpoints", "toggled", *connection])
+    assert code == 2 and "PROJECT/WORKLOAD" in capsys.readouterr().err
+    code = main(["endpoints", f"{project}/nope", *connection])
+    assert code == 1 and 'workload "nope" not found' in capsys.readouterr().err
+
+
+def test_webhooks_commands_add_list_mute_test_delete_and_redeliver(
+    manager: Any, admin: httpx.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    created_project = admin.post("/api/admin/projects", json={"slug": _unique_slug()}).json()
+    project = created_project["slug"]
+    token = admin.post("/api/admin/tokens", json={"project": project}).json()["token"]
+    workload = httpx.post(
+        f"{manager.url}/api/projects/{project}/workloads",
+        json={"name": "Hooked", "slug": "hooked", "backend": "llamacpp", "model_name": "m"},
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    connection = ["--base-url", manager.url, "--admin-token", manager.admin_token]
+
+    def webhooks(action: str, *argv: str) -> tuple[int, str, str]:
+        code = main(["webhooks", action, f"{project}/hooked", *argv, *connection])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    with receiving() as receiver:
+        code, out, err = webhooks("add", receiver.url())
+        assert code == 0, err
+        added, shown_once, secret = out.splitlines()
+        hook_id = added.split()[2]
+        assert added == f"Added webhook {hook_id} (on): {receiver.url()}"
+        assert "shown once" in shown_once and secret.startswith("whsec_")
+
+        code, out, err = webhooks("list")
+        assert code == 0, err
+        header, row = out.splitlines()
+        assert header.split() == ["WEBHOOK", "URL", "STATE", "SECRET", "CREATED"]
+        assert row.split()[:4] == [hook_id, receiver.url(), "on", f"{secret[:12]}…"]
+        assert secret not in out
+
+        code, out, err = webhooks("test", hook_id)
+        assert code == 0 and out.startswith("delivered: HTTP 200 in "), (out, err)
+        assert receiver.received[0].headers["x-inferencekey-event"] == "ping"
+
+        code, out, _ = webhooks("mute", hook_id)
+        assert code == 0 and out.startswith(f"{hook_id} muted")
+        code, out, _ = webhooks("list", "--json")
+        assert json.loads(out)["webhooks"][0]["enabled"] is False and secret not in out
+        code, out, _ = webhooks("unmute", hook_id)
+        assert code == 0 and out.startswith(f"{hook_id} unmuted")
+
+    code, out, _ = webhooks("deliveries")
+    assert (code, out.strip()) == (0, "no deliveries")
+    _, delivery_id = asyncio.run(
+        terminal_delivery(manager.database_url, created_project["id"], workload["id"], hook_id)
+    )
+    code, out, _ = webhooks("deliveries", "--status", "terminal")
+    row = out.splitlines()[1].split()
+    assert code == 0 and (row[0], row[2], row[4]) == (delivery_id, hook_id, "terminal")
+    code, out, _ = webhooks("redeliver", delivery_id)
+    assert code == 0 and out.startswith(f"{delivery_id} is pending again")
+    code, _, err = webhooks("redeliver", delivery_id)
+    assert code == 1 and "only a terminal or skipped delivery" in err
+
+    code, out, _ = webhooks("delete", hook_id)
+    assert code == 0 and out.startswith(f"deleted {hook_id}")
+    code, out, _ = webhooks("list")
+    assert out.strip() == "no webhook destinations"
+    code, _, err = webhooks("add", "https://user:pw@example.com/")
+    assert code == 1 and "must not carry credentials" in err
+    code = main(["webhooks", "list", "hooked", *connection])
+    assert code == 2 and "PROJECT/WORKLOAD" in capsys.readouterr().err
 
 
 def test_gpu_list_prints_the_gpu_resources(cli: RunCli) -> None:

@@ -19,6 +19,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from tests.support import RunningManager, TestProject, bearer
+from tests.webhook_receiver import terminal_delivery
 
 A100 = "NVIDIA A100-SXM4-80GB"
 WORKLOAD = {
@@ -177,6 +178,59 @@ def test_every_api_route_answers_what_the_document_says(
         at={"workload_ref": "doc-bot", "replica_id": "rep_none"},
     )
     call(admin, "GET", "/api/admin/workloads/{project}/{workload_slug}/logs")
+
+    # Endpoint toggles, through the control plane and the operator's routes.
+    toggles = "/api/workloads/{workload_ref}/endpoints"
+    call(sdk, "GET", toggles, at={"workload_ref": "doc-bot"})
+    switched = {"endpoints": {"completions": False}}
+    call(sdk, "PATCH", toggles, at={"workload_ref": "doc-bot"}, json=switched)
+    operator_toggles = "/api/admin/workloads/{project}/{workload_slug}/endpoints"
+    call(admin, "GET", operator_toggles)
+    answer = call(admin, "PATCH", operator_toggles, json={"endpoints": {"completions": True}})
+    assert answer.json()["endpoints"]["completions"] is True
+
+    # Webhooks, through the control plane and the operator's routes; a job and a terminal
+    # delivery as the dispatcher and the deliverer leave them (tests/test_webhooks.py makes real
+    # ones). The pings go to a closed port: answered, not delivered.
+    closed = "http://127.0.0.1:9/hook"
+    hooks, ref = "/api/workloads/{workload_ref}/webhooks", {"workload_ref": "doc-bot"}
+    hook = call(sdk, "POST", hooks, at=ref, json={"url": closed}).json()
+    call(sdk, "GET", hooks, at=ref)
+    one = {**ref, "webhook_id": hook["id"]}
+    call(sdk, "PATCH", hooks + "/{webhook_id}", at=one, json={"enabled": False})
+    assert call(sdk, "POST", hooks + "/{webhook_id}/test", at=one).json()["delivered"] is False
+    workload_id = sdk.get("/api/workloads/doc-bot").json()["id"]
+    job_id, delivery_id = asyncio.run(
+        terminal_delivery(manager.database_url, project.id, workload_id, hook["id"])
+    )
+    call(sdk, "GET", "/api/workloads/{workload_ref}/jobs", at=ref, params={"limit": 5})
+    job = call(
+        sdk, "GET", "/api/workloads/{workload_ref}/jobs/{job_id}", at={**ref, "job_id": job_id}
+    )
+    assert [d["id"] for d in job.json()["deliveries"]] == [delivery_id]
+    call(
+        sdk,
+        "GET",
+        "/api/workloads/{workload_ref}/deliveries",
+        at=ref,
+        params={"status": "terminal"},
+    )
+    again = "/api/workloads/{workload_ref}/deliveries/{delivery_id}/redeliver"
+    assert call(sdk, "POST", again, at={**ref, "delivery_id": delivery_id}).status_code == 200
+    assert call(sdk, "DELETE", hooks + "/{webhook_id}", at=one).status_code == 204
+    operator_hooks = "/api/admin/workloads/{project}/{workload_slug}/webhooks"
+    hook = call(admin, "POST", operator_hooks, json={"url": closed}).json()
+    call(admin, "GET", operator_hooks)
+    one = {"webhook_id": hook["id"]}
+    call(admin, "PATCH", operator_hooks + "/{webhook_id}", at=one, json={"enabled": True})
+    call(admin, "POST", operator_hooks + "/{webhook_id}/test", at=one)
+    _, delivery_id = asyncio.run(
+        terminal_delivery(manager.database_url, project.id, workload_id, hook["id"])
+    )
+    call(admin, "GET", "/api/admin/workloads/{project}/{workload_slug}/deliveries")
+    again = "/api/admin/workloads/{project}/{workload_slug}/deliveries/{delivery_id}/redeliver"
+    call(admin, "POST", again, at={"delivery_id": delivery_id})
+    call(admin, "DELETE", operator_hooks + "/{webhook_id}", at=one)
 
     # Usage: one counted minute, as the gateway writes it (tests/e2e/test_usage.py makes real
     # ones), read in each grouping.

@@ -45,6 +45,8 @@ class Engine:
     # Where the engine serves Prometheus figures of its load (None: it has none), flags the agent
     # adds so that it does, and the metric names of each figure (samples are summed).
     metrics_path: ClassVar[str | None] = None
+    # The route serving jobs of the async-only kinds (classification, reward), where it has one.
+    job_routes: ClassVar[dict[str, str]] = {}
     metrics_flags: ClassVar[tuple[str, ...]] = ()
     running_metrics: ClassVar[tuple[str, ...]] = ()
     waiting_metrics: ClassVar[tuple[str, ...]] = ()

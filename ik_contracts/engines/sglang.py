@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from inferencekey.enums import Backend
 
 from ik_contracts.engines.base import Engine
@@ -23,6 +25,7 @@ class SglangEngine(Engine):
     running_metrics = ("sglang:num_running_reqs",)
     waiting_metrics = ("sglang:num_queue_reqs",)
     kv_cache_metrics = ("sglang:token_usage",)
+    job_routes: ClassVar[dict[str, str]] = {"classification": "classify"}
 
     def default_command(self, model_name: str) -> list[str]:
         return ["python3", "-m", "sglang.launch_server", "--model-path", model_name]

@@ -26,6 +26,8 @@ class VllmEngine(Engine):
     running_metrics = ("vllm:num_requests_running",)
     waiting_metrics = ("vllm:num_requests_waiting",)
     kv_cache_metrics = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+    # vLLM's pooling server: /classify for sequence classifiers, /pooling for reward models.
+    job_routes: ClassVar[dict[str, str]] = {"classification": "classify", "reward": "pooling"}
 
     def default_command(self, model_name: str) -> list[str]:
         return ["vllm", "serve", model_name]

@@ -11,7 +11,15 @@ from manager import wire
 from manager.api.border import BorderRoute
 from manager.api.workloads import stream_engine_log
 from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES
-from manager.services import gpu_catalog, projects, tokens, usage, workers, workloads
+from manager.services import (
+    endpoint_toggles,
+    gpu_catalog,
+    projects,
+    tokens,
+    usage,
+    workers,
+    workloads,
+)
 
 from .deps import AdminCaller, Session
 
@@ -133,6 +141,32 @@ async def workload_logs(
     owner = await projects.get_project(session, project)
     workload = await workloads.find_live_workload(session, owner, workload_slug)
     return await stream_engine_log(request, session, workload, replica)
+
+
+@router.get("/workloads/{project}/{workload_slug}/endpoints")
+async def workload_endpoints(
+    project: str, workload_slug: str, caller: AdminCaller, session: Session
+) -> wire.EndpointToggles:
+    """What `inferencekey endpoints PROJECT/WORKLOAD` shows: the workload's endpoint toggles."""
+    owner = await projects.get_project(session, project)
+    workload = await workloads.find_live_workload(session, owner, workload_slug)
+    return endpoint_toggles.toggles_view(workload)
+
+
+@router.patch("/workloads/{project}/{workload_slug}/endpoints")
+async def switch_workload_endpoints(
+    project: str,
+    workload_slug: str,
+    body: wire.UpdateEndpointToggles,
+    caller: AdminCaller,
+    session: Session,
+) -> wire.EndpointToggles:
+    """`inferencekey endpoints PROJECT/WORKLOAD --on/--off NAME`."""
+    owner = await projects.get_project(session, project)
+    workload = await workloads.find_live_workload(session, owner, workload_slug, for_update=True)
+    view = await endpoint_toggles.set_toggles(session, workload, body.endpoints)
+    await session.commit()
+    return view
 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model_exclude_unset=True)

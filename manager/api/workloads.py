@@ -14,9 +14,15 @@ from manager.api.border import BorderRoute
 from manager.db.models import Workload
 from manager.errors import ValidationFailed
 from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES, READINESS_STREAM_RESPONSES
-from manager.services import engine_logs, events, usage, workloads
+from manager.services import endpoint_toggles, engine_logs, events, usage, workloads
 from manager.services.readiness_stream import readiness_stream
-from manager.wire import ReplicaList, UsageReport, WorkloadEventList
+from manager.wire import (
+    EndpointToggles,
+    ReplicaList,
+    UpdateEndpointToggles,
+    UsageReport,
+    WorkloadEventList,
+)
 
 from .deps import ControlReader, ControlWriter, Limits, OwnProject, PathProject, Session
 
@@ -105,6 +111,30 @@ async def delete_workload(
     await workloads.delete_workload(session, caller, workload)
     await session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/workloads/{workload_ref}/endpoints")
+async def get_endpoint_toggles(
+    workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
+) -> EndpointToggles:
+    """Which of the workload's routes, and whether its async jobs, are served."""
+    workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
+    return endpoint_toggles.toggles_view(workload)
+
+
+@router.patch("/workloads/{workload_ref}/endpoints")
+async def update_endpoint_toggles(
+    workload_ref: str,
+    owner: OwnProject,
+    caller: ControlWriter,
+    body: UpdateEndpointToggles,
+    session: Session,
+) -> EndpointToggles:
+    """Switch endpoints on or off; a route switched off also refuses its async twin."""
+    workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=True)
+    view = await endpoint_toggles.set_toggles(session, workload, body.endpoints)
+    await session.commit()
+    return view
 
 
 @router.get("/workloads/{workload_ref}/events")

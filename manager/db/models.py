@@ -88,6 +88,8 @@ class Workload(Base):
     ready_replicas: Mapped[int] = mapped_column(Integer, default=0)
     # When the reconciler last changed desired_replicas (migration 0005); None until it first does.
     last_scaled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Endpoint toggles switched off (migration 0011): toggle names of ik_contracts.endpoint_paths.
+    endpoints_off: Mapped[list[str]] = mapped_column(ARRAY(String), default=list)
     phase: Mapped[str] = mapped_column(String)
     phase_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -249,3 +251,55 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookDestination(Base):
+    """Where a workload's job results are POSTed (migration 0012), signed with its own secret.
+
+    The secret is kept in plain text because every delivery is signed with it; the API shows it
+    once, when the destination is added, and only its prefix afterwards.
+    """
+
+    __tablename__ = "webhook_destinations"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)  # whd_...
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    workload_id: Mapped[str] = mapped_column(ForeignKey("workloads.id"))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """One job's result on its way to one destination: its retry state and every attempt.
+
+    ``next_attempt_at`` is when a pending delivery is due; a deliverer that claims one moves it
+    past its lease (``claim_token`` says whose claim it is), so a process that dies mid-attempt
+    leaves it to be sent again when the lease passes. Deleting the destination deletes its
+    deliveries (ON DELETE CASCADE).
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)  # whdl_...
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    destination_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_destinations.id", ondelete="CASCADE")
+    )
+    workload_id: Mapped[str] = mapped_column(String)
+    project_id: Mapped[str] = mapped_column(String)
+    event: Mapped[str] = mapped_column(String)  # job.completed | job.failed
+    status: Mapped[str] = mapped_column(String, default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    claim_token: Mapped[str | None] = mapped_column(String, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # [{attempt, at, status_code, error, duration_ms}], oldest first.
+    attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,6 +36,7 @@ from manager.auth import ALL_WORKLOADS, Principal, TokenKind
 from manager.auth_limiter import FailedAuthLimiter
 from manager.errors import (
     ApiProblem,
+    EndpointDisabled,
     InvalidHeader,
     JobNotFound,
     MethodNotAllowed,
@@ -46,14 +48,21 @@ from manager.errors import (
     WrongCredentialType,
 )
 from manager.errors import BodyTooLarge as BodyTooLargeProblem
-from manager.jobs.envelope import parse_envelope
+from manager.jobs.envelope import ASYNC_ONLY_KINDS, Envelope, parse_envelope
 from manager.jobs.service import JobsPath, find_job, job_view, parse_jobs_path, submit
 from manager.metrics import UNKNOWN, ManagerMetrics
 from manager.settings import Settings
 
 from .demand import DemandMeter
 from .keys import KeyCache
-from .routes import EJECT_S, STREAM_USAGE_ROUTES, RouteTable, WorkloadRoute, route_problem
+from .routes import (
+    EJECT_S,
+    STREAM_USAGE_ROUTES,
+    RouteTable,
+    WorkloadRoute,
+    route_disabled,
+    route_problem,
+)
 from .usage import UsageMeter, UsageTap, ask_for_stream_usage
 
 log = logging.getLogger("inferencekey.gateway")
@@ -179,6 +188,8 @@ class GatewayMiddleware:
         wrong_route = route_problem(rest, route)
         if wrong_route:
             raise RouteNotServed(wrong_route)
+        if route.endpoints_off and (disabled := route_disabled(rest, route, as_job=False)):
+            raise EndpointDisabled(disabled)
         settings = self.gateway.settings
         try:
             body = await read_body(receive, settings.gateway_max_body_bytes)
@@ -239,13 +250,9 @@ class GatewayMiddleware:
             raw = await read_body(receive, gateway.settings.gateway_max_body_bytes)
         except BodyTooLarge as error:
             raise BodyTooLargeProblem(str(error)) from None
-        envelope = parse_envelope(raw)
-        if route.task_type not in ROUTE_TASK_TYPES[envelope.route]:
-            serving = " or ".join(sorted(ROUTE_TASK_TYPES[envelope.route]))
-            raise RouteNotServed(
-                f"jobs of kind {envelope.kind!r} go to {envelope.route}, which task type "
-                f'{serving} serves; workload "{route.slug}" is {route.task_type}'
-            )
+        envelope = job_target(parse_envelope(raw), route)
+        if disabled := route_disabled(envelope.route, route, as_job=True):
+            raise EndpointDisabled(disabled)
         job_id = await submit(
             gateway.sessions,
             envelope,
@@ -403,6 +410,26 @@ class _Seen:
         series.duration.observe(done - self.started)
         if self.first_byte_at:
             series.first_byte.observe(self.first_byte_at - self.started)
+
+
+def job_target(envelope: Envelope, route: WorkloadRoute) -> Envelope:
+    """The envelope with the route its kind takes on this workload's engine; RouteNotServed
+    when the workload's task type (or engine) has no such route."""
+    if envelope.kind in ASYNC_ONLY_KINDS:
+        engine_route = route.job_routes.get(envelope.kind)
+        if engine_route is None:
+            raise RouteNotServed(
+                f"jobs of kind {envelope.kind!r} need an engine with a {envelope.kind} route; "
+                f'the engine of workload "{route.slug}" has none'
+            )
+        envelope = replace(envelope, route=engine_route)
+    if route.task_type not in ROUTE_TASK_TYPES[envelope.route]:
+        serving = " or ".join(sorted(ROUTE_TASK_TYPES[envelope.route]))
+        raise RouteNotServed(
+            f"jobs of kind {envelope.kind!r} go to {envelope.route}, which task type "
+            f'{serving} serves; workload "{route.slug}" is {route.task_type}'
+        )
+    return envelope
 
 
 def _require_live_key(principal: Principal) -> None:

@@ -18,7 +18,7 @@ from inferencekey.enums import ExecutionPolicy, TaskType
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ik_contracts.endpoint_paths import ROUTE_TASK_TYPES
+from ik_contracts.endpoint_paths import JOBS_TOGGLE, ROUTE_TASK_TYPES, ROUTE_TOGGLES
 from ik_contracts.engines import ENGINES
 from ik_contracts.protocol import ReplicaState
 from manager.db.models import Project, Replica, Worker, Workload
@@ -56,6 +56,10 @@ class WorkloadRoute:
     asks_stream_usage: bool = False
     # A request finding no ready replica wakes it and waits (autoscaling: scale-from-zero).
     wakes: bool = False
+    # Endpoint toggles switched off (jobs, chat, ...), and the engine's routes for the
+    # async-only kinds (Engine.job_routes).
+    endpoints_off: frozenset[str] = frozenset()
+    job_routes: dict[str, str] = field(default_factory=dict)
     replicas: list[ReplicaTarget] = field(default_factory=list)
 
     def pick(self, now: float, exclude: set[str]) -> ReplicaTarget | None:
@@ -85,9 +89,25 @@ def route_problem(route: str, workload: WorkloadRoute) -> str | None:
     )
 
 
+def route_disabled(route: str, workload: WorkloadRoute, *, as_job: bool) -> str | None:
+    """Why the workload's toggles refuse ``route`` (None if they do not): a route switched off
+    also refuses its async twin, and jobs need the ``jobs`` toggle too."""
+    if as_job and JOBS_TOGGLE in workload.endpoints_off:
+        return f'the jobs endpoint of workload "{workload.slug}" is switched off'
+    toggle = ROUTE_TOGGLES.get(route)
+    if toggle is not None and toggle in workload.endpoints_off:
+        return f'the {toggle} endpoint of workload "{workload.slug}" is switched off'
+    return None
+
+
 def _asks_stream_usage(backend: str) -> bool:
     engine = ENGINES.get(backend)
     return engine is not None and engine.stream_usage_on_request
+
+
+def _job_routes(backend: str) -> dict[str, str]:
+    engine = ENGINES.get(backend)
+    return dict(engine.job_routes) if engine is not None else {}
 
 
 # Routes whose streams carry token usage (OpenAI's stream_options applies to them).
@@ -179,6 +199,8 @@ class RouteTable:
                     workload.phase_reason,
                     _asks_stream_usage(workload.backend),
                     workload.execution_policy == ExecutionPolicy.AUTOSCALING,
+                    frozenset(workload.endpoints_off or ()),
+                    _job_routes(workload.backend),
                 )
             if replica_id is None or worker is None:
                 continue

@@ -7,6 +7,11 @@ that dies leaves its jobs to be claimed again once their lease expires: at least
 Jobs never starve sync traffic: each ready replica runs at most ``jobs_per_replica`` jobs from a
 process at a time (sync requests have no such bound), and a job's request counts in the replica's
 outstanding requests like a sync one, so the gateway's least-outstanding choice sees it.
+
+The database stays off each job's path: a process claims up to twice what its replicas' job
+slots hold (the rest wait in memory, under the lease, for a slot), and results are written in
+batches, each one transaction for every result finished meanwhile (with their webhook
+deliveries).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -28,8 +34,9 @@ from ik_contracts.logs import ids
 from ik_contracts.upstream import UpstreamClient, UpstreamError
 from manager import notify
 from manager.db.models import Job
-from manager.gateway.routes import RouteTable, WorkloadRoute
+from manager.gateway.routes import ReplicaTarget, RouteTable, WorkloadRoute
 from manager.settings import Settings
+from manager.webhooks.deliverer import enqueue_deliveries
 
 from .service import FAILED, QUEUED, RUNNING, SUCCEEDED
 
@@ -37,6 +44,9 @@ log = logging.getLogger("inferencekey.jobs")
 
 IDLE_WAIT_S = 1.0  # without a notification, look for claimable jobs this often
 RETRY_SOON_S = 2.0  # a job whose replica could not be reached is claimable again after this
+CLAIM_AHEAD = 2  # claim up to this many times the free job slots
+GATHER_S = 0.002  # after a wake-up, let a burst of submits arrive so one claim takes them all
+SLOT_WAIT_S = 1.0  # a claimed job waiting for a slot looks at the replicas again this often
 
 
 @dataclass(frozen=True)
@@ -78,9 +88,12 @@ class JobDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         # Set by a new job anywhere (the JOBS notification) and by a job finishing here (room).
         self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()  # set (and replaced) when a job slot comes free
+        self._results = ResultWriter(sessions, manager_id)
 
     async def run_forever(self) -> None:
         renewing = asyncio.create_task(self._renew_leases(), name="job-leases")
+        writing = asyncio.create_task(self._results.run_forever(), name="job-results")
         self.hub.on(notify.JOBS, lambda _payload: self._wake.set())
         try:
             while True:
@@ -89,9 +102,11 @@ class JobDispatcher:
                     await self.claim_once()
                 except Exception:
                     log.exception("claiming jobs failed; retrying")
-                await notify.wait_for(self._wake, IDLE_WAIT_S)
+                if await notify.wait_for(self._wake, IDLE_WAIT_S):
+                    await asyncio.sleep(GATHER_S)
         finally:
             renewing.cancel()
+            writing.cancel()
             for task in list(self._tasks):
                 task.cancel()
             for task in list(self._tasks):
@@ -111,22 +126,22 @@ class JobDispatcher:
                     .distinct()
                 )
             ).scalars()
-            started = 0
+            claimed: list[Claimed] = []
             for workload_id in list(waiting):
                 route = by_id[workload_id]
-                room = len(route.replicas) * self.settings.jobs_per_replica - len(
-                    self.running[workload_id]
-                )
-                if room <= 0:
-                    continue
-                for job in await self._claim(session, workload_id, room):
-                    self.running[workload_id].add(job.id)
-                    task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                    started += 1
+                slots = len(route.replicas) * self.settings.jobs_per_replica
+                room = slots * CLAIM_AHEAD - len(self.running[workload_id])
+                if room > 0:
+                    claimed += await self._claim(session, workload_id, room)
             await session.commit()
-        return started
+        # Run only once the claim is committed: a result written before would miss the row
+        # (its committed version is not yet claimed by this process).
+        for job in claimed:
+            self.running[job.workload_id].add(job.id)
+            task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(claimed)
 
     async def _claim(self, session: AsyncSession, workload_id: str, limit: int) -> list[Claimed]:
         oldest = (
@@ -173,12 +188,31 @@ class JobDispatcher:
             self.running[job.workload_id].discard(job.id)
             self._wake.set()  # room for the next one
 
-    async def _send(self, job: Claimed, route: WorkloadRoute) -> None:
-        # The gateway's choice (least outstanding, ejected ones skipped) among the replicas
-        # with a free job slot.
+    async def _slot(self, job: Claimed, route: WorkloadRoute) -> ReplicaTarget | None:
+        """The gateway's choice (least outstanding, ejected ones skipped) among the replicas
+        with a free job slot, once one has; None when no replica is usable (or after a lease's
+        third waiting: the job goes back to be claimed by any process)."""
         per_replica = self.settings.jobs_per_replica
-        full = {r.id for r in route.replicas if self.on_replica[r.id] >= per_replica}
-        replica = route.pick(time.monotonic(), full)
+        give_up = time.monotonic() + self.settings.job_lease_s / 3
+        while True:
+            now = time.monotonic()
+            full = {r.id for r in route.replicas if self.on_replica[r.id] >= per_replica}
+            replica = route.pick(now, full)
+            if replica is not None:
+                return replica
+            if route.pick(now, set()) is None or now > give_up:
+                return None
+            await notify.wait_for(self._slot_freed, SLOT_WAIT_S)
+            route = self.routes.by_id.get(job.workload_id) or route
+
+    def _free_slot(self, replica: ReplicaTarget) -> None:
+        """Wake every job waiting for a slot (each looks again; a new event for the next)."""
+        self.on_replica[replica.id] -= 1
+        freed, self._slot_freed = self._slot_freed, asyncio.Event()
+        freed.set()
+
+    async def _send(self, job: Claimed, route: WorkloadRoute) -> None:
+        replica = await self._slot(job, route)
         if replica is None:
             await self._release(job)
             return
@@ -213,7 +247,7 @@ class JobDispatcher:
             return
         finally:
             replica.outstanding -= 1
-            self.on_replica[replica.id] -= 1
+            self._free_slot(replica)
         content_type = response.header(b"content-type")
         ok = 200 <= response.status < 300
         await self._finish(
@@ -235,22 +269,16 @@ class JobDispatcher:
         status_code: int | None = None,
         error: str | None = None,
     ) -> None:
-        async with self.sessions() as session:
-            await session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.claimed_by == self.manager_id)
-                .values(
-                    status=status,
-                    result=result,
-                    result_content_type=content_type,
-                    result_status=status_code,
-                    error=error,
-                    lease_until=None,
-                    finished_at=func.now(),
-                )
-                .execution_options(synchronize_session=False)
-            )
-            await session.commit()
+        await self._results.write(
+            {
+                "b_id": job.id,
+                "b_status": status,
+                "b_result": result,
+                "b_content_type": content_type,
+                "b_status_code": status_code,
+                "b_error": error,
+            }
+        )
 
     async def _release(self, job: Claimed) -> None:
         """Give the job back to be claimed again shortly (by any process)."""
@@ -287,6 +315,66 @@ class JobDispatcher:
                     await session.commit()
             except Exception:
                 log.exception("renewing job leases failed")
+
+
+class ResultWriter:
+    """Writes finished jobs' results in batches: each write waits for the batch it joined to be
+    committed, and a batch is every result finished while the one before was being written."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], manager_id: str) -> None:
+        self.sessions = sessions
+        self.manager_id = manager_id
+        self._waiting: list[tuple[dict[str, object], asyncio.Future[None]]] = []
+        self._arrived = asyncio.Event()
+
+    async def write(self, values: dict[str, object]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((values, done))
+        self._arrived.set()
+        await done
+
+    async def run_forever(self) -> None:
+        try:
+            while True:
+                await self._arrived.wait()
+                self._arrived.clear()
+                batch, self._waiting = self._waiting, []
+                try:
+                    await self._write(batch)
+                except Exception as error:
+                    log.exception("writing %d job results failed", len(batch))
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(error)
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            for _, done in self._waiting:
+                done.cancel()
+
+    async def _write(self, batch: list[tuple[dict[str, object], asyncio.Future[None]]]) -> None:
+        # Only this process's claim is finished: a job another process claimed since (this
+        # one's lease having expired) is left to it.
+        jobs = cast(Table, Job.__table__)  # Core, for one executemany over the batch
+        statement = (
+            update(jobs)
+            .where(jobs.c.id == bindparam("b_id"), jobs.c.claimed_by == self.manager_id)
+            .values(
+                status=bindparam("b_status"),
+                result=bindparam("b_result"),
+                result_content_type=bindparam("b_content_type"),
+                result_status=bindparam("b_status_code"),
+                error=bindparam("b_error"),
+                lease_until=None,
+                finished_at=func.now(),
+            )
+        )
+        async with self.sessions() as session:
+            await session.execute(statement, [values for values, _ in batch])
+            await enqueue_deliveries(session, [str(values["b_id"]) for values, _ in batch])
+            await session.commit()
 
 
 async def queued_jobs(session: AsyncSession) -> dict[str, int]:

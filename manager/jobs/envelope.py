@@ -28,7 +28,11 @@ KINDS: dict[str, str] = {
     "images_edits": "v1/images/edits",
     "images_variations": "v1/images/variations",
     "forecast": "forecast",
+    # Async only; the route is the engine's own (Engine.job_routes), these are vLLM's.
+    "classification": "classify",
+    "reward": "pooling",
 }
+ASYNC_ONLY_KINDS = frozenset({"classification", "reward"})
 CHAT_ROUTE = "v1/chat/completions"
 JSON = "application/json"
 

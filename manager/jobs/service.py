@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -119,14 +120,62 @@ def result_data(job: Job) -> dict[str, Any]:
         payload = _json(result) if content_type.startswith(JSON) else None
         if payload is not None:
             data["payload"] = payload
-            if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
-                data["usage"] = _usage(payload["usage"])
+            if isinstance(payload, dict):
+                if (output := _text_output(payload)) is not None:
+                    data["output"] = output
+                if isinstance(payload.get("usage"), dict):
+                    data["usage"] = _usage(payload["usage"])
+                if (images := _image_count(payload)) is not None:
+                    data["units"] = {"images": images}
+        elif content_type.startswith("text/"):
+            data["output"] = result.decode("utf-8", "replace")
         else:
             data["binary_b64"] = base64.b64encode(result).decode()
             data["content_type"] = content_type or "application/octet-stream"
     if job.status == FAILED:
         data["error"] = job.error or "the job failed"
+    if metrics := _metrics(job):
+        data["metrics"] = metrics
     return data
+
+
+def _text_output(payload: dict[str, Any]) -> str | None:
+    """The plain text of a text result: a chat answer's message, a transcription's text."""
+    choices = payload.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            return str(message["content"])
+        if isinstance(choices[0].get("text"), str):  # a legacy completion
+            return str(choices[0]["text"])
+        return None
+    text = payload.get("text")
+    return text if isinstance(text, str) else None
+
+
+def _image_count(payload: dict[str, Any]) -> int | None:
+    """Images generated, from the OpenAI image shape ``{"created", "data": [...]}``."""
+    items = payload.get("data")
+    if "created" not in payload or not isinstance(items, list):
+        return None
+    images = all(isinstance(i, dict) and ("b64_json" in i or "url" in i) for i in items)
+    return len(items) if images else None
+
+
+def _metrics(job: Job) -> dict[str, Any]:
+    """How long the job waited and ran, and how many runs it took (opaque to the contract)."""
+    metrics: dict[str, Any] = {"attempts": job.attempts}
+    if job.started_at is not None:
+        metrics["queued_ms"] = _ms(job.started_at - job.created_at)
+        if job.finished_at is not None:
+            metrics["run_ms"] = _ms(job.finished_at - job.started_at)
+    if job.result_status is not None:
+        metrics["engine_status"] = job.result_status
+    return metrics
+
+
+def _ms(delta: timedelta) -> int:
+    return max(0, round(delta.total_seconds() * 1000))
 
 
 def _json(raw: bytes) -> Any:

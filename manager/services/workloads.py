@@ -186,15 +186,17 @@ async def create_workload(
     return workload, True
 
 
-async def _live_by_slug(session: AsyncSession, project: Project, slug: str) -> Workload | None:
-    result = await session.execute(
-        select(Workload).where(
-            Workload.project_id == project.id,
-            Workload.slug == slug,
-            Workload.deleted_at.is_(None),
-        )
+async def _live_by_slug(
+    session: AsyncSession, project: Project, slug: str, *, for_update: bool = False
+) -> Workload | None:
+    query = select(Workload).where(
+        Workload.project_id == project.id,
+        Workload.slug == slug,
+        Workload.deleted_at.is_(None),
     )
-    return result.scalar_one_or_none()
+    if for_update:
+        query = query.with_for_update(key_share=True)  # as find_workload's
+    return (await session.execute(query)).scalar_one_or_none()
 
 
 async def update_workload(
@@ -276,9 +278,11 @@ async def list_all_workloads(session: AsyncSession) -> list[tuple[Workload, Proj
     return [(workload, project) for workload, project in result.all()]
 
 
-async def find_live_workload(session: AsyncSession, project: Project, slug: str) -> Workload:
+async def find_live_workload(
+    session: AsyncSession, project: Project, slug: str, *, for_update: bool = False
+) -> Workload:
     """A live workload of ``project`` by slug (the operator's lookup, across projects)."""
-    workload = await _live_by_slug(session, project, slug)
+    workload = await _live_by_slug(session, project, slug, for_update=for_update)
     if workload is None:
         raise WorkloadNotFound(f'workload "{slug}" not found in project "{project.slug}"')
     return workload

@@ -1,17 +1,36 @@
 /**
- * The data plane: chat, streamed chat, embeddings and rerank on a workload's endpoint.
- * Routes are OpenAI-compatible, under `{baseUrl}/endpoint/{project}/{workload}/v1/`,
- * authenticated with an `ik_live_` key.
+ * The data plane: chat, streamed chat, embeddings and rerank on a workload's endpoint, and
+ * async jobs (submit, read back, wait). Routes are OpenAI-compatible, under
+ * `{baseUrl}/endpoint/{project}/{workload}/v1/`, authenticated with an `ik_live_` key; jobs are
+ * under `{baseUrl}/endpoint/{project}/{workload}/jobs` (see `jobs.ts`).
  */
 
 import { DEFAULT_BASE_URL, fromEnv, present } from "./config.js";
-import { ApiError, ConfigurationError, PermissionDenied, ValidationError } from "./errors.js";
-import { authHeaders, joinUrl, normalizeBaseUrl, send } from "./http.js";
+import {
+  ApiError,
+  ConfigurationError,
+  JobTimeoutError,
+  PermissionDenied,
+  ValidationError,
+} from "./errors.js";
+import { type Call, authHeaders, joinUrl, normalizeBaseUrl, send } from "./http.js";
+import {
+  FIRST_POLL_MS,
+  type Job,
+  type SubmitJobOptions,
+  type WaitJobOptions,
+  checkJobId,
+  jobEnvelope,
+  jobFromAnswer,
+  submittedJobId,
+} from "./jobs.js";
 import { eventData, openEventStream } from "./sse.js";
 import { redactToken } from "./validation.js";
 
 // Generation is slow on small GPUs: a non-streamed answer may take minutes to start arriving.
 const DEFAULT_TIMEOUT_MS = 600_000;
+const DEFAULT_JOB_WAIT_MS = 600_000;
+const DEFAULT_POLL_INTERVAL_MS = 500;
 /** The typed code of the ApiError thrown when an answer lacks a field the SDK reads. */
 export const DRIFT_CODE = "workload_drifted";
 /** The typed code of the ApiError thrown for an error the engine reports inside a stream. */
@@ -363,15 +382,26 @@ export class Endpoint {
     return `Endpoint(project=${this.project}, workloadSlug=${this.workloadSlug}, apiKey=${this.keyDisplay})`;
   }
 
-  private path(route: string): string {
+  private endpointPath(): string {
     const project = encodeURIComponent(this.project);
     const workload = encodeURIComponent(this.workloadSlug);
-    return `/endpoint/${project}/${workload}/v1/${route}`;
+    return `/endpoint/${project}/${workload}`;
+  }
+
+  private path(route: string): string {
+    return `${this.endpointPath()}/v1/${route}`;
+  }
+
+  private jobPath(jobId: string): string {
+    return `${this.endpointPath()}/jobs/${encodeURIComponent(checkJobId(jobId))}`;
+  }
+
+  private call(call: Call): Promise<unknown> {
+    return send(this.baseUrl, call, { headers: this.headers, timeoutMs: this.timeoutMs });
   }
 
   private post(route: string, body: unknown): Promise<unknown> {
-    const call = { method: "POST" as const, path: this.path(route), body };
-    return send(this.baseUrl, call, { headers: this.headers, timeoutMs: this.timeoutMs });
+    return this.call({ method: "POST", path: this.path(route), body });
   }
 
   /**
@@ -429,6 +459,67 @@ export class Endpoint {
   async rerank(options: RerankOptions): Promise<RerankResult> {
     const body = rerankBody(this.model, options);
     return rerankResult(await this.post("rerank", body), body.model as string);
+  }
+
+  /**
+   * Queue an async job; resolves to its id at once (the result comes later). `kind` names the
+   * sync route it stands for (`chat`, `embeddings`, `rerank`, `images`,
+   * `audio_transcriptions`, ...). Give `body`, the JSON request that route takes, or `bodyB64`
+   * (bytes, or a base64 string) with its `contentType`, the raw request (multipart for file
+   * uploads). `context` (any JSON) comes back verbatim with the result. The workload's `jobs`
+   * endpoint and the kind's own must be on.
+   *
+   * @example
+   * const jobId = await ep.submitJob({ kind: "chat", context: { ticket: 42 },
+   *   body: { messages: [{ role: "user", content: "Hola" }] } });
+   */
+  async submitJob(options: SubmitJobOptions): Promise<string> {
+    const body = jobEnvelope(options);
+    const path = `${this.endpointPath()}/jobs`;
+    return submittedJobId(await this.call({ method: "POST", path, body }));
+  }
+
+  /**
+   * The job as it is now: its status, and its result (`data`) once done. `NotFoundError` (code
+   * `job_not_found`) for an id this workload does not know.
+   *
+   * @example (await ep.getJob(jobId)).status // "running"
+   */
+  async getJob(jobId: string): Promise<Job> {
+    return jobFromAnswer(await this.call({ method: "GET", path: this.jobPath(jobId) }));
+  }
+
+  /**
+   * Poll the job until it succeeded or failed, and resolve to it. The first poll waits 100 ms,
+   * then twice as long each time, up to `pollIntervalMs` (default 500). A failed job is
+   * returned, not thrown: check `job.status` (or `job.data?.error`). Throws `JobTimeoutError`
+   * after `timeoutMs` (default 600 000).
+   *
+   * @example
+   * const jobId = await ep.submitJob({ kind: "embeddings", body: { input: ["hola"] } });
+   * const job = await ep.waitJob(jobId, { timeoutMs: 120_000 });
+   */
+  async waitJob(jobId: string, options: WaitJobOptions = {}): Promise<Job> {
+    const path = this.jobPath(jobId);
+    const timeoutMs = options.timeoutMs ?? DEFAULT_JOB_WAIT_MS;
+    const pollIntervalMs = options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS;
+    if (!(pollIntervalMs > 0)) throw invalid("pollIntervalMs must be positive");
+    if (!(timeoutMs >= 0)) throw invalid("timeoutMs must not be negative");
+    const deadline = performance.now() + timeoutMs;
+    let intervalMs = Math.min(FIRST_POLL_MS, pollIntervalMs);
+    for (;;) {
+      const job = jobFromAnswer(await this.call({ method: "GET", path }));
+      if (job.done) return job;
+      const leftMs = deadline - performance.now();
+      if (leftMs <= 0) {
+        throw new JobTimeoutError(
+          `job "${jobId}" is still ${job.status} after ${timeoutMs / 1000}s`,
+          job,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(intervalMs, leftMs)));
+      intervalMs = Math.min(intervalMs * 2, pollIntervalMs);
+    }
   }
 }
 

@@ -1,4 +1,7 @@
-/** The wire enums: a backend, a task type, a policy, a drift mode and a readiness phase. */
+/**
+ * The wire enums: a backend, a task type, a policy, a drift mode, a readiness phase and a
+ * job's status.
+ */
 
 /**
  * Which serving engine launches the model; on the wire it is the value string. Any other
@@ -61,5 +64,14 @@ export const ReadinessPhase = {
   Error: "error",
 } as const;
 export type ReadinessPhase = (typeof ReadinessPhase)[keyof typeof ReadinessPhase];
+
+/** Where an async job is; `succeeded` and `failed` are final. */
+export const JobStatus = {
+  Queued: "queued",
+  Running: "running",
+  Succeeded: "succeeded",
+  Failed: "failed",
+} as const;
+export type JobStatus = (typeof JobStatus)[keyof typeof JobStatus];
 
 export const TASK_TYPE_VALUES: readonly string[] = Object.values(TaskType);

@@ -1,5 +1,7 @@
 /** The SDK's error hierarchy (contract section 9) and the mapping from HTTP answers to it. */
 
+import type { Job } from "./jobs.js";
+
 /**
  * Base of every error the SDK throws. `status` is the HTTP status when the Manager answered,
  * `code` its typed error code.
@@ -51,6 +53,26 @@ export class NotFoundError extends ApiError {}
 export class ConflictError extends ApiError {}
 
 /**
+ * `waitJob` gave up: the job had not finished when its `timeoutMs` ran out. `job` is the job
+ * as last seen (still queued or running).
+ */
+export class JobTimeoutError extends InferenceKeyError {
+  readonly job: Job;
+
+  constructor(message: string, job: Job) {
+    super(message, { code: "job_timeout" });
+    this.job = job;
+  }
+}
+
+/**
+ * A webhook delivery failed `verifyWebhook`: answer it with a 400. `code` says why:
+ * `signature_missing`, `signature_malformed`, `signature_mismatch`,
+ * `timestamp_out_of_tolerance` or `body_not_json`.
+ */
+export class WebhookVerificationError extends InferenceKeyError {}
+
+/**
  * `waitUntilReady` gave up: the workload was not ready before the deadline. Not an
  * `InferenceKeyError`, as Python's builtin `TimeoutError` is not.
  */
@@ -61,11 +83,15 @@ export class TimeoutError extends Error {
   }
 }
 
-/** The 403 codes the official client parses from a body's `error`; any other is `forbidden`. */
+/**
+ * The 403 codes parsed from a body's `error` (the official client's three, and this platform's
+ * `endpoint_disabled`); any other is `forbidden`.
+ */
 export const PERMISSION_CODES: ReadonlySet<string> = new Set([
   "wrong_credential_type",
   "project_scope_mismatch",
   "scope_insufficient",
+  "endpoint_disabled",
 ]);
 
 function isRecord(value: unknown): value is Record<string, unknown> {

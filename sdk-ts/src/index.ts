@@ -28,7 +28,7 @@ export {
   type TextChunk,
   type TextResult,
 } from "./data.js";
-export { Backend, ExecutionPolicy, OnDrift, ReadinessPhase, TaskType } from "./enums.js";
+export { Backend, ExecutionPolicy, JobStatus, OnDrift, ReadinessPhase, TaskType } from "./enums.js";
 export {
   ApiError,
   AuthError,
@@ -36,11 +36,14 @@ export {
   ConflictError,
   DriftError,
   InferenceKeyError,
+  JobTimeoutError,
   NotFoundError,
   PermissionDenied,
   TimeoutError,
   ValidationError,
+  WebhookVerificationError,
 } from "./errors.js";
+export type { Job, JobData, SubmitJobOptions, WaitJobOptions } from "./jobs.js";
 export {
   ManagementClient,
   type EnsureOptions,
@@ -55,5 +58,14 @@ export {
   type ReadinessEvent,
 } from "./progress.js";
 export type { DriftItem, EndpointRef, Plan, WorkloadSpec } from "./spec.js";
+export {
+  DEFAULT_WEBHOOK_TOLERANCE_S,
+  WEBHOOK_EVENT_HEADER,
+  WEBHOOK_JOB_ID_HEADER,
+  WEBHOOK_SIGNATURE_HEADER,
+  signWebhook,
+  verifyWebhook,
+  type VerifyWebhookOptions,
+} from "./webhooks.js";
 
 export const VERSION = "0.1.0";

@@ -12,7 +12,15 @@ EndpointRef(project_slug='acme', workload_slug='support-bot', plan=None)
 """
 
 from .data import AsyncDataClient, AsyncEndpoint, AsyncTextStream, DataClient, Endpoint, TextStream
-from .enums import Backend, ExecutionPolicy, OnDrift, ReadinessPhase, TaskType, WorkloadPhase
+from .enums import (
+    Backend,
+    ExecutionPolicy,
+    JobStatus,
+    OnDrift,
+    ReadinessPhase,
+    TaskType,
+    WorkloadPhase,
+)
 from .errors import (
     ApiError,
     AuthError,
@@ -20,15 +28,24 @@ from .errors import (
     ConflictError,
     DriftError,
     InferenceKeyError,
+    JobTimeoutError,
     NotFoundError,
     PermissionDenied,
     ValidationError,
+    WebhookVerificationError,
 )
 from .management import AsyncManagementClient, ManagementClient
 from .progress import ProgressRenderer
-from .results import EmbedResult, RerankItem, RerankResult, TextChunk, TextResult
+from .results import EmbedResult, Job, JobData, RerankItem, RerankResult, TextChunk, TextResult
 from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec
-from .wire import ReadinessEvent, Workload
+from .wire import (
+    DeliveryAttempt,
+    ReadinessEvent,
+    WebhookDelivery,
+    WebhookDestination,
+    WebhookTestResult,
+    Workload,
+)
 
 __version__ = "0.1.0"
 
@@ -43,6 +60,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DataClient",
+    "DeliveryAttempt",
     "DriftError",
     "DriftItem",
     "EmbedResult",
@@ -50,6 +68,10 @@ __all__ = [
     "EndpointRef",
     "ExecutionPolicy",
     "InferenceKeyError",
+    "Job",
+    "JobData",
+    "JobStatus",
+    "JobTimeoutError",
     "ManagementClient",
     "NotFoundError",
     "OnDrift",
@@ -65,6 +87,10 @@ __all__ = [
     "TextResult",
     "TextStream",
     "ValidationError",
+    "WebhookDelivery",
+    "WebhookDestination",
+    "WebhookTestResult",
+    "WebhookVerificationError",
     "Workload",
     "WorkloadPhase",
     "WorkloadSpec",

@@ -2,8 +2,9 @@
 
 Client operations are written once, as generators that yield a ``Call`` and receive the
 decoded JSON answer (or have the typed error thrown into them). ``run_steps`` drives one
-with an ``httpx.Client``, ``run_steps_async`` with an ``httpx.AsyncClient``. Streaming
-operations use the same drivers with their own step type (see ``_sse``).
+with an ``httpx.Client``, ``run_steps_async`` with an ``httpx.AsyncClient``. An operation that
+polls also yields ``Pause``. Streaming operations use the same drivers with their own step
+types (see ``_sse``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class Call:
     method: str
     path: str
     body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Sleep for ``seconds`` (between polls, or before reopening a stream)."""
+
+    seconds: float
 
 
 Steps = Generator[Call, Any, T]

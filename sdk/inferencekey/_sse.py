@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._http import join_url, network_error, response_error, run_steps, run_steps_async
+from ._http import Pause, join_url, network_error, response_error, run_steps, run_steps_async
 
 T = TypeVar("T")
 
@@ -194,13 +194,6 @@ class NextFrame:
     """
 
     wait: float
-
-
-@dataclass(frozen=True)
-class Pause:
-    """Sleep for ``seconds``."""
-
-    seconds: float
 
 
 StreamStep = OpenStream | NextFrame | Pause

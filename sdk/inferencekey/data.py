@@ -1,16 +1,20 @@
-"""The data plane: chat, streamed chat, embeddings and rerank on a workload's endpoint.
+"""The data plane: chat, streamed chat, embeddings and rerank on a workload's endpoint, and
+async jobs (submit, read back, wait).
 
 ``DataClient`` and ``AsyncDataClient`` share one implementation: each JSON operation is a
 generator of HTTP calls (see ``_http``) that the sync client drives with ``httpx.Client`` and
 the async client with ``httpx.AsyncClient``; request bodies, local checks and the parsing of
 answers are the same functions for both. Routes are OpenAI-compatible, under
-``{base_url}/endpoint/{project}/{workload}/v1/``, authenticated with an ``ik_live_`` key.
+``{base_url}/endpoint/{project}/{workload}/v1/``, authenticated with an ``ik_live_`` key; jobs
+are under ``{base_url}/endpoint/{project}/{workload}/jobs`` (see ``_jobs``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 from collections.abc import (
     AsyncGenerator,
     Awaitable,
@@ -25,11 +29,12 @@ from urllib.parse import quote
 
 import httpx
 
-from . import _http, _sse
+from . import _http, _jobs, _sse
 from ._config import DEFAULT_BASE_URL, from_env, present
-from ._http import Call, Steps
+from ._http import Call, Pause, Steps
+from ._jobs import UNSET
 from .errors import ApiError, ConfigurationError, PermissionDenied, ValidationError
-from .results import EmbedResult, RerankItem, RerankResult, TextChunk, TextResult
+from .results import EmbedResult, Job, RerankItem, RerankResult, TextChunk, TextResult
 from .validation import redact_token
 
 # Generation is slow on small GPUs: a non-streamed answer may take minutes to start arriving.
@@ -298,6 +303,14 @@ def _rerank_steps(path: str, body: dict[str, Any]) -> Steps[RerankResult]:
     return _rerank_result((yield Call("POST", path, body)), body["model"])
 
 
+def _submit_job_steps(path: str, envelope: dict[str, Any]) -> Steps[str]:
+    return _jobs.submitted_job_id((yield Call("POST", path, envelope)))
+
+
+def _get_job_steps(path: str) -> Steps[Job]:
+    return _jobs.job_from_answer((yield Call("GET", path)))
+
+
 class TextStream(Iterator[TextChunk]):
     """The chunks of a streamed chat completion, read as they arrive.
 
@@ -400,9 +413,18 @@ class _EndpointBase:
             f"workload_slug={self.workload_slug!r}, api_key={self._key_display!r})"
         )
 
-    def _path(self, route: str) -> str:
+    def _endpoint_path(self) -> str:
         project, workload = quote(self.project, safe=""), quote(self.workload_slug, safe="")
-        return f"/endpoint/{project}/{workload}/v1/{route}"
+        return f"/endpoint/{project}/{workload}"
+
+    def _path(self, route: str) -> str:
+        return f"{self._endpoint_path()}/v1/{route}"
+
+    def _jobs_path(self) -> str:
+        return f"{self._endpoint_path()}/jobs"
+
+    def _job_path(self, job_id: str) -> str:
+        return f"{self._jobs_path()}/{quote(_jobs.check_job_id(job_id), safe='')}"
 
     def _chat(
         self,
@@ -445,6 +467,12 @@ class Endpoint(_EndpointBase):
 
     def _call(self, call: Call) -> Any:
         return _http.send(self._http, self.base_url, call, self._headers)
+
+    def _step(self, step: Call | Pause) -> Any:
+        if isinstance(step, Pause):
+            time.sleep(step.seconds)
+            return None
+        return self._call(step)
 
     def generate_text(
         self,
@@ -509,6 +537,58 @@ class Endpoint(_EndpointBase):
         body = _rerank_body(self._model, query, documents, top_n)
         return _http.run_steps(_rerank_steps(self._path("rerank"), body), self._call)
 
+    def submit_job(
+        self,
+        kind: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        body_b64: str | bytes | None = None,
+        content_type: str | None = None,
+        context: Any = UNSET,
+    ) -> str:
+        """Queue an async job; returns its id at once (the result comes later).
+
+        ``kind`` names the sync route it stands for (``chat``, ``embeddings``, ``rerank``,
+        ``images``, ``audio_transcriptions``, ...). Give ``body``, the JSON request that route
+        takes, or ``body_b64`` (bytes, or a base64 string) with its ``content_type``, the raw
+        request (multipart for file uploads). ``context`` (any JSON) comes back verbatim with
+        the result. The workload's ``jobs`` endpoint and the kind's own must be on.
+
+        >>> job_id = ep.submit_job("chat", body={"messages": [  # doctest: +SKIP
+        ...     {"role": "user", "content": "Hola"}]}, context={"ticket": 42})
+        >>> job_id = ep.submit_job("audio_transcriptions", body_b64=form,  # doctest: +SKIP
+        ...                        content_type="multipart/form-data; boundary=x")
+        """
+        envelope = _jobs.job_envelope(kind, body, body_b64, content_type, context)
+        return _http.run_steps(_submit_job_steps(self._jobs_path(), envelope), self._call)
+
+    def get_job(self, job_id: str) -> Job:
+        """The job as it is now: its status, and its result (``data``) once done.
+
+        ``NotFoundError`` (code ``job_not_found``) for an id this workload does not know.
+
+        >>> job = ep.get_job(job_id)  # doctest: +SKIP
+        >>> job.status, job.done  # doctest: +SKIP
+        ('running', False)
+        """
+        return _http.run_steps(_get_job_steps(self._job_path(job_id)), self._call)
+
+    def wait_job(self, job_id: str, *, timeout: float = 600.0, poll_interval: float = 0.5) -> Job:
+        """Poll the job until it succeeded or failed, and return it.
+
+        The first poll waits 0.1 s, each next one twice as long, up to ``poll_interval``
+        seconds. A failed job is returned, not raised: check ``job.status``
+        (or ``job.data.error``). Raises ``JobTimeoutError`` (a ``TimeoutError``) after
+        ``timeout`` seconds.
+
+        >>> job_id = ep.submit_job("embeddings", body={"input": ["hola"]})  # doctest: +SKIP
+        >>> job = ep.wait_job(job_id, timeout=120)  # doctest: +SKIP
+        >>> job.status, len(job.data.payload["data"])  # doctest: +SKIP
+        ('succeeded', 1)
+        """
+        steps = _jobs.wait_job_steps(self._job_path(job_id), job_id, timeout, poll_interval)
+        return _http.run_steps(steps, self._step)
+
 
 class AsyncEndpoint(_EndpointBase):
     """``Endpoint`` for asyncio: the same methods, awaited; streams with ``async for``.
@@ -534,6 +614,12 @@ class AsyncEndpoint(_EndpointBase):
 
     async def _call(self, call: Call) -> Any:
         return await _http.send_async(self._http, self.base_url, call, self._headers)
+
+    async def _step(self, step: Call | Pause) -> Any:
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.seconds)
+            return None
+        return await self._call(step)
 
     async def generate_text(
         self,
@@ -593,6 +679,42 @@ class AsyncEndpoint(_EndpointBase):
         """
         body = _rerank_body(self._model, query, documents, top_n)
         return await _http.run_steps_async(_rerank_steps(self._path("rerank"), body), self._call)
+
+    async def submit_job(
+        self,
+        kind: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        body_b64: str | bytes | None = None,
+        content_type: str | None = None,
+        context: Any = UNSET,
+    ) -> str:
+        """Queue an async job and return its id; see ``Endpoint.submit_job``.
+
+        >>> job_id = await ep.submit_job("embeddings", body={"input": ["hola"]})  # doctest: +SKIP
+        """
+        envelope = _jobs.job_envelope(kind, body, body_b64, content_type, context)
+        return await _http.run_steps_async(
+            _submit_job_steps(self._jobs_path(), envelope), self._call
+        )
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job as it is now; see ``Endpoint.get_job``.
+
+        >>> (await ep.get_job(job_id)).status  # doctest: +SKIP
+        'queued'
+        """
+        return await _http.run_steps_async(_get_job_steps(self._job_path(job_id)), self._call)
+
+    async def wait_job(
+        self, job_id: str, *, timeout: float = 600.0, poll_interval: float = 0.5
+    ) -> Job:
+        """Poll the job until it succeeded or failed; see ``Endpoint.wait_job``.
+
+        >>> job = await ep.wait_job(job_id, timeout=120)  # doctest: +SKIP
+        """
+        steps = _jobs.wait_job_steps(self._job_path(job_id), job_id, timeout, poll_interval)
+        return await _http.run_steps_async(steps, self._step)
 
 
 class _DataBase:

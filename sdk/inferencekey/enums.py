@@ -1,4 +1,5 @@
-"""The wire enums: one definition of a backend, a task type, a policy, a drift mode and a phase."""
+"""The wire enums: one definition of a backend, a task type, a policy, a drift mode, a phase
+and a job's status."""
 
 from __future__ import annotations
 
@@ -93,10 +94,27 @@ class WorkloadPhase(str, Enum):
     DELETED = "deleted"
 
 
+class JobStatus(str, Enum):
+    """Where an async job is; ``succeeded`` and ``failed`` are final.
+
+    >>> job.status == JobStatus.SUCCEEDED  # doctest: +SKIP
+    True
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 TASK_TYPE_VALUES: tuple[str, ...] = tuple(t.value for t in TaskType)
 EXECUTION_POLICY_VALUES: tuple[str, ...] = tuple(p.value for p in ExecutionPolicy)
 TERMINAL_READINESS_PHASES: frozenset[str] = frozenset(
     {ReadinessPhase.READY.value, ReadinessPhase.ERROR.value}
+)
+
+FINISHED_JOB_STATUSES: frozenset[str] = frozenset(
+    {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value}
 )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .results import Job
 
 
 class InferenceKeyError(Exception):
@@ -57,9 +60,29 @@ class ConflictError(ApiError):
     """409: the request conflicts with the current state (e.g. a taken slug)."""
 
 
-# The 403 codes the official client parses from a body's ``error``; any other is ``forbidden``.
+class JobTimeoutError(InferenceKeyError, TimeoutError):
+    """``wait_job`` gave up: the job had not finished when its ``timeout`` ran out.
+
+    Also a builtin ``TimeoutError``. ``job`` is the job as last seen (still queued or running).
+    """
+
+    def __init__(self, message: str, *, job: Job) -> None:
+        super().__init__(message, code="job_timeout")
+        self.job = job
+
+
+class WebhookVerificationError(InferenceKeyError):
+    """A webhook delivery failed ``inferencekey.webhooks.verify``: answer it with a 400.
+
+    ``code`` says why: ``signature_missing``, ``signature_malformed``, ``signature_mismatch``,
+    ``timestamp_out_of_tolerance`` or ``body_not_json``.
+    """
+
+
+# The 403 codes parsed from a body's ``error`` (the official client's three, and this platform's
+# ``endpoint_disabled``: a workload's route or jobs switched off); any other is ``forbidden``.
 PERMISSION_CODES = frozenset(
-    {"wrong_credential_type", "project_scope_mismatch", "scope_insufficient"}
+    {"wrong_credential_type", "project_scope_mismatch", "scope_insufficient", "endpoint_disabled"}
 )
 
 

@@ -1,5 +1,6 @@
 """The management plane: declare workloads with ``ensure()``, list, get and delete them,
-and wait for one to become ready.
+wait for one to become ready, and run its async surface: endpoint switches, webhook
+destinations, jobs and their deliveries.
 
 ``ManagementClient`` and ``AsyncManagementClient`` share one implementation: each operation
 is a generator of HTTP calls (see ``_http``; ``_sse`` for the readiness stream) that the sync
@@ -11,20 +12,20 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import quote
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 import pydantic
 
-from . import _http, _sse
+from . import _http, _jobs, _sse
 from ._config import DEFAULT_BASE_URL
 from ._config import from_env as _from_env
 from ._config import present as _present
-from ._http import NETWORK_ERROR_CODE, Call, Steps
-from ._sse import NextFrame, OpenStream, Pause, StreamSignal, StreamSteps
-from .enums import OnDrift, ReadinessPhase
+from ._http import NETWORK_ERROR_CODE, Call, Pause, Steps
+from ._sse import NextFrame, OpenStream, StreamSignal, StreamSteps
+from .enums import JobStatus, OnDrift, ReadinessPhase, wire_value
 from .errors import (
     ApiError,
     ConfigurationError,
@@ -35,9 +36,17 @@ from .errors import (
     ValidationError,
 )
 from .progress import ProgressRenderer
+from .results import Job
 from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec, compute_drift
 from .validation import redact_token, slugify
-from .wire import ReadinessEvent, Workload
+from .wire import (
+    EndpointToggles,
+    ReadinessEvent,
+    WebhookDelivery,
+    WebhookDestination,
+    WebhookTestResult,
+    Workload,
+)
 
 logger = logging.getLogger("inferencekey")
 
@@ -56,6 +65,7 @@ _STALL_S = 45.0
 _TICK_S = 1.0
 
 ProgressCallback = Callable[[ReadinessEvent], None]
+Model = TypeVar("Model", bound=pydantic.BaseModel)
 
 
 def check_sdk_token(token: str) -> None:
@@ -201,6 +211,149 @@ def _get_steps(workload_slug: str, project: str) -> Steps[Workload]:
             code="workload_not_found",
         )
     return _workload(live)
+
+
+# --- the async surface: endpoint switches, webhooks, jobs, deliveries ------------------------
+
+
+def _invalid(reason: str) -> ValidationError:
+    return ValidationError(f"validation error: {reason}")
+
+
+def _id_segment(value: str, name: str) -> str:
+    """``value`` as a path segment; a blank one would address the collection instead."""
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid(f"{name} must not be empty")
+    return quote(value, safe="")
+
+
+def _model(model: type[Model], answer: Any, what: str) -> Model:
+    try:
+        return model.model_validate(answer)
+    except pydantic.ValidationError as exc:
+        raise ApiError(f"json error: unexpected {what} shape: {exc}") from exc
+
+
+def _items(answer: Any, key: str) -> builtins.list[Any]:
+    items = answer.get(key) if isinstance(answer, dict) else None
+    if not isinstance(items, builtins.list):
+        raise ApiError(f'json error: expected {{"{key}": [...]}}')
+    return items
+
+
+def _workload_route_steps(workload_slug: str, project: str) -> Steps[str]:
+    """The workload's control path, once it is found in ``project`` (``NotFoundError`` if not).
+
+    Looking it up in the project's list, as ``get`` and ``delete`` do, makes a token of
+    another project a 403 rather than a silent change to a same-named workload of its own.
+    """
+    workload = yield from _get_steps(workload_slug, project)
+    return _workload_path(workload.slug)
+
+
+def _toggles_body(toggles: Mapping[str, bool]) -> dict[str, bool]:
+    if not isinstance(toggles, Mapping) or not toggles:
+        raise _invalid("toggles must not be empty")
+    if not all(isinstance(name, str) and isinstance(on, bool) for name, on in toggles.items()):
+        raise _invalid("toggles must map endpoint names to True or False")
+    return dict(toggles)
+
+
+def _endpoints_steps(
+    workload_slug: str, project: str, toggles: Mapping[str, bool] | None
+) -> Steps[dict[str, bool]]:
+    """Read the switches, or change ``toggles`` when given; either way all of them come back."""
+    body = None if toggles is None else {"endpoints": _toggles_body(toggles)}
+    route = yield from _workload_route_steps(workload_slug, project)
+    call = (
+        Call("GET", f"{route}/endpoints")
+        if body is None
+        else Call("PATCH", f"{route}/endpoints", body)
+    )
+    return dict(_model(EndpointToggles, (yield call), "endpoints").endpoints)
+
+
+def _add_webhook_steps(
+    workload_slug: str, project: str, url: str, enabled: bool
+) -> Steps[WebhookDestination]:
+    if not isinstance(url, str) or not url.strip():
+        raise _invalid("url must not be empty")
+    route = yield from _workload_route_steps(workload_slug, project)
+    answer = yield Call("POST", f"{route}/webhooks", {"url": url, "enabled": enabled})
+    return _model(WebhookDestination, answer, "webhook destination")
+
+
+def _list_webhooks_steps(
+    workload_slug: str, project: str
+) -> Steps[builtins.list[WebhookDestination]]:
+    route = yield from _workload_route_steps(workload_slug, project)
+    items = _items((yield Call("GET", f"{route}/webhooks")), "webhooks")
+    return [_model(WebhookDestination, item, "webhook destination") for item in items]
+
+
+def _update_webhook_steps(
+    workload_slug: str,
+    project: str,
+    destination_id: str,
+    enabled: bool | None,
+    url: str | None,
+) -> Steps[WebhookDestination]:
+    destination = _id_segment(destination_id, "destination_id")
+    if enabled is None and url is None:
+        raise _invalid("provide enabled or url")
+    if url is not None and (not isinstance(url, str) or not url.strip()):
+        raise _invalid("url must not be empty")
+    body: dict[str, Any] = {}
+    if enabled is not None:
+        body["enabled"] = enabled
+    if url is not None:
+        body["url"] = url
+    route = yield from _workload_route_steps(workload_slug, project)
+    answer = yield Call("PATCH", f"{route}/webhooks/{destination}", body)
+    return _model(WebhookDestination, answer, "webhook destination")
+
+
+def _delete_webhook_steps(workload_slug: str, project: str, destination_id: str) -> Steps[None]:
+    destination = _id_segment(destination_id, "destination_id")
+    route = yield from _workload_route_steps(workload_slug, project)
+    yield Call("DELETE", f"{route}/webhooks/{destination}")
+
+
+def _test_webhook_steps(
+    workload_slug: str, project: str, destination_id: str
+) -> Steps[WebhookTestResult]:
+    destination = _id_segment(destination_id, "destination_id")
+    route = yield from _workload_route_steps(workload_slug, project)
+    answer = yield Call("POST", f"{route}/webhooks/{destination}/test")
+    return _model(WebhookTestResult, answer, "webhook test result")
+
+
+def _query(**params: object) -> str:
+    given = {name: wire_value(value) for name, value in params.items() if value is not None}
+    return f"?{urlencode(given)}" if given else ""
+
+
+def _list_jobs_steps(
+    workload_slug: str, project: str, status: JobStatus | str | None, limit: int | None
+) -> Steps[builtins.list[Job]]:
+    route = yield from _workload_route_steps(workload_slug, project)
+    answer = yield Call("GET", f"{route}/jobs{_query(status=status, limit=limit)}")
+    return _jobs.jobs_from_answer(answer)
+
+
+def _list_deliveries_steps(
+    workload_slug: str, project: str, status: str | None
+) -> Steps[builtins.list[WebhookDelivery]]:
+    route = yield from _workload_route_steps(workload_slug, project)
+    items = _items((yield Call("GET", f"{route}/deliveries{_query(status=status)}")), "deliveries")
+    return [_model(WebhookDelivery, item, "webhook delivery") for item in items]
+
+
+def _redeliver_steps(workload_slug: str, project: str, delivery_id: str) -> Steps[WebhookDelivery]:
+    delivery = _id_segment(delivery_id, "delivery_id")
+    route = yield from _workload_route_steps(workload_slug, project)
+    answer = yield Call("POST", f"{route}/deliveries/{delivery}/redeliver")
+    return _model(WebhookDelivery, answer, "webhook delivery")
 
 
 def _readiness_path(project: str, workload_slug: str) -> str:
@@ -418,6 +571,135 @@ class ManagementClient(_ManagementBase):
         steps = _wait_steps(workload_slug, self._project(project), timeout, on_progress, silent)
         _sse.run_stream_steps(steps, self._client, self.base_url)
 
+    def endpoints(self, workload_slug: str, *, project: str | None = None) -> dict[str, bool]:
+        """The workload's endpoint switches: route name to on or off.
+
+        ``jobs`` is the master switch of async jobs; the others are the routes of the
+        workload's task type (``chat``, ``completions``, ``embeddings``, ...), sync and async.
+
+        >>> mgmt.endpoints("support-bot")  # doctest: +SKIP
+        {'jobs': False, 'chat': True, 'completions': True}
+        """
+        steps = _endpoints_steps(workload_slug, self._project(project), None)
+        return _http.run_steps(steps, self._call)
+
+    def set_endpoints(
+        self, workload_slug: str, toggles: Mapping[str, bool], *, project: str | None = None
+    ) -> dict[str, bool]:
+        """Turn endpoints on or off (those not named stay as they are); returns all switches.
+
+        >>> mgmt.set_endpoints("support-bot", {"completions": False})  # doctest: +SKIP
+        {'jobs': True, 'chat': True, 'completions': False}
+        """
+        steps = _endpoints_steps(workload_slug, self._project(project), toggles)
+        return _http.run_steps(steps, self._call)
+
+    def add_webhook(
+        self, workload_slug: str, url: str, *, enabled: bool = True, project: str | None = None
+    ) -> WebhookDestination:
+        """Add a destination for the workload's job results (``https://``, publicly reachable).
+
+        The answer is the only one that carries the signing ``secret``: keep it to verify
+        deliveries (``inferencekey.webhooks.verify``).
+
+        >>> hook = mgmt.add_webhook("support-bot", "https://example.com/hooks/ik")  # doctest: +SKIP
+        >>> hook.id, hook.secret[:6]  # doctest: +SKIP
+        ('whd_...', 'whsec_')
+        """
+        steps = _add_webhook_steps(workload_slug, self._project(project), url, enabled)
+        return _http.run_steps(steps, self._call)
+
+    def list_webhooks(
+        self, workload_slug: str, *, project: str | None = None
+    ) -> builtins.list[WebhookDestination]:
+        """The workload's webhook destinations (without their secrets).
+
+        >>> [hook.url for hook in mgmt.list_webhooks("support-bot")]  # doctest: +SKIP
+        ['https://example.com/hooks/ik']
+        """
+        steps = _list_webhooks_steps(workload_slug, self._project(project))
+        return _http.run_steps(steps, self._call)
+
+    def update_webhook(
+        self,
+        workload_slug: str,
+        destination_id: str,
+        *,
+        enabled: bool | None = None,
+        url: str | None = None,
+        project: str | None = None,
+    ) -> WebhookDestination:
+        """Mute or unmute a destination, or change its URL; it keeps its secret.
+
+        >>> mgmt.update_webhook("support-bot", hook.id, enabled=False).enabled  # doctest: +SKIP
+        False
+        """
+        steps = _update_webhook_steps(
+            workload_slug, self._project(project), destination_id, enabled, url
+        )
+        return _http.run_steps(steps, self._call)
+
+    def delete_webhook(
+        self, workload_slug: str, destination_id: str, *, project: str | None = None
+    ) -> None:
+        """Remove a destination; ``NotFoundError`` if the workload has none with this id.
+
+        >>> mgmt.delete_webhook("support-bot", hook.id)  # doctest: +SKIP
+        """
+        steps = _delete_webhook_steps(workload_slug, self._project(project), destination_id)
+        _http.run_steps(steps, self._call)
+
+    def test_webhook(
+        self, workload_slug: str, destination_id: str, *, project: str | None = None
+    ) -> WebhookTestResult:
+        """Send the destination a signed ``ping`` now and report what it answered.
+
+        >>> mgmt.test_webhook("support-bot", hook.id)  # doctest: +SKIP
+        WebhookTestResult(delivered=True, status_code=204, error=None, duration_ms=41.5)
+        """
+        steps = _test_webhook_steps(workload_slug, self._project(project), destination_id)
+        return _http.run_steps(steps, self._call)
+
+    def list_jobs(
+        self,
+        workload_slug: str,
+        *,
+        status: JobStatus | str | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+    ) -> builtins.list[Job]:
+        """The workload's jobs; ``status`` (a ``JobStatus``) and ``limit`` narrow the list.
+
+        >>> [job.job_id for job in mgmt.list_jobs("support-bot", status="failed")]  # doctest: +SKIP
+        ['7d0c5b1e-...']
+        """
+        steps = _list_jobs_steps(workload_slug, self._project(project), status, limit)
+        return _http.run_steps(steps, self._call)
+
+    def list_deliveries(
+        self, workload_slug: str, *, status: str | None = None, project: str | None = None
+    ) -> builtins.list[WebhookDelivery]:
+        """The workload's result deliveries, each with its attempts; ``status`` is one of
+        ``pending``, ``delivered``, ``terminal``, ``skipped``.
+
+        >>> stuck = mgmt.list_deliveries("support-bot", status="terminal")  # doctest: +SKIP
+        >>> [delivery.last_error for delivery in stuck]  # doctest: +SKIP
+        ['HTTP 500']
+        """
+        steps = _list_deliveries_steps(workload_slug, self._project(project), status)
+        return _http.run_steps(steps, self._call)
+
+    def redeliver(
+        self, workload_slug: str, delivery_id: str, *, project: str | None = None
+    ) -> WebhookDelivery:
+        """Queue a delivery again (after fixing the receiver, say); it is ``pending`` again.
+
+        >>> mgmt.redeliver("support-bot", delivery.id).status  # doctest: +SKIP
+        'pending'
+        """
+        steps = _redeliver_steps(workload_slug, self._project(project), delivery_id)
+        return _http.run_steps(steps, self._call)
+
     def close(self) -> None:
         """Release the connection pool."""
         self._client.close()
@@ -519,6 +801,119 @@ class AsyncManagementClient(_ManagementBase):
         """
         steps = _wait_steps(workload_slug, self._project(project), timeout, on_progress, silent)
         await _sse.run_stream_steps_async(steps, self._client, self.base_url)
+
+    async def endpoints(self, workload_slug: str, *, project: str | None = None) -> dict[str, bool]:
+        """The workload's endpoint switches; see ``ManagementClient.endpoints``.
+
+        >>> await mgmt.endpoints("support-bot")  # doctest: +SKIP
+        {'jobs': False, 'chat': True, 'completions': True}
+        """
+        steps = _endpoints_steps(workload_slug, self._project(project), None)
+        return await _http.run_steps_async(steps, self._call)
+
+    async def set_endpoints(
+        self, workload_slug: str, toggles: Mapping[str, bool], *, project: str | None = None
+    ) -> dict[str, bool]:
+        """Turn endpoints on or off; see ``ManagementClient.set_endpoints``.
+
+        >>> await mgmt.set_endpoints("support-bot", {"jobs": True})  # doctest: +SKIP
+        """
+        steps = _endpoints_steps(workload_slug, self._project(project), toggles)
+        return await _http.run_steps_async(steps, self._call)
+
+    async def add_webhook(
+        self, workload_slug: str, url: str, *, enabled: bool = True, project: str | None = None
+    ) -> WebhookDestination:
+        """Add a destination, with its secret; see ``ManagementClient.add_webhook``.
+
+        >>> hook = await mgmt.add_webhook("support-bot", "https://x.test/hook")  # doctest: +SKIP
+        """
+        steps = _add_webhook_steps(workload_slug, self._project(project), url, enabled)
+        return await _http.run_steps_async(steps, self._call)
+
+    async def list_webhooks(
+        self, workload_slug: str, *, project: str | None = None
+    ) -> builtins.list[WebhookDestination]:
+        """The workload's webhook destinations; see ``ManagementClient.list_webhooks``.
+
+        >>> hooks = await mgmt.list_webhooks("support-bot")  # doctest: +SKIP
+        """
+        steps = _list_webhooks_steps(workload_slug, self._project(project))
+        return await _http.run_steps_async(steps, self._call)
+
+    async def update_webhook(
+        self,
+        workload_slug: str,
+        destination_id: str,
+        *,
+        enabled: bool | None = None,
+        url: str | None = None,
+        project: str | None = None,
+    ) -> WebhookDestination:
+        """Mute, unmute or move a destination; see ``ManagementClient.update_webhook``.
+
+        >>> await mgmt.update_webhook("support-bot", hook.id, enabled=False)  # doctest: +SKIP
+        """
+        steps = _update_webhook_steps(
+            workload_slug, self._project(project), destination_id, enabled, url
+        )
+        return await _http.run_steps_async(steps, self._call)
+
+    async def delete_webhook(
+        self, workload_slug: str, destination_id: str, *, project: str | None = None
+    ) -> None:
+        """Remove a destination; see ``ManagementClient.delete_webhook``.
+
+        >>> await mgmt.delete_webhook("support-bot", hook.id)  # doctest: +SKIP
+        """
+        steps = _delete_webhook_steps(workload_slug, self._project(project), destination_id)
+        await _http.run_steps_async(steps, self._call)
+
+    async def test_webhook(
+        self, workload_slug: str, destination_id: str, *, project: str | None = None
+    ) -> WebhookTestResult:
+        """Send a signed ``ping`` now; see ``ManagementClient.test_webhook``.
+
+        >>> (await mgmt.test_webhook("support-bot", hook.id)).delivered  # doctest: +SKIP
+        True
+        """
+        steps = _test_webhook_steps(workload_slug, self._project(project), destination_id)
+        return await _http.run_steps_async(steps, self._call)
+
+    async def list_jobs(
+        self,
+        workload_slug: str,
+        *,
+        status: JobStatus | str | None = None,
+        limit: int | None = None,
+        project: str | None = None,
+    ) -> builtins.list[Job]:
+        """The workload's jobs; see ``ManagementClient.list_jobs``.
+
+        >>> jobs = await mgmt.list_jobs("support-bot", limit=10)  # doctest: +SKIP
+        """
+        steps = _list_jobs_steps(workload_slug, self._project(project), status, limit)
+        return await _http.run_steps_async(steps, self._call)
+
+    async def list_deliveries(
+        self, workload_slug: str, *, status: str | None = None, project: str | None = None
+    ) -> builtins.list[WebhookDelivery]:
+        """The workload's result deliveries; see ``ManagementClient.list_deliveries``.
+
+        >>> stuck = await mgmt.list_deliveries("support-bot", status="terminal")  # doctest: +SKIP
+        """
+        steps = _list_deliveries_steps(workload_slug, self._project(project), status)
+        return await _http.run_steps_async(steps, self._call)
+
+    async def redeliver(
+        self, workload_slug: str, delivery_id: str, *, project: str | None = None
+    ) -> WebhookDelivery:
+        """Queue a delivery again; see ``ManagementClient.redeliver``.
+
+        >>> await mgmt.redeliver("support-bot", delivery.id)  # doctest: +SKIP
+        """
+        steps = _redeliver_steps(workload_slug, self._project(project), delivery_id)
+        return await _http.run_steps_async(steps, self._call)
 
     async def close(self) -> None:
         """Release the connection pool."""

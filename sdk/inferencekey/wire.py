@@ -118,3 +118,79 @@ class ErrorBody(BaseModel):
     code: str = Field(description="the typed error code")
     message: str = Field(description="the sentence")
     field: str | None = Field(default=None, description="the offending field, where there is one")
+
+
+class EndpointToggles(BaseModel):
+    """Body of ``GET``/``PATCH /api/workloads/{ref}/endpoints``: each route's on/off switch.
+
+    ``jobs`` is the master switch of the async surface; the others (``chat``, ``embeddings``,
+    ...) are the workload's task type's routes, sync and async alike.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    workload_id: str
+    endpoints: dict[str, bool]
+
+
+class WebhookDestination(BaseModel):
+    """Where a workload's job results are delivered.
+
+    ``secret`` (``whsec_...``, the key of the deliveries' signatures) is set only in the answer
+    to ``add_webhook``: store it then, the Manager shows only ``secret_prefix`` afterwards.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    url: str
+    enabled: bool
+    secret_prefix: str | None = None
+    created_at: str
+    secret: str | None = Field(default=None, repr=False)
+
+
+class WebhookTestResult(BaseModel):
+    """What a signed test ``ping`` to a destination did."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    delivered: bool
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+
+
+class DeliveryAttempt(BaseModel):
+    """One try at delivering a result to a destination."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    attempt: int
+    at: str
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+class WebhookDelivery(BaseModel):
+    """One job result on its way to one destination, with its retries.
+
+    ``status`` is ``pending`` (retrying, next at ``next_attempt_at``), ``delivered``,
+    ``terminal`` (gave up after the last retry) or ``skipped``.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    job_id: str
+    destination_id: str
+    event: str
+    status: str
+    attempts: int
+    next_attempt_at: str | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    attempt_log: list[DeliveryAttempt] = Field(default_factory=list)
+    created_at: str
+    delivered_at: str | None = None

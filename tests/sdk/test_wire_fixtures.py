@@ -22,11 +22,13 @@ from inferencekey import (
     DataClient,
     EmbedResult,
     EndpointRef,
+    Job,
     ManagementClient,
     ReadinessEvent,
     RerankResult,
     TextResult,
     WorkloadSpec,
+    webhooks,
 )
 from inferencekey._sse import SseDecoder
 
@@ -46,8 +48,8 @@ def load(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / name).read_text())
 
 
-def cases(name: str) -> list[Any]:
-    return [pytest.param(case, id=case["name"]) for case in load(name)["cases"]]
+def cases(name: str, key: str = "cases") -> list[Any]:
+    return [pytest.param(case, id=case["name"]) for case in load(name)[key]]
 
 
 class FixtureServer:
@@ -168,6 +170,12 @@ def normalised(result: Any) -> Any:
     if isinstance(result, RerankResult):
         items = [asdict(item) for item in result.results]
         return {"results": items, "model": result.model}
+    if isinstance(result, Job):
+        job = asdict(result)
+        del job["raw"]
+        if job["data"] is not None:
+            del job["data"]["raw"]
+        return {**job, "done": result.done}
     return result
 
 
@@ -207,6 +215,9 @@ def run_call(
             "generate_text": endpoint.generate_text,
             "embed": endpoint.embed,
             "rerank": endpoint.rerank,
+            "submit_job": endpoint.submit_job,
+            "get_job": endpoint.get_job,
+            "wait_job": endpoint.wait_job,
         }
         return normalised(operations[op](**args)), None
     except Exception as exc:
@@ -276,6 +287,43 @@ def test_local_checks_send_nothing(
 ) -> None:
     play("local_checks.json", case, fixture_server, monkeypatch)
     assert fixture_server.requests == []
+
+
+@pytest.mark.parametrize("case", cases("jobs.json"))
+def test_jobs(
+    case: dict[str, Any], fixture_server: FixtureServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    play("jobs.json", case, fixture_server, monkeypatch)
+
+
+@pytest.mark.parametrize("case", cases("jobs.json", "local_cases"))
+def test_job_local_checks_send_nothing(
+    case: dict[str, Any], fixture_server: FixtureServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    play("jobs.json", case, fixture_server, monkeypatch)
+    assert fixture_server.requests == []
+
+
+@pytest.mark.parametrize("case", cases("webhooks.json", "signatures"))
+def test_webhook_signatures(case: dict[str, Any]) -> None:
+    body = case["body"].encode()
+    header = webhooks.signature_header(body, case["secret"], case["timestamp"])
+    assert header == case["header"]
+    assert header.endswith(f"v1={webhooks.sign(body, case['secret'], case['timestamp'])}")
+
+
+@pytest.mark.parametrize("case", cases("webhooks.json", "verify_cases"))
+def test_webhook_verification(case: dict[str, Any]) -> None:
+    options = {"tolerance": case["tolerance"]} if "tolerance" in case else {}
+    try:
+        event = webhooks.verify(
+            case["body"].encode(), case["header"], case["secret"], now=case["now"], **options
+        )
+    except Exception as exc:
+        assert_error(exc, case["error"])
+    else:
+        assert "error" not in case, f"expected {case['error']['type']}, got {event!r}"
+        assert event == case["result"]
 
 
 @pytest.mark.parametrize("case", cases("readiness.json"))

@@ -133,3 +133,79 @@ describe("streams and deadlines", () => {
     assert.ok(took >= 650 && took < 3000, `took ${took} ms`);
   });
 });
+
+describe("jobs and webhooks", () => {
+  let server;
+  let url;
+  const seen = [];
+  let polls = 0;
+  before(async () => {
+    server = createServer((req, res) => {
+      const parts = [];
+      req.on("data", (part) => parts.push(part));
+      req.on("end", () => {
+        const body = Buffer.concat(parts).toString();
+        seen.push({ at: performance.now(), method: req.method, url: req.url, body });
+        res.writeHead(req.method === "POST" ? 202 : 200, { "Content-Type": "application/json" });
+        if (req.method === "POST") return res.end(JSON.stringify({ job_id: "j-1" }));
+        polls += 1;
+        const status = polls < 4 ? "running" : "succeeded";
+        const job = { job_id: "j-1", kind: "chat", status, attempts: 1, created_at: "t" };
+        res.end(JSON.stringify(job));
+      });
+    });
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    url = `http://127.0.0.1:${server.address().port}`;
+  });
+  after(() => {
+    server.closeAllConnections();
+    return new Promise((resolve) => server.close(resolve));
+  });
+
+  const endpoint = () =>
+    sdk.DataClient.fromEnv({ baseUrl: url, project: "acme" })
+      .endpoint("support-bot", { apiKey: LIVE_KEY });
+
+  it("sends bytes given as bodyB64 base64-encoded", async () => {
+    seen.length = 0;
+    const jobId = await endpoint().submitJob({
+      kind: "audio_transcriptions",
+      bodyB64: new Uint8Array([0x52, 0x49, 0x46, 0x46]),
+      contentType: "audio/wav",
+    });
+    assert.equal(jobId, "j-1");
+    assert.deepEqual(JSON.parse(seen[0].body), {
+      kind: "audio_transcriptions",
+      body_b64: "UklGRg==",
+      content_type: "audio/wav",
+    });
+  });
+
+  it("waitJob polls quickly first, then no faster than pollIntervalMs", async () => {
+    seen.length = 0;
+    polls = 0;
+    const job = await endpoint().waitJob("j-1", { pollIntervalMs: 300 });
+    assert.equal(job.status, "succeeded");
+    assert.equal(job.done, true);
+    const gaps = seen.slice(1).map((request, i) => request.at - seen[i].at);
+    assert.equal(gaps.length, 3);
+    assert.ok(gaps[0] >= 90 && gaps[0] < 250, `first wait ${gaps[0]} ms`);
+    assert.ok(gaps[2] >= 290, `third wait ${gaps[2]} ms`);
+  });
+
+  it("keeps the Python SDK's error hierarchy for jobs and webhooks", () => {
+    const job = { jobId: "j", kind: "chat", status: "running", attempts: 1, createdAt: "t" };
+    const timeout = new sdk.JobTimeoutError("x", job);
+    assert.ok(timeout instanceof sdk.InferenceKeyError);
+    assert.equal(timeout.code, "job_timeout");
+    assert.equal(timeout.job, job);
+    assert.ok(new sdk.WebhookVerificationError("x") instanceof sdk.InferenceKeyError);
+  });
+
+  it("verifies what it signs, at the clock's now by default", () => {
+    const body = JSON.stringify({ event: "ping" });
+    const header = sdk.signWebhook(body, "whsec_test", Math.floor(Date.now() / 1000));
+    assert.deepEqual(sdk.verifyWebhook(body, header, "whsec_test"), { event: "ping" });
+    assert.equal(sdk.WEBHOOK_SIGNATURE_HEADER, "X-InferenceKey-Signature");
+  });
+});

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { after, before, beforeEach, describe, it } from "node:test";
 
-import { DataClient, ManagementClient } from "@inferencekey/sdk";
+import { DataClient, ManagementClient, signWebhook, verifyWebhook } from "@inferencekey/sdk";
 import { SseDecoder } from "../../dist/esm/sse.js";
 import { startFixtureServer } from "../support/fixture-server.mjs";
 
@@ -47,6 +47,7 @@ function normalised(op, result) {
     return { text: result.text, model: result.model, finish_reason: result.finishReason ?? null };
   }
   if (op === "embed") return { embeddings: result.embeddings, model: result.model };
+  if (op === "get_job" || op === "wait_job") return normalisedJob(result);
   if (op === "rerank") {
     const results = result.results.map((item) => ({
       index: item.index,
@@ -55,6 +56,42 @@ function normalised(op, result) {
     return { results, model: result.model };
   }
   return result;
+}
+
+/** A `Job` as the fixtures write it: the Python SDK's field names, null for what is unset. */
+function normalisedJob(job) {
+  const data = job.data && {
+    job_id: job.data.jobId,
+    status: job.data.status,
+    payload: job.data.payload ?? null,
+    output: job.data.output ?? null,
+    binary_b64: job.data.binaryB64 ?? null,
+    content_type: job.data.contentType ?? null,
+    usage: job.data.usage ?? null,
+    units: job.data.units ?? null,
+    metrics: job.data.metrics ?? null,
+    error: job.data.error ?? null,
+  };
+  return {
+    job_id: job.jobId,
+    kind: job.kind,
+    status: job.status,
+    attempts: job.attempts,
+    created_at: job.createdAt,
+    started_at: job.startedAt ?? null,
+    finished_at: job.finishedAt ?? null,
+    context: job.context ?? null,
+    data: data ?? null,
+    done: job.done,
+  };
+}
+
+/** `wait_job`'s seconds as `waitJob`'s milliseconds. */
+function waitOptions(args) {
+  const options = {};
+  if ("timeout" in args) options.timeoutMs = args.timeout * 1000;
+  if ("poll_interval" in args) options.pollIntervalMs = args.poll_interval * 1000;
+  return options;
 }
 
 async function runCall(file, testCase, events) {
@@ -101,6 +138,9 @@ async function runCall(file, testCase, events) {
       generate_text: (a) => endpoint.generateText(a),
       embed: (a) => endpoint.embed(a),
       rerank: (a) => endpoint.rerank(a),
+      submit_job: (a) => endpoint.submitJob(a),
+      get_job: (a) => endpoint.getJob(a.jobId),
+      wait_job: () => endpoint.waitJob(call.args.job_id, waitOptions(call.args)),
     };
     return [normalised(op, await operations[op](args)), undefined];
   } catch (error) {
@@ -169,6 +209,50 @@ describe("local_checks.json: nothing reaches the server", () => {
     it(testCase.name, async () => {
       await play("local_checks.json", testCase);
       assert.deepEqual(server.requests, []);
+    });
+  }
+});
+
+describe("jobs.json", () => {
+  for (const testCase of load("jobs.json").cases) {
+    it(testCase.name, () => play("jobs.json", testCase));
+  }
+});
+
+describe("jobs.json local_cases: nothing reaches the server", () => {
+  for (const testCase of load("jobs.json").local_cases) {
+    it(testCase.name, async () => {
+      await play("jobs.json", testCase);
+      assert.deepEqual(server.requests, []);
+    });
+  }
+});
+
+describe("webhooks.json", () => {
+  const file = load("webhooks.json");
+  for (const vector of file.signatures) {
+    it(`signs ${vector.name}`, () => {
+      assert.equal(signWebhook(vector.body, vector.secret, vector.timestamp), vector.header);
+      const bytes = new TextEncoder().encode(vector.body);
+      assert.equal(signWebhook(bytes, vector.secret, vector.timestamp), vector.header);
+    });
+  }
+  for (const testCase of file.verify_cases) {
+    it(`verifies: ${testCase.name}`, () => {
+      const options = { nowS: testCase.now };
+      if ("tolerance" in testCase) options.toleranceS = testCase.tolerance;
+      let event;
+      let error;
+      try {
+        event = verifyWebhook(testCase.body, testCase.header, testCase.secret, options);
+      } catch (thrown) {
+        error = thrown;
+      }
+      if ("error" in testCase) assertError(error, testCase.error);
+      else {
+        if (error !== undefined) throw error;
+        assert.deepEqual(event, testCase.result);
+      }
     });
   }
 });
