@@ -471,7 +471,10 @@ def _stop_engines(state_dir: Path) -> None:
 
 
 def start_inferencekey_paths(
-    upstream_url: str, servers: Servers, settings: Settings
+    upstream_url: str,
+    servers: Servers,
+    settings: Settings,
+    manager_env: dict[str, str] | None = None,
 ) -> dict[str, BenchPath]:
     """InferenceKey's own paths: a Manager and a real agent (process runtime) in front of an
     instance of the same upstream program, which the agent launches as the workload's engine."""
@@ -491,6 +494,7 @@ def start_inferencekey_paths(
             "INFERENCEKEY_ADMIN_TOKEN": admin_token,
             "INFERENCEKEY_DATA_DIR": str(work / "manager-data"),
             "INFERENCEKEY_HEARTBEAT_INTERVAL_S": "1",
+            **(manager_env or {}),
         },
     )
     wait_until_ready(servers, "manager", manager_url + "/healthz", timeout_s=60)

@@ -27,6 +27,7 @@ from typing import cast
 
 from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ik_contracts.forwarding import GATEWAY_HEADER, REPLICA_HEADER
@@ -44,7 +45,7 @@ log = logging.getLogger("inferencekey.jobs")
 
 IDLE_WAIT_S = 1.0  # without a notification, look for claimable jobs this often
 RETRY_SOON_S = 2.0  # a job whose replica could not be reached is claimable again after this
-CLAIM_AHEAD = 2  # claim up to this many times the free job slots
+CLAIM_AHEAD = 8  # claim up to this many times the free job slots
 GATHER_S = 0.002  # after a wake-up, let a burst of submits arrive so one claim takes them all
 SLOT_WAIT_S = 1.0  # a claimed job waiting for a slot looks at the replicas again this often
 
@@ -185,8 +186,13 @@ class JobDispatcher:
             )
             await self._release(job)
         finally:
-            self.running[job.workload_id].discard(job.id)
-            self._wake.set()  # room for the next one
+            running = self.running[job.workload_id]
+            running.discard(job.id)
+            # Claim again once half the claimed-ahead jobs are gone (one claim for many jobs).
+            route = self.routes.by_id.get(job.workload_id)
+            slots = len(route.replicas) * self.settings.jobs_per_replica if route else 0
+            if len(running) <= slots * CLAIM_AHEAD // 2:
+                self._wake.set()
 
     async def _slot(self, job: Claimed, route: WorkloadRoute) -> ReplicaTarget | None:
         """The gateway's choice (least outstanding, ejected ones skipped) among the replicas
@@ -326,6 +332,7 @@ class ResultWriter:
         self.manager_id = manager_id
         self._waiting: list[tuple[dict[str, object], asyncio.Future[None]]] = []
         self._arrived = asyncio.Event()
+        self._statement = _finish_statement(manager_id)
 
     async def write(self, values: dict[str, object]) -> None:
         done = asyncio.get_running_loop().create_future()
@@ -355,26 +362,30 @@ class ResultWriter:
                 done.cancel()
 
     async def _write(self, batch: list[tuple[dict[str, object], asyncio.Future[None]]]) -> None:
-        # Only this process's claim is finished: a job another process claimed since (this
-        # one's lease having expired) is left to it.
-        jobs = cast(Table, Job.__table__)  # Core, for one executemany over the batch
-        statement = (
-            update(jobs)
-            .where(jobs.c.id == bindparam("b_id"), jobs.c.claimed_by == self.manager_id)
-            .values(
-                status=bindparam("b_status"),
-                result=bindparam("b_result"),
-                result_content_type=bindparam("b_content_type"),
-                result_status=bindparam("b_status_code"),
-                error=bindparam("b_error"),
-                lease_until=None,
-                finished_at=func.now(),
-            )
-        )
         async with self.sessions() as session:
-            await session.execute(statement, [values for values, _ in batch])
+            await session.execute(self._statement, [values for values, _ in batch])
             await enqueue_deliveries(session, [str(values["b_id"]) for values, _ in batch])
             await session.commit()
+
+
+def _finish_statement(manager_id: str) -> Update:
+    """One result's write, run as one executemany over a batch (Core: no ORM bulk machinery).
+    Only this process's claim is finished: a job another process claimed since (this one's
+    lease having expired) is left to it."""
+    jobs = cast(Table, Job.__table__)
+    return (
+        update(jobs)
+        .where(jobs.c.id == bindparam("b_id"), jobs.c.claimed_by == manager_id)
+        .values(
+            status=bindparam("b_status"),
+            result=bindparam("b_result"),
+            result_content_type=bindparam("b_content_type"),
+            result_status=bindparam("b_status_code"),
+            error=bindparam("b_error"),
+            lease_until=None,
+            finished_at=func.now(),
+        )
+    )
 
 
 async def queued_jobs(session: AsyncSession) -> dict[str, int]:

@@ -21,10 +21,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import String, case, cast, func, literal, select, update
+from sqlalchemy import String, Table, bindparam, case, cast, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import ReturningInsert
 
 from manager import notify
 from manager.db.models import Job, Project, WebhookDelivery, WebhookDestination, Workload
@@ -53,6 +54,15 @@ async def enqueue_deliveries(session: AsyncSession, job_ids: Sequence[str]) -> i
     destination. Returns how many were queued."""
     if not job_ids:
         return 0
+    queued = await session.execute(_ENQUEUE, {"job_ids": list(job_ids)})
+    workload_ids: list[str] = list(queued.scalars())
+    for workload_id in sorted(set(workload_ids)):
+        await notify.notify(session, notify.WEBHOOKS, workload_id)
+    return len(workload_ids)
+
+
+def _enqueue_statement() -> ReturningInsert[Any]:
+    """``enqueue_deliveries``' one statement, built once: every finished job's batch runs it."""
     event = case(
         (Job.status == SUCCEEDED, literal(payload.JOB_COMPLETED)),
         else_=literal(payload.JOB_FAILED),
@@ -74,24 +84,22 @@ async def enqueue_deliveries(session: AsyncSession, job_ids: Sequence[str]) -> i
             (WebhookDestination.workload_id == Job.workload_id) & WebhookDestination.enabled,
         )
         .where(
-            Job.id.in_(list(job_ids)),
+            Job.id.in_(bindparam("job_ids", expanding=True)),
             Job.status.in_((SUCCEEDED, FAILED)),
             ~(literal(JOBS_TOGGLE) == func.any(Workload.endpoints_off)),
         )
     )
     columns = ["id", "job_id", "destination_id", "workload_id", "project_id", "event", "status"]
-    queued = (
-        await session.execute(
-            pg_insert(WebhookDelivery)
-            .from_select(columns, rows)
-            .on_conflict_do_nothing(index_elements=["job_id", "destination_id"])
-            .returning(WebhookDelivery.workload_id)
-        )
-    ).scalars()
-    workload_ids = list(queued)
-    for workload_id in sorted(set(workload_ids)):
-        await notify.notify(session, notify.WEBHOOKS, workload_id)
-    return len(workload_ids)
+    deliveries: Table = WebhookDelivery.__table__  # type: ignore[assignment]  # Core: no ORM bulk path
+    return (
+        pg_insert(deliveries)
+        .from_select(columns, rows)
+        .on_conflict_do_nothing(index_elements=["job_id", "destination_id"])
+        .returning(deliveries.c.workload_id)
+    )
+
+
+_ENQUEUE = _enqueue_statement()
 
 
 @dataclass(frozen=True)
