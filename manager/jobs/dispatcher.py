@@ -145,17 +145,22 @@ class JobDispatcher:
         return len(claimed)
 
     async def _claim(self, session: AsyncSession, workload_id: str, limit: int) -> list[Claimed]:
+        mine = self.running[workload_id]
         oldest = (
             select(Job.id)
             .where(Job.workload_id == workload_id, claimable())
             .order_by(Job.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
+        if mine:  # its own, whose lease lapsed while it waited: they are still this process's
+            oldest = oldest.where(Job.id.not_in(list(mine)))
+        # Materialized: the UPDATE takes exactly the rows the one locking SELECT chose (a
+        # subquery the planner re-ran could lock and claim more than ``limit``).
+        due = oldest.cte("due").prefix_with("MATERIALIZED")
         rows = await session.execute(
             update(Job)
-            .where(Job.id.in_(oldest))
+            .where(Job.id == due.c.id)
             .values(
                 status=RUNNING,
                 attempts=Job.attempts + 1,
@@ -184,7 +189,7 @@ class JobDispatcher:
             log.exception(
                 "job %s failed in the dispatcher", job.id, extra=ids(workload_id=job.workload_id)
             )
-            await self._release(job)
+            await self._release(job, sent=True)
         finally:
             running = self.running[job.workload_id]
             running.discard(job.id)
@@ -196,17 +201,16 @@ class JobDispatcher:
 
     async def _slot(self, job: Claimed, route: WorkloadRoute) -> ReplicaTarget | None:
         """The gateway's choice (least outstanding, ejected ones skipped) among the replicas
-        with a free job slot, once one has; None when no replica is usable (or after a lease's
-        third waiting: the job goes back to be claimed by any process)."""
+        with a free job slot, once one has: a job claimed ahead waits here, under the lease the
+        dispatcher renews. None when no replica is usable (the job goes back to the queue)."""
         per_replica = self.settings.jobs_per_replica
-        give_up = time.monotonic() + self.settings.job_lease_s / 3
         while True:
             now = time.monotonic()
             full = {r.id for r in route.replicas if self.on_replica[r.id] >= per_replica}
             replica = route.pick(now, full)
             if replica is not None:
                 return replica
-            if route.pick(now, set()) is None or now > give_up:
+            if route.pick(now, set()) is None:
                 return None
             await notify.wait_for(self._slot_freed, SLOT_WAIT_S)
             route = self.routes.by_id.get(job.workload_id) or route
@@ -220,7 +224,7 @@ class JobDispatcher:
     async def _send(self, job: Claimed, route: WorkloadRoute) -> None:
         replica = await self._slot(job, route)
         if replica is None:
-            await self._release(job)
+            await self._release(job, sent=False)
             return
         replica.outstanding += 1
         self.on_replica[replica.id] += 1
@@ -249,7 +253,7 @@ class JobDispatcher:
             log.warning(
                 "job %s: %s; it runs again", job.id, error, extra=ids(workload_id=job.workload_id)
             )
-            await self._release(job)
+            await self._release(job, sent=True)
             return
         finally:
             replica.outstanding -= 1
@@ -278,6 +282,7 @@ class JobDispatcher:
         await self._results.write(
             {
                 "b_id": job.id,
+                "b_attempts": job.attempts,
                 "b_status": status,
                 "b_result": result,
                 "b_content_type": content_type,
@@ -286,13 +291,17 @@ class JobDispatcher:
             }
         )
 
-    async def _release(self, job: Claimed) -> None:
-        """Give the job back to be claimed again shortly (by any process)."""
+    async def _release(self, job: Claimed, *, sent: bool) -> None:
+        """Give the job back to be claimed again shortly (by any process). A job never sent
+        (no replica was usable) gets its attempt back: only runs count toward the limit."""
         async with self.sessions() as session:
             await session.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.claimed_by == self.manager_id, Job.status == RUNNING)
-                .values(lease_until=func.now() + timedelta(seconds=RETRY_SOON_S))
+                .where(*_this_claim(job, self.manager_id))
+                .values(
+                    lease_until=func.now() + timedelta(seconds=RETRY_SOON_S),
+                    attempts=Job.attempts if sent else Job.attempts - 1,
+                )
                 .execution_options(synchronize_session=False)
             )
             await session.commit()
@@ -304,15 +313,21 @@ class JobDispatcher:
             mine = [job_id for jobs in self.running.values() for job_id in jobs]
             if not mine:
                 continue
+            # Locked in id order, skipping rows a result write holds (they are finishing):
+            # the result writer locks in id order too, so the two never deadlock.
+            renewed = (
+                select(Job.id)
+                .where(Job.id.in_(mine), Job.claimed_by == self.manager_id, Job.status == RUNNING)
+                .order_by(Job.id)
+                .with_for_update(skip_locked=True, key_share=True)
+                .cte("renewed")
+                .prefix_with("MATERIALIZED")
+            )
             try:
                 async with self.sessions() as session:
                     await session.execute(
                         update(Job)
-                        .where(
-                            Job.id.in_(mine),
-                            Job.claimed_by == self.manager_id,
-                            Job.status == RUNNING,
-                        )
+                        .where(Job.id == renewed.c.id)
                         .values(
                             lease_until=func.now() + timedelta(seconds=self.settings.job_lease_s)
                         )
@@ -321,6 +336,17 @@ class JobDispatcher:
                     await session.commit()
             except Exception:
                 log.exception("renewing job leases failed")
+
+
+def _this_claim(job: Claimed, manager_id: str) -> tuple[ColumnElement[bool], ...]:
+    """The job's row as this claim left it: a job claimed again since (by any process, this
+    one included, after its lease lapsed) is no longer this claim's to release or finish."""
+    return (
+        Job.id == job.id,
+        Job.claimed_by == manager_id,
+        Job.status == RUNNING,
+        Job.attempts == job.attempts,
+    )
 
 
 class ResultWriter:
@@ -363,19 +389,26 @@ class ResultWriter:
 
     async def _write(self, batch: list[tuple[dict[str, object], asyncio.Future[None]]]) -> None:
         async with self.sessions() as session:
-            await session.execute(self._statement, [values for values, _ in batch])
-            await enqueue_deliveries(session, [str(values["b_id"]) for values, _ in batch])
+            # In id order, as lease renewal locks them: the two never deadlock.
+            rows = sorted((values for values, _ in batch), key=lambda values: str(values["b_id"]))
+            await session.execute(self._statement, rows)
+            await enqueue_deliveries(session, [str(values["b_id"]) for values in rows])
             await session.commit()
 
 
 def _finish_statement(manager_id: str) -> Update:
     """One result's write, run as one executemany over a batch (Core: no ORM bulk machinery).
-    Only this process's claim is finished: a job another process claimed since (this one's
-    lease having expired) is left to it."""
+    Only this claim is finished (``_this_claim``): a job claimed again since, its lease having
+    lapsed, is left to that claim."""
     jobs = cast(Table, Job.__table__)
     return (
         update(jobs)
-        .where(jobs.c.id == bindparam("b_id"), jobs.c.claimed_by == manager_id)
+        .where(
+            jobs.c.id == bindparam("b_id"),
+            jobs.c.claimed_by == manager_id,
+            jobs.c.status == RUNNING,
+            jobs.c.attempts == bindparam("b_attempts"),
+        )
         .values(
             status=bindparam("b_status"),
             result=bindparam("b_result"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ KINDS: dict[str, str] = {
 ASYNC_ONLY_KINDS = frozenset({"classification", "reward"})
 CHAT_ROUTE = "v1/chat/completions"
 JSON = "application/json"
+MAX_CONTENT_TYPE = 1024
+# What the job's request may carry as its Content-Type header (sent as it is, boundary and all).
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,18 @@ class Envelope:
     context: str | None  # the caller's context as JSON text; None when none was sent
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_envelope(raw: bytes) -> Envelope:
     try:
-        envelope = json.loads(raw)
-    except ValueError:
-        raise ValidationFailed("the job envelope is not JSON") from None
+        # NaN and Infinity are not JSON: a context holding one could not be delivered.
+        envelope = json.loads(raw, parse_constant=_refuse_constant)
+    except ValueError as error:
+        raise ValidationFailed(f"the job envelope is not JSON: {error}"[:200]) from None
+    except RecursionError:
+        raise ValidationFailed("the job envelope is nested too deeply") from None
     if not isinstance(envelope, dict):
         raise ValidationFailed("the job envelope must be a JSON object")
     unknown = sorted(set(envelope) - {"kind", "body", "body_b64", "content_type", "context"})
@@ -89,6 +100,12 @@ def parse_envelope(raw: bytes) -> Envelope:
     content_type = envelope.get("content_type")
     if not isinstance(content_type, str) or not content_type.strip():
         raise ValidationFailed("content_type is required with body_b64", field="content_type")
+    if len(content_type) > MAX_CONTENT_TYPE or not _HEADER_VALUE.fullmatch(content_type):
+        raise ValidationFailed(
+            f"content_type must be a header value: printable ASCII, at most {MAX_CONTENT_TYPE} "
+            "characters",
+            field="content_type",
+        )
     encoded = envelope["body_b64"]
     if not isinstance(encoded, str):
         raise ValidationFailed("body_b64 must be a base64 string", field="body_b64")

@@ -179,9 +179,10 @@ def _ms(delta: timedelta) -> int:
 
 
 def _json(raw: bytes) -> Any:
+    """An engine's JSON answer; NaN and Infinity (which no JSON receiver reads) become null."""
     try:
-        return json.loads(raw)
-    except ValueError:
+        return json.loads(raw, parse_constant=lambda _name: None)
+    except (ValueError, RecursionError):
         return None
 
 

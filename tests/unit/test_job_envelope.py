@@ -73,6 +73,18 @@ def test_every_kind_and_alias_maps_to_its_sync_twin() -> None:
         ({"kind": "embeddings", "body": ["a"]}, "body must be a JSON object"),
         ({"kind": "embeddings", "body": {}, "content_type": "a/b"}, "goes with body_b64"),
         ({"kind": "embeddings", "body": {}, "priority": 1}, "unknown envelope field(s): priority"),
+        (
+            {"kind": "images_edits", "body_b64": "YQ==", "content_type": "a/b\r\nX-Evil: 1"},
+            "content_type must be a header value",
+        ),
+        (
+            {"kind": "images_edits", "body_b64": "YQ==", "content_type": "image/pngé"},
+            "content_type must be a header value",
+        ),
+        (
+            {"kind": "images_edits", "body_b64": "YQ==", "content_type": "a/" + "b" * 1100},
+            "at most 1024 characters",
+        ),
     ],
 )
 def test_each_envelope_rule_is_a_400_that_says_which(fields: dict[str, object], words: str) -> None:
@@ -85,6 +97,20 @@ def test_an_envelope_that_is_not_a_json_object_is_refused() -> None:
     for raw in (b"{", b"[]", b'"chat"'):
         with pytest.raises(ValidationFailed):
             parse_envelope(raw)
+
+
+def test_nan_and_infinity_are_refused_as_not_json() -> None:
+    # Python's json reads them, but no receiver of the webhook that carries the context could.
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        raw = b'{"kind": "embeddings", "body": {"input": ["a"]}, "context": {"x": %s}}' % (
+            constant.encode()
+        )
+        with pytest.raises(ValidationFailed) as caught:
+            parse_envelope(raw)
+        assert f"{constant.lstrip('-')} is not JSON" in caught.value.message
+    nested = b'{"kind": "embeddings", "body": {"input": ["a"]}, "context": ' + b"[" * 100_000
+    with pytest.raises(ValidationFailed):
+        parse_envelope(nested + b"]" * 100_000 + b"}")
 
 
 def test_only_the_exact_jobs_paths_are_jobs_paths() -> None:

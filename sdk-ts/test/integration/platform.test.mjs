@@ -7,20 +7,31 @@
 //   IK_TEST_OTHER_API_KEY         an ik_live_ key of another project
 //   IK_TEST_READ_ONLY_SDK_TOKEN   a read-only ik_sdk_ token of this project
 //   IK_TEST_NARROW_API_KEY        an ik_live_ key of this project granted only the workload "emb"
+// The webhook test listens on 127.0.0.1, so the Manager must allow private receivers
+// (webhook_allow_private, as the test Managers do).
 // then: node --test --test-concurrency=1 test/integration/
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 
 import {
   AuthError,
   Backend,
   DataClient,
+  DEFAULT_WEBHOOK_TOLERANCE_S,
   DriftError,
+  JobStatus,
   ManagementClient,
+  NotFoundError,
   OnDrift,
   PermissionDenied,
   TaskType,
+  ValidationError,
+  WebhookVerificationError,
+  verifyWebhook,
 } from "@inferencekey/sdk";
+
+import { startWebhookReceiver } from "../support/webhook-receiver.mjs";
 
 function required(name) {
   const value = process.env[name];
@@ -91,6 +102,23 @@ async function eventually(attempt, timeoutMs = 60_000) {
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
   }
+}
+
+/** A control-plane call over raw HTTP with the SDK token; the parsed answer, if any. */
+async function control(method, path, body) {
+  const response = await fetch(`${BASE_URL}/api${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${SDK_TOKEN}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : undefined };
+}
+
+async function switchJobs(workload, on) {
+  const answer = await control("PATCH", `/workloads/${workload}/endpoints`, { endpoints: { jobs: on } });
+  assert.equal(answer.status, 200, JSON.stringify(answer.body));
+  assert.equal(answer.body.endpoints.jobs, on);
 }
 
 async function expectRejection(promise, type, code, status) {
@@ -308,6 +336,173 @@ describe("serving with llama.cpp", () => {
       });
       assert.equal(response.status, 403);
       assert.equal((await response.json()).code, "wrong_credential_type");
+    });
+  });
+
+  describe("async jobs and signed webhooks", () => {
+    const chatJob = {
+      kind: "chat",
+      body: { messages: [{ role: "user", content: "Say hi" }], max_tokens: 16, temperature: 0 },
+    };
+    const context = { ticket: 42, tags: ["a", null], nested: { x: 1.5 }, note: "ünïcode ✓" };
+
+    it("a chat job comes back succeeded, with its output and its context verbatim", async () => {
+      const chat = data.endpoint("chat");
+      const jobId = await chat.submitJob({ ...chatJob, context });
+      assert.match(jobId, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      const job = await chat.waitJob(jobId, { timeoutMs: 120_000 });
+      assert.equal(job.status, JobStatus.Succeeded, JSON.stringify(job.raw));
+      assert.equal(job.done, true);
+      assert.equal(job.jobId, jobId);
+      assert.equal(job.kind, "chat");
+      assert.deepEqual(job.context, context);
+      assert.equal(job.data.jobId, jobId);
+      assert.equal(job.data.status, "ok");
+      assert.equal(typeof job.data.output, "string");
+      assert.ok(job.data.output.length > 0, "the chat job's output is empty");
+      assert.equal(job.data.output, job.data.payload.choices[0].message.content);
+      assert.ok(job.data.usage.output_tokens > 0);
+      assert.ok(job.finishedAt !== undefined && job.startedAt !== undefined);
+      assert.deepEqual(await chat.getJob(jobId), job);
+    });
+
+    it("an embeddings job comes back with one vector per input, and no context", async () => {
+      const emb = data.endpoint("emb");
+      const jobId = await emb.submitJob({ kind: "embeddings", body: { input: ["a", "b"] } });
+      const job = await emb.waitJob(jobId, { timeoutMs: 120_000 });
+      assert.equal(job.status, JobStatus.Succeeded, JSON.stringify(job.raw));
+      assert.equal(job.context, undefined);
+      assert.equal(job.data.payload.data.length, 2);
+      assert.ok(job.data.payload.data[0].embedding.length > 10);
+    });
+
+    it("getJob of an unknown id is NotFoundError job_not_found", () =>
+      expectRejection(data.endpoint("chat").getJob(randomUUID()), NotFoundError, "job_not_found", 404));
+
+    it("an envelope the Manager refuses rejects with its message, and queues nothing", async () => {
+      const envelope = { kind: "poetry", body: chatJob.body };
+      const jobsBefore = await control("GET", "/workloads/chat/jobs?limit=500");
+      assert.equal(jobsBefore.status, 200);
+      const response = await fetch(`${BASE_URL}/endpoint/${PROJECT}/chat/jobs`, {
+        method: "POST",
+        headers: {
+          Authorization: `Bearer ${required("INFERENCEKEY_API_KEY")}`,
+          "Content-Type": "application/json",
+        },
+        body: JSON.stringify(envelope),
+      });
+      assert.equal(response.status, 400);
+      const refused = await response.json();
+      assert.match(refused.message, /^kind must be one of chat,.*; got 'poetry'$/);
+      await assert.rejects(data.endpoint("chat").submitJob(envelope), (error) => {
+        assert.ok(error instanceof ValidationError, String(error));
+        assert.equal(error.status, 400);
+        assert.equal(error.code, refused.code);
+        assert.equal(error.message, `bad request: ${refused.message}`);
+        return true;
+      });
+      assert.deepEqual(await control("GET", "/workloads/chat/jobs?limit=500"), jobsBefore);
+    });
+
+    it("with jobs switched off, submitJob is refused [endpoint_disabled], until switched on", async () => {
+      const chat = data.endpoint("chat");
+      const stray = [];
+      await switchJobs("chat", false);
+      try {
+        // The gateway reloads its routes on the change's notification, within moments.
+        await eventually(async () => {
+          let jobId;
+          try {
+            jobId = await chat.submitJob(chatJob);
+          } catch (error) {
+            assert.ok(error instanceof PermissionDenied, String(error));
+            assert.equal(error.status, 403);
+            assert.equal(error.code, "endpoint_disabled");
+            assert.ok(error.message.includes("[endpoint_disabled]"), error.message);
+            return;
+          }
+          stray.push(jobId);
+          throw new Error(`job ${jobId} was accepted with jobs switched off`);
+        }, 30_000);
+      } finally {
+        await switchJobs("chat", true);
+      }
+      const jobId = await eventually(() => chat.submitJob(chatJob), 30_000);
+      const job = await chat.waitJob(jobId, { timeoutMs: 120_000 });
+      assert.equal(job.status, JobStatus.Succeeded, JSON.stringify(job.raw));
+      // Any accepted before the gateway heard of the change still finish.
+      for (const id of stray) await chat.waitJob(id, { timeoutMs: 120_000 });
+    });
+
+    describe("a real signed delivery", () => {
+      let receiver;
+      let destination;
+
+      before(async () => {
+        receiver = await startWebhookReceiver();
+        const added = await control("POST", "/workloads/chat/webhooks", { url: `${receiver.url}/hooks/ik` });
+        assert.equal(added.status, 201, JSON.stringify(added.body));
+        destination = added.body;
+        assert.match(destination.secret, /^whsec_/);
+      });
+
+      after(async () => {
+        try {
+          if (destination !== undefined) {
+            const deleted = await control("DELETE", `/workloads/chat/webhooks/${destination.id}`);
+            assert.equal(deleted.status, 204, JSON.stringify(deleted.body));
+            const left = await control("GET", "/workloads/chat/webhooks");
+            assert.deepEqual(left.body.webhooks.map((webhook) => webhook.id), []);
+          }
+        } finally {
+          await receiver?.close();
+        }
+      });
+
+      it("verifyWebhook accepts a finished job's delivery; a wrong secret or a stale clock does not", async () => {
+        const chat = data.endpoint("chat");
+        const jobId = await chat.submitJob({ ...chatJob, context });
+        const delivery = await receiver.waitFor(
+          (received) => received.headers["x-inferencekey-job-id"] === jobId, 120_000);
+        const job = await chat.getJob(jobId);
+        assert.equal(delivery.method, "POST");
+        assert.equal(delivery.path, "/hooks/ik");
+        assert.equal(delivery.headers["content-type"], "application/json");
+        assert.equal(delivery.headers["x-inferencekey-event"], "job");
+        const header = delivery.headers["x-inferencekey-signature"];
+        assert.match(header, /^t=\d+,v1=[0-9a-f]{64}$/);
+
+        const event = verifyWebhook(delivery.rawBody, header, destination.secret);
+        assert.equal(event.event, "job.completed");
+        assert.equal(event.job_id, jobId);
+        assert.deepEqual(event.context, context);
+        assert.equal(job.status, JobStatus.Succeeded);
+        assert.deepEqual(event.data, job.data.raw);
+        // The body as a string (UTF-8) verifies too.
+        assert.deepEqual(verifyWebhook(delivery.rawBody.toString("utf8"), header, destination.secret), event);
+
+        const refusedWith = (code) => (error) => {
+          assert.ok(error instanceof WebhookVerificationError, String(error));
+          assert.equal(error.code, code);
+          return true;
+        };
+        assert.throws(() => verifyWebhook(delivery.rawBody, header, `${destination.secret}x`),
+          refusedWith("signature_mismatch"));
+        const signedAtS = Number(/^t=(\d+)/.exec(header)[1]);
+        assert.throws(
+          () => verifyWebhook(delivery.rawBody, header, destination.secret,
+            { nowS: signedAtS + DEFAULT_WEBHOOK_TOLERANCE_S + 1 }),
+          refusedWith("timestamp_out_of_tolerance"));
+
+        // The Manager recorded the 2xx answer as the delivery's one successful attempt.
+        const recorded = await eventually(async () => {
+          const answer = await control("GET", `/workloads/chat/jobs/${jobId}`);
+          assert.equal(answer.body.deliveries?.[0]?.status, "delivered", JSON.stringify(answer.body));
+          return answer.body.deliveries;
+        }, 10_000);
+        assert.deepEqual(recorded.map((d) => [d.destination_id, d.event, d.attempts]),
+          [[destination.id, "job.completed", 1]]);
+      });
     });
   });
 });
