@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -47,7 +47,9 @@ async def _bootstrap(app: FastAPI, settings: Settings) -> None:
         )
 
 
-def create_app(settings: Settings) -> ASGIApp:
+def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False) -> ASGIApp:
+    """The Manager's ASGI app. ``stopping`` says whether the server running it is shutting down
+    (uvicorn's ``should_exit``)."""
     """The Manager app. ``settings.database_url`` must be set (the CLI starts an embedded one).
 
     The gateway wraps the FastAPI app: `/endpoint` requests, the hot path, skip every layer of
@@ -121,6 +123,9 @@ def create_app(settings: Settings) -> ASGIApp:
         redoc_url=None,
     )
     app.state.settings = settings
+    # The long-polls of the agent protocol end on it instead of holding a shutdown for its
+    # grace period.
+    app.state.stopping = stopping
     metrics = ManagerMetrics()
     app.state.metrics = metrics
     # One count of failed authentications per client address for both planes.

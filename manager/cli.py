@@ -75,7 +75,8 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
     from manager.app import create_app
 
     assert settings.database_url is not None
-    app = create_app(settings)
+    running: list[uvicorn.Server] = []  # set below; the app asks whether it is shutting down
+    app = create_app(settings, stopping=lambda: any(server.should_exit for server in running))
     database = mask_password(settings.database_url)
     if embedded is not None and embedded.install is not None:
         server = embedded.install
@@ -87,7 +88,7 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
         f"database {database}",
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -97,6 +98,8 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
         access_log=os.environ.get("INFERENCEKEY_ACCESS_LOG", "").strip() in ("1", "true", "yes"),
         **uvicorn_options(settings.server_limits),
     )
+    running.append(uvicorn.Server(config))
+    running[0].run()
 
 
 def mask_password(url: str) -> str:

@@ -93,8 +93,9 @@ class RunningManager:
 def start_manager(settings: Settings) -> RunningManager:
     """A real Manager on uvicorn, in a thread, on a free loopback port."""
     assert settings.database_url
+    running: list[uvicorn.Server] = []
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, stopping=lambda: any(server.should_exit for server in running)),
         host="127.0.0.1",
         port=settings.port,
         log_level="warning",
@@ -102,6 +103,7 @@ def start_manager(settings: Settings) -> RunningManager:
         **uvicorn_options(settings.server_limits),
     )
     server = uvicorn.Server(config)
+    running.append(server)
     thread = threading.Thread(target=server.run, name="manager", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

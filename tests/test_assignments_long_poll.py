@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from inferencekey import Backend, ManagementClient, WorkloadSpec
 
-from tests.support import RunningManager, TestProject, bearer
+from tests.support import RunningManager, TestProject, bearer, own_manager
 
 CPU_ONLY = {"source": "none", "hostname": "cpu-box", "gpus": []}
 
@@ -140,3 +141,24 @@ def test_agent_protocol_without_a_token_is_401(
     response = httpx.request(method, f"{manager.url}{path}", json=body)
     assert response.status_code == 401, response.text
     assert response.json()["code"] == "invalid_credentials"
+
+
+def test_a_manager_shutting_down_answers_its_waiting_long_polls_at_once(tmp_path: Path) -> None:
+    """A waiting agent must not hold a Manager's shutdown for its grace period (5 s here)."""
+    with own_manager(tmp_path) as own:
+        with httpx.Client(base_url=own.url, headers=bearer(own.admin_token)) as admin:
+            worker = admin.post("/api/admin/workers", json={"name": "waiting"}).json()
+        with (
+            httpx.Client(base_url=own.url, headers=bearer(worker["token"]), timeout=40) as agent,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            current = heartbeat(agent)
+            waiting = pool.submit(long_poll, agent, current["version"], 25)
+            time.sleep(0.5)
+            assert not waiting.done()
+            started = time.monotonic()
+            own.stop()
+            stopped_in = time.monotonic() - started
+            answer, _ = waiting.result(timeout=5)
+    assert answer["version"] == current["version"]
+    assert stopped_in < 3, f"the shutdown waited {stopped_in:.1f} s for the long-poll"

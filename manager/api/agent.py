@@ -72,7 +72,10 @@ async def watch_assignments(
             remaining = deadline - time.monotonic()
             if answer.version != version or remaining <= 0:
                 return answer
-            # Wake at least every second to notice an agent that hung up.
+            # Wake at least every second to notice an agent that hung up, or a Manager that is
+            # shutting down (the agent asks again, of another Manager or of this one restarted).
             await notify.wait_for(changed, min(remaining, DISCONNECT_CHECK_S))
+            if request.app.state.stopping():
+                return answer
             if not changed.is_set() and await request.is_disconnected():
                 return answer
