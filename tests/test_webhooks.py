@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import func, insert
+from sqlalchemy import Engine, event, func, insert
 
 from manager.db.models import Job
 from manager.db.session import make_engine, make_sessionmaker
@@ -71,12 +73,22 @@ def finish_job(
 ) -> tuple[str, int]:
     """A job that ended as the dispatcher ends one: its final UPDATE and its deliveries queued in
     one transaction. The job's id, and how many deliveries were queued."""
-    job_id = str(uuid.uuid4())
+    job = {"status": status, "result": result, "content_type": content_type, "context": context}
+    (job_id,), queued = asyncio.run(finish_jobs(database_url, workload, [job]))
+    return job_id, queued
 
-    async def run() -> int:
-        engine = make_engine(database_url, pool_size=1, max_overflow=0)
-        try:
-            async with make_sessionmaker(engine)() as session:
+
+async def finish_jobs(
+    database_url: str, workload: dict[str, Any], jobs: list[dict[str, Any]]
+) -> tuple[list[str], int]:
+    """Jobs (``finish_job``'s keywords each) ending in one transaction, as a dispatcher's batch
+    does: their ids, and how many deliveries were queued."""
+    job_ids = [str(uuid.uuid4()) for _ in jobs]
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            for job_id, job in zip(job_ids, jobs, strict=True):
+                status = job.get("status", "succeeded")
                 await session.execute(
                     insert(Job).values(
                         id=job_id,
@@ -87,24 +99,22 @@ def finish_job(
                         route="v1/chat/completions",
                         body=b"{}",
                         content_type="application/json",
-                        context=context,
+                        context=job.get("context"),
                         status=status,
                         attempts=1,
-                        result=result,
-                        result_content_type=content_type,
+                        result=job.get("result"),
+                        result_content_type=job.get("content_type", "application/json"),
                         result_status=200,
                         error="the engine answered 500" if status == "failed" else None,
                         started_at=func.now(),
                         finished_at=func.now(),
                     )
                 )
-                queued = await enqueue_deliveries(session, [job_id])
-                await session.commit()
-                return queued
-        finally:
-            await engine.dispose()
-
-    return job_id, asyncio.run(run())
+            queued = await enqueue_deliveries(session, job_ids)
+            await session.commit()
+            return job_ids, queued
+    finally:
+        await engine.dispose()
 
 
 def deliveries(api: httpx.Client, workload: str, **params: Any) -> list[dict[str, Any]]:
@@ -283,7 +293,8 @@ def test_every_unsafe_url_is_refused_at_save_naming_the_rule(
             ("https://[::ffff:127.0.0.1]/", "non-public"),
             ("https://[fd00::1]/", "non-public"),
             ("https://100.64.0.1/", "100.64.0.1 is a non-public address"),
-            ("https://169.254.169.254/latest/meta-data/", "169.254.169.254 is a non-public"),
+            ("https://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local"),
+            ("https://example.com:0/", "port must be from 1 to 65535"),
             ("https://0.0.0.0/", "unspecified"),
             ("https://224.0.0.1/", "multicast"),
             ("https://example.com/#fragment", "fragment"),
@@ -297,6 +308,26 @@ def test_every_unsafe_url_is_refused_at_save_naming_the_rule(
             assert answer.json()["field"] == "url"
             assert words in answer.json()["message"], (url, answer.json()["message"])
         assert api.get("/api/workloads/hooked/webhooks").json() == {"webhooks": []}
+
+
+def test_link_local_receivers_are_refused_even_where_private_ones_are_allowed(
+    manager: RunningManager, api: httpx.Client, workload: dict[str, Any]
+) -> None:
+    """The suite's Manager allows private receivers (its receivers are on 127.0.0.1), yet the
+    cloud metadata address and the rest of link-local stay refused, and so does port 0."""
+    assert manager.settings.webhook_allow_private
+    for url, words in (
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://169.254.0.1:8080/", "link-local"),
+        ("http://[fe80::1]/", "fe80::1 is a link-local address"),
+        ("http://[::ffff:169.254.169.254]/", "link-local"),
+        ("http://127.0.0.1:0/hook", "port must be from 1 to 65535"),
+    ):
+        answer = api.post("/api/workloads/hooked/webhooks", json={"url": url})
+        assert answer.status_code == 400, (url, answer.text)
+        assert answer.json()["code"] == "unsafe_webhook_url"
+        assert words in answer.json()["message"], (url, answer.json()["message"])
+    add_webhook(api, "hooked", "http://127.0.0.1:9/loopback-is-allowed-here")
 
 
 def test_a_destination_saved_while_private_addresses_were_allowed_is_refused_at_delivery(
@@ -515,6 +546,163 @@ def test_a_binary_result_over_the_ceiling_is_not_delivered_and_says_where_to_rea
         job_id, _ = finish_job(manager.database_url, workload, result=large_json)
         wait_delivery(api, "hooked", job_id, "delivered")
         assert len(receiver.received) == 1
+
+
+def test_a_destination_deleted_while_a_job_finishes_drops_out_of_its_deliveries(
+    manager: RunningManager, api: httpx.Client, workload: dict[str, Any]
+) -> None:
+    """A destination deleted while the dispatcher's transaction queues a job's deliveries must
+    not fail that transaction (the job's result with it): the finish waits for the delete, then
+    queues to the destinations that are left."""
+    with receiving() as receiver:
+        doomed = add_webhook(api, "hooked", receiver.url("/doomed"))
+        kept = add_webhook(api, "hooked", receiver.url("/kept"))
+
+        async def race() -> tuple[list[str], int]:
+            deleter = await asyncpg.connect(manager.database_url)
+            watcher = await asyncpg.connect(manager.database_url)  # sees activity afresh
+            try:
+                deleting = deleter.transaction()
+                await deleting.start()
+                await deleter.execute(
+                    "DELETE FROM webhook_destinations WHERE id = $1", doomed["id"]
+                )
+                finishing = asyncio.create_task(finish_jobs(manager.database_url, workload, [{}]))
+                for _ in range(200):  # until the finish waits on the deleted row
+                    waiting = await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'INSERT INTO webhook_deliveries%'"
+                    )
+                    if waiting or finishing.done():
+                        break
+                    await asyncio.sleep(0.05)
+                assert waiting == 1, "the finish never waited on the delete"
+                await deleting.commit()
+                return await finishing
+            finally:
+                await deleter.close()
+                await watcher.close()
+
+        (job_id,), queued = asyncio.run(race())
+        assert queued == 1
+        delivered = wait_delivery(api, "hooked", job_id, "delivered")
+        assert delivered["destination_id"] == kept["id"]
+        assert [r.path for r in receiver.received] == ["/kept"]
+    rows = sql(manager.database_url, "SELECT status FROM jobs WHERE id = $1", job_id)
+    assert [row["status"] for row in rows] == ["succeeded"]
+
+
+def test_every_body_is_strict_json_and_one_that_cannot_be_ends_terminal_alone(
+    manager: RunningManager, api: httpx.Client, workload: dict[str, Any]
+) -> None:
+    """NaN and Infinity are not JSON: no receiver is sent them. A job whose body could only be
+    written with them ends its delivery terminal, saying why, and the other jobs claimed with it
+    are delivered."""
+    with receiving() as receiver:
+        add_webhook(api, "hooked", receiver.url())
+        jobs: list[dict[str, Any]] = [
+            {"context": '{"ticket": NaN}'},  # a row no submit writes today (it refuses NaN)
+            {"result": b'{"score": NaN, "limit": Infinity}'},
+            {"context": '{"ticket": 8}'},
+        ]
+        (bad_context, nan_result, good), queued = asyncio.run(
+            finish_jobs(manager.database_url, workload, jobs)
+        )
+        assert queued == 3
+        wait_delivery(api, "hooked", good, "delivered")
+        terminal = wait_delivery(api, "hooked", bad_context, "terminal")
+        assert terminal["attempts"] == 0 and terminal["attempt_log"] == []
+        assert terminal["last_error"].startswith(
+            "its body cannot be built: the context is not JSON (NaN is not JSON"
+        ), terminal["last_error"]
+
+        def settled() -> dict[str, Any] | None:
+            found = [d for d in deliveries(api, "hooked") if d["job_id"] == nan_result]
+            return found[0] if found[0]["status"] in ("delivered", "terminal") else None
+
+        # Read with NaN and Infinity as null, the job's data is delivered; were they kept, its
+        # body could not be built.
+        outcome = wait_until(settled, 20, "the NaN result was never settled", interval=0.1)
+        if outcome["status"] == "terminal":
+            assert "the data is not JSON" in outcome["last_error"], outcome["last_error"]
+
+        def refuse(name: str) -> Any:
+            raise AssertionError(f"a body carried {name}")
+
+        for received in receiver.received:
+            json.loads(received.body, parse_constant=refuse)
+        assert {r.headers["x-inferencekey-job-id"] for r in receiver.received} <= {
+            good,
+            nan_result,
+        }
+
+
+def test_test_pings_in_flight_are_bounded_and_the_rest_answered_at_once(
+    api: httpx.Client, workload: dict[str, Any]
+) -> None:
+    slow = Answer(200, delay_s=1.5)
+    with receiving(default=slow) as receiver:
+        added = add_webhook(api, "hooked", receiver.url())
+        path = f"/api/workloads/hooked/webhooks/{added['id']}/test"
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda _: api.post(path).json(), range(16)))
+    delivered = [r for r in results if r["delivered"]]
+    refused = [r for r in results if not r["delivered"]]
+    assert refused and len(delivered) == len(receiver.received), results
+    for result in refused:
+        assert result["error"].startswith("not sent: 8 test pings are being sent already")
+        assert result["status_code"] is None and result["duration_ms"] < 1000
+    arrivals = sorted(r.at for r in receiver.received)
+    held_at_once = max(sum(1 for t in arrivals if a <= t < a + 1.4) for a in arrivals)
+    assert held_at_once <= 8, arrivals
+
+
+def test_listing_jobs_and_preparing_deliveries_never_read_a_jobs_request_body(
+    manager: RunningManager, api: httpx.Client, project: TestProject, workload: dict[str, Any]
+) -> None:
+    """A job's request can be megabytes: the jobs listing and the deliverer leave it unread, and
+    the deliverer reads a result only where it sends it (a binary one over the ceiling is judged
+    by its stored size and type, unread and unencoded)."""
+    statements: list[tuple[str, str]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, repr(parameters)))
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        with receiving() as receiver:
+            add_webhook(api, "hooked", receiver.url())
+            sent, _ = finish_job(manager.database_url, workload)
+            big = b"\x00" * (1024 * 1024 + 1)
+            unsent, _ = finish_job(
+                manager.database_url, workload, result=big, content_type="audio/wav"
+            )
+            wait_delivery(api, "hooked", sent, "delivered")
+            wait_delivery(api, "hooked", unsent, "terminal")
+            listed = api.get("/api/workloads/hooked/jobs")
+            assert {j["job_id"] for j in listed.json()["jobs"]} == {sent, unsent}
+            one = api.get(f"/api/workloads/hooked/jobs/{sent}")
+            assert one.json()["data"]["payload"]["answer"] == 42
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    reads = [(s, p) for s, p in statements if s.lstrip().upper().startswith("SELECT")]
+    # The listing's and the job's reads (by workload), and the deliverer's (by job ids).
+    job_reads = [
+        s
+        for s, _ in reads
+        if "FROM jobs" in s and ("jobs.workload_id = " in s or "jobs.id IN (" in s)
+    ]
+    assert job_reads and not [s for s in job_reads if "jobs.body" in s]
+    result_reads = [p for s, p in reads if re.search(r"\bjobs\.result[,\s]", s)]
+    assert any(sent in p for p in result_reads)
+    assert not any(unsent in p for p in result_reads)
+    index = sql(
+        manager.database_url,
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_workload_created'",
+    )
+    assert [row["indexdef"] for row in index] == [
+        "CREATE INDEX jobs_workload_created ON public.jobs USING btree (workload_id, created_at)"
+    ]
 
 
 # --- a Manager killed mid-attempt ------------------------------------------------------------

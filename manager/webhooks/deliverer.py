@@ -2,11 +2,13 @@
 transaction that finishes the job, sent by any Manager process, retried, never lost.
 
 Each (job, destination) pair is one ``webhook_deliveries`` row. A deliverer claims due pending
-rows with ``FOR UPDATE SKIP LOCKED``, counting the attempt and moving ``next_attempt_at`` past a
-lease in the same statement, then sends outside any transaction and records the outcome only
-while its claim (``claim_token``) still holds. A process that dies mid-attempt leaves the row to
-be claimed again when the lease passes. A failed attempt is retried after the next of
-``webhook_retry_delays_s``; the one after the last delay failing makes the delivery terminal.
+rows with ``FOR UPDATE SKIP LOCKED`` (in a ``MATERIALIZED`` CTE, so the locking subquery runs
+once and the claim never takes more than its room), counting the attempt and moving
+``next_attempt_at`` past a lease in the same statement, then sends outside any transaction and
+records the outcome only while its claim (``claim_token``) still holds. A process that dies
+mid-attempt leaves the row to be claimed again when the lease passes. A failed attempt is
+retried after the next of ``webhook_retry_delays_s``; the one after the last delay failing makes
+the delivery terminal.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ async def enqueue_deliveries(session: AsyncSession, job_ids: Sequence[str]) -> i
     caller's transaction (the one that finishes the jobs), and wake the deliverers on commit.
 
     Nothing is queued for a workload whose ``jobs`` toggle is off, nor twice for one job and
-    destination. Returns how many were queued."""
+    destination, nor for a destination deleted meanwhile (its row is locked ``FOR KEY SHARE`` as
+    it is read; one a concurrent delete got first drops out once that delete commits, where the
+    foreign key check would fail the caller's whole transaction). Returns how many were
+    queued."""
     if not job_ids:
         return 0
     queued = await session.execute(_ENQUEUE, {"job_ids": list(job_ids)})
@@ -88,6 +93,9 @@ def _enqueue_statement() -> ReturningInsert[Any]:
             Job.status.in_((SUCCEEDED, FAILED)),
             ~(literal(JOBS_TOGGLE) == func.any(Workload.endpoints_off)),
         )
+        # Locked as the foreign key check would lock them; it blocks only a delete (or a key
+        # change), and under READ COMMITTED a row such a delete removed is skipped.
+        .with_for_update(read=True, key_share=True, of=WebhookDestination)
     )
     columns = ["id", "job_id", "destination_id", "workload_id", "project_id", "event", "status"]
     deliveries: Table = WebhookDelivery.__table__  # type: ignore[assignment]  # Core: no ORM bulk path
@@ -100,6 +108,24 @@ def _enqueue_statement() -> ReturningInsert[Any]:
 
 
 _ENQUEUE = _enqueue_statement()
+# What a delivery's body is made of: every column of a finished job but its request (``body``)
+# and its result, which is read apart, only for the jobs whose deliveries are sent.
+_JOB_COLUMNS = (
+    Job.id,
+    Job.workload_id,
+    Job.status,
+    Job.context,
+    Job.attempts,
+    Job.created_at,
+    Job.started_at,
+    Job.finished_at,
+    Job.result_status,
+    Job.result_content_type,
+    Job.error,
+)
+
+
+Places = dict[str, tuple[str, str, list[str]]]  # workload id -> project slug, slug, endpoints off
 
 
 @dataclass(frozen=True)
@@ -204,11 +230,13 @@ class WebhookDeliverer:
                 .order_by(WebhookDelivery.next_attempt_at)
                 .limit(limit)
                 .with_for_update(skip_locked=True, key_share=True)
-                .scalar_subquery()
+                .cte("due")
+                # Run once: a subquery the planner re-ran could lock and claim past the limit.
+                .prefix_with("MATERIALIZED", dialect="postgresql")
             )
             rows = await session.execute(
                 update(WebhookDelivery)
-                .where(WebhookDelivery.id.in_(due))
+                .where(WebhookDelivery.id == due.c.id)
                 .values(
                     attempts=WebhookDelivery.attempts + 1,
                     claim_token=token,
@@ -228,7 +256,10 @@ class WebhookDeliverer:
         return outgoing
 
     async def _prepare(self, session: AsyncSession, claimed: list[Claimed]) -> list[Outgoing]:
-        """What to send for each claimed delivery; the ones not to send are settled here."""
+        """What to send for each claimed delivery; the ones not to send are settled here.
+
+        A job's ``body`` is never read, and its result only where it is sent: a binary one over
+        the ceiling is refused by its stored size and type, before it is read or encoded."""
         destinations = {
             row.id: row
             for row in await session.scalars(
@@ -237,13 +268,19 @@ class WebhookDeliverer:
                 )
             )
         }
-        jobs = {
-            row.id: row
-            for row in await session.scalars(
-                select(Job).where(Job.id.in_({c.job_id for c in claimed}))
+        # Not ORM rows: transient Jobs (never in a session) of the columns read, and the size
+        # of each one's result, whose bytes are read below only where they are sent.
+        jobs: dict[str, Job] = {}
+        sizes: dict[str, int] = {}
+        for row in await session.execute(
+            select(*_JOB_COLUMNS, func.octet_length(Job.result).label("result_bytes")).where(
+                Job.id.in_({c.job_id for c in claimed})
             )
-        }
-        places = {
+        ):
+            columns = row._asdict()
+            sizes[row.id] = columns.pop("result_bytes") or 0
+            jobs[row.id] = Job(**columns)
+        places: Places = {
             workload_id: (project_slug, slug, off)
             for workload_id, project_slug, slug, off in await session.execute(
                 select(Workload.id, Project.slug, Workload.slug, Workload.endpoints_off)
@@ -251,14 +288,14 @@ class WebhookDeliverer:
                 .where(Workload.id.in_({job.workload_id for job in jobs.values()}))
             )
         }
-        data: dict[str, tuple[str, bool]] = {}  # job id -> its data, and whether binary
-        outgoing: list[Outgoing] = []
+        ceiling = self.settings.webhook_max_binary_bytes
+        sendable: list[tuple[Claimed, WebhookDestination, Job]] = []
         for item in claimed:
             destination, job = destinations.get(item.destination_id), jobs.get(item.job_id)
             if destination is None or job is None or job.workload_id not in places:
                 await self._settle(session, item, TERMINAL, "its job or destination is gone")
                 continue
-            project_slug, workload_slug, off = places[job.workload_id]
+            off = places[job.workload_id][2]
             if not destination.enabled:
                 await self._settle(session, item, SKIPPED, MUTED)
             elif JOBS_TOGGLE in (off or ()):
@@ -268,28 +305,55 @@ class WebhookDeliverer:
                 await self._settle(
                     session, item, TERMINAL, f"gave up after {self.max_attempts} attempts"
                 )
+            elif sizes[job.id] > ceiling and payload.binary_result(job.result_content_type):
+                await self._settle(session, item, TERMINAL, self._over_ceiling(job, places))
             else:
-                if job.id not in data:
-                    data[job.id] = payload.job_data(job)
-                text, binary = data[job.id]
-                if binary and len(job.result or b"") > self.settings.webhook_max_binary_bytes:
-                    ceiling = _size(self.settings.webhook_max_binary_bytes)
-                    path = f"/endpoint/{project_slug}/{workload_slug}/jobs/{job.id}"
-                    error = f"binary result over the {ceiling} delivery ceiling; "
-                    error += f"read it with GET {path}"
-                    await self._settle(session, item, TERMINAL, error)
-                    continue
-                outgoing.append(
-                    Outgoing(
-                        claimed=item,
-                        url=destination.url,
-                        secret=destination.secret,
-                        event=payload.job_event(job.status),
-                        context=job.context,
-                        data=text,
-                    )
+                sendable.append((item, destination, job))
+        if sendable:
+            read = select(Job.id, Job.result).where(Job.id.in_({job.id for *_, job in sendable}))
+            for job_id, result in await session.execute(read):
+                jobs[job_id].result = result
+        built: dict[str, payload.JobParts | str] = {}  # job id -> what it sends, or why not
+        outgoing: list[Outgoing] = []
+        for item, destination, job in sendable:
+            if job.id not in built:
+                built[job.id] = self._build(job, sizes[job.id], places)
+            parts = built[job.id]
+            if isinstance(parts, str):
+                await self._settle(session, item, TERMINAL, parts)
+                continue
+            outgoing.append(
+                Outgoing(
+                    claimed=item,
+                    url=destination.url,
+                    secret=destination.secret,
+                    event=parts.event,
+                    context=parts.context,
+                    data=parts.data,
                 )
+            )
         return outgoing
+
+    def _build(self, job: Job, result_bytes: int, places: Places) -> payload.JobParts | str:
+        """What every delivery of ``job`` sends, or why none can be sent (it ends them terminal:
+        one job's body must not fail the claim of the batch)."""
+        try:
+            parts = payload.job_parts(job)
+        except payload.Unbuildable as error:
+            return str(error)
+        except Exception as error:
+            log.exception("building the webhook body of job %s failed", job.id)
+            return f"its body cannot be built: {type(error).__name__}: {error}"
+        # A JSON-typed result that does not parse goes as binary: only its data could tell.
+        if parts.binary and result_bytes > self.settings.webhook_max_binary_bytes:
+            return self._over_ceiling(job, places)
+        return parts
+
+    def _over_ceiling(self, job: Job, places: Places) -> str:
+        project_slug, workload_slug, _ = places[job.workload_id]
+        ceiling = _size(self.settings.webhook_max_binary_bytes)
+        path = f"/endpoint/{project_slug}/{workload_slug}/jobs/{job.id}"
+        return f"binary result over the {ceiling} delivery ceiling; read it with GET {path}"
 
     async def _settle(self, session: AsyncSession, item: Claimed, status: str, error: str) -> None:
         """End a claimed delivery without sending it (no attempt is counted)."""

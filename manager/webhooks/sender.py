@@ -1,10 +1,12 @@
-"""One webhook attempt over HTTP: check the URL, resolve and check the host, connect to the
+"""One webhook attempt over HTTP: check the URL, resolve and check the host, connect to an
 address that was checked, POST, and say what happened. Never raises for what the receiver does.
 
-The connection goes to the checked address with the URL's host in ``Host`` and, for https, as
-the TLS server name (SNI and certificate check), so DNS is asked once per attempt and its answer
-is the one that was checked. Redirects are not followed (a 3xx is a failure); any answer but a
-2xx, a timeout of the whole attempt or a connection failure is a failure.
+The connection goes to a checked address with the URL's host in ``Host`` and, for https, as the
+TLS server name (SNI and certificate check), so DNS is asked once per attempt and its answer is
+the one that was checked. The addresses are tried in the resolver's order: one that refuses the
+connection or does not take it in its share of the time left hands over to the next, all within
+the attempt's one time budget. Redirects are not followed (a 3xx is a failure); any answer but a
+2xx, a timeout of the whole attempt or a connection failure at every address is a failure.
 """
 
 from __future__ import annotations
@@ -43,24 +45,61 @@ def make_client() -> httpx.AsyncClient:
 
 def pinned_request(
     client: httpx.AsyncClient,
+    url: urls.CheckedUrl,
+    address: urls.IPAddress,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float | httpx.Timeout,
+) -> httpx.Request:
+    """The POST to ``address`` (one that ``url``'s host was checked at), addressed to the host."""
+    parsed = httpx.URL(url.url)
+    extensions: dict[str, Any] = {}
+    if url.scheme == "https" and url.literal is None:
+        extensions["sni_hostname"] = url.host
+    return client.build_request(
+        "POST",
+        parsed.copy_with(host=str(address)),
+        content=body,
+        headers={**headers, "Host": parsed.netloc.decode("ascii")},
+        extensions=extensions,
+        timeout=timeout,
+    )
+
+
+class Unreachable(Exception):
+    """No checked address took the connection."""
+
+
+async def post_to_first_reachable(
+    client: httpx.AsyncClient,
     target: urls.Target,
     body: bytes,
     headers: dict[str, str],
-    timeout_s: float,
-) -> httpx.Request:
-    """The POST to ``target``'s checked address, addressed to its URL's host."""
-    url = httpx.URL(target.url.url)
-    extensions: dict[str, Any] = {}
-    if target.url.scheme == "https" and target.url.literal is None:
-        extensions["sni_hostname"] = target.url.host
-    return client.build_request(
-        "POST",
-        url.copy_with(host=str(target.address)),
-        content=body,
-        headers={**headers, "Host": url.netloc.decode("ascii")},
-        extensions=extensions,
-        timeout=timeout_s,
-    )
+    deadline: float,
+) -> httpx.Response:
+    """The answer of the first of ``target``'s addresses that takes the connection, by
+    ``deadline`` (``time.monotonic()``). Each address gets an equal share of the time left to
+    connect, so one that silently drops the connection leaves the next ones their turn."""
+    failures: list[tuple[urls.IPAddress, str]] = []
+    count = len(target.addresses)
+    for index, address in enumerate(target.addresses):
+        left = max(deadline - time.monotonic(), 0.001)
+        connect_s = left / (count - index)
+        request = pinned_request(
+            client, target.url, address, body, headers, httpx.Timeout(left, connect=connect_s)
+        )
+        try:
+            return await client.send(request, stream=True)
+        except httpx.ConnectTimeout:
+            if index == count - 1:
+                raise  # the attempt's time is spent: no answer in time
+            failures.append((address, f"no connection within {connect_s:.1f} s"))
+        except httpx.ConnectError as failed:
+            failures.append((address, str(failed) or type(failed).__name__))
+    if count == 1:
+        raise Unreachable(failures[0][1])
+    tried = "; ".join(f"{address}: {reason}" for address, reason in failures)
+    raise Unreachable(f"no address took the connection ({tried})")
 
 
 async def send(
@@ -82,14 +121,17 @@ async def send(
             except UnsafeWebhookUrl as refused:
                 raise UnsafeWebhookUrl(f"refused: {refused.message}") from None
             target = await urls.resolve(checked, allow_private=allow_private, timeout_s=timeout_s)
-            request = pinned_request(client, target, body, headers, timeout_s)
-            response = await client.send(request, stream=True)
+            response = await post_to_first_reachable(
+                client, target, body, headers, deadline=started + timeout_s
+            )
             await response.aclose()  # its body is not read: the status is the answer
             status_code = response.status_code
     except UnsafeWebhookUrl as refused:
         error = refused.message
     except (TimeoutError, httpx.TimeoutException):
         error = f"no answer within {timeout_s:g} s"
+    except Unreachable as failed:
+        error = f"connection failed: {failed}"
     except (httpx.HTTPError, httpx.InvalidURL) as failed:
         error = f"connection failed: {str(failed) or type(failed).__name__}"
     duration_ms = round((time.monotonic() - started) * 1000, 1)

@@ -3,7 +3,9 @@ and a workload's jobs as the control plane shows them.
 
 A URL is checked before anything is written, outside any transaction (it resolves the host).
 Adding one counts and inserts under the workload's row lock (``FOR NO KEY UPDATE``, as every API
-write of a workload), so concurrent adds never pass the limit.
+write of a workload), so concurrent adds never pass the limit. At most ``MAX_PINGS_IN_FLIGHT``
+test pings are sent at once by one Manager process; one asked for past that is answered at once,
+not sent, rather than queued behind the others.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from manager import notify
 from manager.db.models import Job, WebhookDelivery, WebhookDestination, Workload
@@ -38,6 +41,7 @@ MAX_DESTINATIONS = 10
 SECRET_PREFIX_LENGTH = 12
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
+MAX_PINGS_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,27 @@ class UrlRules:
         await urls.check_destination(
             url, allow_private=self.allow_private, timeout_s=self.timeout_s
         )
+
+
+class InFlight:
+    """How many of something run at once in this process, refusing one past ``limit`` rather
+    than queueing it (one event loop: no lock needed)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def take(self) -> bool:
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def release(self) -> None:
+        self.count -= 1
+
+
+_pings = InFlight(MAX_PINGS_IN_FLIGHT)
 
 
 def new_secret() -> str:
@@ -168,15 +193,30 @@ async def ping_destination(
     destination = await _destination(session, workload_id, destination_id, for_update=False)
     url, secret = destination.url, destination.secret
     await session.rollback()  # no transaction waits on the receiver
-    at = utcnow()
-    body = payload.ping_body(at=at, destination_id=destination_id)
-    headers = payload.headers(
-        body, secret=secret, at=at, event=payload.PING_EVENT_HEADER, job_id=None
-    )
-    async with sender.make_client() as client:
-        attempt = await sender.send(
-            client, url, body, headers, allow_private=rules.allow_private, timeout_s=rules.timeout_s
+    if not _pings.take():
+        return wire.WebhookTestResult(
+            delivered=False,
+            status_code=None,
+            error=f"not sent: {_pings.limit} test pings are being sent already; try again shortly",
+            duration_ms=0.0,
         )
+    try:
+        at = utcnow()
+        body = payload.ping_body(at=at, destination_id=destination_id)
+        headers = payload.headers(
+            body, secret=secret, at=at, event=payload.PING_EVENT_HEADER, job_id=None
+        )
+        async with sender.make_client() as client:
+            attempt = await sender.send(
+                client,
+                url,
+                body,
+                headers,
+                allow_private=rules.allow_private,
+                timeout_s=rules.timeout_s,
+            )
+    finally:
+        _pings.release()
     return wire.WebhookTestResult(
         delivered=attempt.delivered,
         status_code=attempt.status_code,
@@ -287,8 +327,8 @@ def delivery_view(row: WebhookDelivery) -> wire.WebhookDelivery:
 async def list_jobs(
     session: AsyncSession, workload_id: str, status: str | None, limit: int | None
 ) -> wire.JobList:
-    """Newest first."""
-    query = select(Job).where(Job.workload_id == workload_id)
+    """Newest first (index ``jobs_workload_created``); never reads a job's request."""
+    query = select(Job).options(defer(Job.body)).where(Job.workload_id == workload_id)
     if status is not None:
         query = query.where(Job.status == _one_of("status", status, JOB_STATUSES))
     rows = await session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(_limit(limit)))
@@ -298,7 +338,9 @@ async def list_jobs(
 async def job_with_deliveries(
     session: AsyncSession, workload_id: str, job_id: str
 ) -> wire.JobWithDeliveries:
-    job = await session.scalar(select(Job).where(Job.id == job_id, Job.workload_id == workload_id))
+    job = await session.scalar(
+        select(Job).options(defer(Job.body)).where(Job.id == job_id, Job.workload_id == workload_id)
+    )
     if job is None:
         raise JobNotFound(f'job "{job_id}" not found in this workload')
     deliveries = await session.scalars(

@@ -1,28 +1,34 @@
 """Which webhook URLs the Manager sends to (SSRF rules): checked when a destination is saved and
 again at every delivery, after the host is resolved.
 
-Rules: ``https`` only, no ``user:pass@``, no fragment, at most ``MAX_URL_LENGTH`` characters of
-plain ASCII; the host must resolve, and every address it resolves to must be public (loopback,
-private, link-local, CGNAT, multicast, reserved and documentation ranges are refused, also inside
-IPv4-mapped, NAT64 and 6to4 IPv6 forms). Any port. The operator setting ``webhook_allow_private``
-allows ``http`` and non-public unicast addresses, for receivers on the same network.
+Rules: ``https`` only, no ``user:pass@``, no fragment, no port 0, at most ``MAX_URL_LENGTH``
+characters of plain ASCII; the host must resolve, and every address it resolves to must be public
+(loopback, private, link-local, CGNAT, multicast, reserved and documentation ranges are refused,
+also inside IPv4-mapped, NAT64 and 6to4 IPv6 forms). Any other port. The operator setting
+``webhook_allow_private`` allows ``http`` and loopback and private unicast addresses, for
+receivers on the same network; link-local addresses (169.254.0.0/16, where cloud metadata services
+answer, and fe80::/10) stay refused even then.
 
-A delivery connects to the address that was checked (``Target.address``), never resolving the
-name a second time, so a DNS answer that changes between the check and the connection cannot
-reach a private address.
+A delivery connects to the addresses that were checked (``Target.addresses``), never resolving
+the name a second time, so a DNS answer that changes between the check and the connection cannot
+reach a private address. Names are resolved on a few threads of their own (``RESOLVER_THREADS``),
+so a tenant's name server that never answers cannot take the event loop's default executor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
 from manager.errors import UnsafeWebhookUrl
 
 MAX_URL_LENGTH = 2048
+RESOLVER_THREADS = 4
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Refused whatever the address's own flags say (Python's flags changed between releases).
@@ -61,8 +67,13 @@ _NON_PUBLIC_V6 = tuple(
     )
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LINK_LOCAL = (ipaddress.IPv4Network("169.254.0.0/16"), ipaddress.IPv6Network("fe80::/10"))
 # Never a receiver, even where private addresses are allowed.
 _NEVER = "an unspecified, multicast or broadcast address"
+_LINK_LOCAL_REFUSAL = "a link-local address (where cloud metadata services answer)"
+# Only webhook URL checks resolve here: a name server that never answers holds one of these
+# threads until the system resolver gives up, and nothing else of the Manager waits behind it.
+_resolver = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="webhook-dns")
 
 
 @dataclass(frozen=True)
@@ -78,10 +89,11 @@ class CheckedUrl:
 
 @dataclass(frozen=True)
 class Target:
-    """Where one delivery attempt connects: the checked URL and the address it was checked at."""
+    """Where one delivery attempt may connect: the checked URL and every address it resolved to
+    (all checked), in the resolver's order."""
 
     url: CheckedUrl
-    address: IPAddress
+    addresses: tuple[IPAddress, ...]
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -121,10 +133,21 @@ def _never_reachable(address: IPAddress) -> bool:
     return address.is_unspecified or address.is_multicast or broadcast
 
 
+def is_link_local(address: IPAddress) -> bool:
+    """True for 169.254.0.0/16 and fe80::/10, also inside an IPv6 form that carries IPv4."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            address = inner
+    return any(address in network for network in _LINK_LOCAL)
+
+
 def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
     """Why a delivery may not connect to ``address``, or None when it may."""
     if _never_reachable(address):
         return _NEVER
+    if is_link_local(address):
+        return _LINK_LOCAL_REFUSAL
     if not allow_private and not is_public(address):
         return "a non-public address"
     return None
@@ -164,6 +187,8 @@ def check_url(url: str, *, allow_private: bool) -> CheckedUrl:
         )
     if "#" in url:
         raise UnsafeWebhookUrl("url must not have a fragment (#...)", field="url")
+    if port == 0:
+        raise UnsafeWebhookUrl("url's port must be from 1 to 65535", field="url")
     host = _host(parts)
     literal = _literal(host)
     if literal is not None:
@@ -191,15 +216,14 @@ def _literal(host: str) -> IPAddress | None:
 
 
 async def resolve(url: CheckedUrl, *, allow_private: bool, timeout_s: float) -> Target:
-    """Resolve the host (off the event loop) and check every address it resolves to; the first
-    one is where to connect. Raises UnsafeWebhookUrl naming what is wrong."""
+    """Resolve the host (on the webhook resolver's threads) and check every address it resolves
+    to. Raises UnsafeWebhookUrl naming what is wrong."""
     if url.literal is not None:
-        return Target(url, url.literal)
+        return Target(url, (url.literal,))
     loop = asyncio.get_running_loop()
+    lookup = functools.partial(socket.getaddrinfo, url.host, url.port, type=socket.SOCK_STREAM)
     try:
-        answers = await asyncio.wait_for(
-            loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM), timeout_s
-        )
+        answers = await asyncio.wait_for(loop.run_in_executor(_resolver, lookup), timeout_s)
     except TimeoutError:
         raise UnsafeWebhookUrl(
             f"{url.host} did not resolve within {timeout_s:g} s", field="url"
@@ -222,7 +246,7 @@ async def resolve(url: CheckedUrl, *, allow_private: bool, timeout_s: float) -> 
         addresses.append(address)
     if not addresses:
         raise UnsafeWebhookUrl(f"{url.host} does not resolve to any address", field="url")
-    return Target(url, addresses[0])
+    return Target(url, tuple(dict.fromkeys(addresses)))
 
 
 async def check_destination(url: str, *, allow_private: bool, timeout_s: float) -> Target:

@@ -1,4 +1,5 @@
-"""Webhook destinations of a workload, and the deliveries of job results to them.
+"""Webhook destinations of a workload, the deliveries of job results to them, and the index
+that lists a workload's jobs.
 
 Revision ID: 0012
 Revises: 0011
@@ -94,8 +95,12 @@ def upgrade() -> None:
         "webhook_deliveries_workload", "webhook_deliveries", ["workload_id", "created_at"]
     )
     op.create_index("webhook_deliveries_destination", "webhook_deliveries", ["destination_id"])
+    # The API's listing of a workload's jobs, newest first, whatever their status
+    # (jobs_unfinished, of 0010, covers only the queued and running ones).
+    op.create_index("jobs_workload_created", "jobs", ["workload_id", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("jobs_workload_created", table_name="jobs")
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_destinations")

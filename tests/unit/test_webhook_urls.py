@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
+import threading
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
 from inferencekey import webhooks
 
+from manager.db.models import Job
 from manager.errors import UnsafeWebhookUrl
 from manager.settings import Settings
 from manager.webhooks import payload, sender, urls
@@ -95,6 +100,35 @@ def test_unspecified_multicast_and_broadcast_are_refused_even_when_private_is_al
 
 
 @pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",  # cloud metadata
+        "169.254.0.1",
+        "169.254.255.254",
+        "fe80::1",
+        "febf::1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+    ],
+)
+def test_link_local_addresses_are_refused_even_when_private_is_allowed(address: str) -> None:
+    for allow_private in (True, False):
+        refusal = urls.address_refusal(ipaddress.ip_address(address), allow_private=allow_private)
+        assert refusal == "a link-local address (where cloud metadata services answer)"
+    with pytest.raises(UnsafeWebhookUrl, match="link-local"):
+        urls.check_url(
+            f"http://[{address}]/" if ":" in address else f"http://{address}/", allow_private=True
+        )
+
+
+def test_port_zero_is_refused_even_when_private_is_allowed() -> None:
+    with pytest.raises(UnsafeWebhookUrl, match="port must be from 1 to 65535"):
+        urls.check_url("http://127.0.0.1:0/hook", allow_private=True)
+    assert urls.check_url("http://127.0.0.1:1/hook", allow_private=True).port == 1
+
+
+@pytest.mark.parametrize(
     ("url", "words"),
     [
         ("http://example.com/", "must be https://"),
@@ -117,7 +151,8 @@ def test_unspecified_multicast_and_broadcast_are_refused_even_when_private_is_al
         ("https://[fe80::1%25eth0]/", "network interface"),
         ("https://127.0.0.1/", "127.0.0.1 is a non-public address"),
         ("https://[::ffff:7f00:1]/", "is a non-public address"),
-        ("https://169.254.169.254/", "non-public"),
+        ("https://169.254.169.254/", "169.254.169.254 is a link-local address"),
+        ("https://example.com:0/", "port must be from 1 to 65535"),
     ],
 )
 def test_urls_breaking_a_rule_are_refused_naming_it(url: str, words: str) -> None:
@@ -149,7 +184,8 @@ def test_a_name_that_resolves_to_loopback_is_refused_after_resolution() -> None:
         asyncio.run(urls.resolve(checked, allow_private=False, timeout_s=3))
     assert refused.value.message == "refused: localhost resolves to a non-public address"
     target = asyncio.run(urls.resolve(checked, allow_private=True, timeout_s=3))
-    assert not target.address.is_global and target.url is checked
+    assert target.addresses and not any(a.is_global for a in target.addresses)
+    assert target.url is checked
 
 
 def test_a_name_that_does_not_resolve_is_refused() -> None:
@@ -161,15 +197,137 @@ def test_a_name_that_does_not_resolve_is_refused() -> None:
 def test_an_attempt_connects_to_the_checked_address_with_the_name_as_host_and_sni() -> None:
     client = httpx.AsyncClient()
     checked = urls.check_url("https://hooks.example.com:8443/in?a=1", allow_private=False)
-    target = urls.Target(checked, ipaddress.ip_address("2606:4700::1111"))
-    request = sender.pinned_request(client, target, b"{}", {"X-A": "b"}, 3.0)
+    address = ipaddress.ip_address("2606:4700::1111")
+    request = sender.pinned_request(client, checked, address, b"{}", {"X-A": "b"}, 3.0)
     assert str(request.url) == "https://[2606:4700::1111]:8443/in?a=1"
     assert request.headers["host"] == "hooks.example.com:8443"
     assert request.extensions["sni_hostname"] == "hooks.example.com"
     assert request.headers["x-a"] == "b" and request.content == b"{}"
-    literal = urls.Target(urls.check_url("https://8.8.8.8/", allow_private=False), target.address)
-    assert "sni_hostname" not in sender.pinned_request(client, literal, b"", {}, 3.0).extensions
+    literal = urls.check_url("https://8.8.8.8/", allow_private=False)
+    assert (
+        "sni_hostname"
+        not in sender.pinned_request(client, literal, address, b"", {}, 3.0).extensions
+    )
     asyncio.run(client.aclose())
+
+
+def _resolving_to(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
+    """hooks.example.com resolves to ``addresses``, in that order."""
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[Any]:
+        assert host == "hooks.example.com"
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in addresses
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def _send(
+    handler: Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]],
+    timeout_s: float = 3,
+) -> sender.Attempt:
+    async def run() -> sender.Attempt:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await sender.send(
+                client,
+                "https://hooks.example.com/in",
+                b"{}",
+                {},
+                allow_private=False,
+                timeout_s=timeout_s,
+            )
+
+    return asyncio.run(run())
+
+
+def test_an_attempt_tries_the_next_checked_address_when_one_does_not_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _resolving_to(monkeypatch, "2606:4700::1111", "8.8.4.4", "8.8.8.8")
+    tried: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        assert request.headers["host"] == "hooks.example.com"
+        assert request.extensions["sni_hostname"] == "hooks.example.com"
+        if request.url.host == "2606:4700::1111":
+            raise httpx.ConnectError("[Errno 101] Network is unreachable", request=request)
+        if request.url.host == "8.8.4.4":
+            raise httpx.ConnectTimeout("timed out", request=request)
+        return httpx.Response(204)
+
+    attempt = _send(handler)
+    assert (attempt.delivered, attempt.status_code, attempt.error) == (True, 204, None)
+    assert tried == ["2606:4700::1111", "8.8.4.4", "8.8.8.8"]
+
+
+def test_an_attempt_that_no_address_takes_names_each_and_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _resolving_to(monkeypatch, "2606:4700::1111", "8.8.8.8")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    attempt = _send(handler)
+    assert not attempt.delivered and attempt.status_code is None
+    assert attempt.error == (
+        "connection failed: no address took the connection (2606:4700::1111: [Errno 111] "
+        "Connection refused; 8.8.8.8: [Errno 111] Connection refused)"
+    )
+    _resolving_to(monkeypatch, "8.8.8.8")
+    assert _send(handler).error == "connection failed: [Errno 111] Connection refused"
+
+
+def test_every_address_shares_the_attempts_one_time_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _resolving_to(monkeypatch, "8.8.4.4", "8.8.8.8")
+    connect_timeouts: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        connect_timeouts.append(request.extensions["timeout"]["connect"])
+        await asyncio.sleep(0.3)
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    attempt = _send(handler, timeout_s=0.4)  # the second address has 0.1 s left, not 0.4 s
+    assert attempt.error == "no answer within 0.4 s" and attempt.duration_ms < 1000
+    assert connect_timeouts[0] == pytest.approx(0.2, abs=0.05)
+
+
+def test_a_name_server_that_never_answers_holds_only_the_webhook_resolver_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resolving happens on threads of its own: however many lookups hang, the event loop's
+    default executor (what the rest of the Manager runs blocking calls on) stays free."""
+    release = threading.Event()
+    resolving_on: set[str] = set()
+
+    def never_answers(*args: object, **kwargs: object) -> list[Any]:
+        resolving_on.add(threading.current_thread().name)
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+    checked = urls.check_url("https://hooks.example.com/", allow_private=False)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            lookups = [urls.resolve(checked, allow_private=False, timeout_s=0.2) for _ in range(40)]
+            for refused in await asyncio.gather(*lookups, return_exceptions=True):
+                assert isinstance(refused, UnsafeWebhookUrl)
+                assert refused.message == "hooks.example.com did not resolve within 0.2 s"
+            assert await asyncio.wait_for(loop.run_in_executor(None, int, "7"), 2) == 7
+        finally:
+            release.set()
+
+    asyncio.run(run())
+    assert resolving_on and all(name.startswith("webhook-dns") for name in resolving_on)
+    assert len(resolving_on) <= urls.RESOLVER_THREADS
 
 
 def test_a_receiver_answer_other_than_2xx_is_a_failure_and_redirects_are_not_followed() -> None:
@@ -224,6 +382,68 @@ def test_a_job_body_is_the_same_bytes_for_every_destination_but_ts() -> None:
     assert "X-InferenceKey-Job-Id" not in payload.headers(
         ping, secret="whsec_a", at=at, event="ping", job_id=None
     )
+
+
+def _finished_job(**columns: Any) -> Job:
+    at = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    defaults: dict[str, Any] = {
+        "id": "j",
+        "workload_id": "w",
+        "status": "succeeded",
+        "attempts": 1,
+        "context": None,
+        "result": b'{"answer": 42}',
+        "result_content_type": "application/json",
+        "result_status": 200,
+        "error": None,
+        "created_at": at,
+        "started_at": at,
+        "finished_at": at,
+    }
+    return Job(**{**defaults, **columns})
+
+
+def _strict(text: str | bytes) -> Any:
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in a body")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_job_body_is_strict_json_or_is_not_built() -> None:
+    parts = payload.job_parts(_finished_job(context='{"k": 1.5}'))
+    assert (parts.event, parts.context, parts.binary) == ("job.completed", '{"k": 1.5}', False)
+    assert _strict(parts.data)["payload"] == {"answer": 42}
+    with pytest.raises(payload.Unbuildable, match=r"the context is not JSON \(NaN is not JSON"):
+        payload.job_parts(_finished_job(context='{"k": NaN}'))
+    # A result holding NaN or Infinity is read with them as null, or its body is not built.
+    try:
+        parts = payload.job_parts(_finished_job(result=b'{"a": NaN, "b": -Infinity}'))
+    except payload.Unbuildable as error:
+        assert "the data is not JSON" in str(error)
+    else:
+        assert _strict(parts.data)["payload"] == {"a": None, "b": None}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "binary"),
+    [
+        ("application/json", False),
+        ("application/json; charset=utf-8", False),
+        ("text/plain", False),
+        ("image/png", True),
+        ("audio/wav", True),
+        ("application/octet-stream", True),
+        (None, True),
+    ],
+)
+def test_which_results_go_as_binary_is_told_by_their_type_before_they_are_read(
+    content_type: str | None, binary: bool
+) -> None:
+    assert payload.binary_result(content_type) is binary
+    job = _finished_job(result=b"\x89PNG", result_content_type=content_type)
+    if content_type is None or not content_type.startswith("application/json"):
+        assert payload.job_parts(job).binary is binary
 
 
 def test_webhook_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
