@@ -11,7 +11,9 @@ EndpointRef(project_slug='acme', workload_slug='support-bot', plan=None)
 '¡Hola! ¿En qué puedo ayudarte?'
 """
 
-from .data import AsyncDataClient, AsyncEndpoint, AsyncTextStream, DataClient, Endpoint, TextStream
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .enums import (
     Backend,
     ExecutionPolicy,
@@ -24,6 +26,9 @@ from .enums import (
 from .errors import (
     ApiError,
     AuthError,
+    BackendEntrypointError,
+    BackendError,
+    BackendSetupError,
     ConfigurationError,
     ConflictError,
     DriftError,
@@ -34,18 +39,78 @@ from .errors import (
     ValidationError,
     WebhookVerificationError,
 )
-from .management import AsyncManagementClient, ManagementClient
-from .progress import ProgressRenderer
-from .results import EmbedResult, Job, JobData, RerankItem, RerankResult, TextChunk, TextResult
-from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec
-from .wire import (
-    DeliveryAttempt,
-    ReadinessEvent,
-    WebhookDelivery,
-    WebhookDestination,
-    WebhookTestResult,
-    Workload,
-)
+
+if TYPE_CHECKING:
+    from .data import (
+        AsyncDataClient,
+        AsyncEndpoint,
+        AsyncTextStream,
+        DataClient,
+        Endpoint,
+        TextStream,
+    )
+    from .management import AsyncManagementClient, ManagementClient
+    from .progress import ProgressRenderer
+    from .publish import publish_custom_backend
+    from .results import EmbedResult, Job, JobData, RerankItem, RerankResult, TextChunk, TextResult
+    from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec
+    from .wire import (
+        DeliveryAttempt,
+        ReadinessEvent,
+        WebhookDelivery,
+        WebhookDestination,
+        WebhookTestResult,
+        Workload,
+    )
+
+# Loaded on first use, so `inferencekey.backend` (which a worker serves with the standard
+# library alone) never imports httpx or pydantic through this package.
+_LAZY_MODULES = {
+    "data": (
+        "AsyncDataClient",
+        "AsyncEndpoint",
+        "AsyncTextStream",
+        "DataClient",
+        "Endpoint",
+        "TextStream",
+    ),
+    "management": ("AsyncManagementClient", "ManagementClient"),
+    "progress": ("ProgressRenderer",),
+    "publish": ("publish_custom_backend",),
+    "results": (
+        "EmbedResult",
+        "Job",
+        "JobData",
+        "RerankItem",
+        "RerankResult",
+        "TextChunk",
+        "TextResult",
+    ),
+    "spec": ("DriftItem", "EndpointRef", "Plan", "WorkloadSpec"),
+    "wire": (
+        "DeliveryAttempt",
+        "ReadinessEvent",
+        "WebhookDelivery",
+        "WebhookDestination",
+        "WebhookTestResult",
+        "Workload",
+    ),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY_MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES))
+
 
 __version__ = "0.1.0"
 
@@ -57,6 +122,9 @@ __all__ = [
     "AsyncTextStream",
     "AuthError",
     "Backend",
+    "BackendEntrypointError",
+    "BackendError",
+    "BackendSetupError",
     "ConfigurationError",
     "ConflictError",
     "DataClient",
@@ -95,4 +163,5 @@ __all__ = [
     "WorkloadPhase",
     "WorkloadSpec",
     "__version__",
+    "publish_custom_backend",
 ]

@@ -112,3 +112,29 @@ def error_from_response(status: int, body: Any, text: str) -> InferenceKeyError:
     if status == 409:
         return ConflictError(f"conflict: {message}", status=status, code=code)
     return ApiError(f"api error (status {status}): {message}", status=status, code=code)
+
+
+class BackendError(InferenceKeyError):
+    """A custom backend failed on this machine: while loading, serving or being packaged."""
+
+
+class BackendSetupError(BackendError):
+    """A custom backend's ``setup()`` (or its constructor) raised: the backend never became ready.
+
+    ``python -m inferencekey.backend.serve`` exits 1 with it.
+    """
+
+
+class BackendEntrypointError(BackendError):
+    """The ``module:Class`` entrypoint (or the config) of a custom backend cannot be used.
+
+    Raised for a malformed entrypoint, a module that fails to import, a missing attribute or one
+    that is not a ``CustomBackend``. ``python -m inferencekey.backend.serve`` exits 2 with it.
+    """
+
+
+class PackagingError(BackendError):
+    """A custom-backend package cannot be built or read: a bad source, manifest or archive.
+
+    ``python -m inferencekey.backend.package`` exits 2 with it; the message names the fault.
+    """
