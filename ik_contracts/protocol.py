@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -118,6 +118,29 @@ class Heartbeat(BaseModel):
     replicas: list[ObservedReplica] = Field(default_factory=list, max_length=10_000)
 
 
+class CustomBackendRef(BaseModel):
+    """The custom-backend package a replica runs, as its version was when the replica was placed.
+
+    The agent downloads it from ``GET /api/agent/custom-backends/{id}/package`` (its own
+    credential), checks ``sha256`` and ``size_bytes``, installs it for ``requires_python`` and
+    serves ``entrypoint`` with ``config`` (the workload's ``config``) as ``IK_BACKEND_CONFIG``.
+    A new version of the slug is a new replica with a new ref, never a changed one.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str  # the version's id, cbv_...
+    slug: str
+    version: str
+    sha256: str
+    size_bytes: int
+    entrypoint: str
+    requires_python: str = ""
+    task_type: str = ""
+    cpu_only: bool = False
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
 class ReplicaAssignment(BaseModel):
     """One replica the worker must run, with everything needed to launch it."""
 
@@ -135,6 +158,8 @@ class ReplicaAssignment(BaseModel):
     vllm_version: str | None = None
     gpu_uuids: list[str] = Field(default_factory=list)
     claim_memory_mb: int = 0
+    # Set when ``backend`` is a custom backend's slug: the package to run (no command applies).
+    custom_backend: CustomBackendRef | None = None
 
 
 class Assignments(BaseModel):

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from manager.api import admin, agent, webhooks, workers, workloads
+from manager.api import admin, agent, custom_backends, webhooks, workers, workloads
 from manager.api import metrics as metrics_api
 from manager.auth_limiter import FailedAuthLimiter
 from manager.body_limit import BodyLimitMiddleware
@@ -132,7 +132,11 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
     app.state.auth_limiter = FailedAuthLimiter(
         settings.auth_failures_per_window, settings.auth_failure_window_s
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        exempt=custom_backends.is_upload,  # streamed, capped by custom_backend_max_bytes
+    )
     gateway = Gateway(settings, app.state.auth_limiter, metrics)
     install_error_handlers(app)
     app.add_middleware(ApiRequestMetrics, metrics=metrics)
@@ -143,6 +147,8 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
     app.include_router(workers.router)
     app.include_router(webhooks.router)
     app.include_router(webhooks.admin_router)
+    app.include_router(custom_backends.router)
+    app.include_router(custom_backends.upload_router)
     app.include_router(metrics_api.router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -11,15 +12,28 @@ from manager.errors import BodyTooLarge
 
 
 class BodyLimitMiddleware:
-    """Caps request bodies under ``prefix``; data-plane streams are left alone."""
+    """Caps request bodies under ``prefix``; data-plane streams are left alone, and so are the
+    requests ``exempt`` picks (a route that streams its body and caps it itself)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, prefix: str = "/api") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        prefix: str = "/api",
+        exempt: Callable[[Scope], bool] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.prefix = prefix
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith(self.prefix)
+            or (self.exempt is not None and self.exempt(scope))
+        ):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -1,5 +1,5 @@
 """The Manager's commands of ``inferencekey``: ``manager``, ``admin ...``, ``status``, ``logs``,
-``usage``, ``webhooks ...``.
+``usage``, ``webhooks ...``, ``backends ...``, ``tenant``.
 
 ``ik_command`` puts these and the agent's (``worker_agent.cli``) under one parser."""
 
@@ -655,6 +655,85 @@ DELIVERY_COLUMNS: list[Column] = [
 ]
 
 
+# --- inferencekey backends, inferencekey tenant ---------------------------------------------
+
+
+def _backends_path(args: argparse.Namespace, slug: str | None = None) -> str:
+    path = f"/api/tenants/{quote(args.tenant, safe='')}/custom-backends"
+    return path if slug is None else f"{path}/{quote(slug, safe='')}"
+
+
+def list_custom_backends(args: argparse.Namespace) -> int:
+    return _list(args, _backends_path(args), "custom_backends", CUSTOM_BACKEND_COLUMNS)
+
+
+def show_custom_backend(args: argparse.Namespace) -> int:
+    """A custom backend and all its versions, newest first (what new replicas run)."""
+    answer = _admin_request(args, "GET", _backends_path(args, args.slug))
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"{answer['slug']}  {answer['name']}")
+    if answer.get("description"):
+        print(answer["description"])
+    print()
+    print(render_table(answer["versions"], CUSTOM_BACKEND_VERSION_COLUMNS))
+    return 0
+
+
+def delete_custom_backend(args: argparse.Namespace) -> int:
+    if _admin_request(args, "DELETE", _backends_path(args, args.slug)) is None:
+        return 1
+    print(f"deleted custom backend {args.slug}: every version and its package")
+    return 0
+
+
+def show_tenant(args: argparse.Namespace) -> int:
+    """The tenant id that publish_custom_backend and /api/tenants/{tenant_id}/... take."""
+    answer = _admin_request(args, "GET", "/api/tenants")
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for tenant in answer["tenants"]:
+            print(tenant["id"])
+    return 0
+
+
+def _size(row: dict[str, Any]) -> str:
+    size = int(row["size_bytes"])
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+CUSTOM_BACKEND_COLUMNS: list[Column] = [
+    ("SLUG", lambda r: r["slug"]),
+    ("VERSION", lambda r: r["version"]),
+    ("VERSIONS", lambda r: r["versions"]),
+    ("TASK TYPE", lambda r: r["task_type"] or "any"),
+    ("CPU ONLY", lambda r: "yes" if r["cpu_only"] else "no"),
+    ("SIZE", _size),
+    ("PUBLISHED", lambda r: r["created_at"]),
+]
+CUSTOM_BACKEND_VERSION_COLUMNS: list[Column] = [
+    ("VERSION", lambda r: r["version"]),
+    ("ID", lambda r: r["id"]),
+    ("TASK TYPE", lambda r: r["task_type"] or "any"),
+    ("ENTRYPOINT", lambda r: r["entrypoint"]),
+    ("PYTHON", lambda r: r["requires_python"]),
+    ("CPU ONLY", lambda r: "yes" if r["cpu_only"] else "no"),
+    ("SIZE", _size),
+    ("SHA256", lambda r: r["sha256"][:16] + "…"),
+    ("PUBLISHED", lambda r: r["created_at"]),
+]
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -822,6 +901,7 @@ def add_admin_commands(commands: Any) -> None:
     status.set_defaults(command=show_status)
 
     _add_webhook_commands(commands, connection)
+    _add_backend_commands(commands, connection)
 
 
 def _add_webhook_commands(commands: Any, connection: argparse.ArgumentParser) -> None:
@@ -863,3 +943,37 @@ def _add_webhook_commands(commands: Any, connection: argparse.ArgumentParser) ->
     deliveries.add_argument("--json", action="store_true", help="JSON instead of a table")
     again = action("redeliver", redeliver, "send a terminal or skipped delivery again")
     again.add_argument("delivery_id", metavar="DELIVERY")
+
+
+def _add_backend_commands(commands: Any, connection: argparse.ArgumentParser) -> None:
+    backends = commands.add_parser(
+        "backends", help="the tenant's custom backends (publish with publish_custom_backend)"
+    ).add_subparsers(required=True, metavar="ACTION")
+
+    def action(name: str, command: Command, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = backends.add_parser(
+            name, parents=[connection], help=help_text
+        )
+        parser.add_argument(
+            "--tenant", default="default", help="tenant id (default: this installation's)"
+        )
+        parser.set_defaults(command=command)
+        return parser
+
+    listing = action("list", list_custom_backends, "list custom backends and their newest version")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    show = action("show", show_custom_backend, "a custom backend and all its versions")
+    show.add_argument("slug", metavar="SLUG")
+    show.add_argument("--json", action="store_true", help="JSON instead of a table")
+    delete = action(
+        "delete", delete_custom_backend, "delete a custom backend no workload uses, every version"
+    )
+    delete.add_argument("slug", metavar="SLUG")
+
+    tenant = commands.add_parser(
+        "tenant",
+        parents=[connection],
+        help="print the tenant id (what publish_custom_backend and /api/tenants/... take)",
+    )
+    tenant.add_argument("--json", action="store_true", help="JSON instead of the id")
+    tenant.set_defaults(command=show_tenant)

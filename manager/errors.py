@@ -168,6 +168,52 @@ class BodyTooLarge(ApiProblem):
     code = "body_too_large"
 
 
+class PackageTooLarge(BodyTooLarge):
+    """A custom-backend upload over ``custom_backend_max_bytes``: a 400, which clients read as
+    invalid input (the SDK's ValidationError), naming the limit."""
+
+    status = 400
+
+
+class InvalidPackage(ApiProblem):
+    """An uploaded custom-backend package that is not a safe, valid one; the message names the
+    fault (a member climbing out, a link, no manifest, ...)."""
+
+    code = "invalid_package"
+
+
+class PackageMismatch(ApiProblem):
+    """A form part that disagrees with the package's manifest; names the field and both values."""
+
+    code = "package_mismatch"
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+
+class CustomBackendNotFound(NotFound):
+    code = "custom_backend_not_found"
+
+
+class PackageNotFound(NotFound):
+    code = "package_not_found"
+
+
+class VersionExists(ApiProblem):
+    """The version is published already, with other bytes: versions are immutable."""
+
+    status = 409
+    code = "version_exists"
+
+
+class BackendInUse(ApiProblem):
+    """Live workloads use the custom backend; the message names them."""
+
+    status = 409
+    code = "backend_in_use"
+
+
 class TooManyFailedAuthentications(ApiProblem):
     status = 429
     code = "too_many_failed_authentications"

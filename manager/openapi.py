@@ -62,12 +62,29 @@ ENGINE_LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+CUSTOM_BACKEND_PACKAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the package's bytes, as published",
+        "headers": {
+            "X-InferenceKey-Sha256": {
+                "description": "the package's SHA-256 (hex), to check the download against",
+                "schema": {"type": "string"},
+            }
+        },
+        "content": {
+            media_type: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in ("application/gzip", "application/zip")
+        },
+    }
+}
+
+
 def _schemes_for(path: str) -> list[dict[str, list[str]]]:
     if path.startswith("/api/admin"):
         return [{"adminToken": []}]
     if path.startswith("/api/agent"):
         return [{"agentToken": []}]
-    if path in ("/api/workers", "/api/gpu-resources"):
+    if path in ("/api/workers", "/api/gpu-resources") or path.startswith("/api/tenants"):
         return [{"sdkToken": []}, {"adminToken": []}]
     return [{"sdkToken": []}]
 

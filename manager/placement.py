@@ -4,7 +4,9 @@ Pure functions over a snapshot of workers, their GPUs and current claims, so the
 tested without a database. Filters pick the workers a workload may use (its pool: private worker
 ids, or shared workers with GPUs named in ``gpu_pool`` and an allowed CUDA version); a fit check
 per engine claim kind picks GPUs, within what is left of the workload's hourly cost ceiling;
-candidates are ordered to spread a workload's replicas across hosts.
+candidates are ordered to spread a workload's replicas across hosts. A custom backend claims
+like llama.cpp (memory on one GPU, or a CPU-only worker), or nothing at all when its package
+says ``cpu_only``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ik_contracts.engines import engine_for
+from ik_contracts.engines import ENGINES, engine_for
 from manager.states import WorkerState
 
 # Shared engines (llama.cpp, Ollama) claim the model file's size plus headroom for the KV cache.
@@ -127,6 +129,10 @@ class Demand:
     # workload holds already (another replica on one of them costs nothing more).
     budget_usd_per_hour: float | None = None
     held_gpu_ids: frozenset[str] = frozenset()
+    # ``backend`` is a custom backend's slug with a published version; ``cpu_only``: its
+    # package needs no GPU.
+    custom_backend: bool = False
+    cpu_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,12 @@ def _unpriced_note(demand: Demand, gpus: list[GpuSlot]) -> str:
         f" ({', '.join(unpriced)} unpriced: a pool with max_hourly_cost_usd uses priced GPUs "
         "only; set one with `inferencekey admin gpu-price set`)"
     )
+
+
+def claims_whole_gpus(backend: str) -> bool:
+    """Whether a replica of ``backend`` holds its GPUs alone (custom backends share)."""
+    engine = ENGINES.get(backend)
+    return engine is not None and engine.gpu_claim == "whole"
 
 
 def _argv(demand: Demand) -> list[str]:
@@ -320,21 +332,31 @@ def _fit_shared(
 
 def place(demand: Demand, workers: list[WorkerSlot]) -> Placement | Unschedulable:
     """Pick a worker (and GPUs) for one more replica, spreading a workload across hosts."""
+    if not demand.custom_backend and demand.backend not in ENGINES:
+        return Unschedulable(
+            f"backend {demand.backend!r} is not built in and the tenant has no custom backend "
+            "of that slug with a published version"
+        )
     pool, reason = _pool(demand, workers)
     if reason:
         return Unschedulable(reason)
-    engine = engine_for(demand.backend)
-    # The command is the same for every candidate: read what it asks for once.
-    argv = _argv(demand)
-    whole = engine.gpu_claim == "whole"
-    gpus_needed = engine.tensor_parallel_size(argv) if whole else 0
-    model_path = None if whole else engine.model_path(argv)
+    if demand.custom_backend:
+        whole, gpus_needed, model_path = False, 0, None
+    else:
+        engine = engine_for(demand.backend)
+        # The command is the same for every candidate: read what it asks for once.
+        argv = _argv(demand)
+        whole = engine.gpu_claim == "whole"
+        gpus_needed = engine.tensor_parallel_size(argv) if whole else 0
+        model_path = None if whole else engine.model_path(argv)
     ordered = sorted(
         pool, key=lambda w: (w.replicas_of.get(demand.workload_id, 0), w.replica_total, w.id)
     )
     misses: list[str] = []
     over_budget: list[float] = []
     for worker in ordered:
+        if demand.cpu_only:
+            return Placement(worker.id, (), (), 0)  # its package needs no GPU: claim none
         if whole:
             fit = _fit_whole(demand, worker, gpus_needed)
         else:

@@ -18,12 +18,20 @@ from typing import Any
 
 from inferencekey.enums import WorkloadPhase
 
-from ik_contracts.engines import engine_for
+from ik_contracts.engines import ENGINES
 from ik_contracts.protocol import ReplicaState
 from manager import placement
 from manager.policies import DemandFigures, PolicyContext, policy_for
 from manager.policies.pools import pool_of
 from manager.states import DesiredState, WorkerState
+
+
+@dataclass(frozen=True)
+class CustomBackendChoice:
+    """The custom-backend version a workload's new replicas run: its backend's newest."""
+
+    version_id: str
+    cpu_only: bool
 
 
 @dataclass(frozen=True)
@@ -47,16 +55,24 @@ class WorkloadView:
     desired_replicas: int
     ready_replicas: int
     last_scaled_at: datetime | None
+    # Set when ``backend`` is a custom backend's slug that has a published version.
+    custom_backend: CustomBackendChoice | None = None
 
     def runtime_spec(self) -> dict[str, Any]:
-        """What a replica runs; a change here rolls the workload's replicas."""
-        return {
+        """What a replica runs; a change here rolls the workload's replicas (a new version of
+        its custom backend too)."""
+        spec: dict[str, Any] = {
             "backend": self.backend,
             "task_type": self.task_type,
             "model_name": self.model_name,
             "command": self.config.get("command"),
             "vllm_version": self.config.get("vllm_version"),
         }
+        if self.custom_backend is not None:
+            # The workload's config is the backend's own (IK_BACKEND_CONFIG on the worker).
+            spec["custom_backend_id"] = self.custom_backend.version_id
+            spec["custom_backend_config"] = dict(self.config)
+        return spec
 
     def placement_demand(self) -> placement.Demand:
         return placement.Demand(
@@ -68,6 +84,8 @@ class WorkloadView:
             worker_pin=self.worker_pin,
             gpu_pin=self.gpu_pin,
             pool=pool_of(self.execution_policy_config),
+            custom_backend=self.custom_backend is not None,
+            cpu_only=self.custom_backend is not None and self.custom_backend.cpu_only,
         )
 
 
@@ -165,7 +183,7 @@ def claim_existing(slots: Sequence[placement.WorkerSlot], replicas: Iterable[Rep
         if worker is None or worker.state == WorkerState.LOST:
             continue
         worker.replicas_of[replica.workload_id] = worker.replicas_of.get(replica.workload_id, 0) + 1
-        whole = engine_for(replica.spec["backend"]).gpu_claim == "whole"
+        whole = placement.claims_whole_gpus(replica.spec["backend"])
         for gpu_id in replica.gpu_resource_ids:
             gpu = gpu_of.get(gpu_id)
             if gpu is None:
@@ -351,7 +369,7 @@ def plan_workload(
 
     created: list[CreateReplica] = []
     unschedulable: str | None = None
-    engine = engine_for(workload.backend)
+    whole = placement.claims_whole_gpus(workload.backend)
     while len(current) + len(created) < desired:
         if ceiling is not None:
             demand_of_one = replace(
@@ -378,10 +396,11 @@ def plan_workload(
                 )
                 stopping.append(retired)
             break
-        placement.claim(decision, slots, demand_of_one, whole=engine.gpu_claim == "whole")
+        placement.claim(decision, slots, demand_of_one, whole=whole)
         held.update(_gpus_by_id(decision.gpu_ids, slot_of))
         notices: tuple[str, ...] = ()
-        if not current and not created:
+        engine = ENGINES.get(workload.backend)  # None for a custom backend: no command
+        if not current and not created and engine is not None:
             _, adjusted = engine.build_argv(spec["command"], spec["model_name"], "0.0.0.0", 0)
             notices = tuple(adjusted)
         have = len(current) + len(created)

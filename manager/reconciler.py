@@ -26,10 +26,12 @@ from inferencekey.enums import WorkloadPhase
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ik_contracts.engines import BUILTIN_BACKENDS
 from ik_contracts.logs import ids
 from ik_contracts.protocol import ReplicaState
 from manager import notify, placement, planning
-from manager.db.models import GpuPrice, GpuResource, Replica, Worker, Workload
+from manager.custom_backends import service as custom_backends
+from manager.db.models import GpuPrice, GpuResource, Project, Replica, Worker, Workload
 from manager.db.queries import one_of
 from manager.gateway.demand import fresh_demand
 from manager.ids import new_id
@@ -69,7 +71,9 @@ class Snapshot:
     demand: dict[str, DemandFigures]
 
 
-def as_workload_view(workload: Workload) -> planning.WorkloadView:
+def as_workload_view(
+    workload: Workload, custom_backend: planning.CustomBackendChoice | None = None
+) -> planning.WorkloadView:
     return planning.WorkloadView(
         id=workload.id,
         project_id=workload.project_id,
@@ -88,7 +92,23 @@ def as_workload_view(workload: Workload) -> planning.WorkloadView:
         desired_replicas=workload.desired_replicas,
         ready_replicas=workload.ready_replicas,
         last_scaled_at=workload.last_scaled_at,
+        custom_backend=custom_backend,
     )
+
+
+async def custom_backend_choices(
+    session: AsyncSession, rows: list[tuple[Workload, str]]
+) -> dict[str, planning.CustomBackendChoice]:
+    """For each workload (with its tenant id) on a custom backend, the version new replicas
+    run: the newest of its tenant's backend of that slug, all read in one query."""
+    keys = {(tenant_id, w.backend) for w, tenant_id in rows if w.backend not in BUILTIN_BACKENDS}
+    newest = await custom_backends.newest_versions(session, keys)
+    choices = {}
+    for workload, tenant_id in rows:
+        version = newest.get((tenant_id, workload.backend))
+        if version is not None:
+            choices[workload.id] = planning.CustomBackendChoice(version.id, version.cpu_only)
+    return choices
 
 
 def as_replica_view(replica: Replica) -> planning.ReplicaView:
@@ -246,11 +266,16 @@ class Reconciler:
                 row.name: row.usd_per_hour
                 for row in (await session.execute(select(GpuPrice))).scalars()
             }
-            workloads = await session.execute(
-                select(Workload)
-                .where(Workload.deleted_at.is_(None) | one_of(Workload.id, list(by_workload)))
-                .order_by(Workload.created_at)
-            )
+            workload_rows = [
+                (workload, tenant_id)
+                for workload, tenant_id in await session.execute(
+                    select(Workload, Project.tenant_id)
+                    .join(Project, Project.id == Workload.project_id)
+                    .where(Workload.deleted_at.is_(None) | one_of(Workload.id, list(by_workload)))
+                    .order_by(Workload.created_at)
+                )
+            ]
+            choices = await custom_backend_choices(session, workload_rows)
             snapshot = Snapshot(
                 now=now,
                 workers=[
@@ -258,7 +283,7 @@ class Reconciler:
                     for w in workers
                 ],
                 slots=worker_slots(workers, gpus, prices),
-                workloads=[as_workload_view(w) for w in workloads.scalars()],
+                workloads=[as_workload_view(w, choices.get(w.id)) for w, _ in workload_rows],
                 replicas_by_workload=by_workload,
                 demand=with_jobs(await fresh_demand(session), await queued_jobs(session)),
             )

@@ -48,6 +48,7 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "webhook_lease_s": (float, 1),
     "webhook_concurrency": (int, 1),
     "webhook_max_binary_bytes": (int, 0),
+    "custom_backend_max_bytes": (int, 1),
 }
 # Webhook retry delays (seconds between attempts 1-2, 2-3, ...): the contract's schedule.
 DEFAULT_WEBHOOK_RETRY_DELAYS_S = (60.0, 300.0, 900.0, 3600.0, 21600.0)
@@ -138,6 +139,8 @@ class Settings:
     webhook_lease_s: float = 30.0
     webhook_concurrency: int = 32
     webhook_max_binary_bytes: int = 1024 * 1024
+    # The largest custom-backend package an upload may carry (POST .../custom-backends).
+    custom_backend_max_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -1,4 +1,8 @@
-"""Which backends may serve which task type: the one allow-list table."""
+"""Which built-in backends may serve which task type: the one allow-list table.
+
+A tenant's custom backends are allowed for every task type; the one a custom backend declares
+(its newest version's manifest) must match the workload's (`manager.validation`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ B = Backend
 ALLOWED_BACKENDS: dict[str, tuple[str, ...]] = {
     TaskType.TEXT2TEXT.value: (B.VLLM, B.VLLM_OMNI, B.SGLANG, B.OLLAMA, B.LLAMACPP),
     TaskType.EMBEDDING.value: (B.VLLM, B.SGLANG, B.OLLAMA, B.LLAMACPP),
-    TaskType.TEXT2IMAGE.value: (B.VLLM_OMNI,),
+    TaskType.TEXT2IMAGE.value: (B.VLLM_OMNI, B.STABLE_DIFFUSION_CPP),
     TaskType.TEXT2VIDEO.value: (B.VLLM_OMNI,),
     TaskType.TEXT2AUDIO.value: (B.VLLM_OMNI,),
     TaskType.IMAGE2IMAGE.value: (B.VLLM_OMNI,),
@@ -18,7 +22,7 @@ ALLOWED_BACKENDS: dict[str, tuple[str, ...]] = {
     TaskType.RERANKER.value: (B.VLLM, B.SGLANG, B.LLAMACPP),
     TaskType.CLASSIFICATION.value: (B.VLLM, B.SGLANG),
     TaskType.REWARD.value: (B.VLLM, B.SGLANG),
-    # Forecast models run on custom backends, which this Manager does not host yet.
+    # Forecast models run on custom backends only.
     TaskType.FORECAST.value: (),
 }  # type: ignore[dict-item]
 

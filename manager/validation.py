@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,8 @@ MAX_LENGTHS = {
 }
 MAX_COMMAND_LENGTH = 16 * 1024
 CONFIG_KEYS = ("command", "vllm_version")
+# A custom backend's config reaches it as one environment variable (IK_BACKEND_CONFIG).
+MAX_CUSTOM_CONFIG_BYTES = 64 * 1024
 VLLM_BACKENDS = (Backend.VLLM.value, Backend.VLLM_OMNI.value)
 
 
@@ -85,14 +89,73 @@ def _validate_command(backend: str, config: dict[str, Any] | None, model_name: s
 
 
 @dataclass(frozen=True)
+class CustomBackendFacts:
+    """What validation needs of a tenant's custom backend: its newest version's task type."""
+
+    slug: str
+    version: str
+    task_type: str  # "" serves any task type
+
+
+def _validate_custom_backend(
+    fields: dict[str, Any], task_type: str, backend: CustomBackendFacts
+) -> None:
+    if backend.task_type and backend.task_type != task_type:
+        raise BackendNotAllowed(
+            f"task_type {task_type!r} does not allow backend {backend.slug!r}: custom backend "
+            f"{backend.slug!r} serves task_type {backend.task_type!r} (its newest version, "
+            f"{backend.version}, declares it)",
+            field="backend",
+        )
+    config = fields.get("config")
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise ValidationFailed(
+            "config must be an object (the custom backend's own configuration)", field="config"
+        )
+    for key in CONFIG_KEYS:
+        if key in config:
+            raise ValidationFailed(
+                f"config.{key} does not apply to custom backend {backend.slug!r}: it runs its "
+                "package's entrypoint, not a command; config is the backend's own "
+                "configuration (IK_BACKEND_CONFIG)",
+                field=f"config.{key}",
+            )
+    if len(json.dumps(config).encode()) > MAX_CUSTOM_CONFIG_BYTES:
+        raise ValidationFailed(
+            f"config is larger than {MAX_CUSTOM_CONFIG_BYTES} bytes as JSON", field="config"
+        )
+
+
+def _unknown_backend(backend: str, custom_slugs: Sequence[str]) -> UnknownBackend:
+    customs = ", ".join(custom_slugs) if custom_slugs else "none published"
+    return UnknownBackend(
+        f"unknown backend {backend!r}; this Manager runs: {', '.join(BUILTIN_BACKENDS)}; "
+        f"custom backends of this tenant: {customs}",
+        field="backend",
+    )
+
+
+@dataclass(frozen=True)
 class WorkloadLimits:
     """Bounds an operator sets (Settings); each is named in the 400 that enforces it."""
 
     max_replicas: int = 100
 
 
-def validate_workload(fields: dict[str, Any], limits: WorkloadLimits) -> None:
-    """Every rule on a full spec; raises the first problem found, naming its field."""
+def validate_workload(
+    fields: dict[str, Any],
+    limits: WorkloadLimits,
+    *,
+    custom_backend: CustomBackendFacts | None = None,
+    custom_slugs: Sequence[str] = (),
+) -> None:
+    """Every rule on a full spec; raises the first problem found, naming its field.
+
+    A ``backend`` that is not built in must be ``custom_backend`` (the tenant's backend of that
+    slug, looked up by the caller); otherwise the 400 lists the built-ins and ``custom_slugs``.
+    """
     blank = blank_field(fields, ("name", "slug", "model_name"))
     if blank:
         raise ValidationFailed(f"{blank} must not be empty", field=blank)
@@ -119,20 +182,20 @@ def validate_workload(fields: dict[str, Any], limits: WorkloadLimits) -> None:
         )
     backend = fields["backend"]
     if backend not in BUILTIN_BACKENDS:
-        raise UnknownBackend(
-            f"unknown backend {backend!r}; this Manager runs: {', '.join(BUILTIN_BACKENDS)}",
-            field="backend",
-        )
-    allowed = allowed_backends(task_type)
-    if backend not in allowed:
-        choices = ", ".join(allowed) if allowed else "none of the built-in backends"
-        raise BackendNotAllowed(
-            f"task_type {task_type!r} does not allow backend {backend!r}; "
-            f"allowed backends for {task_type!r}: {choices}",
-            field="backend",
-        )
-    _validate_config(backend, fields.get("config"))
-    _validate_command(backend, fields.get("config"), fields["model_name"])
+        if custom_backend is None or custom_backend.slug != backend:
+            raise _unknown_backend(backend, custom_slugs)
+        _validate_custom_backend(fields, task_type, custom_backend)
+    else:
+        allowed = allowed_backends(task_type)
+        if backend not in allowed:
+            choices = ", ".join(allowed) if allowed else "none of the built-in backends"
+            raise BackendNotAllowed(
+                f"task_type {task_type!r} does not allow backend {backend!r}; "
+                f"allowed backends for {task_type!r}: {choices} (or a custom backend)",
+                field="backend",
+            )
+        _validate_config(backend, fields.get("config"))
+        _validate_command(backend, fields.get("config"), fields["model_name"])
     validate_policy(
         fields.get("execution_policy"),
         fields.get("execution_policy_config"),

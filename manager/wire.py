@@ -29,6 +29,17 @@ class ProjectList(BaseModel):
     projects: list[Project]
 
 
+class Tenant(BaseModel):
+    """A tenant: what ``/api/tenants/{tenant_id}/...`` names (``default`` also names it)."""
+
+    id: str
+    name: str
+
+
+class TenantList(BaseModel):
+    tenants: list[Tenant]
+
+
 class Token(BaseModel):
     """A credential as the admin API shows it; never its secret, except once when minted."""
 

@@ -38,6 +38,8 @@ class World:
     routes: list[Route]
     admin_routes: list[Route]
     tokens: dict[str, str]
+    # The custom-backend registry and the tenant listing: an SDK token or the admin credential.
+    registry_routes: list[Route]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +92,17 @@ def world(admin: httpx.Client) -> World:
         "unknown": f"ik_sdk_{secrets.token_hex(4)}_{secrets.token_hex(32)}",
         "malformed": "ik_sdk_nothex_short",
         "admin": str(admin.headers["authorization"]).split()[1],
+        "agent": admin.post("/api/admin/workers", json={"project": slug}).json()["token"],
     }
-    return World(project, routes, admin_routes, tokens)
+    registry = "/api/tenants/default/custom-backends"
+    registry_routes = [
+        Route("GET", "/api/tenants", writes=False),
+        Route("GET", registry, writes=False),
+        Route("GET", f"{registry}/no-such-backend", writes=False),
+        Route("POST", registry, writes=True, body={}),
+        Route("DELETE", f"{registry}/no-such-backend", writes=True),
+    ]
+    return World(project, routes, admin_routes, tokens, registry_routes)
 
 
 def _ids(routes: list[Route]) -> list[str]:
@@ -100,6 +111,7 @@ def _ids(routes: list[Route]) -> list[str]:
 
 ROUTE_INDEXES = range(15)
 ADMIN_INDEXES = range(11)
+REGISTRY_INDEXES = range(5)
 
 
 def _assert_problem(response: httpx.Response, status: int, code: str) -> None:
@@ -180,6 +192,57 @@ def test_admin_route_without_credential_is_401(
     with httpx.Client(base_url=admin.base_url) as client:
         response = world.admin_routes[index].call(client, {})
     _assert_problem(response, 401, "invalid_credentials")
+
+
+@pytest.mark.parametrize("index", REGISTRY_INDEXES)
+@pytest.mark.parametrize("credential", ["missing", "unknown", "malformed", "revoked"])
+def test_registry_route_without_a_valid_credential_is_401(
+    world: World, admin: httpx.Client, index: int, credential: str
+) -> None:
+    headers = {} if credential == "missing" else bearer(world.tokens[credential])
+    with httpx.Client(base_url=admin.base_url) as client:
+        response = world.registry_routes[index].call(client, headers)
+    _assert_problem(response, 401, "invalid_credentials")
+
+
+@pytest.mark.parametrize("index", REGISTRY_INDEXES)
+@pytest.mark.parametrize("credential", ["live", "agent"])
+def test_live_key_or_agent_credential_on_registry_route_is_403_wrong_credential_type(
+    world: World, admin: httpx.Client, index: int, credential: str
+) -> None:
+    with httpx.Client(base_url=admin.base_url) as client:
+        response = world.registry_routes[index].call(client, bearer(world.tokens[credential]))
+    _assert_problem(response, 403, "wrong_credential_type")
+
+
+@pytest.mark.parametrize("index", REGISTRY_INDEXES)
+@pytest.mark.parametrize("credential", ["sdk", "admin", "read_only"])
+def test_registry_routes_take_sdk_tokens_and_the_admin_credential_and_writing_needs_write_scope(
+    world: World, admin: httpx.Client, index: int, credential: str
+) -> None:
+    route = world.registry_routes[index]
+    token = world.project.sdk_token if credential == "sdk" else world.tokens[credential]
+    with httpx.Client(base_url=admin.base_url) as client:
+        response = route.call(client, bearer(token))
+    if credential == "read_only" and route.writes:
+        _assert_problem(response, 403, "scope_insufficient")
+    else:
+        # Past the credential: an answer about the request itself (a 404 for no such backend,
+        # a 400 for a body that is no package).
+        assert response.status_code in (200, 400, 404), response.text
+
+
+@pytest.mark.parametrize("credential", ["sdk", "admin", "live"])
+def test_non_agent_credential_on_the_package_download_is_403_wrong_credential_type(
+    world: World, admin: httpx.Client, credential: str
+) -> None:
+    token = world.project.sdk_token if credential == "sdk" else world.tokens[credential]
+    path = "/api/agent/custom-backends/cbv_none/package"
+    with httpx.Client(base_url=admin.base_url) as client:
+        _assert_problem(client.get(path, headers=bearer(token)), 403, "wrong_credential_type")
+        _assert_problem(client.get(path), 401, "invalid_credentials")
+        not_there = client.get(path, headers=bearer(world.tokens["agent"]))
+    _assert_problem(not_there, 404, "package_not_found")
 
 
 def test_revocation_takes_effect_on_the_next_request(

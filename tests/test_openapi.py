@@ -11,11 +11,13 @@ import asyncio
 import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from inferencekey.backend import BackendPackage, package_backend
 from jsonschema import Draft202012Validator
 
 from tests.support import RunningManager, TestProject, bearer
@@ -107,6 +109,7 @@ def test_every_api_route_answers_what_the_document_says(
     project: TestProject,
     sdk: httpx.Client,
     document: Document,
+    tmp_path: Path,
 ) -> None:
     def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = path.format(project=project.slug, workload_slug="doc-bot", **kwargs.pop("at", {}))
@@ -242,7 +245,51 @@ def test_every_api_route_answers_what_the_document_says(
 
     deleted = call(sdk, "DELETE", "/api/workloads/{workload_ref}", at={"workload_ref": "doc-bot"})
     assert deleted.status_code == 204
+
+    # The custom-backend registry (tests/test_custom_backends.py has each rule): a package
+    # published twice (201, then 200), listed, shown, downloaded by the agent and deleted.
+    call(sdk, "GET", "/api/tenants")
+    call(admin, "GET", "/api/tenants")
+    package = doc_package(tmp_path)
+    registry = "/api/tenants/{tenant_id}/custom-backends"
+    tenant = {"tenant_id": "default"}
+    for expected in (201, 200):
+        with package.path.open("rb") as stream:
+            published = call(
+                sdk,
+                "POST",
+                registry,
+                at=tenant,
+                data={"name": "doc-echo", "version": "1.0.0", "entrypoint": "doc_echo:Echo"},
+                files={"file": (package.path.name, stream, "application/gzip")},
+            )
+        assert published.status_code == expected, published.text
+    call(sdk, "GET", registry, at=tenant)
+    call(admin, "GET", registry + "/{slug}", at={**tenant, "slug": "doc-echo"})
+    with httpx.Client(base_url=manager.url, headers=bearer(worker["token"])) as agent:
+        download = call(
+            agent,
+            "GET",
+            "/api/agent/custom-backends/{version_id}/package",
+            at={"version_id": published.json()["id"]},
+        )
+    assert download.content == package.path.read_bytes()
+    removed = call(sdk, "DELETE", registry + "/{slug}", at={**tenant, "slug": "doc-echo"})
+    assert removed.status_code == 204
     assert document.operations() <= document.called, document.operations() - document.called
+
+
+def doc_package(tmp_path: Path) -> BackendPackage:
+    source = tmp_path / "doc_echo.py"
+    source.write_text(
+        "from inferencekey.backend import CustomBackend, Result\n\n\n"
+        "class Echo(CustomBackend):\n"
+        "    def setup(self, ctx):\n        pass\n\n"
+        "    def process(self, job):\n        return Result({'text': job.text()})\n"
+    )
+    return package_backend(
+        source, entrypoint="doc_echo:Echo", name="doc-echo", version="1.0.0", out=tmp_path
+    )
 
 
 async def count_usage(database_url: str, project_id: str, key_id: str) -> None:

@@ -19,7 +19,7 @@ CREATE_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("blank slug", {"slug": " "}, "validation_error", "slug"),
     ("slug of symbols", {"slug": "---"}, "validation_error", "slug"),
     ("unknown backend", {"backend": "tgi"}, "unknown_backend", "backend"),
-    ("custom backend not hosted", {"backend": "stablediffusioncpp"}, "unknown_backend", "backend"),
+    ("custom backend not published", {"backend": "my-forecaster"}, "unknown_backend", "backend"),
     ("unknown task type", {"task_type": "text2smell"}, "validation_error", "task_type"),
     (
         "task type does not allow backend",

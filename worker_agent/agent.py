@@ -7,6 +7,11 @@ Three loops share one picture of the replicas:
   with capped exponential backoff. It waits for the first desired set, so a restarted agent
   adopts its running engines instead of killing them.
 
+A replica of a custom backend is prepared before its first launch, in a task of its own that
+the converge loop watches (worker_agent/custom_backends.py: download, verify, unpack, venv); the
+replica is `starting` meanwhile, its reason naming the step, and `failed` with uv's words if it
+cannot be prepared. Custom backends always run as plain processes (SplitRuntime under docker).
+
 Engines outlive the agent unless it is told to stop for good (`stop_engines_on_exit`, the
 `--stop-engines-on-exit` flag): then it stops every engine it runs as it exits.
 """
@@ -26,13 +31,14 @@ import httpx
 import uvicorn
 from inferencekey.validation import redact_token
 
-from ik_contracts.engines import engine_for
+from ik_contracts.engines import BackendInstall, CustomBackendEngine, engine_for
 from ik_contracts.http_server import uvicorn_options
 from ik_contracts.logs import configure_logging, ids
 from ik_contracts.protocol import MAX_WAIT_S, Assignments, ReplicaAssignment, ReplicaState
 from ik_contracts.upstream import UpstreamClient
 from worker_agent import __version__
 from worker_agent.config import AgentConfig
+from worker_agent.custom_backends import CustomBackendStore
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
 from worker_agent.metrics import AgentMetrics
 from worker_agent.ports import PortAllocator
@@ -50,18 +56,22 @@ STABLE_AFTER_S = 60.0  # a replica ready this long gets its restart backoff rese
 
 
 def build_runtime(config: AgentConfig, worker_id: str) -> Runtime:
-    if config.runtime == "process":
-        from worker_agent.runtimes.process import ProcessRuntime
+    from worker_agent.runtimes.process import ProcessRuntime
 
-        return ProcessRuntime(config.state_dir / "process", binaries=config.binaries)
+    processes = ProcessRuntime(config.state_dir / "process", binaries=config.binaries)
+    if config.runtime == "process":
+        return processes
     if config.runtime == "docker":
         from worker_agent.runtimes.docker import DockerRuntime
+        from worker_agent.runtimes.split import SplitRuntime
 
-        return DockerRuntime(
+        containers = DockerRuntime(
             worker_id=worker_id,
             model_dir=str(config.model_dir),
             network_mode=config.docker_network_mode,
         )
+        # Custom backends run as processes on the host even here.
+        return SplitRuntime(containers, processes)
     raise ValueError(f"unknown runtime {config.runtime!r}; use 'docker' or 'process'")
 
 
@@ -95,6 +105,7 @@ class Agent:
             timeout=httpx.Timeout(10.0, read=MAX_WAIT_S + 10.0),
         )
         self._engine_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, read=5.0))
+        self.custom_backends = CustomBackendStore(config.state_dir / "custom-backends", self._http)
         self.metrics = AgentMetrics()
         # Held around each engine start: stopping for good waits for a start under way, and
         # none begins after it.
@@ -254,13 +265,17 @@ class Agent:
     async def _adopt_or_launch(
         self, assignment: ReplicaAssignment, engine_now: RunningEngine | None
     ) -> None:
-        engine = engine_for(assignment.backend)
+        engine = engine_for(assignment.backend, assignment.custom_backend)
         argv, _ = engine.build_argv(assignment.command, assignment.model_name, "127.0.0.1", 0)
         served_model = engine.served_model_name(argv, assignment.model_name)
         if engine_now is not None and engine_now.alive:
             self.ports.reserve(engine_now.port)
             local = LocalReplica(
-                assignment, engine, engine_now.port, reason="adopted from an earlier agent run"
+                assignment,
+                engine,
+                engine_now.port,
+                reason="adopted from an earlier agent run",
+                served_model=served_model,
             )
             self.replicas[assignment.id] = local
             log.info(
@@ -278,6 +293,10 @@ class Agent:
     async def _launch(self, local: LocalReplica) -> None:
         assert self.runtime is not None and self.worker_id is not None
         assignment = local.assignment
+        if isinstance(local.engine, CustomBackendEngine) and local.engine.install is None:
+            self._begin_install(local, local.engine)
+            return
+        custom = isinstance(local.engine, CustomBackendEngine)  # a host process, from no image
         try:
             argv, local.notices = local.engine.build_argv(
                 assignment.command, assignment.model_name, self.runtime.bind_host, local.port
@@ -290,7 +309,12 @@ class Agent:
                 env=local.engine.env(self.runtime.bind_host, local.port),
                 gpu_uuids=assignment.gpu_uuids,
                 port=local.port,
-                image=local.engine.image(assignment.vllm_version, self.config.images),
+                image=(
+                    None
+                    if custom
+                    else local.engine.image(assignment.vllm_version, self.config.images)
+                ),
+                plain_process=custom,
             )
             await asyncio.to_thread(self._start_engine, spec)
         except Exception as error:
@@ -310,6 +334,38 @@ class Agent:
         )
         self._changed.set()
 
+    def _begin_install(self, local: LocalReplica, engine: CustomBackendEngine) -> None:
+        """Prepare the replica's package in a task of its own; `_check` launches it when done."""
+        ref = engine.ref
+
+        def progress(reason: str) -> None:
+            if self.replicas.get(local.assignment.id) is local:
+                local.reason = reason
+                self._changed.set()
+
+        local.state = ReplicaState.STARTING
+        local.reason = f"preparing custom backend {ref.slug} {ref.version}"
+        local.ready_since = None
+        local.install_task = asyncio.create_task(self.custom_backends.install(ref, progress))
+        local.install_task.add_done_callback(self._install_done)
+        self._changed.set()
+
+    def _install_done(self, task: asyncio.Task[BackendInstall]) -> None:
+        if not task.cancelled():
+            task.exception()  # seen here too, so a stopped replica's failure is not "unretrieved"
+        self._desired_changed.set()  # converge now: launch it, or report why not
+
+    async def _installed(self, local: LocalReplica, task: asyncio.Task[BackendInstall]) -> None:
+        """Launch a replica whose package is ready, or fail it with the reason it is not."""
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            reason = "preparing the custom backend was cancelled" if error is None else str(error)
+            self._failed(local, reason, log_tail=getattr(error, "log_tail", None))
+            return
+        assert isinstance(local.engine, CustomBackendEngine)
+        local.engine = local.engine.with_install(task.result())
+        await self._launch(local)
+
     def _start_engine(self, spec: LaunchSpec) -> None:
         assert self.runtime is not None
         with self._engine_starts:
@@ -323,14 +379,17 @@ class Agent:
         with self._engine_starts:
             self._engines_stopped_for_good = True
         runtime = self.runtime
-        if runtime is None and self.config.runtime == "process":
-            runtime = build_runtime(self.config, worker_id="")  # its records name no worker
         if runtime is None:
-            log.warning(
-                "stopped no engines: the agent never registered, so it cannot tell which "
-                "containers are its worker's (docker ps --filter label=inferencekey.worker)"
-            )
-            return 0
+            from worker_agent.runtimes.process import ProcessRuntime
+
+            # Its records name no worker: the engines it runs as processes (all of them, or the
+            # custom backends of a docker agent) are found all the same.
+            runtime = ProcessRuntime(self.config.state_dir / "process")
+            if self.config.runtime != "process":
+                log.warning(
+                    "stopping no containers: the agent never registered, so it cannot tell "
+                    "which are its worker's (docker ps --filter label=inferencekey.worker)"
+                )
         engines = list(runtime.running())
         if not engines:
             log.info("no engines to stop")
@@ -393,6 +452,11 @@ class Agent:
 
     async def _check(self, local: LocalReplica, engine_now: RunningEngine | None) -> None:
         assert self.runtime is not None
+        if local.install_task is not None:
+            if local.install_task.done():
+                task, local.install_task = local.install_task, None
+                await self._installed(local, task)
+            return
         if local.state == ReplicaState.FAILED:
             if local.restart_at is not None and time.monotonic() >= local.restart_at:
                 local.restarts += 1
@@ -400,6 +464,9 @@ class Agent:
                 self.metrics.engine_restarts.labels(
                     assignment.project_slug, assignment.workload_slug
                 ).inc()
+                if isinstance(local.engine, CustomBackendEngine):
+                    # Check its package again (at once when it is complete; rebuilt if not).
+                    local.engine = CustomBackendEngine(local.engine.ref)
                 await self._launch(local)
             return
         if engine_now is None or not engine_now.alive:
@@ -467,6 +534,8 @@ class Agent:
     async def _stop(self, replica_id: str) -> None:
         assert self.runtime is not None
         local = self.replicas.pop(replica_id)
+        if local.install_task is not None:
+            local.install_task.cancel()
         if local.prepare_task is not None:
             local.prepare_task.cancel()
         if local.boot_watch is not None:

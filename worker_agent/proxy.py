@@ -3,6 +3,9 @@
 Only requests the Manager authorised get through: they carry the worker's gateway credential
 (`X-InferenceKey-Gateway`), which the Manager hands this agent over its heartbeat. So an agent
 port reachable on the network is not an open model.
+
+A custom backend's runtime speaks `/process` and `/forecast`, not OpenAI: its requests and answers
+are mapped by ik_contracts/bridging.py, and its answers are read whole (a backend answers whole).
 """
 
 from __future__ import annotations
@@ -14,11 +17,19 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
+from ik_contracts.bridging import (
+    MODELS_ROUTE,
+    BridgedAnswer,
+    BridgeError,
+    backend_answer,
+    backend_call,
+    models_answer,
+)
 from ik_contracts.endpoint_paths import (
     ROUTE_TASK_TYPES,
     EndpointPathError,
@@ -48,6 +59,7 @@ from ik_contracts.upstream import (
     UnsafeRequest,
     UpstreamClient,
     UpstreamError,
+    UpstreamResponse,
     header_value,
 )
 from worker_agent.config import AgentConfig
@@ -73,6 +85,8 @@ def rewrite_model(body: bytes, content_type: bytes, model: str) -> bytes:
 
 
 LOGS_PATH = re.compile(r"/replicas/(rep_[A-Za-z0-9]{1,64})/logs\Z")
+# A custom backend's answer is read whole; one larger than this is refused (502).
+MAX_BACKEND_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 def _about(target: EndpointTarget, replica: LocalReplica) -> dict[str, object]:
@@ -213,8 +227,16 @@ class AgentProxy:
             await send_json(send, 413, problem("body_too_large", str(error)))
             return
         content_type = header_value(headers, b"content-type") or b""
-        body = rewrite_model(body, content_type, replica.served_model)
         tag = [(REPLICA_HEADER, replica.assignment.id.encode())]
+        if replica.assignment.custom_backend is not None:
+            await self._relayed(
+                receive,
+                target,
+                replica,
+                self._bridged(scope, send, target, replica, body, content_type, tag),
+            )
+            return
+        body = rewrite_model(body, content_type, replica.served_model)
 
         async def exchange() -> None:
             try:
@@ -244,10 +266,20 @@ class AgentProxy:
                 return
             await relay_response(response, send, tag)
 
+        await self._relayed(receive, target, replica, exchange())
+
+    async def _relayed(
+        self,
+        receive: Receive,
+        target: EndpointTarget,
+        replica: LocalReplica,
+        exchange: Coroutine[Any, Any, None],
+    ) -> None:
+        """Run one exchange with a replica, counted as outstanding on it and timed."""
         self.outstanding[replica.assignment.id] += 1
         started = time.perf_counter()
         try:
-            await until_client_disconnects(receive, exchange())
+            await until_client_disconnects(receive, exchange)
         except UpstreamError as error:
             # Headers were sent already; all we can do is end the response early.
             log.warning(
@@ -263,3 +295,80 @@ class AgentProxy:
             self.agent.metrics.proxy_duration.labels(target.project, target.workload).observe(
                 time.perf_counter() - started
             )
+
+    async def _bridged(
+        self,
+        scope: Scope,
+        send: Send,
+        target: EndpointTarget,
+        replica: LocalReplica,
+        body: bytes,
+        content_type: bytes,
+        tag: Headers,
+    ) -> None:
+        """One public request to a custom backend: mapped to /process (or /forecast), the
+        answer read whole and mapped back (ik_contracts/bridging.py)."""
+        model = replica.served_model or target.workload
+        if target.route == MODELS_ROUTE:
+            await _send_answer(send, models_answer(model), tag)
+            return
+        try:
+            call = backend_call(target.route, scope["method"], body, content_type.decode("latin-1"))
+        except BridgeError as error:
+            await _send_answer(send, error.answer(), tag)
+            return
+        config = self.agent.config
+        try:
+            response = await self.client.request(
+                "127.0.0.1",
+                replica.port,
+                "POST",
+                call.path,
+                [(b"content-type", b"application/json")],
+                call.body,
+                first_byte_timeout=config.engine_first_byte_timeout_s,
+                idle_timeout=config.engine_idle_timeout_s,
+            )
+            answer = await _read_whole(response, MAX_BACKEND_ANSWER_BYTES)
+        except UpstreamError as error:
+            log.warning(
+                "replica %s unreachable: %s",
+                replica.assignment.id,
+                error,
+                extra=_about(target, replica),
+            )
+            await send_json(send, 502, problem("engine_unreachable", str(error)), [RETRYABLE, *tag])
+            return
+        except BridgeError as error:
+            await _send_answer(send, error.answer(), tag)
+            return
+        await _send_answer(send, backend_answer(call, response.status, answer, model=model), tag)
+
+
+async def _read_whole(response: UpstreamResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise BridgeError(
+                    502, "backend_error", f"the custom backend answered more than {limit} bytes"
+                )
+            chunks.append(chunk)
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+async def _send_answer(send: Send, answer: BridgedAnswer, extra: Headers) -> None:
+    headers: Headers = [
+        (b"content-type", answer.content_type.encode("latin-1")),
+        (b"content-length", str(len(answer.body)).encode()),
+    ]
+    headers.extend((name.encode(), value.encode()) for name, value in answer.extra.items())
+    if answer.retryable:
+        headers.append(RETRYABLE)
+    headers.extend(extra)
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})

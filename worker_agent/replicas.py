@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from ik_contracts.engines import Engine
+from ik_contracts.engines import BackendInstall, Engine
 from ik_contracts.protocol import EngineLoad, ReplicaAssignment, ReplicaState
 
 
@@ -25,6 +25,8 @@ class LocalReplica:
     ready_since: float | None = None
     health_failures: int = 0
     prepare_task: asyncio.Task[None] | None = None
+    # Downloads and builds a custom backend's package before its first launch.
+    install_task: asyncio.Task[BackendInstall] | None = None
     # Polls a booting engine often, so its readiness is seen at once (Agent._watch_boot).
     boot_watch: asyncio.Task[None] | None = None
     # The engine's own load figures at the last health check (ready engines with /metrics).

@@ -6,13 +6,15 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response, StreamingResponse
 
 from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat
 from manager import notify
 from manager.api.border import AgentBorderRoute, authenticated
 from manager.auth import TokenKind, require_kind
+from manager.custom_backends import service as custom_backends
 from manager.db.models import Worker
-from manager.openapi import ERROR_RESPONSES
+from manager.openapi import CUSTOM_BACKEND_PACKAGE_RESPONSES, ERROR_RESPONSES
 from manager.services import workers
 from manager.services.timefmt import utcnow
 
@@ -79,3 +81,29 @@ async def watch_assignments(
                 return answer
             if not changed.is_set() and await request.is_disconnected():
                 return answer
+
+
+@router.get(
+    "/custom-backends/{version_id}/package",
+    response_class=Response,
+    responses=CUSTOM_BACKEND_PACKAGE_RESPONSES,
+)
+async def custom_backend_package(
+    version_id: str, request: Request, worker: AgentWorker
+) -> StreamingResponse:
+    """The package of a custom-backend version (``custom_backend.id`` of an assignment), as
+    published; ``X-InferenceKey-Sha256`` is its SHA-256 for the agent to check."""
+    async with request.app.state.sessions() as session:
+        version = await custom_backends.package_for_worker(session, version_id, worker)
+    extension = version.archive_format
+    return StreamingResponse(
+        custom_backends.package_pieces(request.app.state.sessions, version.id),
+        media_type=custom_backends.CONTENT_TYPES[extension],
+        headers={
+            "Content-Length": str(version.size_bytes),
+            "X-InferenceKey-Sha256": version.sha256,
+            "Content-Disposition": (
+                f'attachment; filename="{version.slug}-{version.version}.{extension}"'
+            ),
+        },
+    )

@@ -133,6 +133,20 @@ class AgentBorderRoute(BorderRoute):
     check_values = False
 
 
+class StreamedBodyRoute(APIRoute):
+    """For a route that reads its own body as a stream (a custom-backend package upload): the
+    credential is checked before any of the body is read, and the route checks what it reads."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            await authenticated(request)
+            return await handler(request)
+
+        return guarded
+
+
 async def authenticated(request: Request) -> Principal:
     """The caller BorderRoute authenticated (routes outside it authenticate here)."""
     principal: Principal | None = getattr(request.state, "principal", None)

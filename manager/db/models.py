@@ -10,10 +10,12 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -303,3 +305,64 @@ class WebhookDelivery(Base):
     attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CustomBackend(Base):
+    """A custom backend a tenant published (migration 0013): the slug workloads name as their
+    ``backend``. Its name and description are its newest version's."""
+
+    __tablename__ = "custom_backends"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    slug: Mapped[str] = mapped_column(String, primary_key=True)
+    name: Mapped[str] = mapped_column(String)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CustomBackendVersion(Base):
+    """One published version of a custom backend: its manifest's facts and its package's digest.
+
+    The package's bytes live in ``custom_backend_packages``, so listing versions never reads them.
+    """
+
+    __tablename__ = "custom_backend_versions"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "slug"],
+            ["custom_backends.tenant_id", "custom_backends.slug"],
+            ondelete="CASCADE",
+        ),
+        UniqueConstraint(
+            "tenant_id", "slug", "version", name="custom_backend_versions_tenant_slug_version"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)  # cbv_...
+    tenant_id: Mapped[str] = mapped_column(String)
+    slug: Mapped[str] = mapped_column(String)
+    version: Mapped[str] = mapped_column(String)
+    name: Mapped[str] = mapped_column(String)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    task_type: Mapped[str] = mapped_column(String)  # "" means any task type
+    entrypoint: Mapped[str] = mapped_column(String)
+    requires_python: Mapped[str] = mapped_column(String)
+    cpu_only: Mapped[bool] = mapped_column(default=False)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    archive_format: Mapped[str] = mapped_column(String)  # "tar.gz" or "zip"
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CustomBackendPackageChunk(Base):
+    """A piece of a version's package, in order of ``chunk``: uploads are written and downloads
+    streamed a piece at a time, so neither holds a whole package in memory."""
+
+    __tablename__ = "custom_backend_packages"
+
+    version_id: Mapped[str] = mapped_column(
+        ForeignKey("custom_backend_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ik_contracts.endpoint_paths import JOBS_TOGGLE, ROUTE_TASK_TYPES, ROUTE_TOGGLES
 from ik_contracts.engines import ENGINES
+from ik_contracts.engines.custom import CustomBackendEngine
 from ik_contracts.protocol import ReplicaState
 from manager.db.models import Project, Replica, Worker, Workload
 from manager.states import DesiredState, WorkerState
@@ -106,8 +107,9 @@ def _asks_stream_usage(backend: str) -> bool:
 
 
 def _job_routes(backend: str) -> dict[str, str]:
+    # A backend that is no built-in engine is a custom one (the control plane admits no other).
     engine = ENGINES.get(backend)
-    return dict(engine.job_routes) if engine is not None else {}
+    return dict((engine or CustomBackendEngine).job_routes)
 
 
 # Routes whose streams carry token usage (OpenAI's stream_options applies to them).

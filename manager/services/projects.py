@@ -9,13 +9,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager import wire
+from manager.auth import Principal, TokenKind
 from manager.db.models import Project, Tenant
-from manager.errors import ProjectNotFound, SlugConflict, ValidationFailed
+from manager.errors import ProjectNotFound, SlugConflict, TenantNotFound, ValidationFailed
 from manager.ids import new_id
 
 from .timefmt import rfc3339
 
 DEFAULT_TENANT_ID = "ten_default"
+# What a path may name the installation's tenant by, instead of its id.
+DEFAULT_TENANT_ALIAS = "default"
 
 
 async def ensure_default_tenant(session: AsyncSession) -> None:
@@ -70,3 +73,31 @@ def project_view(project: Project) -> wire.Project:
         name=project.name,
         created_at=rfc3339(project.created_at),
     )
+
+
+async def visible_tenants(session: AsyncSession, principal: Principal) -> list[Tenant]:
+    """Every tenant for the operator; the tenant of its project for a project's credential."""
+    query = select(Tenant).order_by(Tenant.created_at, Tenant.id)
+    if principal.kind is not TokenKind.ADMIN:
+        query = query.join(Project, Project.tenant_id == Tenant.id).where(
+            Project.id == principal.project_id
+        )
+    return list((await session.execute(query)).scalars())
+
+
+async def resolve_tenant(session: AsyncSession, principal: Principal, ref: str) -> Tenant:
+    """The tenant a path names (its id, or ``default``) if ``principal`` may see it; another
+    tenant's is as unknown as one that does not exist."""
+    tenant_id = DEFAULT_TENANT_ID if ref == DEFAULT_TENANT_ALIAS else ref
+    for tenant in await visible_tenants(session, principal):
+        if tenant.id == tenant_id:
+            return tenant
+    raise TenantNotFound(
+        f'tenant "{ref}" not found; GET /api/tenants lists yours ("{DEFAULT_TENANT_ALIAS}" '
+        "names this installation's)",
+        field="tenant_id",
+    )
+
+
+def tenant_view(tenant: Tenant) -> wire.Tenant:
+    return wire.Tenant(id=tenant.id, name=tenant.name)

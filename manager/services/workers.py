@@ -17,10 +17,19 @@ from typing import Any
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ik_contracts.protocol import REPORTED_STATES, ReplicaState
+from ik_contracts.protocol import REPORTED_STATES, CustomBackendRef, ReplicaState
 from manager import notify, wire
 from manager.auth import Principal, TokenKind, display_token, mint_token
-from manager.db.models import GpuResource, Project, Replica, Token, Worker, Workload
+from manager.custom_backends import service as custom_backends
+from manager.db.models import (
+    CustomBackendVersion,
+    GpuResource,
+    Project,
+    Replica,
+    Token,
+    Worker,
+    Workload,
+)
 from manager.db.queries import one_of
 from manager.errors import ValidationFailed
 from manager.ids import new_id
@@ -275,25 +284,51 @@ async def assignments(session: AsyncSession, worker: Worker) -> list[dict[str, A
         .where(Replica.worker_id == worker.id, Replica.desired_state == DesiredState.RUN)
         .order_by(Replica.id)
     )
+    rows = result.all()
     gpu_uuids = {
         g.id: g.uuid
         for g in (
             await session.execute(select(GpuResource).where(GpuResource.worker_id == worker.id))
         ).scalars()
     }
-    return [
-        {
+    # The custom-backend versions the replicas were placed with, in one query.
+    versions = await custom_backends.versions_by_id(
+        session, (r.spec["custom_backend_id"] for r, _, _ in rows if "custom_backend_id" in r.spec)
+    )
+    answer = []
+    for replica, workload, project in rows:
+        spec = dict(replica.spec)
+        version = versions.get(spec.pop("custom_backend_id", None) or "")
+        config = spec.pop("custom_backend_config", None) or {}
+        entry = {
             "id": replica.id,
             "workload_id": workload.id,
             "project_slug": project.slug,
             "workload_slug": workload.slug,
             "generation": replica.generation,
-            **replica.spec,
+            **spec,
             "gpu_uuids": [gpu_uuids[g] for g in replica.gpu_resource_ids if g in gpu_uuids],
             "claim_memory_mb": replica.claim_memory_mb,
         }
-        for replica, workload, project in result.all()
-    ]
+        if version is not None:
+            entry["custom_backend"] = custom_backend_ref(version, config).model_dump()
+        answer.append(entry)
+    return answer
+
+
+def custom_backend_ref(version: CustomBackendVersion, config: dict[str, Any]) -> CustomBackendRef:
+    return CustomBackendRef(
+        id=version.id,
+        slug=version.slug,
+        version=version.version,
+        sha256=version.sha256,
+        size_bytes=version.size_bytes,
+        entrypoint=version.entrypoint,
+        requires_python=version.requires_python,
+        task_type=version.task_type,
+        cpu_only=version.cpu_only,
+        config=config,
+    )
 
 
 def assignments_version(replicas: list[dict[str, Any]]) -> str:

@@ -12,10 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ik_contracts.engines import BUILTIN_BACKENDS
 from ik_contracts.logs import ids
 from ik_contracts.protocol import EngineLoad
 from manager import notify
 from manager.auth import Principal, Scope, require_scope
+from manager.custom_backends import service as custom_backends
 from manager.db.models import GpuResource, Project, Replica, Worker, Workload
 from manager.errors import (
     FieldNotPatchable,
@@ -66,6 +68,21 @@ def _require_write(principal: Principal, fields: dict[str, Any]) -> None:
     require_scope(principal, Scope.WORKLOAD_WRITE)
     if any(fields.get(name) is not None for name in ASSIGNMENT_FIELDS):
         require_scope(principal, Scope.ASSIGNMENT_WRITE)
+
+
+async def custom_backend_rules(
+    session: AsyncSession, project: Project, backend: str
+) -> dict[str, Any]:
+    """``validate_workload``'s keywords for ``backend``: nothing for a built-in one; the
+    tenant's custom backend of that slug (its row share-locked until this transaction ends, so
+    it is not deleted under the workload being written); or, when there is none, the tenant's
+    custom slugs for the error to list."""
+    if backend in BUILTIN_BACKENDS:
+        return {}
+    facts = await custom_backends.backend_facts(session, project.tenant_id, backend)
+    if facts is not None:
+        return {"custom_backend": facts}
+    return {"custom_slugs": await custom_backends.slugs(session, project.tenant_id)}
 
 
 async def check_pins(session: AsyncSession, project: Project, fields: dict[str, Any]) -> None:
@@ -145,7 +162,8 @@ async def create_workload(
     fields = request.model_dump()
     _require_write(principal, fields)
     fields["slug"] = canonical_slug(request.slug if request.slug is not None else request.name)
-    validate_workload(fields, limits)
+    custom = await custom_backend_rules(session, project, request.backend)
+    validate_workload(fields, limits, **custom)
     await check_pins(session, project, fields)
     await check_pool(session, project, fields)
     workload = Workload(
@@ -216,10 +234,11 @@ async def update_workload(
             field="task_type",
         )
     merged = _spec_of(workload) | given
-    validate_workload(merged, limits)
+    project = await session.get(Project, workload.project_id)
+    assert project is not None
+    custom = await custom_backend_rules(session, project, merged["backend"])
+    validate_workload(merged, limits, **custom)
     if any(name in given for name in (*ASSIGNMENT_FIELDS, *POOL_FIELDS)):
-        project = await session.get(Project, workload.project_id)
-        assert project is not None
         await check_pins(session, project, merged)
         await check_pool(session, project, merged)
     changed = sorted(name for name in SPEC_FIELDS if merged[name] != getattr(workload, name))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import uvloop
 
 from ik_contracts.upstream import UpstreamClient
+from tests.agent.sample_packages import wheel
 from tests.agent.scripted_http import Script, ScriptedServer, Serve
 
 DATA_PLANE_TESTS = {"test_upstream.py", "test_relay_and_proxy.py"}
@@ -46,3 +48,15 @@ def pytest_asyncio_loop_factories(
     if item.path.name in DATA_PLANE_TESTS:
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture
+def local_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """uv installs requirements from this directory of wheels only, never the network (the
+    agent hands uv its UV_* settings): ``ik-sample-extra==1.0`` is there."""
+    index = tmp_path / "wheels"
+    index.mkdir()
+    wheel(index, "ik-sample-extra", "1.0", 'def describe():\n    return "extra module 1.0"\n')
+    monkeypatch.setenv("UV_NO_INDEX", "1")
+    monkeypatch.setenv("UV_FIND_LINKS", str(index))
+    return index

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ik_contracts.engines import ENGINES, EngineCommandError, container_entrypoints, engine_for
+from ik_contracts.engines import (
+    ENGINES,
+    BackendInstall,
+    CustomBackendEngine,
+    EngineCommandError,
+    container_entrypoints,
+    engine_for,
+)
 from ik_contracts.engines.llamacpp import LlamaCppEngine
+from ik_contracts.protocol import CustomBackendRef
 from manager.task_backends import ALLOWED_BACKENDS
 
 
 def test_every_built_in_backend_has_an_engine() -> None:
-    assert set(ENGINES) == {"ollama", "vllm", "vllm-omni", "sglang", "llamacpp"}
+    assert set(ENGINES) == {
+        "ollama", "vllm", "vllm-omni", "sglang", "llamacpp", "stablediffusioncpp",
+    }  # fmt: skip
     for backend, engine in ENGINES.items():
         assert engine_for(backend) is engine
         assert engine.health_path.startswith("/")
@@ -154,7 +166,7 @@ def test_gpu_claims() -> None:
     claims = {backend: engine.gpu_claim for backend, engine in ENGINES.items()}
     assert claims == {
         "vllm": "whole", "vllm-omni": "whole", "sglang": "whole",
-        "ollama": "shared", "llamacpp": "shared",
+        "ollama": "shared", "llamacpp": "shared", "stablediffusioncpp": "shared",
     }  # fmt: skip
 
 
@@ -191,3 +203,100 @@ def test_container_entrypoints_are_the_binaries_inside_the_images() -> None:
     entrypoints = container_entrypoints()
     assert entrypoints["llama-server"] == "/app/llama-server"
     assert entrypoints["ollama"] == "/bin/ollama"
+
+
+# --- stable-diffusion.cpp ---
+
+
+def test_sd_server_gets_the_agents_listen_address_in_its_own_flags() -> None:
+    sdcpp = engine_for("stablediffusioncpp")
+    argv, notices = sdcpp.build_argv(
+        "sd-server --diffusion-model /models/z.gguf --vae /models/ae.safetensors --steps 8 "
+        "--listen-port 1234 -l 0.0.0.0 --cfg-scale 1.0",
+        "z-image",
+        "127.0.0.1",
+        41005,
+    )
+    assert argv == [
+        "sd-server", "--diffusion-model", "/models/z.gguf", "--vae", "/models/ae.safetensors",
+        "--steps", "8", "--cfg-scale", "1.0", "--listen-ip", "127.0.0.1", "--listen-port", "41005",
+    ]  # fmt: skip
+    assert notices == [
+        "removed --listen-port 1234 from the command: the agent assigns the port",
+        "removed -l 0.0.0.0 from the command: the agent sets the listen address",
+    ]
+
+
+def test_sd_server_runs_the_model_file_when_no_command_is_given() -> None:
+    sdcpp = engine_for("stablediffusioncpp")
+    argv, _ = sdcpp.build_argv(None, "/models/sd-turbo.gguf", "0.0.0.0", 41006)
+    assert argv == [
+        "sd-server", "-m", "/models/sd-turbo.gguf", "--listen-ip", "0.0.0.0", "--listen-port",
+        "41006",
+    ]  # fmt: skip
+    assert sdcpp.model_path(argv) == "/models/sd-turbo.gguf"
+    assert sdcpp.model_path(["sd-server", "--diffusion-model", "/m/f.gguf"]) == "/m/f.gguf"
+    with pytest.raises(EngineCommandError, match="must start with `sd-server`"):
+        sdcpp.build_argv("sd-cli -m x.gguf -p cat", "x", "h", 1)
+
+
+def test_sd_server_serves_image_generation_and_is_ready_once_it_lists_its_model() -> None:
+    sdcpp = engine_for("stablediffusioncpp")
+    assert sdcpp.health_path == "/v1/models"  # it loads the model before it listens
+    assert not sdcpp.stream_usage_on_request
+    assert sdcpp.image(None, {}) == "ghcr.io/leejet/stable-diffusion.cpp:master-cuda"
+    assert container_entrypoints()["sd-server"] == "/sd.cpp/bin/sd-server"
+
+
+# --- custom backends ---
+
+REF = CustomBackendRef(
+    id="cbv_1",
+    slug="my-backend",
+    version="1.2.0",
+    sha256="a" * 64,
+    size_bytes=10,
+    entrypoint="my_backend:MyBackend",
+    config={"model": "small", "device": "cpu"},
+)
+INSTALL = BackendInstall(
+    python="/state/custom-backends/my-backend/1.2.0-aaaaaaaaaaaa/venv/bin/python",
+    pythonpath=("/state/custom-backends/my-backend/1.2.0-aaaaaaaaaaaa/src", "/state/sdk/x"),
+    entrypoint="my_backend:MyBackend",
+)
+
+
+def test_a_custom_backend_is_the_recipe_of_an_unknown_backend_that_comes_with_a_package() -> None:
+    engine = engine_for("my-backend", REF)
+    assert isinstance(engine, CustomBackendEngine)
+    assert engine.ref == REF
+    assert engine_for("llamacpp", REF) is ENGINES["llamacpp"]  # a built-in name stays built in
+    with pytest.raises(ValueError, match="unknown backend 'my-backend'"):
+        engine_for("my-backend")
+
+
+def test_a_custom_backend_runs_the_sdk_runtime_from_its_venv_on_the_agents_port() -> None:
+    engine = CustomBackendEngine(REF, INSTALL)
+    argv, notices = engine.build_argv(None, "small", "0.0.0.0", 41007)
+    assert argv == [
+        INSTALL.python, "-m", "inferencekey.backend.serve", "--port", "41007",
+        "--backend", "my_backend:MyBackend",
+    ]  # fmt: skip
+    assert notices == []
+    env = engine.env("0.0.0.0", 41007)
+    assert env["PYTHONPATH"] == ":".join(INSTALL.pythonpath)
+    assert json.loads(env["IK_BACKEND_CONFIG"]) == {"model": "small", "device": "cpu"}
+    assert env["IK_BACKEND_ENTRYPOINT"] == "my_backend:MyBackend"
+    assert env["PYTHONNOUSERSITE"] == "1"
+    assert engine.health_path == "/healthz"
+    assert engine.served_model_name(argv, "small") == "small"
+    _, notices = engine.build_argv("python serve.py", "small", "0.0.0.0", 41007)
+    assert notices == ["ignored the command: a custom backend serves its package's entrypoint"]
+
+
+def test_a_custom_backend_takes_jobs_of_the_async_only_kinds_and_never_asks_for_usage() -> None:
+    engine = engine_for("my-backend", REF)
+    assert engine.job_routes == {"classification": "classify", "reward": "pooling"}
+    assert not engine.stream_usage_on_request
+    with pytest.raises(NotImplementedError, match="plain process"):
+        engine.image(None, {})

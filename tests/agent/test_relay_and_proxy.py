@@ -455,6 +455,10 @@ SERVED_BY = {
     "v1/audio/voices": {T.TEXT2AUDIO.value},
     "v1/audio/transcriptions": {T.AUDIO2TEXT.value},
     "forecast": {T.FORECAST.value},
+    # The engines' own routes of classification and reward jobs: served to jobs only, never as
+    # a sync request (ik_contracts.endpoint_paths, manager.gateway.routes.ASYNC_ONLY).
+    "classify": set(),
+    "pooling": set(),
     # Listing the model is harmless and lets any client discover it, async-only or not.
     "v1/models": {t.value for t in TaskType},
 }

@@ -61,6 +61,8 @@ class LaunchSpec:
     gpu_uuids: list[str]
     port: int
     image: str | None
+    # Run on the host as a plain process whatever the agent's runtime (custom backends).
+    plain_process: bool = False
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,10 @@ class ProcessRuntime:
             )
         return engines
 
+    def knows(self, replica_id: str) -> bool:
+        """Whether this runtime has a record of the replica's engine (running or not)."""
+        return self._record_path(replica_id).exists()
+
     def log_tail(self, replica_id: str, lines: int = 40) -> str:
         try:
             with open(self._log_path(replica_id), "rb") as log:
