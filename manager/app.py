@@ -12,8 +12,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from manager import notify
 from manager.api import admin, agent, custom_backends, webhooks, workers, workloads
 from manager.api import metrics as metrics_api
+from manager.api.agent import AssignmentCache
 from manager.auth_limiter import FailedAuthLimiter
 from manager.body_limit import BodyLimitMiddleware
 from manager.db.migrate import upgrade_to_head_async
@@ -75,6 +77,8 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         app.state.sessions = make_sessionmaker(engine)
         hub = NotificationHub(database_url)
         app.state.hub = hub
+        app.state.assignment_cache = AssignmentCache()
+        hub.on(notify.ASSIGNMENTS, app.state.assignment_cache.invalidate)
         background: list[asyncio.Task[None]] = []
         try:
             await _bootstrap(app, settings)

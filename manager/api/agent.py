@@ -36,16 +36,54 @@ async def _agent_worker(request: Request) -> Worker:
 AgentWorker = Annotated[Worker, Depends(_agent_worker)]
 
 
+class AssignmentCache:
+    """Each worker's last computed answer, until the reconciler says its desired set changed
+    (``NOTIFY ik_assignments``, heard by every Manager process) or ``MAX_AGE_S`` passes (a
+    notification lost while the listening connection was down). Heartbeats and long-polls of
+    a steady fleet then cost no query of their own."""
+
+    MAX_AGE_S = 10.0
+
+    def __init__(self) -> None:
+        self._answers: dict[str, tuple[float, Assignments]] = {}
+        self._generation: dict[str, int] = {}
+
+    def invalidate(self, worker_id: str) -> None:
+        if worker_id == notify.ANY:  # the listening connection came back: anything may have
+            self.clear()  # changed meanwhile
+            return
+        self._answers.pop(worker_id, None)
+        self._generation[worker_id] = self._generation.get(worker_id, 0) + 1
+
+    def clear(self) -> None:
+        for worker_id in list(self._answers):
+            self.invalidate(worker_id)
+        self._answers.clear()
+
+    async def answer(self, request: Request, worker: Worker) -> Assignments:
+        now = time.monotonic()
+        cached = self._answers.get(worker.id)
+        if cached is not None and now - cached[0] < self.MAX_AGE_S:
+            return cached[1]
+        generation = self._generation.get(worker.id, 0)
+        async with request.app.state.sessions() as session:
+            replicas = await workers.assignments(session, worker)
+        answer = Assignments(
+            worker_id=worker.id,
+            version=workers.assignments_version(replicas),
+            heartbeat_interval_s=request.app.state.settings.heartbeat_interval_s,
+            replicas=replicas,  # type: ignore[arg-type]
+            gateway_secret=worker.gateway_secret,
+        )
+        # Kept only if no change was announced while it was read.
+        if self._generation.get(worker.id, 0) == generation:
+            self._answers[worker.id] = (now, answer)
+        return answer
+
+
 async def _answer(request: Request, worker: Worker) -> Assignments:
-    async with request.app.state.sessions() as session:
-        replicas = await workers.assignments(session, worker)
-    return Assignments(
-        worker_id=worker.id,
-        version=workers.assignments_version(replicas),
-        heartbeat_interval_s=request.app.state.settings.heartbeat_interval_s,
-        replicas=replicas,  # type: ignore[arg-type]
-        gateway_secret=worker.gateway_secret,
-    )
+    cache: AssignmentCache = request.app.state.assignment_cache
+    return await cache.answer(request, worker)
 
 
 @router.post("/heartbeat")
@@ -68,19 +106,21 @@ async def watch_assignments(
     """Answers as soon as the desired set differs from ``version``, or after ``wait`` seconds."""
     hub: notify.NotificationHub = request.app.state.hub
     deadline = time.monotonic() + wait
-    while True:
-        with hub.subscription(notify.ASSIGNMENTS, worker.id) as changed:
-            answer = await _answer(request, worker)
+    with hub.subscription(notify.ASSIGNMENTS, worker.id) as changed:
+        answer = await _answer(request, worker)
+        while answer.version == version:
             remaining = deadline - time.monotonic()
-            if answer.version != version or remaining <= 0:
+            if remaining <= 0:
                 return answer
             # Wake at least every second to notice an agent that hung up, or a Manager that is
-            # shutting down (the agent asks again, of another Manager or of this one restarted).
-            await notify.wait_for(changed, min(remaining, DISCONNECT_CHECK_S))
-            if request.app.state.stopping():
+            # shutting down (the agent asks again, of another Manager or of this one restarted);
+            # the answer is read again only when the reconciler announced a change.
+            if await notify.wait_for(changed, min(remaining, DISCONNECT_CHECK_S)):
+                changed.clear()
+                answer = await _answer(request, worker)
+            elif request.app.state.stopping() or await request.is_disconnected():
                 return answer
-            if not changed.is_set() and await request.is_disconnected():
-                return answer
+        return answer
 
 
 @router.get(
