@@ -298,6 +298,7 @@ class Agent:
             return
         custom = isinstance(local.engine, CustomBackendEngine)  # a host process, from no image
         try:
+            local.port = await asyncio.to_thread(self.ports.still_free, local.port)
             argv, local.notices = local.engine.build_argv(
                 assignment.command, assignment.model_name, self.runtime.bind_host, local.port
             )

@@ -32,6 +32,15 @@ class PortAllocator:
                     return port
         raise PortsExhausted(f"no free port in {self.start}-{self.end}")
 
+    def still_free(self, port: int) -> int:
+        """``port`` if nothing else listens on it now, else a new free one (and ``port`` is
+        released): a relaunch must not fail forever on a port another process took meanwhile."""
+        if _is_free(port):
+            return port
+        replacement = self.allocate()
+        self.release(port)
+        return replacement
+
     def reserve(self, port: int) -> None:
         """Mark a port as taken, e.g. the port of an engine adopted from an earlier agent run."""
         with self._lock:

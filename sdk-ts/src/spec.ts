@@ -1,6 +1,7 @@
 /** WorkloadSpec, EndpointRef and the drift computation `ensure()` is built on. */
 
-import type { Backend, ExecutionPolicy, TaskType } from "./enums.js";
+import { Backend } from "./enums.js";
+import type { ExecutionPolicy, TaskType } from "./enums.js";
 import { ConfigurationError, ValidationError } from "./errors.js";
 import { blankField, pyRepr, secretField, slugify } from "./validation.js";
 
@@ -24,7 +25,7 @@ export interface WorkloadSpec {
   command?: string | null;
   vllmVersion?: string | null;
   taskType?: TaskType | (string & {}) | null;
-  /** Kept for the docs' examples; not sent (the wire config comes from `command`). */
+  /** A custom backend's configuration; not sent for a built-in backend (its wire config comes from `command`). */
   config?: Record<string, unknown> | null;
   executionPolicy?: ExecutionPolicy | (string & {}) | null;
   executionPolicyConfig?: Record<string, unknown> | null;
@@ -89,8 +90,17 @@ export function checkSpec(spec: WorkloadSpec): void {
   }
 }
 
-/** The backend config sent on the wire: `{command, vllm_version?}`, or undefined. */
+const BUILT_IN_BACKENDS: ReadonlySet<string> = new Set(Object.values(Backend));
+
+/**
+ * The backend config sent on the wire. A built-in backend's is `{command, vllm_version?}` (or
+ * undefined), as the official client sends it: its `config` is not sent. A custom backend's is
+ * its `config` (what its `setup()` reads as `ctx.config`).
+ */
 function wireConfig(spec: WorkloadSpec): Record<string, unknown> | undefined {
+  if (!BUILT_IN_BACKENDS.has(spec.backend)) {
+    return spec.config == null ? undefined : { ...spec.config };
+  }
   if (spec.command == null) return undefined;
   const config: Record<string, unknown> = { command: spec.command };
   if (spec.vllmVersion != null) config.vllm_version = spec.vllmVersion;

@@ -10,6 +10,7 @@ from .errors import ConfigurationError, ValidationError
 from .validation import blank_field, secret_field, slugify
 
 # Drift is compared in this order; the starred ones only when the spec declares them.
+_BUILT_IN_BACKENDS = frozenset(backend.value for backend in Backend)
 _ALWAYS_COMPARED = ("name", "backend", "model_name")
 _COMPARED_WHEN_DECLARED = (
     "description",
@@ -69,7 +70,11 @@ class WorkloadSpec:
             raise ValidationError(f"validation error: slug {self.slug!r} has no letters or digits")
 
     def wire_config(self) -> dict[str, Any] | None:
-        """The backend config sent on the wire: ``{command, vllm_version?}``, or None."""
+        """The backend config sent on the wire. A built-in backend's is ``{command,
+        vllm_version?}`` (or None), as the official client sends it: its ``config`` is not sent.
+        A custom backend's is its ``config`` (what its ``setup()`` reads as ``ctx.config``)."""
+        if wire_value(self.backend) not in _BUILT_IN_BACKENDS:
+            return dict(self.config) if self.config is not None else None
         if self.command is None:
             return None
         config: dict[str, Any] = {"command": self.command}

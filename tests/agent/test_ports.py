@@ -47,3 +47,18 @@ def test_a_released_port_comes_back_last() -> None:
 def test_bad_range_is_rejected() -> None:
     with pytest.raises(ValueError):
         PortAllocator(5000, 4000)
+
+
+def test_a_port_taken_meanwhile_is_traded_for_a_free_one_at_relaunch() -> None:
+    allocator = PortAllocator(1024, 65535)
+    port = allocator.allocate()
+    assert allocator.still_free(port) == port  # nothing took it: the relaunch keeps it
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        replacement = allocator.still_free(port)
+    assert replacement != port
+    # The replacement is handed out (reserved), the taken port is not held any more.
+    allocator.reserve(port)  # would be a no-op had still_free kept it
+    allocator.release(port)
+    assert allocator.still_free(replacement) == replacement

@@ -157,6 +157,16 @@ def test_a_custom_backend_slug_is_sent_verbatim() -> None:
     assert make_spec(backend="my-forecaster").to_create_body()["backend"] == "my-forecaster"
 
 
+def test_a_custom_backends_config_is_sent_and_compared_a_built_ins_is_not() -> None:
+    # A built-in's config is not the official client's wire config (the README's example passes
+    # one that is dropped); a custom backend's is what its setup() reads.
+    custom = make_spec(backend="my-forecaster", config={"season": 7})
+    assert custom.to_create_body()["config"] == {"season": 7}
+    assert custom.desired_fields()["config"] == {"season": 7}
+    assert "config" not in make_spec(backend="my-forecaster").to_create_body()
+    assert "config" not in make_spec(backend="vllm", config={"season": 7}).to_create_body()
+
+
 def test_an_identical_live_workload_has_no_drift() -> None:
     assert compute_drift(make_spec(), live_workload()) == []
 
