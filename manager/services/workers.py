@@ -155,17 +155,23 @@ async def _sync_gpus(
     for item in reported:
         uuid = str(item["uuid"])
         seen.add(uuid)
+        values = {
+            "index": int(item.get("index", 0)),
+            "name": str(item.get("name", "unknown GPU")),
+            "memory_total_mb": int(item.get("memory_total_mb", 0)),
+            "memory_used_mb": int(item.get("memory_used_mb", 0)),
+            "utilization_pct": int(item.get("utilization_pct", 0)),
+            "simulated": simulated,
+            "present": True,
+        }
         gpu = existing.get(uuid)
         if gpu is None:
             gpu = GpuResource(id=new_id("gpu"), worker_id=worker.id, uuid=uuid)
             session.add(gpu)
-        gpu.index = int(item.get("index", 0))
-        gpu.name = str(item.get("name", "unknown GPU"))
-        gpu.memory_total_mb = int(item.get("memory_total_mb", 0))
-        gpu.memory_used_mb = int(item.get("memory_used_mb", 0))
-        gpu.utilization_pct = int(item.get("utilization_pct", 0))
-        gpu.simulated = simulated
-        gpu.present = True
+        elif all(getattr(gpu, name) == value for name, value in values.items()):
+            continue  # unchanged: no write (a steady fleet's heartbeats write no GPU row)
+        for name, value in values.items():
+            setattr(gpu, name, value)
         gpu.updated_at = now
     for uuid, gpu in existing.items():
         if uuid not in seen and gpu.present:
@@ -206,16 +212,21 @@ async def _apply_observed(
         if state != replica.state or reason != replica.reason:
             changed = True
             await _record_transition(session, replica, worker, state, reason, item)
-        replica.state = state
-        replica.reason = reason
-        replica.log_tail = (item.get("log_tail") or "")[-LOG_TAIL_LIMIT:] or None
-        replica.port = item.get("port")
-        replica.restarts = int(item.get("restarts") or 0)
         load = item.get("engine_load") or {}
-        replica.engine_running = load.get("running")
-        replica.engine_waiting = load.get("waiting")
-        replica.kv_cache_usage = load.get("kv_cache_usage")
-        replica.updated_at = now
+        observed = {
+            "state": state,
+            "reason": reason,
+            "log_tail": (item.get("log_tail") or "")[-LOG_TAIL_LIMIT:] or None,
+            "port": item.get("port"),
+            "restarts": int(item.get("restarts") or 0),
+            "engine_running": load.get("running"),
+            "engine_waiting": load.get("waiting"),
+            "kv_cache_usage": load.get("kv_cache_usage"),
+        }
+        if any(getattr(replica, name) != value for name, value in observed.items()):
+            for name, value in observed.items():
+                setattr(replica, name, value)
+            replica.updated_at = now  # when the agent last said something new of it
         if state == ReplicaState.READY and replica.ready_at is None:
             replica.ready_at = now
     # A replica the Manager stopped is gone once the agent no longer runs it.
