@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 
 from manager.auth import Principal
 from manager.errors import TooManyFailedAuthentications, Unauthenticated
@@ -29,7 +29,12 @@ class FailedAuthLimiter:
     async def authenticate(self, address: str | None, attempt: Awaitable[Principal]) -> Principal:
         """``attempt``'s principal; refused at once while ``address`` is over its limit, and a
         failure counted against it."""
-        self.check(address)
+        try:
+            self.check(address)
+        except TooManyFailedAuthentications:
+            if isinstance(attempt, Coroutine):
+                attempt.close()  # refused without a lookup: never started, never awaited
+            raise
         try:
             return await attempt
         except Unauthenticated:
