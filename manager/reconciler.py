@@ -168,6 +168,11 @@ def worker_slots(
     return list(slots.values())
 
 
+# The shortest time from one pass's start to the next one's: a change waits at most this long
+# (plus a pass) to take effect, and a stream of changes costs at most a pass per gap.
+MIN_PASS_GAP_S = 0.25
+
+
 class Reconciler:
     def __init__(
         self,
@@ -189,8 +194,14 @@ class Reconciler:
             try:
                 if await self._lead():
                     with self.hub.subscription(notify.RECONCILE) as wake:
+                        started = time.monotonic()
                         if await self.reconcile_once():
                             await notify.wait_for(wake, self.settings.reconcile_interval_s)
+                            # Changes coming in a stream (creates, patches, heartbeats that
+                            # report new states) share passes: at most one per gap.
+                            gap = started + MIN_PASS_GAP_S - time.monotonic()
+                            if gap > 0:
+                                await asyncio.sleep(gap)
                 else:
                     await asyncio.sleep(self.settings.reconcile_interval_s)
             except asyncio.CancelledError:
