@@ -389,6 +389,10 @@ def test_a_form_without_the_file_or_with_unknown_parts_is_400(manager: RunningMa
     assert extra.status_code == 400 and extra.json()["field"] == "color"
     json_body = httpx.post(url, json=form_of("x"), headers=headers)
     assert json_body.status_code == 400 and "multipart/form-data" in json_body.json()["message"]
+    # A part's header is a name and a filename, never megabytes held in memory.
+    long_name = httpx.post(url, files={"file": ("p" * 9000, b"")}, headers=headers)
+    assert long_name.status_code == 400, long_name.text
+    assert "header" in long_name.json()["message"]
 
 
 def test_form_parts_are_required_and_never_hold_a_credential(manager: RunningManager) -> None:
@@ -805,7 +809,10 @@ def test_the_package_download_is_the_agents_alone(
     for credential in ("admin", "sdk", "live"):
         assert download(credential).json()["code"] == "wrong_credential_type"
     assert download("none").status_code == 401
-    assert download("agent").status_code == 200
+    # An agent gets only the packages of the replicas its worker must run (the test above
+    # downloads one); this worker runs none of this backend.
+    foreign = download("agent")
+    assert foreign.status_code == 404 and foreign.json()["code"] == "package_not_found"
     unknown = download("agent", url.replace(record["id"], "cbv_nosuchversion"))
     assert unknown.status_code == 404 and unknown.json()["code"] == "package_not_found"
 

@@ -37,6 +37,7 @@ from manager.db.models import (
     CustomBackendPackageChunk,
     CustomBackendVersion,
     Project,
+    Replica,
     Worker,
     Workload,
 )
@@ -53,6 +54,7 @@ from manager.errors import (
 from manager.ids import new_id
 from manager.services import events
 from manager.services.timefmt import rfc3339, utcnow
+from manager.states import DesiredState
 from manager.validation import MAX_LENGTHS, CustomBackendFacts
 
 from . import wire
@@ -157,18 +159,27 @@ async def publish(
 
     A new version rolls every live workload using the backend onto it (a new generation)."""
     manifest = package.manifest
-    await session.execute(
-        insert(CustomBackend)
-        .values(
-            tenant_id=tenant_id,
-            slug=manifest.slug,
-            name=manifest.name,
-            description=manifest.description,
+    backend = None
+    for _ in range(3):  # a delete that committed between the two statements: insert again
+        await session.execute(
+            insert(CustomBackend)
+            .values(
+                tenant_id=tenant_id,
+                slug=manifest.slug,
+                name=manifest.name,
+                description=manifest.description,
+            )
+            .on_conflict_do_nothing()
         )
-        .on_conflict_do_nothing()
-    )
-    backend = await _backend(session, tenant_id, manifest.slug, lock="no_key_update")
-    assert backend is not None
+        backend = await _backend(session, tenant_id, manifest.slug, lock="no_key_update")
+        if backend is not None:
+            break
+    if backend is None:
+        raise VersionExists(
+            f"custom backend {manifest.slug!r} is being deleted and published at once; "
+            "publish again",
+            field="slug",
+        )
     existing = (
         await session.execute(
             select(CustomBackendVersion).where(
@@ -489,13 +500,20 @@ async def versions_by_id(
 async def package_for_worker(
     session: AsyncSession, version_id: str, worker: Worker
 ) -> CustomBackendVersion:
-    """The version whose package ``worker`` may download: one of its own tenant's."""
+    """The version whose package ``worker`` may download: only one that a replica the worker
+    must run was placed with (so an agent credential reads no other package)."""
     version = await session.get(CustomBackendVersion, version_id)
-    if version is not None and worker.project_id is not None:
-        tenant_id = (
-            await session.execute(select(Project.tenant_id).where(Project.id == worker.project_id))
-        ).scalar_one_or_none()
-        if tenant_id != version.tenant_id:
+    if version is not None:
+        runs_it = await session.scalar(
+            select(Replica.id)
+            .where(
+                Replica.worker_id == worker.id,
+                Replica.desired_state == DesiredState.RUN,
+                Replica.spec["custom_backend_id"].as_string() == version_id,
+            )
+            .limit(1)
+        )
+        if runs_it is None:
             version = None
     if version is None:
         raise PackageNotFound(f"no custom-backend package {version_id!r}", field="version_id")

@@ -27,6 +27,7 @@ TEXT_PARTS = ("name", "slug", "version", "task_type", "entrypoint")
 FILE_PART = "file"
 MAX_TEXT_PART_BYTES = 4096
 MAX_PARTS = 16
+MAX_PART_HEADER_BYTES = 8 * 1024  # one header of one form part
 # Room for the text parts and the part headers around the package.
 FORM_OVERHEAD_BYTES = 64 * 1024
 # The package is written to disk (in a thread) in pieces of about this size.
@@ -96,9 +97,19 @@ class _Form:
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]
+        self._bounded(self.header_field)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self.header_value += data[start:end]
+        self._bounded(self.header_value)
+
+    @staticmethod
+    def _bounded(header: bytearray) -> None:
+        # A part's header line is a name and a filename: never megabytes held in memory.
+        if len(header) > MAX_PART_HEADER_BYTES:
+            raise ValidationFailed(
+                f"a form part's header is longer than {MAX_PART_HEADER_BYTES} bytes; {_FORM_HELP}"
+            )
 
     def on_header_end(self) -> None:
         if bytes(self.header_field).strip().lower() == b"content-disposition":

@@ -29,9 +29,9 @@ from .errors import (
     ValidationError,
 )
 
-# Where the token comes from when none is passed, in this order: the operator's admin
-# credential, then the project's SDK token.
-TOKEN_ENV_VARS = ("INFERENCEKEY_ADMIN_TOKEN", "INFERENCEKEY_SDK_TOKEN")
+# Where the token comes from when none is passed, in this order: the project's SDK token, then
+# the operator's admin credential (only a fallback, never preferred over the project's token).
+TOKEN_ENV_VARS = ("INFERENCEKEY_SDK_TOKEN", "INFERENCEKEY_ADMIN_TOKEN")
 _CONTENT_TYPES = {"tar.gz": "application/gzip", "zip": "application/zip"}
 _TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
@@ -47,7 +47,7 @@ def publish_custom_backend(
     (``id``, ``slug``, ``sha256``, ...).
 
     ``tenant_id`` may be ``"default"``. ``token`` is sent verbatim as the bearer credential;
-    without it ``$INFERENCEKEY_ADMIN_TOKEN``, then ``$INFERENCEKEY_SDK_TOKEN`` is used.
+    without it ``$INFERENCEKEY_SDK_TOKEN``, then ``$INFERENCEKEY_ADMIN_TOKEN`` is used.
     ``base_url`` defaults to ``$INFERENCEKEY_BASE_URL``. The manifest is read from the package
     (a ``PackagingError`` if it is not a valid one) and its ``name``, ``slug``, ``version``,
     ``task_type`` and ``entrypoint`` are sent as form fields beside the ``file``.

@@ -187,14 +187,14 @@ def test_token_and_base_url_come_from_the_environment(
     registry: Registry, package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("INFERENCEKEY_BASE_URL", registry.url)
-    monkeypatch.setenv("INFERENCEKEY_SDK_TOKEN", "ik_sdk_from_env")
-    publish_custom_backend("default", package)
     monkeypatch.setenv("INFERENCEKEY_ADMIN_TOKEN", "ik_admin_from_env")
     publish_custom_backend("default", package)
+    monkeypatch.setenv("INFERENCEKEY_SDK_TOKEN", "ik_sdk_from_env")
+    publish_custom_backend("default", package)  # the project's token wins over the operator's
     publish_custom_backend("default", package, token="explicit-token")
     assert [upload.authorization for upload in registry.uploads] == [
-        "Bearer ik_sdk_from_env",
         "Bearer ik_admin_from_env",
+        "Bearer ik_sdk_from_env",
         "Bearer explicit-token",
     ]
 
