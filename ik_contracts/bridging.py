@@ -38,11 +38,14 @@ Choices the contract leaves open:
 The backend's errors: 400 → 400 ``invalid_input`` with its message; 501 → 501
 ``not_implemented``; 503 → 503 ``backend_not_ready`` (another replica may serve it); 500 or any
 other status → 502 ``backend_error`` with its message. A request whose bridged body would pass the
-runtime's 16 MiB cap is refused here with 413.
+runtime's 16 MiB cap is refused here with 413, an answer past 64 MiB with 502. Bodies past 256 KiB
+(images, audio) are mapped on a thread (``bridge_request``, ``bridge_answer``), not on the event
+loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -57,6 +60,10 @@ from ik_contracts.errors import problem
 
 # The custom-backend runtime's request body cap (contract section 1d).
 MAX_BACKEND_BODY_BYTES = 16 * 1024 * 1024
+# The most of a backend's answer the agent reads (it is held whole, then mapped).
+MAX_BACKEND_ANSWER_BYTES = 64 * 1024 * 1024
+# Bodies larger than this are mapped (base64, JSON) on a thread rather than the event loop.
+OFF_LOOP_BYTES = 256 * 1024
 PROCESS_PATH = "/process"
 FORECAST_PATH = "/forecast"
 JSON_TYPE = "application/json"
@@ -205,6 +212,26 @@ def backend_answer(
         return shape(call, output, model, created)
     except BridgeError as error:
         return error.answer()
+
+
+async def bridge_request(
+    route: str, method: str, body: bytes, content_type: str, *, job_id: str | None = None
+) -> BackendCall:
+    """``backend_call``, on a thread when the body is large."""
+    if len(body) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(
+            backend_call, route, method, body, content_type, job_id=job_id
+        )
+    return backend_call(route, method, body, content_type, job_id=job_id)
+
+
+async def bridge_answer(
+    call: BackendCall, status: int, body: bytes, *, model: str
+) -> BridgedAnswer:
+    """``backend_answer``, on a thread when the body is large."""
+    if len(body) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(backend_answer, call, status, body, model=model)
+    return backend_answer(call, status, body, model=model)
 
 
 def models_answer(model: str, now: float | None = None) -> BridgedAnswer:

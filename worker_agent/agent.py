@@ -40,6 +40,7 @@ from worker_agent import __version__
 from worker_agent.config import AgentConfig
 from worker_agent.custom_backends import CustomBackendStore
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
+from worker_agent.hardening import forbid_dumping
 from worker_agent.metrics import AgentMetrics
 from worker_agent.ports import PortAllocator
 from worker_agent.proxy import AgentProxy
@@ -105,7 +106,11 @@ class Agent:
             timeout=httpx.Timeout(10.0, read=MAX_WAIT_S + 10.0),
         )
         self._engine_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, read=5.0))
-        self.custom_backends = CustomBackendStore(config.state_dir / "custom-backends", self._http)
+        self.custom_backends = CustomBackendStore(
+            config.state_dir / "custom-backends",
+            self._http,
+            build_timeout_s=config.backend_build_timeout_s,
+        )
         self.metrics = AgentMetrics()
         # Held around each engine start: stopping for good waits for a start under way, and
         # none begins after it.
@@ -571,6 +576,7 @@ def run(config: AgentConfig) -> None:
     """Run the agent until SIGTERM or SIGINT. Engines keep running, and a restart adopts them,
     unless ``config.stop_engines_on_exit`` says to stop them too."""
     configure_logging(config.log_format)
+    forbid_dumping()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
 
     async def main() -> None:

@@ -38,6 +38,7 @@ AGENT_ENV = {
     "docker_network": "INFERENCEKEY_AGENT_DOCKER_NETWORK",
     "metrics_listen": "INFERENCEKEY_AGENT_METRICS_LISTEN",
     "stop_engines_on_exit": "INFERENCEKEY_AGENT_STOP_ENGINES_ON_EXIT",
+    "backend_build_timeout_s": "INFERENCEKEY_AGENT_BACKEND_BUILD_TIMEOUT_S",
 }
 AGENT_FLAGS = {
     "manager_url": "--manager",
@@ -55,6 +56,7 @@ AGENT_FLAGS = {
     "docker_network": "--docker-network",
     "metrics_listen": "--metrics-listen",
     "stop_engines_on_exit": "--stop-engines-on-exit",
+    "backend_build_timeout_s": "--backend-build-timeout",
 }
 BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOLEAN_WORDS.update({"0": False, "false": False, "no": False, "off": False})
@@ -159,6 +161,10 @@ def agent_config_from_args(args: argparse.Namespace, environ: Mapping[str, str])
     if stop_engines_on_exit is not None:
         options["stop_engines_on_exit"] = _boolean(stop_engines_on_exit.strip(), source)
 
+    build_timeout, source = setting("backend_build_timeout_s")
+    if build_timeout is not None:
+        options["backend_build_timeout_s"] = _seconds(build_timeout.strip(), source)
+
     docker_network, source = setting("docker_network")
     if docker_network is not None:
         options["docker_network_mode"] = _one_of(
@@ -239,6 +245,16 @@ def _boolean(value: str, source: str) -> bool:
         raise AgentConfigError(
             f"{source} must be 1, true, yes or on (or 0, false, no, off), got {value!r}"
         ) from None
+
+
+def _seconds(value: str, source: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise AgentConfigError(f"{source} must be a number of seconds above 0, got {value!r}")
+    return seconds
 
 
 def _port_range(value: str, source: str) -> tuple[int, int]:
@@ -356,6 +372,12 @@ def add_agent_command(commands: Any) -> None:
         "for taking the agent off this host. Without it engines keep serving through a restart "
         "or upgrade of the agent, which adopts them when it starts again (default off)",
         action=argparse.BooleanOptionalAction,
+    )
+    option(
+        "backend_build_timeout_s",
+        "the longest one uv run of a custom backend's build may take; past it uv and its "
+        "build scripts are killed and the replica fails (default 1800)",
+        metavar="SECONDS",
     )
     add_log_format_option(agent)
     agent.set_defaults(command=run_agent)

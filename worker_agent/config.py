@@ -48,3 +48,5 @@ class AgentConfig:
     # Stop every engine when the agent exits (the host is being cleared). Off, engines outlive
     # the agent and a restarted agent adopts them.
     stop_engines_on_exit: bool = False
+    # The longest one uv run of a custom backend's build may take before it is killed.
+    backend_build_timeout_s: float = 30 * 60.0

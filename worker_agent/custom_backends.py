@@ -6,6 +6,8 @@ Everything lives under ``<state_dir>/custom-backends/``::
         src/                             the package's files (manifest.json, requirements.txt, code)
         venv/                            its own interpreter and requirements, built with uv
         build.log                        what uv said
+        uv.pgid                          while uv runs: its process group (killed by a restarted
+                                         agent before it rebuilds the directory)
         installed.json                   written last: the install is complete
     <slug>/<version>-<sha256[:12]>.lock  held while one is prepared (by any agent process)
     sdk/<digest>/inferencekey/           this agent's copy of the SDK package
@@ -35,9 +37,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -54,7 +58,7 @@ from inferencekey.errors import PackagingError
 
 from ik_contracts.engines import BackendInstall
 from ik_contracts.protocol import CustomBackendRef
-from worker_agent.runtimes.base import process_engine_env
+from worker_agent.runtimes.base import custom_backend_env
 
 log = logging.getLogger("inferencekey.agent")
 
@@ -63,12 +67,16 @@ MAX_PACKAGE_BYTES = 1024 * 1024 * 1024
 INSTALLED_MARKER = "installed.json"
 UV_MISSING = "uv is not installed on this worker (pip install uv)"
 LOG_TAIL_LINES = 40
+DEFAULT_BUILD_TIMEOUT_S = 30 * 60.0
+UV_PGID_FILE = "uv.pgid"
+# The download is hashed and written off the event loop, this much at a time.
+_WRITE_BATCH_BYTES = 1024 * 1024
 _LOCK_POLL_S = 0.2
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-# What uv may see of the agent's environment beyond what an engine sees: its own settings,
-# proxies and certificates (never the agent's credential).
+# What uv may see of the agent's environment beyond what a backend sees: its own settings,
+# proxies and certificates (never the agent's credential). The backend itself gets none of them.
 _UV_ENV_PREFIXES = ("UV_", "PIP_")
 _UV_ENV_NAMES = frozenset(
     {
@@ -152,11 +160,13 @@ class CustomBackendStore:
         *,
         uv: list[str] | None = None,
         python: str = sys.executable,
+        build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S,
     ) -> None:
         self.root = root
         self.client = client
         self.uv = uv
         self.python = python
+        self.build_timeout_s = build_timeout_s  # for each uv run
         self.builds = 0  # venvs built by this store (a reused one is not counted)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sdk_path: Path | None = None
@@ -173,7 +183,12 @@ class CustomBackendStore:
             if record is None:
                 await self._prepare(layout, progress)
                 record = layout.installed()
-                assert record is not None
+                if record is None:
+                    raise PreparationError(
+                        f"building custom backend {ref.slug} {ref.version} finished without its "
+                        f"{INSTALLED_MARKER} marker (or its venv's interpreter); it is built "
+                        "again on the next try"
+                    )
         return BackendInstall(
             python=str(layout.python),
             pythonpath=(str(layout.src), str(sdk)),
@@ -186,11 +201,18 @@ class CustomBackendStore:
         uv = self.uv or uv_command()
         if uv is None:
             raise PreparationError(UV_MISSING)
+        # A uv left running by an agent that stopped mid-build would write into the new venv.
+        await asyncio.to_thread(_kill_orphan_uv, layout)
         await asyncio.to_thread(_fresh_dir, layout.dir)
         progress(f"downloading {about}")
         await self._download(layout)
         progress(f"unpacking {about}")
         manifest = await asyncio.to_thread(_unpack, layout)
+        refused = await asyncio.to_thread(_refused_requirement, layout.src / "requirements.txt")
+        if refused is not None:
+            raise PreparationError(
+                f"the requirements.txt of {about} has a line this worker refuses: {refused}"
+            )
         requires_python = ref.requires_python or manifest.requires_python
         progress(f"building the venv of {about} with uv")
         await self._uv(
@@ -240,6 +262,8 @@ class CustomBackendStore:
                         f"custom backend {ref.slug} {ref.version}: {_message(detail)}"
                     )
                 with open(layout.archive, "wb") as archive:
+                    batch: list[bytes] = []
+                    batched = 0
                     async for chunk in response.aiter_bytes():
                         size += len(chunk)
                         if size > cap:
@@ -248,8 +272,12 @@ class CustomBackendStore:
                                 f"larger than {cap} bytes (its registered size is "
                                 f"{ref.size_bytes}); refusing it"
                             )
-                        digest.update(chunk)
-                        archive.write(chunk)
+                        batch.append(chunk)
+                        batched += len(chunk)
+                        if batched >= _WRITE_BATCH_BYTES:
+                            await asyncio.to_thread(_hash_and_write, digest, archive, batch)
+                            batch, batched = [], 0
+                    await asyncio.to_thread(_hash_and_write, digest, archive, batch)
         except httpx.HTTPError as error:
             raise PreparationError(
                 f"downloading custom backend {ref.slug} {ref.version} failed: "
@@ -270,17 +298,28 @@ class CustomBackendStore:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=_uv_env(os.environ, cpu_only=layout.ref.cpu_only),
-                cwd=layout.src,  # relative paths in requirements.txt are the package's
+                cwd=layout.src,
+                # Its own process group: uv and every build script it runs are killed together.
+                start_new_session=True,
             )
         except FileNotFoundError:
             raise PreparationError(UV_MISSING) from None
+        pgid_file = layout.dir / UV_PGID_FILE
+        pgid_file.write_text(f"{child.pid}\n")
         try:
-            output, _ = await child.communicate()
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
+            output, _ = await asyncio.wait_for(child.communicate(), self.build_timeout_s)
+        except (TimeoutError, asyncio.CancelledError) as stopped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
             await child.wait()
-            raise
+            pgid_file.unlink(missing_ok=True)
+            if isinstance(stopped, asyncio.CancelledError):
+                raise
+            raise PreparationError(
+                f"{failure}: uv ran past the build timeout of {self.build_timeout_s:g} s "
+                "(INFERENCEKEY_AGENT_BACKEND_BUILD_TIMEOUT_S) and was killed"
+            ) from None
+        pgid_file.unlink(missing_ok=True)
         text = output.decode(errors="replace")
         with open(layout.build_log, "a", encoding="utf-8") as build_log:
             build_log.write(f"$ {' '.join(argv)}\n{text}\n")
@@ -347,6 +386,38 @@ async def _file_lock(path: Path) -> AsyncIterator[None]:
         handle.close()  # releases the lock
 
 
+def _hash_and_write(digest: hashlib._Hash, archive: IO[bytes], chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        digest.update(chunk)
+        archive.write(chunk)
+
+
+def _kill_orphan_uv(layout: PackageLayout) -> None:
+    """Kill the process group of a uv that an earlier agent started on this directory and that
+    still runs (the file lock is ours, so no live agent owns it). The recorded id is trusted only
+    when /proc shows a uv command line naming this directory (not a reused id)."""
+    try:
+        pgid = int((layout.dir / UV_PGID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    words = [word.decode(errors="replace") for word in cmdline.split(b"\0") if word]
+    is_uv = any(Path(word).name == "uv" for word in words[:3])
+    if pgid > 1 and is_uv and any(str(layout.dir) in word for word in words):
+        log.warning("killing uv (process group %d) left building %s", pgid, layout.dir)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        # Gone (or a zombie) before the directory it wrote to is wiped.
+        for _ in range(50):
+            try:
+                state = Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.05)
+
+
 def _fresh_dir(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -375,6 +446,56 @@ def _unpack(layout: PackageLayout) -> BackendManifest:
     return manifest
 
 
+# Lines of requirements.txt that would make uv read more than the package's requirement
+# specifiers: options (-r, -c, -e, --index-url, --find-links, ...), local paths, file URLs.
+_COMMENT = re.compile(r"(?:^|\s)#.*")
+_ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def refused_requirement_line(line: str) -> str | None:
+    """Why a line of a package's requirements.txt is refused, or None when it is a plain
+    requirement: ``name[extras] version ; markers``, an https URL, or ``name @ https://…``
+    (``--hash=`` may follow one)."""
+    text = _COMMENT.sub("", line).strip()
+    if not text:
+        return None
+    shown = repr(text[:80])
+    if text.startswith("-"):
+        return f"{shown} is an option; only requirement specifiers are allowed"
+    option = next((w for w in text.split()[1:] if w.startswith("-") and w[:6] != "--hash"), None)
+    if option is not None:
+        return f"{shown} holds the option {option[:40]!r}; only requirement specifiers are allowed"
+    if "${" in text:  # uv would fill in a variable of its environment (an index credential)
+        return f"{shown} names an environment variable"
+    requirement = text.split(";", 1)[0].strip()
+    _, at, url = requirement.partition("@")
+    if at or "://" in requirement:
+        target = url.strip() if at else requirement
+        if not target.lower().startswith("https://"):
+            return f"{shown} is not an https URL (local paths and file URLs are refused)"
+        return None
+    lowered = requirement.lower()
+    if (
+        lowered.startswith(("file:", "~", "."))
+        or "/" in requirement
+        or "\\" in requirement
+        or lowered.endswith(_ARCHIVE_SUFFIXES)
+    ):
+        return f"{shown} names a local path or file"
+    return None
+
+
+def _refused_requirement(path: Path) -> str | None:
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    # A trailing backslash joins lines, as pip reads them.
+    joined = "\n".join(lines).replace("\\\n", " ")
+    for line in joined.splitlines():
+        why = refused_requirement_line(line)
+        if why is not None:
+            return why
+    return None
+
+
 def _has_requirements(path: Path) -> bool:
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return any(line.strip() and not line.lstrip().startswith("#") for line in lines)
@@ -396,7 +517,7 @@ def _sdk_files(source: Path) -> Iterator[Path]:
 
 
 def _uv_env(environ: Mapping[str, str], *, cpu_only: bool) -> dict[str, str]:
-    env = process_engine_env(environ)
+    env = custom_backend_env(environ)
     # PyTorch and its kin from the index that fits this host's GPUs (uv reads the driver), or
     # CPU builds for a backend that needs no GPU; an operator's UV_TORCH_BACKEND wins.
     env["UV_TORCH_BACKEND"] = "cpu" if cpu_only else "auto"

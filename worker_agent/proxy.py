@@ -23,11 +23,12 @@ from typing import Any, Protocol
 from starlette.types import Receive, Scope, Send
 
 from ik_contracts.bridging import (
+    MAX_BACKEND_ANSWER_BYTES,
     MODELS_ROUTE,
     BridgedAnswer,
     BridgeError,
-    backend_answer,
-    backend_call,
+    bridge_answer,
+    bridge_request,
     models_answer,
 )
 from ik_contracts.endpoint_paths import (
@@ -85,8 +86,6 @@ def rewrite_model(body: bytes, content_type: bytes, model: str) -> bytes:
 
 
 LOGS_PATH = re.compile(r"/replicas/(rep_[A-Za-z0-9]{1,64})/logs\Z")
-# A custom backend's answer is read whole; one larger than this is refused (502).
-MAX_BACKEND_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 def _about(target: EndpointTarget, replica: LocalReplica) -> dict[str, object]:
@@ -313,7 +312,9 @@ class AgentProxy:
             await _send_answer(send, models_answer(model), tag)
             return
         try:
-            call = backend_call(target.route, scope["method"], body, content_type.decode("latin-1"))
+            call = await bridge_request(
+                target.route, scope["method"], body, content_type.decode("latin-1")
+            )
         except BridgeError as error:
             await _send_answer(send, error.answer(), tag)
             return
@@ -342,7 +343,9 @@ class AgentProxy:
         except BridgeError as error:
             await _send_answer(send, error.answer(), tag)
             return
-        await _send_answer(send, backend_answer(call, response.status, answer, model=model), tag)
+        await _send_answer(
+            send, await bridge_answer(call, response.status, answer, model=model), tag
+        )
 
 
 async def _read_whole(response: UpstreamResponse, limit: int) -> bytes:

@@ -217,3 +217,30 @@ def test_a_backend_whose_setup_fails_is_failed_with_its_log(
     failed = wait_state(manager, "rep_a", "failed")
     assert failed["reason"].startswith("engine exited with code 1")
     assert "the weights are missing" in failed["log_tail"]
+
+
+def test_a_backend_process_sees_neither_the_agents_credential_nor_the_download_tokens(
+    tmp_path: Path,
+    manager: ScriptedManager,
+    start_agent: AgentStarter,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INFERENCEKEY_AGENT_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_TOKEN", "hf_for_model_downloads")
+    package = build_package(tmp_path / "dist")
+    manager.add_package("cbv_sample", package.path)
+    manager.assign(replica("rep_a", package))
+    start_agent()
+
+    wait_state(manager, "rep_a", "ready")
+    # The agent (this process) has both; the backend it launched has neither.
+    assert (os.environ["INFERENCEKEY_AGENT_TOKEN"], os.environ["HF_TOKEN"]) == (
+        TOKEN,
+        "hf_for_model_downloads",
+    )
+    raw = Path(f"/proc/{engine_pid(state_dir, 'rep_a')}/environ").read_bytes()
+    names = {item.split(b"=", 1)[0].decode() for item in raw.split(b"\0") if item}
+    assert "INFERENCEKEY_AGENT_TOKEN" not in names
+    assert "HF_TOKEN" not in names
+    assert {"PYTHONPATH", "IK_BACKEND_CONFIG", "IK_BACKEND_ENTRYPOINT"} <= names

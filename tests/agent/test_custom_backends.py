@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -27,8 +29,10 @@ from tests.agent.sample_packages import SAMPLE_SRC, build_package, ref_of
 from tests.agent.scripted_manager import ScriptedManager
 from worker_agent.custom_backends import (
     UV_MISSING,
+    UV_PGID_FILE,
     CustomBackendStore,
     PreparationError,
+    refused_requirement_line,
     uv_command,
 )
 from worker_agent.ports import PortAllocator
@@ -301,6 +305,158 @@ async def test_a_requirement_that_does_not_exist_fails_with_uvs_reason(
     assert "ik-no-such-package-anywhere" in (home / "build.log").read_text()
     assert not (home / "installed.json").exists()
     assert store.builds == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "-r /etc/passwd",
+        "--requirement=other.txt",
+        "-c constraints.txt",
+        "-e .",
+        "--index-url https://mirror.example/simple",
+        "--extra-index-url=https://evil.example/simple",
+        "-f /home",
+        "--find-links https://evil.example/wheels",
+        "--trusted-host evil.example",
+        "  -i https://evil.example/simple",
+        "numpy --index-url https://evil.example/simple",
+        "/etc/passwd",
+        "./vendor/pkg",
+        "../other-package",
+        "~/wheels/pkg.whl",
+        "vendor/pkg-1.0-py3-none-any.whl",
+        "pkg-1.0.tar.gz",
+        "file:///etc/passwd",
+        "pkg @ file:///home/agent/pkg",
+        "pkg @ http://plain.example/pkg.whl",
+        "git+ssh://git@example.com/pkg.git",
+        "pkg @ https://example.com/${UV_INDEX_PASSWORD}.whl",
+    ],
+)
+def test_requirement_lines_that_reach_beyond_plain_specifiers_are_refused(line: str) -> None:
+    assert refused_requirement_line(line) is not None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "# a comment, even -r other.txt",
+        "numpy",
+        "numpy>=1.26,<3",
+        "torch==2.4.0 ; platform_machine == 'x86_64'",
+        "uvicorn[standard]~=0.30",
+        "requests >= 2  # pinned loosely",
+        "pkg @ https://example.com/pkg-1.0-py3-none-any.whl",
+        "https://example.com/pkg-1.0-py3-none-any.whl",
+        "numpy==2.0.0 --hash=sha256:" + "0" * 64,
+    ],
+)
+def test_plain_requirement_specifiers_are_allowed(line: str) -> None:
+    assert refused_requirement_line(line) is None
+
+
+async def test_a_requirements_option_fails_the_package_before_uv_runs(
+    tmp_path: Path, manager: ScriptedManager, manager_client: httpx.AsyncClient, store_root: Path
+) -> None:
+    package = build_package(tmp_path / "dist", requirements=["numpy", "-r /etc/passwd"])
+    manager.add_package("cbv_sample", package.path)
+
+    with pytest.raises(PreparationError) as refused:
+        await CustomBackendStore(store_root, manager_client).install(ref_of(package), Steps())
+
+    assert str(refused.value) == (
+        "the requirements.txt of custom backend sample 1.0.0 has a line this worker refuses: "
+        "'-r /etc/passwd' is an option; only requirement specifiers are allowed"
+    )
+    home = store_root / "sample" / f"1.0.0-{package.sha256[:12]}"
+    assert not (home / "venv").exists()
+    assert not (home / "build.log").exists()
+
+
+def _slow_uv(tmp_path: Path) -> Path:
+    """A stand-in for uv that starts a build script (a grandchild) and hangs."""
+    script = tmp_path / "bin" / "uv"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(tmp_path / 'grandchild.pid')!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(600)\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A killed child of this test process stays a zombie until reaped: that is gone too.
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
+async def test_a_uv_run_past_the_build_timeout_is_killed_with_its_build_scripts(
+    tmp_path: Path, manager: ScriptedManager, manager_client: httpx.AsyncClient, store_root: Path
+) -> None:
+    package = build_package(tmp_path / "dist")
+    manager.add_package("cbv_sample", package.path)
+    store = CustomBackendStore(
+        store_root, manager_client, uv=[str(_slow_uv(tmp_path))], build_timeout_s=2
+    )
+
+    with pytest.raises(PreparationError) as failed:
+        await store.install(ref_of(package), Steps())
+
+    assert str(failed.value) == (
+        "building the venv of custom backend sample 1.0.0 failed: uv ran past the build timeout "
+        "of 2 s (INFERENCEKEY_AGENT_BACKEND_BUILD_TIMEOUT_S) and was killed"
+    )
+    grandchild = int((tmp_path / "grandchild.pid").read_text())
+    deadline = time.monotonic() + 10
+    while not _gone(grandchild) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _gone(grandchild)
+    home = store_root / "sample" / f"1.0.0-{package.sha256[:12]}"
+    assert not (home / UV_PGID_FILE).exists()
+
+
+async def test_a_uv_left_running_by_a_stopped_agent_is_killed_before_the_rebuild(
+    tmp_path: Path, manager: ScriptedManager, manager_client: httpx.AsyncClient, store_root: Path
+) -> None:
+    package = build_package(tmp_path / "dist")
+    manager.add_package("cbv_sample", package.path)
+    home = store_root / "sample" / f"1.0.0-{package.sha256[:12]}"
+    home.mkdir(parents=True)
+    # A recorded id that is no uv of this package now (the id was reused) is left alone.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    # What an agent killed mid-build leaves: its uv (and a build script) still writing.
+    orphan = subprocess.Popen(
+        [str(_slow_uv(tmp_path)), "venv", str(home / "venv")], start_new_session=True
+    )
+    try:
+        (home / UV_PGID_FILE).write_text(f"{bystander.pid}\n")
+        await CustomBackendStore(store_root, manager_client).install(ref_of(package), Steps())
+        assert bystander.poll() is None
+
+        (home / "installed.json").unlink()
+        (home / UV_PGID_FILE).write_text(f"{orphan.pid}\n")
+        await CustomBackendStore(store_root, manager_client).install(ref_of(package), Steps())
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        grandchild = int((tmp_path / "grandchild.pid").read_text())
+        deadline = time.monotonic() + 10
+        while not _gone(grandchild) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert _gone(grandchild)
+        assert (home / "installed.json").exists()
+        assert not (home / UV_PGID_FILE).exists()
+    finally:
+        for process in (orphan, bystander):
+            process.kill()
+            process.wait()
 
 
 async def test_without_uv_the_reason_says_how_to_install_it(

@@ -121,6 +121,39 @@ async def test_engine_gets_an_allow_list_of_the_agents_environment_never_its_cre
     assert "PATH" in seen
 
 
+async def test_a_custom_backend_process_gets_no_download_token_or_other_credential(
+    runtime: ProcessRuntime, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERENCEKEY_AGENT_TOKEN", "ik_agent_deadbeef_" + "0" * 64)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "HUGGINGFACE_HUB_TOKEN"):
+        monkeypatch.setenv(name, "secret")
+    monkeypatch.setenv("UV_INDEX_URL", "https://user:secret@index.example/simple")
+    monkeypatch.setenv("HF_HOME", "/models/hf")
+    spec = LaunchSpec(
+        "rep_custom",
+        "wl",
+        "wrk",
+        ["sleep", "30"],
+        {"IK_BACKEND_CONFIG": "{}"},
+        [],
+        1,
+        None,
+        plain_process=True,
+    )
+    runtime.start(spec)
+    pid = json.loads((state_dir / "replicas" / "rep_custom.json").read_text())["pid"]
+
+    def environ() -> dict[str, str] | None:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+        if not raw:
+            return None
+        return dict(item.decode().split("=", 1) for item in raw.split(b"\0") if item)
+
+    seen = wait_until(environ, 5, "the backend's environment never appeared", interval=0.01)
+    assert not [name for name in seen if "TOKEN" in name or name.startswith(("UV_", "VLLM_"))]
+    assert (seen["HF_HOME"], seen["IK_BACKEND_CONFIG"]) == ("/models/hf", "{}")
+
+
 async def test_restarted_agent_adopts_a_live_engine_and_can_stop_it(
     runtime: ProcessRuntime, state_dir: Path, gguf_model: Path
 ) -> None:

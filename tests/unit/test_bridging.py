@@ -6,19 +6,25 @@ a real backend; here are the edges a well-behaved backend never shows.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import threading
 
 import pytest
 
 from ik_contracts.bridging import (
     FORECAST_PATH,
+    MAX_BACKEND_ANSWER_BYTES,
     MAX_BACKEND_BODY_BYTES,
+    OFF_LOOP_BYTES,
     PROCESS_PATH,
     BackendCall,
     BridgeError,
     backend_answer,
     backend_call,
+    bridge_answer,
+    bridge_request,
 )
 
 
@@ -181,3 +187,38 @@ def test_a_forecast_answer_passes_as_it_is_and_must_hold_a_forecast() -> None:
     answer = backend_answer(call, 200, json.dumps(forecast).encode(), model="m")
     assert (answer.status, json.loads(answer.body)) == (200, forecast)
     assert backend_answer(call, 200, b'{"median": [1]}', model="m").status == 502
+
+
+# --- off the event loop ------------------------------------------------------------------------
+
+
+def test_a_backend_answer_is_read_up_to_64_mib() -> None:
+    assert MAX_BACKEND_ANSWER_BYTES == 64 * 1024 * 1024
+
+
+async def test_large_bodies_are_mapped_on_a_thread_small_ones_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[str] = []
+    real_b64encode = base64.b64encode
+
+    def b64encode(data: bytes) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real_b64encode(data)
+
+    monkeypatch.setattr(base64, "b64encode", b64encode)
+    image = b"\x89PNG" + b"x" * OFF_LOOP_BYTES
+    for body in (b"small", image):
+        call = await bridge_request("v1/images/edits", "POST", body, "multipart/form-data")
+        assert (
+            call.body
+            == backend_call(
+                "v1/images/edits", "POST", body, "multipart/form-data", job_id=call.job_id
+            ).body
+        )
+    loop_thread = threading.current_thread().name
+    assert threads[0] == loop_thread and threads[2] != loop_thread
+
+    raw = json.dumps({"output": {"b64_json": real_b64encode(image).decode()}}).encode()
+    answer = await asyncio.wait_for(bridge_answer(call, 200, raw, model="m"), 10)
+    assert json.loads(answer.body)["data"] == [{"b64_json": real_b64encode(image).decode()}]

@@ -6,6 +6,7 @@ labels), so `running()` after a restart reports the engines of the previous run 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,6 +38,10 @@ _PROCESS_ENV_PREFIXES = (
 )
 
 
+# Variables a custom backend never gets even when an allowed prefix matches (HF_HUB_TOKEN, ...).
+_CREDENTIAL_NAME = re.compile(r"TOKEN|API_KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
 def process_engine_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The allow-listed part of the agent's environment that an engine process inherits."""
     return {
@@ -51,6 +56,17 @@ def process_engine_env(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def custom_backend_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a custom backend's process (and uv building it) inherits: the engine allow-list
+    without the model-download tokens or any other credential-named variable. Its code is a
+    tenant's, run as the agent's OS user."""
+    return {
+        name: value
+        for name, value in process_engine_env(environ).items()
+        if name not in PASSTHROUGH_ENV and not _CREDENTIAL_NAME.search(name)
+    }
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     replica_id: str
@@ -61,7 +77,8 @@ class LaunchSpec:
     gpu_uuids: list[str]
     port: int
     image: str | None
-    # Run on the host as a plain process whatever the agent's runtime (custom backends).
+    # Run on the host as a plain process whatever the agent's runtime, with custom_backend_env
+    # (custom backends).
     plain_process: bool = False
 
 

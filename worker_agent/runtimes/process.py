@@ -22,7 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from worker_agent.runtimes.base import LaunchError, LaunchSpec, RunningEngine, process_engine_env
+from worker_agent.runtimes.base import (
+    LaunchError,
+    LaunchSpec,
+    RunningEngine,
+    custom_backend_env,
+    process_engine_env,
+)
 
 _LOG_TAIL_BYTES = 64 * 1024
 _KILL_WAIT_S = 5.0  # SIGKILL cannot be refused, but the kernel takes a moment to finish the job
@@ -94,8 +100,9 @@ class ProcessRuntime:
     def start(self, spec: LaunchSpec) -> None:
         self.stop(spec.replica_id)
         argv = [self._resolve(spec.argv[0]), *spec.argv[1:]]
+        inherited = custom_backend_env if spec.plain_process else process_engine_env
         env = {
-            **process_engine_env(os.environ),
+            **inherited(os.environ),
             **spec.env,
             "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_uuids),
         }
