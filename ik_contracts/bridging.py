@@ -170,10 +170,11 @@ def backend_call(
             messages = request.get("messages")
             if not isinstance(messages, list):
                 raise BridgeError(400, "invalid_input", "messages must be a list of messages")
-            payload = {"id": job_id, "input": {"messages": messages}}
+            payload = {"id": job_id, "input": {"messages": messages, **_params(request)}}
             stream = request.get("stream") is True
         elif route == "v1/completions":
-            payload = {"id": job_id, "input": {"prompt": _prompt(request.get("prompt"))}}
+            prompt = _prompt(request.get("prompt"))
+            payload = {"id": job_id, "input": {"prompt": prompt, **_params(request)}}
             stream = request.get("stream") is True
         else:  # v1/embeddings
             if "input" not in request:
@@ -261,6 +262,16 @@ def _json_object(
     if not isinstance(value, dict):
         raise BridgeError(status, code, f"{who} must be a JSON object")
     return value
+
+
+# The sampling settings of a chat or completion request a backend may honour, passed on as
+# ``input.params`` beside the contract's ``messages`` / ``prompt``.
+_SAMPLING = ("temperature", "top_p", "max_tokens", "stop", "seed")
+
+
+def _params(request: dict[str, Any]) -> dict[str, Any]:
+    params = {name: request[name] for name in _SAMPLING if request.get(name) is not None}
+    return {"params": params} if params else {}
 
 
 def _prompt(prompt: Any) -> str:

@@ -36,8 +36,9 @@ class CustomBackendEngine(Engine):
     default_image = ""
     command_prefixes: ClassVar[tuple[tuple[str, ...], ...]] = ()
     port_flags = ("--port",)
-    # A backend that asks for a GPU gets whole ones: its memory use is unknown beforehand.
-    gpu_claim = "whole"
+    # Placed like llama.cpp (manager/placement.py): memory on one GPU, shared, or none at all
+    # when its package says cpu_only.
+    gpu_claim = "shared"
     health_path = "/healthz"
     stream_usage_on_request = False
     # The agent bridges these async-only kinds to the backend's /process (ik_contracts.bridging).

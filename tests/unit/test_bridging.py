@@ -52,6 +52,18 @@ def test_the_callers_image_json_is_passed_verbatim() -> None:
     assert sent(call) == {"id": call.job_id, "input": {"passthrough_body": request}}
 
 
+def test_chat_sends_the_messages_and_the_sampling_settings_it_was_given() -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    request = {"model": "m", "messages": messages, "max_tokens": 8, "temperature": 0.0}
+    call = backend_call("v1/chat/completions", "POST", json.dumps(request).encode(), "x")
+    assert sent(call)["input"] == {
+        "messages": messages,
+        "params": {"temperature": 0.0, "max_tokens": 8},
+    }
+    bare = backend_call("v1/completions", "POST", b'{"prompt": "Hi", "stream": false}', "x")
+    assert sent(bare)["input"] == {"prompt": "Hi"}  # nothing to pass on: no params
+
+
 def test_a_multipart_body_is_sent_as_base64_with_its_content_type() -> None:
     body = b"--b\r\ncontent-disposition: form-data; name=file\r\n\r\n\x00\xff\r\n--b--\r\n"
     call = backend_call(
