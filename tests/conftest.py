@@ -11,6 +11,7 @@ Also the run's lanes and its clean-up check:
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import secrets
 import shlex
@@ -65,6 +66,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, fixtures in MARKED_BY_FIXTURE.items():
             if used & fixtures:
                 item.add_marker(marker)
+
+
+_agents_started = itertools.count()
+
+
+def next_engine_ports() -> tuple[int, int]:
+    """A block of the agents' engine range (41000-41999) of its own for each agent a test starts
+    (and for each pytest-xdist worker): two agents on this one host must not both hand out a
+    port whose engine has not bound it yet."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    block = (worker * 7 + next(_agents_started)) % 20
+    return 41000 + 50 * block, 41000 + 50 * block + 49
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -199,7 +212,11 @@ def start_bare_agent(
             assert created.status_code == 201, created.text
             token = created.json()["token"]
         state_dir = state_dir or tmp_path_factory.mktemp("agent")
-        options: dict[str, Any] = {"model_dir": state_dir / "models", **extra}
+        options: dict[str, Any] = {
+            "model_dir": state_dir / "models",
+            "port_range": next_engine_ports(),
+            **extra,
+        }
         config = AgentConfig(
             manager_url=manager.url,
             token=token,

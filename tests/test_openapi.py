@@ -247,7 +247,9 @@ def test_every_api_route_answers_what_the_document_says(
     assert deleted.status_code == 204
 
     # The custom-backend registry (tests/test_custom_backends.py has each rule): a package
-    # published twice (201, then 200), listed, shown, downloaded by the agent and deleted.
+    # published twice (201, then 200), listed, shown, asked for by an agent whose worker runs
+    # no replica of it (the documented 404; tests/test_custom_backends.py downloads one) and
+    # deleted.
     call(sdk, "GET", "/api/tenants")
     call(admin, "GET", "/api/tenants")
     package = doc_package(tmp_path)
@@ -273,7 +275,7 @@ def test_every_api_route_answers_what_the_document_says(
             "/api/agent/custom-backends/{version_id}/package",
             at={"version_id": published.json()["id"]},
         )
-    assert download.content == package.path.read_bytes()
+    assert download.status_code == 404 and download.json()["code"] == "package_not_found"
     removed = call(sdk, "DELETE", registry + "/{slug}", at={**tenant, "slug": "doc-echo"})
     assert removed.status_code == 204
     assert document.operations() <= document.called, document.operations() - document.called
