@@ -9,6 +9,7 @@ import secrets
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,14 @@ class RunningManager:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+        if self.thread.is_alive():
+            # Still draining connections or tasks after 15 s: stop without waiting for them
+            # (uvicorn's second Ctrl-C), so that no Manager outlives the test that started it.
+            warnings.warn(
+                f"the Manager at {self.url} took over 15 s to stop; forcing it", stacklevel=2
+            )
+            self.server.force_exit = True
+            self.thread.join(timeout=15)
 
 
 def start_manager(settings: Settings) -> RunningManager:
