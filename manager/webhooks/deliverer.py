@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningInsert
 
+from ik_contracts.endpoint_paths import JOBS_TOGGLE
 from manager import notify
 from manager.db.models import Job, Project, WebhookDelivery, WebhookDestination, Workload
 from manager.jobs.service import FAILED, SUCCEEDED
@@ -41,7 +42,6 @@ log = logging.getLogger("inferencekey.webhooks")
 
 PENDING, DELIVERED, TERMINAL, SKIPPED = "pending", "delivered", "terminal", "skipped"
 STATUSES = (PENDING, DELIVERED, TERMINAL, SKIPPED)
-JOBS_TOGGLE = "jobs"  # the endpoint toggle of the whole async surface
 MUTED = "destination muted"
 JOBS_OFF = "the workload's jobs endpoint is switched off"
 IDLE_WAIT_S = 1.0  # without a notification, look for due deliveries this often
