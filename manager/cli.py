@@ -406,15 +406,14 @@ def token_id(value: str) -> str:
 
 def show_endpoints(args: argparse.Namespace) -> int:
     """A workload's endpoint toggles, switching the named ones on or off first."""
-    project, _, workload = args.workload.partition("/")
-    if not project or not workload:
-        print("error: name the workload as PROJECT/WORKLOAD", file=sys.stderr)
+    workload = _workload_path(args)
+    if workload is None:
         return 2
     both = set(args.on) & set(args.off)
     if both:
         print(f"error: both --on and --off for {', '.join(sorted(both))}", file=sys.stderr)
         return 2
-    path = f"/api/admin/workloads/{quote(project, safe='')}/{quote(workload, safe='')}/endpoints"
+    path = f"{workload}/endpoints"
     changes = {name: True for name in args.on} | {name: False for name in args.off}
     answer = (
         _admin_request(args, "PATCH", path, body={"endpoints": changes})

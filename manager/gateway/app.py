@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ik_contracts.endpoint_paths import (
-    JOBS_TOGGLE,
     ROUTE_TASK_TYPES,
     EndpointPathError,
     EndpointTarget,
@@ -61,6 +60,7 @@ from .routes import (
     STREAM_USAGE_ROUTES,
     RouteTable,
     WorkloadRoute,
+    jobs_disabled,
     route_disabled,
     route_problem,
 )
@@ -247,8 +247,8 @@ class GatewayMiddleware:
             return
         if method != "POST":
             raise MethodNotAllowed("submit a job with POST .../jobs")
-        if JOBS_TOGGLE in route.endpoints_off:  # before reading a body that cannot be queued
-            raise EndpointDisabled(f'the jobs endpoint of workload "{route.slug}" is switched off')
+        if off := jobs_disabled(route):  # before reading a body that cannot be queued
+            raise EndpointDisabled(off)
         try:
             raw = await read_body(receive, gateway.settings.gateway_max_body_bytes)
         except BodyTooLarge as error:

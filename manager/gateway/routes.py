@@ -90,11 +90,18 @@ def route_problem(route: str, workload: WorkloadRoute) -> str | None:
     )
 
 
+def jobs_disabled(workload: WorkloadRoute) -> str | None:
+    """Why the workload takes no job (its ``jobs`` toggle is off), or None."""
+    if JOBS_TOGGLE in workload.endpoints_off:
+        return f'the jobs endpoint of workload "{workload.slug}" is switched off'
+    return None
+
+
 def route_disabled(route: str, workload: WorkloadRoute, *, as_job: bool) -> str | None:
     """Why the workload's toggles refuse ``route`` (None if they do not): a route switched off
     also refuses its async twin, and jobs need the ``jobs`` toggle too."""
-    if as_job and JOBS_TOGGLE in workload.endpoints_off:
-        return f'the jobs endpoint of workload "{workload.slug}" is switched off'
+    if as_job and (off := jobs_disabled(workload)):
+        return off
     toggle = ROUTE_TOGGLES.get(route)
     if toggle is not None and toggle in workload.endpoints_off:
         return f'the {toggle} endpoint of workload "{workload.slug}" is switched off'
