@@ -186,7 +186,7 @@ def run_passes(
                     chosen,
                 )
                 started = time.monotonic()
-                await reconciler.reconcile_once()
+                await reconciler.reconcile_once(full=True)
                 intervals.put((started, time.monotonic()))
         finally:
             await connection.close()
@@ -301,7 +301,7 @@ async def fill(
 
         engine, reconciler = _reconciler(database_url)
         started = time.perf_counter()
-        await reconciler.reconcile_once()
+        await reconciler.reconcile_once(full=True)
         print(
             f"first pass placed {args.workloads} workloads in {time.perf_counter() - started:.2f}s"
         )
@@ -316,7 +316,7 @@ async def fill(
             )
         await _heartbeat_all(client, tokens, bodies)
         started = time.perf_counter()
-        await reconciler.reconcile_once()
+        await reconciler.reconcile_once(full=True)
         print(f"a pass over {args.workloads} ready workloads: {time.perf_counter() - started:.2f}s")
         await engine.dispose()
     return Fleet(tokens, bodies)

@@ -24,7 +24,8 @@ WORKLOAD_STATUS = "ik_workload_status"  # payload: a workload id whose phase cha
 TOKENS = "ik_tokens"  # payload: a credential id that was revoked
 JOBS = "ik_jobs"  # payload: a workload id with a new job; wakes the job dispatchers
 WEBHOOKS = "ik_webhooks"  # payload: a workload id with deliveries due now; wakes the deliverers
-CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS, TOKENS, JOBS, WEBHOOKS)
+WORKERS = "ik_workers"  # payload: a worker id whose liveness state the reconciler changed
+CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS, TOKENS, JOBS, WEBHOOKS, WORKERS)
 ANY = "*"
 
 

@@ -210,18 +210,25 @@ def _fits_pins_and_pool(
     return slot is None or pool.admits(slot, workload.project_id, replica.gpu_resource_ids)
 
 
-def _gpus_by_id(
-    gpu_ids: Iterable[str], slot_of: Mapping[str, placement.WorkerSlot]
+def _gpus_on(
+    worker_id: str, gpu_ids: Iterable[str], slot_of: Mapping[str, placement.WorkerSlot]
 ) -> dict[str, placement.GpuSlot]:
-    gpu_of = {gpu.id: gpu for slot in slot_of.values() for gpu in slot.gpus}
-    return {g: gpu_of[g] for g in gpu_ids if g in gpu_of}
+    """Those of a worker's GPUs with these ids, by id (a GPU id is one worker's)."""
+    slot = slot_of.get(worker_id)
+    if slot is None:
+        return {}
+    wanted = set(gpu_ids)
+    return {gpu.id: gpu for gpu in slot.gpus if gpu.id in wanted}
 
 
 def _gpus_held(
     replicas: Iterable[ReplicaView], slot_of: Mapping[str, placement.WorkerSlot]
 ) -> dict[str, placement.GpuSlot]:
     """The GPUs ``replicas`` occupy, by id: what the workload pays for, each GPU once."""
-    return _gpus_by_id((g for r in replicas for g in r.gpu_resource_ids), slot_of)
+    held: dict[str, placement.GpuSlot] = {}
+    for replica in replicas:
+        held.update(_gpus_on(replica.worker_id, replica.gpu_resource_ids, slot_of))
+    return held
 
 
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -293,13 +300,16 @@ def plan_workload(
     max_replicas: int,
     scale_down_delay_s: float = 300.0,
     idle_s: float = 600.0,
+    slot_of: Mapping[str, placement.WorkerSlot] | None = None,
 ) -> list[Action]:
     """What to do for one workload now, each action with its reason.
 
     ``slots`` are the pass's workers with what is already claimed (`claim_existing`); the
     placements planned here are claimed in them too, so the next workload's plan sees them.
+    ``slot_of`` is ``slots`` by id, when the caller has it already (a pass plans many).
     """
-    slot_of = {slot.id: slot for slot in slots}
+    if slot_of is None:
+        slot_of = {slot.id: slot for slot in slots}
     live, forgotten = _forget_replicas_on_lost_workers(replicas, slot_of)
     actions: list[Action] = list(forgotten)
     running = [r for r in live if r.desired_state == DesiredState.RUN]
@@ -397,7 +407,7 @@ def plan_workload(
                 stopping.append(retired)
             break
         placement.claim(decision, slots, demand_of_one, whole=whole)
-        held.update(_gpus_by_id(decision.gpu_ids, slot_of))
+        held.update(_gpus_on(decision.worker_id, decision.gpu_ids, slot_of))
         notices: tuple[str, ...] = ()
         engine = ENGINES.get(workload.backend)  # None for a custom backend: no command
         if not current and not created and engine is not None:

@@ -16,23 +16,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 from inferencekey.enums import WorkloadPhase
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ik_contracts.engines import BUILTIN_BACKENDS
 from ik_contracts.logs import ids
 from ik_contracts.protocol import ReplicaState
 from manager import notify, placement, planning
-from manager.custom_backends import service as custom_backends
-from manager.db.models import GpuPrice, GpuResource, Project, Replica, Worker, Workload
+from manager.db.models import Replica, Worker, Workload
 from manager.db.queries import one_of
+from manager.fleet import ChangeLog, Fleet, WorkerRecord, is_settled, read_liveness, read_prices
+from manager.fleet import now as fleet_now
 from manager.gateway.demand import fresh_demand
 from manager.ids import new_id
 from manager.jobs.dispatcher import queued_jobs
@@ -49,19 +48,10 @@ LEADER_LOCK_KEY = 0x1C_0000_0003
 NO_DEMAND = DemandFigures()
 
 
-@dataclass(frozen=True)
-class WorkerRecord:
-    """A worker's liveness columns as the snapshot read them: what a state change is judged by."""
-
-    id: str
-    last_heartbeat_at: datetime | None
-    state: str
-    state_reason: str | None
-
-
 @dataclass
 class Snapshot:
-    """One pass's view of the world, read in one transaction and held as plain values."""
+    """One pass's view of the world, read in one transaction and held as plain values:
+    ``workloads`` are the ones this pass plans, ``replicas_by_workload`` every replica."""
 
     now: datetime
     workers: list[WorkerRecord]
@@ -69,66 +59,10 @@ class Snapshot:
     workloads: list[planning.WorkloadView]
     replicas_by_workload: dict[str, list[planning.ReplicaView]]
     demand: dict[str, DemandFigures]
+    slot_of: dict[str, placement.WorkerSlot] = field(default_factory=dict)
 
-
-def as_workload_view(
-    workload: Workload, custom_backend: planning.CustomBackendChoice | None = None
-) -> planning.WorkloadView:
-    return planning.WorkloadView(
-        id=workload.id,
-        project_id=workload.project_id,
-        generation=workload.generation,
-        backend=workload.backend,
-        task_type=workload.task_type,
-        model_name=workload.model_name,
-        config=workload.config or {},
-        execution_policy=workload.execution_policy,
-        execution_policy_config=workload.execution_policy_config or {},
-        worker_pin=workload.worker_id,
-        gpu_pin=workload.gpu_resource_id,
-        deleted=workload.deleted_at is not None,
-        phase=workload.phase,
-        phase_reason=workload.phase_reason,
-        desired_replicas=workload.desired_replicas,
-        ready_replicas=workload.ready_replicas,
-        last_scaled_at=workload.last_scaled_at,
-        custom_backend=custom_backend,
-    )
-
-
-async def custom_backend_choices(
-    session: AsyncSession, rows: list[tuple[Workload, str]]
-) -> dict[str, planning.CustomBackendChoice]:
-    """For each workload (with its tenant id) on a custom backend, the version new replicas
-    run: the newest of its tenant's backend of that slug, all read in one query."""
-    keys = {(tenant_id, w.backend) for w, tenant_id in rows if w.backend not in BUILTIN_BACKENDS}
-    newest = await custom_backends.newest_versions(session, keys)
-    choices = {}
-    for workload, tenant_id in rows:
-        version = newest.get((tenant_id, workload.backend))
-        if version is not None:
-            choices[workload.id] = planning.CustomBackendChoice(version.id, version.cpu_only)
-    return choices
-
-
-def as_replica_view(replica: Replica) -> planning.ReplicaView:
-    return planning.ReplicaView(
-        id=replica.id,
-        workload_id=replica.workload_id,
-        worker_id=replica.worker_id,
-        spec=replica.spec,
-        gpu_resource_ids=tuple(replica.gpu_resource_ids),
-        claim_memory_mb=replica.claim_memory_mb,
-        desired_state=replica.desired_state,
-        state=replica.state,
-        reason=replica.reason,
-        created_at=replica.created_at,
-        engine_requests=(
-            None
-            if replica.engine_running is None and replica.engine_waiting is None
-            else (replica.engine_running or 0) + (replica.engine_waiting or 0)
-        ),
-    )
+    def __post_init__(self) -> None:
+        self.slot_of = {slot.id: slot for slot in self.slots}
 
 
 def with_jobs(demand: dict[str, DemandFigures], jobs: dict[str, int]) -> dict[str, DemandFigures]:
@@ -137,35 +71,6 @@ def with_jobs(demand: dict[str, DemandFigures], jobs: dict[str, int]) -> dict[st
     for workload_id, count in jobs.items():
         merged[workload_id] = replace(merged.get(workload_id, NO_DEMAND), queued_jobs=count)
     return merged
-
-
-def worker_slots(
-    workers: list[Worker], gpus: list[GpuResource], prices: dict[str, float] | None = None
-) -> list[placement.WorkerSlot]:
-    """Each worker with its GPUs and their prices, nothing claimed yet
-    (`planning.claim_existing` does that)."""
-    prices = prices or {}
-    slots = {
-        w.id: placement.WorkerSlot(
-            id=w.id,
-            name=w.name,
-            project_id=w.project_id,
-            state=w.state,
-            state_reason=w.state_reason,
-            gpus=[],
-            model_files=dict((w.inventory or {}).get("model_files") or {}),
-            cuda_version=(w.inventory or {}).get("cuda_version"),
-        )
-        for w in workers
-    }
-    for gpu in gpus:
-        if gpu.worker_id in slots:
-            slots[gpu.worker_id].gpus.append(
-                placement.GpuSlot(
-                    gpu.id, gpu.uuid, gpu.name, gpu.memory_total_mb, prices.get(gpu.name)
-                )
-            )
-    return list(slots.values())
 
 
 # The shortest time from one pass's start to the next one's: a change waits at most this long
@@ -188,6 +93,12 @@ class Reconciler:
         self._leader_connection: asyncpg.Connection | None = None
         # Workloads whose reconcile failed, by id, at the generation that failed.
         self._quarantined: dict[str, int] = {}
+        # What notifications named since the last pass, and the fleet as passes last read it
+        # (None: read everything at the next pass).
+        self._changes = ChangeLog()
+        hub.on(notify.RECONCILE, self._changes.note)
+        self._fleet: Fleet | None = None
+        self._fleet_read_at = 0.0
 
     async def run_forever(self) -> None:
         while True:
@@ -203,6 +114,7 @@ class Reconciler:
                             if gap > 0:
                                 await asyncio.sleep(gap)
                 else:
+                    self._changes.take()  # a follower keeps nothing: it reads all when it leads
                     await asyncio.sleep(self.settings.reconcile_interval_s)
             except asyncio.CancelledError:
                 raise
@@ -218,6 +130,7 @@ class Reconciler:
         """True while this process holds the leader lock (taking it if free)."""
         if self._leader_connection is not None and not self._leader_connection.is_closed():
             return True
+        self._fleet = None  # never led, or lost the lock with its connection: read it all again
         assert self.settings.database_url
         connection = await asyncpg.connect(notify.plain_postgres_url(self.settings.database_url))
         if await connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
@@ -227,82 +140,121 @@ class Reconciler:
         await connection.close()
         return False
 
-    async def reconcile_once(self) -> bool:
-        """One pass; False when it stopped early after a workload failed (run it again)."""
+    async def reconcile_once(self, full: bool = False) -> bool:
+        """One pass (``full``: of everything, read afresh); False when it stopped early after
+        a workload failed (run it again)."""
         started = time.perf_counter()
+        if full:
+            self._changes.note(notify.ANY)
         try:
             return await self._pass()
+        except BaseException:
+            self._fleet = None  # it may be half refreshed: read it all at the next pass
+            raise
         finally:
             if self.metrics is not None:
                 self.metrics.reconcile_duration.observe(time.perf_counter() - started)
 
     async def _pass(self) -> bool:
-        snapshot = await self._read_snapshot()
-        await self._update_liveness(snapshot)
+        snapshot, capacity_changed = await self._read_snapshot()
+        changed_workers = await self._update_liveness(snapshot)
         planning.claim_existing(
             snapshot.slots, (r for rs in snapshot.replicas_by_workload.values() for r in rs)
         )
-        seen = {w.id for w in snapshot.workloads}
+        workloads = snapshot.workloads
+        if changed_workers:
+            assert self._fleet is not None
+            # Their replicas may be lost now, or back; and room appeared or went away.
+            on_them = self._fleet.workloads_on(changed_workers)
+            capacity_changed = True
+            planned = {w.id for w in workloads} | on_them
+            workloads = [w for w in self._fleet.workloads.values() if w.id in planned]
+        if capacity_changed:
+            assert self._fleet is not None
+            planned = {w.id for w in workloads}
+            workloads = [
+                w for w in self._fleet.workloads.values() if w.id in planned or not is_settled(w)
+            ]
+        seen = set(self._fleet.workloads) if self._fleet is not None else set()
         self._quarantined = {k: v for k, v in self._quarantined.items() if k in seen}
-        for workload in snapshot.workloads:
+        for workload in workloads:
             if self._quarantined.get(workload.id) == workload.generation:
                 continue  # failed at this generation already; its phase says so
             if not await self._reconcile_isolated(snapshot, workload):
-                # Its plan may have claimed room in the snapshot that it never took: plan the
-                # rest afresh.
+                # Its plan may have claimed room in the snapshot that it never took: plan
+                # everything afresh.
+                self._changes.note(notify.ANY)
                 return False
         return True
 
-    async def _read_snapshot(self) -> Snapshot:
+    async def _read_snapshot(self) -> tuple[Snapshot, bool]:
+        """This pass's view, and whether room on the fleet changed since the last pass (so
+        workloads still waiting for room are planned again).
+
+        Every ``reconcile_resync_s``, after the listening connection came back, and when this
+        Manager begins to lead, everything is read and every workload planned. In between, only
+        what notifications named since the last pass is read again, and planned with the
+        workloads whose policy looks at the clock or at demand."""
+        changes = self._changes.take()
+        full = (
+            self._fleet is None
+            or changes.everything
+            or time.monotonic() - self._fleet_read_at >= self.settings.reconcile_resync_s
+        )
         async with self.sessions() as session:
             # One consistent view; plain reads take no row locks, so no writer waits for this.
             await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            now = (await session.execute(select(func.now()))).scalar_one()
-            workers = list((await session.execute(select(Worker))).scalars())
-            replicas = [
-                as_replica_view(r)
-                for r in (
-                    await session.execute(select(Replica).order_by(Replica.created_at, Replica.id))
-                ).scalars()
-            ]
-            by_workload: dict[str, list[planning.ReplicaView]] = defaultdict(list)
-            for replica in replicas:
-                by_workload[replica.workload_id].append(replica)
-            gpus = list(
-                (
-                    await session.execute(select(GpuResource).where(GpuResource.present.is_(True)))
-                ).scalars()
-            )
-            prices = {
-                row.name: row.usd_per_hour
-                for row in (await session.execute(select(GpuPrice))).scalars()
-            }
-            workload_rows = [
-                (workload, tenant_id)
-                for workload, tenant_id in await session.execute(
-                    select(Workload, Project.tenant_id)
-                    .join(Project, Project.id == Workload.project_id)
-                    .where(Workload.deleted_at.is_(None) | one_of(Workload.id, list(by_workload)))
-                    .order_by(Workload.created_at)
-                )
-            ]
-            choices = await custom_backend_choices(session, workload_rows)
-            snapshot = Snapshot(
-                now=now,
-                workers=[
-                    WorkerRecord(w.id, w.last_heartbeat_at, w.state, w.state_reason)
-                    for w in workers
-                ],
-                slots=worker_slots(workers, gpus, prices),
-                workloads=[as_workload_view(w, choices.get(w.id)) for w, _ in workload_rows],
-                replicas_by_workload=by_workload,
-                demand=with_jobs(await fresh_demand(session), await queued_jobs(session)),
-            )
+            now = await fleet_now(session)
+            liveness = await read_liveness(session)
+            capacity_changed = full
+            # A worker named by a notification changed what it reports of its replicas or of
+            # itself: its replicas' workloads are read and planned again too.
+            dirty = set(changes.workloads)
+            if full:
+                self._fleet = None
+                fleet = await Fleet.read(session)
+                self._fleet_read_at = time.monotonic()
+            else:
+                assert self._fleet is not None
+                fleet = self._fleet
+                known = set(fleet.shapes)
+                present = {w.id for w in liveness}
+                workers = (changes.workers & present) | (present - known)
+                for gone in known - present:
+                    del fleet.shapes[gone]
+                reshaped = bool(workers) and await fleet.refresh_workers(session, workers)
+                prices = await read_prices(session)
+                capacity_changed = reshaped or bool(known - present) or prices != fleet.prices
+                fleet.prices = prices
+                if changes.workers:
+                    dirty |= fleet.workloads_on(changes.workers)
+                if await fleet.refresh_workloads(session, dirty):
+                    capacity_changed = True
+            demand = with_jobs(await fresh_demand(session), await queued_jobs(session))
             await session.commit()
-        return snapshot
+        self._fleet = fleet
+        if full:
+            planned = list(fleet.workloads.values())
+        else:
+            planned = [
+                w
+                for w in fleet.workloads.values()
+                if w.id in dirty or (w.execution_policy or "fixed") != "fixed" or w.deleted
+            ]
+        snapshot = Snapshot(
+            now=now,
+            workers=liveness,
+            slots=fleet.slots(liveness),
+            workloads=planned,
+            replicas_by_workload=fleet.replicas,
+            demand=demand,
+        )
+        return snapshot, capacity_changed
 
-    async def _update_liveness(self, snapshot: Snapshot) -> None:
+    async def _update_liveness(self, snapshot: Snapshot) -> set[str]:
+        """Judge each worker by its last heartbeat; the ids of those whose state changed."""
         slot_of = {slot.id: slot for slot in snapshot.slots}
+        changed = set()
         for worker in snapshot.workers:
             state, reason = planning.worker_liveness(
                 worker.last_heartbeat_at,
@@ -322,8 +274,12 @@ class Reconciler:
                         reason,
                         extra=ids(worker_id=worker.id),
                     )
-            slot = slot_of[worker.id]
-            slot.state, slot.state_reason = state, reason
+                if state != worker.state:
+                    changed.add(worker.id)
+            slot = slot_of.get(worker.id)
+            if slot is not None:
+                slot.state, slot.state_reason = state, reason
+        return changed
 
     async def _set_worker_state(
         self, worker: WorkerRecord, state: WorkerState, reason: str | None
@@ -350,7 +306,11 @@ class Reconciler:
                 .returning(Worker.id)
                 .execution_options(synchronize_session=False)
             )
-            return written.scalar_one_or_none() is not None
+            if written.scalar_one_or_none() is None:
+                return False
+            if state != worker.state:  # not for the reason's count of seconds alone
+                await notify.notify(session, notify.WORKERS, worker.id)  # the gateways' routes
+            return True
 
     async def _reconcile_isolated(
         self, snapshot: Snapshot, workload: planning.WorkloadView
@@ -369,9 +329,11 @@ class Reconciler:
                 max_replicas=self.settings.max_replicas_per_workload,
                 scale_down_delay_s=self.settings.autoscale_scale_down_delay_s,
                 idle_s=self.settings.autoscale_idle_s,
+                slot_of=snapshot.slot_of,
             )
             if actions:
                 await self._apply(snapshot.now, workload, actions)
+                self._changes.note(workload.id)  # read what it wrote at the next pass
         except Exception as error:
             log.exception(
                 "reconciling workload %s failed", workload.id, extra=ids(workload_id=workload.id)

@@ -36,6 +36,7 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "worker_lost_after_s": (float, 0.1),
     "heartbeat_interval_s": (float, 0.1),
     "reconcile_interval_s": (float, 0.1),
+    "reconcile_resync_s": (float, 0.1),
     "gateway_first_byte_timeout_s": (float, 0.1),
     "gateway_idle_timeout_s": (float, 0.1),
     "gateway_wake_timeout_s": (float, 0.1),
@@ -96,6 +97,9 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     # The reconciler runs on every change it is told of, and at least this often.
     reconcile_interval_s: float = 2.0
+    # The reconcile leader reads only what notifications name between full reads of everything,
+    # this often (a safety net: a change no notification named takes effect within this).
+    reconcile_resync_s: float = 60.0
     run_reconciler: bool = True
     # Data-plane gateway: long waits for the first token; a cap on request bodies.
     gateway_connect_timeout_s: float = 5.0

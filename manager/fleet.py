@@ -1,0 +1,384 @@
+"""The reconcile leader's copy of the fleet, kept between passes and refreshed by what changed.
+
+A pass plans from workloads, their replicas, the workers with their GPUs and prices, and each
+worker's liveness. Reading all of it for every pass costs time proportional to the fleet, though
+a steady fleet changes little: so the leader reads everything once (and again every
+``reconcile_resync_s``, or after the listening connection was lost), and in between re-reads only
+what ``NOTIFY ik_reconcile`` named (a workload's or a worker's id: `ChangeLog`) plus every
+worker's liveness columns, which heartbeats change without a notification.
+
+Every read here selects plain columns (no ORM entities) and fills `planning`'s plain views, in
+one transaction of the pass that locks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from inferencekey.enums import WorkloadPhase
+from sqlalchemy import Row, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ik_contracts.engines import BUILTIN_BACKENDS
+from manager import placement, planning
+from manager.custom_backends import service as custom_backends
+from manager.db.models import GpuPrice, GpuResource, Project, Replica, Worker, Workload
+from manager.db.queries import one_of
+
+log = logging.getLogger("inferencekey.reconciler")
+
+WORKLOAD_PREFIX = "wl_"
+WORKER_PREFIX = "wrk_"
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A worker's liveness columns as a pass read them: what a state change is judged by."""
+
+    id: str
+    last_heartbeat_at: datetime | None
+    state: str
+    state_reason: str | None
+
+
+@dataclass(frozen=True)
+class WorkerShape:
+    """What a worker offers placement apart from its liveness: changed only by registration
+    and by heartbeats that notify (GPUs, model files, CUDA version)."""
+
+    id: str
+    name: str
+    project_id: str | None
+    model_files: dict[str, Any]
+    cuda_version: str | None
+    gpus: tuple[tuple[str, str, str, int], ...]  # (id, uuid, name, memory_total_mb)
+
+
+@dataclass
+class Changes:
+    """What notifications named since the last pass took them."""
+
+    workloads: set[str] = field(default_factory=set)
+    workers: set[str] = field(default_factory=set)
+    everything: bool = False
+
+
+class ChangeLog:
+    """Collects ``ik_reconcile`` payloads between passes (a callback of the notification hub,
+    so nothing that arrives while a pass runs is lost: it is taken by the next one)."""
+
+    def __init__(self) -> None:
+        self._pending = Changes(everything=True)
+
+    def note(self, payload: str) -> None:
+        if payload.startswith(WORKLOAD_PREFIX):
+            self._pending.workloads.add(payload)
+        elif payload.startswith(WORKER_PREFIX):
+            self._pending.workers.add(payload)
+        else:  # ANY after a reconnect (anything may have been missed), or a payload unknown
+            self._pending.everything = True
+
+    def take(self) -> Changes:
+        taken, self._pending = self._pending, Changes()
+        return taken
+
+
+def as_workload_view(
+    workload: Workload | Row[Any], custom_backend: planning.CustomBackendChoice | None = None
+) -> planning.WorkloadView:
+    return planning.WorkloadView(
+        id=workload.id,
+        project_id=workload.project_id,
+        generation=workload.generation,
+        backend=workload.backend,
+        task_type=workload.task_type,
+        model_name=workload.model_name,
+        config=workload.config or {},
+        execution_policy=workload.execution_policy,
+        execution_policy_config=workload.execution_policy_config or {},
+        worker_pin=workload.worker_id,
+        gpu_pin=workload.gpu_resource_id,
+        deleted=workload.deleted_at is not None,
+        phase=workload.phase,
+        phase_reason=workload.phase_reason,
+        desired_replicas=workload.desired_replicas,
+        ready_replicas=workload.ready_replicas,
+        last_scaled_at=workload.last_scaled_at,
+        custom_backend=custom_backend,
+    )
+
+
+def as_replica_view(replica: Replica | Row[Any]) -> planning.ReplicaView:
+    return planning.ReplicaView(
+        id=replica.id,
+        workload_id=replica.workload_id,
+        worker_id=replica.worker_id,
+        spec=replica.spec,
+        gpu_resource_ids=tuple(replica.gpu_resource_ids),
+        claim_memory_mb=replica.claim_memory_mb,
+        desired_state=replica.desired_state,
+        state=replica.state,
+        reason=replica.reason,
+        created_at=replica.created_at,
+        engine_requests=(
+            None
+            if replica.engine_running is None and replica.engine_waiting is None
+            else (replica.engine_running or 0) + (replica.engine_waiting or 0)
+        ),
+    )
+
+
+# The columns planning reads: no log tail, no inventory beyond what placement uses.
+WORKLOAD_COLUMNS = (
+    Workload.id,
+    Workload.project_id,
+    Workload.generation,
+    Workload.backend,
+    Workload.task_type,
+    Workload.model_name,
+    Workload.config,
+    Workload.execution_policy,
+    Workload.execution_policy_config,
+    Workload.worker_id,
+    Workload.gpu_resource_id,
+    Workload.deleted_at,
+    Workload.phase,
+    Workload.phase_reason,
+    Workload.desired_replicas,
+    Workload.ready_replicas,
+    Workload.last_scaled_at,
+    Workload.created_at,
+    Project.tenant_id,
+)
+REPLICA_COLUMNS = (
+    Replica.id,
+    Replica.workload_id,
+    Replica.worker_id,
+    Replica.spec,
+    Replica.gpu_resource_ids,
+    Replica.claim_memory_mb,
+    Replica.desired_state,
+    Replica.state,
+    Replica.reason,
+    Replica.created_at,
+    Replica.engine_running,
+    Replica.engine_waiting,
+)
+
+
+async def custom_backend_choices(
+    session: AsyncSession, rows: Iterable[Row[Any]]
+) -> dict[str, planning.CustomBackendChoice]:
+    """For each workload row (with its tenant id) on a custom backend, the version new replicas
+    run: the newest of its tenant's backend of that slug, all read in one query."""
+    custom = [row for row in rows if row.backend not in BUILTIN_BACKENDS]
+    if not custom:
+        return {}
+    newest = await custom_backends.newest_versions(
+        session, {(row.tenant_id, row.backend) for row in custom}
+    )
+    choices = {}
+    for row in custom:
+        version = newest.get((row.tenant_id, row.backend))
+        if version is not None:
+            choices[row.id] = planning.CustomBackendChoice(version.id, version.cpu_only)
+    return choices
+
+
+async def read_liveness(session: AsyncSession) -> list[WorkerRecord]:
+    rows = await session.execute(
+        select(Worker.id, Worker.last_heartbeat_at, Worker.state, Worker.state_reason).order_by(
+            Worker.created_at, Worker.id
+        )
+    )
+    return [WorkerRecord(*row) for row in rows]
+
+
+async def read_shapes(session: AsyncSession, worker_ids: list[str] | None) -> list[WorkerShape]:
+    """Workers' shapes: all of them (None), or these."""
+    workers = select(
+        Worker.id,
+        Worker.name,
+        Worker.project_id,
+        Worker.inventory["model_files"].label("model_files"),
+        Worker.inventory["cuda_version"].astext.label("cuda_version"),
+    )
+    gpus = select(
+        GpuResource.worker_id,
+        GpuResource.id,
+        GpuResource.uuid,
+        GpuResource.name,
+        GpuResource.memory_total_mb,
+    ).where(GpuResource.present.is_(True))
+    if worker_ids is not None:
+        workers = workers.where(one_of(Worker.id, worker_ids))
+        gpus = gpus.where(one_of(GpuResource.worker_id, worker_ids))
+    gpus_of: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
+    for worker_id, *gpu in await session.execute(gpus.order_by(GpuResource.index)):
+        gpus_of[worker_id].append(tuple(gpu))  # type: ignore[arg-type]
+    return [
+        WorkerShape(
+            id=row.id,
+            name=row.name,
+            project_id=row.project_id,
+            model_files=dict(row.model_files or {}),
+            cuda_version=row.cuda_version,
+            gpus=tuple(gpus_of.get(row.id, ())),
+        )
+        for row in await session.execute(workers)
+    ]
+
+
+async def read_prices(session: AsyncSession) -> dict[str, float]:
+    return {
+        name: price
+        for name, price in await session.execute(select(GpuPrice.name, GpuPrice.usd_per_hour))
+    }
+
+
+class Fleet:
+    """Workloads (in creation order, as passes plan them), their replicas, and the workers'
+    shapes, as last read."""
+
+    def __init__(self) -> None:
+        self.workloads: dict[str, planning.WorkloadView] = {}
+        self.replicas: dict[str, list[planning.ReplicaView]] = {}
+        self.shapes: dict[str, WorkerShape] = {}
+        self.prices: dict[str, float] = {}
+        self._created_at: dict[str, datetime] = {}
+        self._latest: datetime | None = None
+
+    @classmethod
+    async def read(cls, session: AsyncSession) -> Fleet:
+        """Everything: every live workload, and every deleted one that still has replicas."""
+        fleet = cls()
+        replicas = await session.execute(
+            select(*REPLICA_COLUMNS).order_by(Replica.created_at, Replica.id)
+        )
+        for row in replicas:
+            fleet.replicas.setdefault(row.workload_id, []).append(as_replica_view(row))
+        rows = list(
+            await session.execute(
+                select(*WORKLOAD_COLUMNS)
+                .join(Project, Project.id == Workload.project_id)
+                .where(Workload.deleted_at.is_(None) | one_of(Workload.id, list(fleet.replicas)))
+                .order_by(Workload.created_at, Workload.id)
+            )
+        )
+        choices = await custom_backend_choices(session, rows)
+        fleet.workloads = {row.id: as_workload_view(row, choices.get(row.id)) for row in rows}
+        fleet._created_at = {row.id: row.created_at for row in rows}
+        fleet._latest = rows[-1].created_at if rows else None
+        fleet.shapes = {shape.id: shape for shape in await read_shapes(session, None)}
+        fleet.prices = await read_prices(session)
+        return fleet
+
+    async def refresh_workloads(self, session: AsyncSession, ids: set[str]) -> bool:
+        """Read these workloads and their replicas again. True if a replica of theirs is gone
+        (its GPUs are free for others)."""
+        if not ids:
+            return False
+        wanted = sorted(ids)
+        replicas: dict[str, list[planning.ReplicaView]] = defaultdict(list)
+        for row in await session.execute(
+            select(*REPLICA_COLUMNS)
+            .where(one_of(Replica.workload_id, wanted))
+            .order_by(Replica.created_at, Replica.id)
+        ):
+            replicas[row.workload_id].append(as_replica_view(row))
+        rows = list(
+            await session.execute(
+                select(*WORKLOAD_COLUMNS)
+                .join(Project, Project.id == Workload.project_id)
+                .where(one_of(Workload.id, wanted))
+            )
+        )
+        choices = await custom_backend_choices(session, rows)
+        freed = False
+        fresh = {row.id: row for row in rows}
+        for workload_id in wanted:
+            before = {r.id for r in self.replicas.get(workload_id, ())}
+            now = replicas.get(workload_id, [])
+            freed = freed or bool(before - {r.id for r in now})
+            if now:
+                self.replicas[workload_id] = now
+            else:
+                self.replicas.pop(workload_id, None)
+            stored = fresh.get(workload_id)
+            if stored is None or (stored.deleted_at is not None and not now):
+                self.workloads.pop(workload_id, None)  # gone, or deleted with nothing left
+                self._created_at.pop(workload_id, None)
+            elif workload_id in self.workloads:
+                self.workloads[workload_id] = as_workload_view(stored, choices.get(stored.id))
+            else:
+                self._insert_in_order(as_workload_view(stored, choices.get(stored.id)), stored.created_at)
+        return freed
+
+    def _insert_in_order(self, view: planning.WorkloadView, created_at: datetime) -> None:
+        # New workloads are almost always the newest: appended. One created before others
+        # already held (a notification that came late) is placed where a full read puts it.
+        self._created_at[view.id] = created_at
+        if self._latest is None or created_at >= self._latest:
+            self._latest = created_at
+            self.workloads[view.id] = view
+            return
+        ordered = [*self.workloads.values(), view]
+        ordered.sort(key=lambda w: (self._created_at.get(w.id, created_at), w.id))
+        self.workloads = {w.id: w for w in ordered}
+
+    async def refresh_workers(self, session: AsyncSession, ids: set[str]) -> bool:
+        """Read these workers' shapes again. True if one changed: it offers other room now."""
+        before = {worker_id: self.shapes.pop(worker_id, None) for worker_id in ids}
+        for shape in await read_shapes(session, sorted(ids)):
+            self.shapes[shape.id] = shape
+        return any(self.shapes.get(worker_id) != shape for worker_id, shape in before.items())
+
+    def slots(self, liveness: Iterable[WorkerRecord]) -> list[placement.WorkerSlot]:
+        """Each worker with its GPUs and their prices, nothing claimed yet
+        (`planning.claim_existing` does that); fresh objects for every pass."""
+        slots = []
+        for record in liveness:
+            shape = self.shapes.get(record.id)
+            if shape is None:
+                continue
+            slots.append(
+                placement.WorkerSlot(
+                    id=shape.id,
+                    name=shape.name,
+                    project_id=shape.project_id,
+                    state=record.state,
+                    state_reason=record.state_reason,
+                    gpus=[
+                        placement.GpuSlot(gpu_id, uuid, name, memory, self.prices.get(name))
+                        for gpu_id, uuid, name, memory in shape.gpus
+                    ],
+                    model_files=dict(shape.model_files),
+                    cuda_version=shape.cuda_version,
+                )
+            )
+        return slots
+
+    def all_replicas(self) -> Iterable[planning.ReplicaView]:
+        return (replica for replicas in self.replicas.values() for replica in replicas)
+
+    def workloads_on(self, worker_ids: set[str]) -> set[str]:
+        return {r.workload_id for r in self.all_replicas() if r.worker_id in worker_ids}
+
+
+def is_settled(workload: planning.WorkloadView) -> bool:
+    """A workload whose last pass left nothing to do that more room could change: it has all the
+    replicas it wants, ready (or wants none)."""
+    if workload.deleted:
+        return False
+    return workload.phase in (WorkloadPhase.READY, WorkloadPhase.STOPPED) and (
+        workload.ready_replicas >= workload.desired_replicas
+    )
+
+
+async def now(session: AsyncSession) -> datetime:
+    return (await session.execute(select(func.now()))).scalar_one()
