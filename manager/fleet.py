@@ -316,7 +316,9 @@ class Fleet:
             elif workload_id in self.workloads:
                 self.workloads[workload_id] = as_workload_view(stored, choices.get(stored.id))
             else:
-                self._insert_in_order(as_workload_view(stored, choices.get(stored.id)), stored.created_at)
+                self._insert_in_order(
+                    as_workload_view(stored, choices.get(stored.id)), stored.created_at
+                )
         return freed
 
     def _insert_in_order(self, view: planning.WorkloadView, created_at: datetime) -> None:
