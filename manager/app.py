@@ -80,6 +80,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         app.state.assignment_cache = AssignmentCache()
         hub.on(notify.ASSIGNMENTS, app.state.assignment_cache.invalidate)
         background: list[asyncio.Task[None]] = []
+        engines = [engine]
         try:
             await _bootstrap(app, settings)
             await hub.start()
@@ -102,7 +103,13 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             if settings.metrics_address:
                 metrics.serve_separately(settings.metrics_address)
             if settings.run_reconciler:
-                reconciler = Reconciler(app.state.sessions, hub, settings, metrics)
+                # Connections of its own: no flood of requests can starve the reconcile loop
+                # of the pool (it uses one at a time; its leader lock holds another outside).
+                reconcile_engine = make_engine(
+                    database_url, pool_size=1, max_overflow=1, pool_timeout_s=60.0
+                )
+                engines.append(reconcile_engine)
+                reconciler = Reconciler(make_sessionmaker(reconcile_engine), hub, settings, metrics)
                 background.append(
                     asyncio.create_task(run_reconciler(reconciler), name="reconciler")
                 )
@@ -116,7 +123,8 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             metrics.server.stop()
             await gateway.stop()
             await hub.stop()
-            await engine.dispose()
+            for each in engines:
+                await each.dispose()
 
     app = FastAPI(
         title="InferenceKey Manager",

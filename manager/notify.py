@@ -42,6 +42,18 @@ async def notify_many(session: AsyncSession, channels: tuple[str, ...], payload:
     await session.execute(text(f"SELECT {calls}"), {**values, "payload": payload})
 
 
+async def notify_each(session: AsyncSession, notices: list[tuple[str, str]]) -> None:
+    """Each (channel, payload) in one statement, in this order."""
+    if notices:
+        await session.execute(
+            text(
+                "SELECT pg_notify(c, p) FROM "
+                "unnest(CAST(:c AS text[]), CAST(:p AS text[])) AS t(c, p)"
+            ),
+            {"c": [c for c, _ in notices], "p": [p for _, p in notices]},
+        )
+
+
 def plain_postgres_url(url: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if url.startswith(prefix):

@@ -73,6 +73,10 @@ def with_jobs(demand: dict[str, DemandFigures], jobs: dict[str, int]) -> dict[st
     return merged
 
 
+# Workloads whose actions one transaction writes: one commit for many (a burst of creates is
+# placed at the speed of the statements, not of the commits).
+WRITE_BATCH = 64
+
 # The shortest time from one pass's start to the next one's: a change waits at most this long
 # (plus a pass) to take effect, and a stream of changes costs at most a pass per gap.
 MIN_PASS_GAP_S = 0.25
@@ -177,15 +181,10 @@ class Reconciler:
             ]
         seen = set(self._fleet.workloads) if self._fleet is not None else set()
         self._quarantined = {k: v for k, v in self._quarantined.items() if k in seen}
-        for workload in workloads:
-            if self._quarantined.get(workload.id) == workload.generation:
-                continue  # failed at this generation already; its phase says so
-            if not await self._reconcile_isolated(snapshot, workload):
-                # Its plan may have claimed room in the snapshot that it never took: plan
-                # everything afresh.
-                self._changes.note(notify.ANY)
-                return False
-        return True
+        if await self._reconcile(snapshot, workloads):
+            return True
+        self._changes.note(notify.ANY)  # plan everything afresh
+        return False
 
     async def _read_snapshot(self) -> tuple[Snapshot, bool]:
         """This pass's view, and whether room on the fleet changed since the last pass (so
@@ -312,67 +311,106 @@ class Reconciler:
                 await notify.notify(session, notify.WORKERS, worker.id)  # the gateways' routes
             return True
 
-    async def _reconcile_isolated(
-        self, snapshot: Snapshot, workload: planning.WorkloadView
-    ) -> bool:
-        """Plan one workload and write its actions in a transaction of their own: whatever fails
-        (in our code or in the database) is rolled back for this workload alone, shown on it,
-        and that generation of it is left out of later passes (a PATCH retries it), so every
-        other workload is still reconciled."""
-        try:
-            actions = planning.plan_workload(
-                workload,
-                snapshot.replicas_by_workload.get(workload.id, []),
-                snapshot.slots,
-                now=snapshot.now,
-                demand=snapshot.demand.get(workload.id, NO_DEMAND),
-                max_replicas=self.settings.max_replicas_per_workload,
-                scale_down_delay_s=self.settings.autoscale_scale_down_delay_s,
-                idle_s=self.settings.autoscale_idle_s,
-                slot_of=snapshot.slot_of,
-            )
-            if actions:
-                await self._apply(snapshot.now, workload, actions)
-                self._changes.note(workload.id)  # read what it wrote at the next pass
-        except Exception as error:
-            log.exception(
-                "reconciling workload %s failed", workload.id, extra=ids(workload_id=workload.id)
-            )
-            self._quarantined[workload.id] = workload.generation
-            async with self.sessions() as session, session.begin():
-                await session.execute(
-                    update(Workload)
-                    .where(Workload.id == workload.id, Workload.generation == workload.generation)
-                    .values(
-                        phase=WorkloadPhase.ERROR,
-                        phase_reason=f"internal error: {type(error).__name__}; see the Manager log",
-                    )
-                    .execution_options(synchronize_session=False)
+    async def _reconcile(self, snapshot: Snapshot, workloads: list[planning.WorkloadView]) -> bool:
+        """Plan each workload in turn (each plan claims its room in the snapshot, so the next
+        sees it), then write the actions in transactions of up to ``WRITE_BATCH`` workloads.
+        False when a workload failed: its failure is shown on it, and that generation of it is
+        left out of later passes (a PATCH retries it); every other workload is still written."""
+        plans: list[tuple[planning.WorkloadView, list[planning.Action]]] = []
+        failed = False
+        for workload in workloads:
+            if self._quarantined.get(workload.id) == workload.generation:
+                continue  # failed at this generation already; its phase says so
+            try:
+                actions = planning.plan_workload(
+                    workload,
+                    snapshot.replicas_by_workload.get(workload.id, []),
+                    snapshot.slots,
+                    now=snapshot.now,
+                    demand=snapshot.demand.get(workload.id, NO_DEMAND),
+                    max_replicas=self.settings.max_replicas_per_workload,
+                    scale_down_delay_s=self.settings.autoscale_scale_down_delay_s,
+                    idle_s=self.settings.autoscale_idle_s,
+                    slot_of=snapshot.slot_of,
                 )
-            return False
-        return True
+            except Exception as error:
+                # Its plan may have claimed room in the snapshot that it never takes: the plans
+                # made so far are still right, the rest are made afresh by the next pass.
+                await self._quarantine(workload, error)
+                failed = True
+                break
+            if actions:
+                plans.append((workload, actions))
+        for start in range(0, len(plans), WRITE_BATCH):
+            batch = plans[start : start + WRITE_BATCH]
+            try:
+                await self._apply(snapshot.now, batch)
+            except Exception:
+                log.warning(
+                    "writing %d workloads' actions in one transaction failed; writing each alone",
+                    len(batch),
+                    exc_info=True,
+                )
+                for workload, actions in batch:
+                    try:
+                        await self._apply(snapshot.now, [(workload, actions)])
+                    except Exception as error:
+                        await self._quarantine(workload, error)
+                        failed = True
+            for workload, _ in batch:
+                self._changes.note(workload.id)  # read what was written at the next pass
+        return not failed
+
+    async def _quarantine(self, workload: planning.WorkloadView, error: Exception) -> None:
+        log.error(
+            "reconciling workload %s failed",
+            workload.id,
+            exc_info=error,
+            extra=ids(workload_id=workload.id),
+        )
+        self._quarantined[workload.id] = workload.generation
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(Workload)
+                .where(Workload.id == workload.id, Workload.generation == workload.generation)
+                .values(
+                    phase=WorkloadPhase.ERROR,
+                    phase_reason=f"internal error: {type(error).__name__}; see the Manager log",
+                )
+                .execution_options(synchronize_session=False)
+            )
 
     async def _apply(
-        self, now: datetime, workload: planning.WorkloadView, actions: list[planning.Action]
+        self,
+        now: datetime,
+        plans: list[tuple[planning.WorkloadView, list[planning.Action]]],
     ) -> None:
+        """Write these workloads' actions in one transaction."""
         async with self.sessions() as session, session.begin():
-            # This workload's row only. An API write holding it wins: its commit notifies, and
-            # the next pass plans from what it wrote.
-            stored = (
-                await session.execute(
-                    select(Workload.generation, Workload.deleted_at)
-                    .where(Workload.id == workload.id)
+            # These workloads' rows only, in id order. An API write holding one wins: its commit
+            # notifies, and the next pass plans from what it wrote.
+            stored = {
+                row.id: row
+                for row in await session.execute(
+                    select(Workload.id, Workload.generation, Workload.deleted_at)
+                    .where(one_of(Workload.id, [w.id for w, _ in plans]))
+                    .order_by(Workload.id)
                     .with_for_update(key_share=True, skip_locked=True)
                 )
-            ).one_or_none()
-            if stored is None or (stored.generation, stored.deleted_at is not None) != (
-                workload.generation,
-                workload.deleted,
-            ):
-                return  # changed since the snapshot: the plan is for a spec that is gone
+            }
+            # A workload changed since the snapshot is left out: its plan is for a spec that
+            # is gone.
+            current = [
+                (workload, actions)
+                for workload, actions in plans
+                if (row := stored.get(workload.id)) is not None
+                and (row.generation, row.deleted_at is not None)
+                == (workload.generation, workload.deleted)
+            ]
             doomed = sorted(
                 {
                     a.replica_id
+                    for _, actions in current
                     for a in actions
                     if isinstance(a, planning.StopReplica | planning.ForgetReplica)
                 }
@@ -386,20 +424,23 @@ class Reconciler:
                     .with_for_update()
                 )
             touched: set[str] = set()
-            status: dict[str, Any] = {}  # the workload's own columns, written in one statement
-            for action in actions:
-                status |= await self._write(session, now, workload, action, touched)
-            if status:
-                await session.execute(
-                    update(Workload)
-                    .where(Workload.id == workload.id)
-                    .values(**status)
-                    .execution_options(synchronize_session=False)
-                )
-            if "phase" in status:
-                await notify.notify(session, notify.WORKLOAD_STATUS, workload.id)
-            for worker_id in sorted(touched):
-                await notify.notify(session, notify.ASSIGNMENTS, worker_id)
+            notices: list[tuple[str, str]] = []
+            for workload, actions in current:
+                status: dict[str, Any] = {}  # the workload's own columns, in one statement
+                for action in actions:
+                    status |= await self._write(session, now, workload, action, touched)
+                if status:
+                    await session.execute(
+                        update(Workload)
+                        .where(Workload.id == workload.id)
+                        .values(**status)
+                        .execution_options(synchronize_session=False)
+                    )
+                if "phase" in status:
+                    notices.append((notify.WORKLOAD_STATUS, workload.id))
+            notices.extend((notify.ASSIGNMENTS, worker_id) for worker_id in sorted(touched))
+            await session.flush()  # the new replicas and events, before anyone is told
+            await notify.notify_each(session, notices)
 
     async def _write(
         self,

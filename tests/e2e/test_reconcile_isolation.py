@@ -42,6 +42,8 @@ def test_a_workload_whose_row_breaks_its_reconcile_leaves_the_others_placed(
                 '{"command": "llama-server -m x\\u0000y"}',
                 broken_id,
             )
+            # As a write through the API would: the reconcile leader reads what is named.
+            await connection.execute("SELECT pg_notify('ik_reconcile', $1)", broken_id)
         finally:
             await connection.close()
 
