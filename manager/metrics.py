@@ -77,6 +77,16 @@ class ManagerMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         )
+        self.reconcile_leader = Gauge(
+            "inferencekey_reconcile_leader",
+            "1 while this Manager leads the reconcile loop, else 0.",
+            registry=registry,
+        )
+        self.reconcile_full_reads = Counter(
+            "inferencekey_reconcile_full_reads",
+            "Reconcile passes that read the whole fleet (the others read what changed).",
+            registry=registry,
+        )
         self.server = MetricsServer(registry)
         self._gateway_series: dict[tuple[str, str, str], GatewaySeries] = {}
 

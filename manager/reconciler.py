@@ -137,7 +137,10 @@ class Reconciler:
         self._fleet = None  # never led, or lost the lock with its connection: read it all again
         assert self.settings.database_url
         connection = await asyncpg.connect(notify.plain_postgres_url(self.settings.database_url))
-        if await connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
+        leads = bool(await connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY))
+        if self.metrics is not None:
+            self.metrics.reconcile_leader.set(1 if leads else 0)
+        if leads:
             log.info("this Manager leads the reconcile loop")
             self._leader_connection = connection
             return True
@@ -213,6 +216,8 @@ class Reconciler:
                 self._fleet = None
                 fleet = await Fleet.read(session)
                 self._fleet_read_at = time.monotonic()
+                if self.metrics is not None:
+                    self.metrics.reconcile_full_reads.inc()
             else:
                 assert self._fleet is not None
                 fleet = self._fleet
