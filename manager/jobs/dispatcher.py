@@ -120,16 +120,17 @@ class JobDispatcher:
         if not by_id:
             return 0
         async with self.sessions() as session:
+            # Every workload with claimable jobs (read from the index of unfinished jobs alone),
+            # then those this process can route: a fleet's thousands of routable workloads are
+            # never sent as parameters.
             waiting = (
-                await session.execute(
-                    select(Job.workload_id)
-                    .where(claimable(), Job.workload_id.in_(list(by_id)))
-                    .distinct()
-                )
+                await session.execute(select(Job.workload_id).where(claimable()).distinct())
             ).scalars()
             claimed: list[Claimed] = []
             for workload_id in list(waiting):
-                route = by_id[workload_id]
+                route = by_id.get(workload_id)
+                if route is None:
+                    continue
                 slots = len(route.replicas) * self.settings.jobs_per_replica
                 room = slots * CLAIM_AHEAD - len(self.running[workload_id])
                 if room > 0:
