@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -430,19 +431,18 @@ class Reconciler:
                 )
             touched: set[str] = set()
             notices: list[tuple[str, str]] = []
+            # The workloads' own columns, by the set of columns written: one executemany each.
+            statuses: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
             for workload, actions in current:
-                status: dict[str, Any] = {}  # the workload's own columns, in one statement
+                status: dict[str, Any] = {}
                 for action in actions:
                     status |= await self._write(session, now, workload, action, touched)
                 if status:
-                    await session.execute(
-                        update(Workload)
-                        .where(Workload.id == workload.id)
-                        .values(**status)
-                        .execution_options(synchronize_session=False)
-                    )
+                    statuses[frozenset(status)].append({"id": workload.id, **status})
                 if "phase" in status:
                     notices.append((notify.WORKLOAD_STATUS, workload.id))
+            for rows in statuses.values():
+                await session.execute(update(Workload), rows)  # by primary key
             notices.extend((notify.ASSIGNMENTS, worker_id) for worker_id in sorted(touched))
             await session.flush()  # the new replicas and events, before anyone is told
             await notify.notify_each(session, notices)
