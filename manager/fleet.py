@@ -13,6 +13,7 @@ one transaction of the pass that locks nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ from manager.db.queries import one_of
 log = logging.getLogger("inferencekey.reconciler")
 
 WORKLOAD_PREFIX = "wl_"
+YIELD_EVERY = 1000  # rows turned into views between two chances for requests to run
 WORKER_PREFIX = "wrk_"
 
 
@@ -260,8 +262,10 @@ class Fleet:
         replicas = await session.execute(
             select(*REPLICA_COLUMNS).order_by(Replica.created_at, Replica.id)
         )
-        for row in replicas:
+        for count, row in enumerate(replicas):
             fleet.replicas.setdefault(row.workload_id, []).append(as_replica_view(row))
+            if count % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a fleet's rows are CPU: let requests in between
         rows = list(
             await session.execute(
                 select(*WORKLOAD_COLUMNS)
@@ -271,7 +275,10 @@ class Fleet:
             )
         )
         choices = await custom_backend_choices(session, rows)
-        fleet.workloads = {row.id: as_workload_view(row, choices.get(row.id)) for row in rows}
+        for count, row in enumerate(rows):
+            fleet.workloads[row.id] = as_workload_view(row, choices.get(row.id))
+            if count % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
         fleet._created_at = {row.id: row.created_at for row in rows}
         fleet._latest = rows[-1].created_at if rows else None
         fleet.shapes = {shape.id: shape for shape in await read_shapes(session, None)}

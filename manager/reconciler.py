@@ -78,6 +78,9 @@ def with_jobs(demand: dict[str, DemandFigures], jobs: dict[str, int]) -> dict[st
 # placed at the speed of the statements, not of the commits).
 WRITE_BATCH = 64
 
+# Workloads planned between two chances for the event loop to serve requests (~10-20 ms).
+YIELD_EVERY = 100
+
 # The shortest time from one pass's start to the next one's: a change waits at most this long
 # (plus a pass) to take effect, and a stream of changes costs at most a pass per gap.
 MIN_PASS_GAP_S = 0.25
@@ -324,7 +327,9 @@ class Reconciler:
         left out of later passes (a PATCH retries it); every other workload is still written."""
         plans: list[tuple[planning.WorkloadView, list[planning.Action]]] = []
         failed = False
-        for workload in workloads:
+        for count, workload in enumerate(workloads, start=1):
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # planning a fleet is CPU: let requests in between
             if self._quarantined.get(workload.id) == workload.generation:
                 continue  # failed at this generation already; its phase says so
             try:
