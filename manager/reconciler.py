@@ -390,6 +390,7 @@ class Reconciler:
                 )
                 .execution_options(synchronize_session=False)
             )
+            await notify.notify(session, notify.WORKLOAD_STATUS, workload.id)
 
     async def _apply(
         self,
