@@ -40,6 +40,7 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "gateway_first_byte_timeout_s": (float, 0.1),
     "gateway_idle_timeout_s": (float, 0.1),
     "gateway_wake_timeout_s": (float, 0.1),
+    "gateway_routes_resync_s": (float, 0.1),
     "autoscale_scale_down_delay_s": (float, 0),
     "autoscale_idle_s": (float, 0),
     "jobs_per_replica": (int, 1),
@@ -109,6 +110,9 @@ class Settings:
     # How long a request to an autoscaling workload with no ready replica is held while the
     # workload wakes (scale-from-zero) before it is answered 503.
     gateway_wake_timeout_s: float = 300.0
+    # The gateway reads only the routes notifications name, and all of them this often (a change
+    # no notification named reaches the data plane within this).
+    gateway_routes_resync_s: float = 30.0
     # Autoscaling: replicas are removed only once the count has been stable this long, and a
     # workload with min_workers 0 goes to zero after this long without a request.
     autoscale_scale_down_delay_s: float = 300.0

@@ -95,11 +95,17 @@ class Gateway:
     ) -> None:
         self.sessions = sessions
         self.keys = KeyCache(sessions)
-        self.routes = RouteTable(sessions)
+        self.routes = RouteTable(sessions, resync_s=self.settings.gateway_routes_resync_s)
         self.demand = DemandMeter(sessions)
         self.usage = UsageMeter(sessions)
         hub.on(notify.TOKENS, self.keys.evict)
-        for channel in (notify.WORKLOAD_STATUS, notify.ASSIGNMENTS, notify.RECONCILE):
+        # Each names a workload or a worker whose routes may have changed.
+        for channel in (
+            notify.WORKLOAD_STATUS,
+            notify.ASSIGNMENTS,
+            notify.RECONCILE,
+            notify.WORKERS,
+        ):
             hub.on(channel, self.routes.changed)
         await self.routes.start()
         await self.demand.start()
@@ -163,7 +169,8 @@ class GatewayMiddleware:
         # "Not yours" and "not there" get the same answer, so a key cannot discover other
         # projects' or ungranted workloads' names.
         own_project = principal.project_id
-        if own_project is None or gateway.routes.projects.get(project) != own_project:
+        named = await gateway.routes.project_id(project, own_project) if own_project else None
+        if own_project is None or named != own_project:
             raise ProjectScopeMismatch(f'this key is not scoped to project "{project}"')
         granted = ALL_WORKLOADS in principal.workload_grants
         if not granted and workload not in principal.workload_grants:

@@ -1,28 +1,37 @@
 """Where a data-plane request may go: which routes a task type serves, and the ready replicas.
 
-The table is kept in memory and reloaded from Postgres when a notification says something
-changed (a phase, an assignment, a replica state) and at least every second, so a request
-never waits on the database.
+The table is kept in memory, so a request never waits on the database. It is read in full at
+start and every ``gateway_routes_resync_s``; in between, a notification naming a workload or a
+worker (a phase, an assignment, a replica state, a worker's liveness) has just the routes it may
+change read again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from inferencekey.enums import ExecutionPolicy, TaskType
-from sqlalchemy import and_, select
+from sqlalchemy import Row, String, and_, func, literal, select, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ik_contracts.endpoint_paths import JOBS_TOGGLE, ROUTE_TASK_TYPES, ROUTE_TOGGLES
 from ik_contracts.engines import ENGINES
 from ik_contracts.engines.custom import CustomBackendEngine
 from ik_contracts.protocol import ReplicaState
+from manager import notify
 from manager.db.models import Project, Replica, Worker, Workload
+from manager.db.queries import one_of
+from manager.fleet import ChangeLog
 from manager.states import DesiredState, WorkerState
 
 log = logging.getLogger("inferencekey.gateway")
@@ -30,6 +39,9 @@ log = logging.getLogger("inferencekey.gateway")
 T = TaskType
 ASYNC_ONLY = frozenset({T.CLASSIFICATION.value, T.REWARD.value})
 EJECT_S = 5.0  # a replica that failed a request is skipped this long (or until reloaded ready)
+RESYNC_S = 30.0  # a full read at least this often (Settings.gateway_routes_resync_s)
+SETTLE_S = 0.02  # notifications heard within this are read together
+FULL_READ_ABOVE = 2_000  # named workloads past this (and a quarter of the table): read it all
 
 
 @dataclass
@@ -123,19 +135,72 @@ def _job_routes(backend: str) -> dict[str, str]:
 STREAM_USAGE_ROUTES = frozenset({"v1/chat/completions", "v1/completions"})
 
 
+# A workload's route as rows: the workload with its project, and each of its replicas that may
+# take traffic (desired to run, ready, on a ready worker with an address), or none.
+ROUTE_ROWS = (
+    select(
+        Workload.id,
+        Workload.project_id,
+        Project.slug.label("project_slug"),
+        Workload.slug,
+        Workload.task_type,
+        Workload.phase,
+        Workload.phase_reason,
+        Workload.backend,
+        Workload.execution_policy,
+        Workload.endpoints_off,
+        Workload.deleted_at,
+        Replica.id.label("replica_id"),
+        Worker.id.label("worker_id"),
+        Worker.address,
+        Worker.gateway_secret,
+    )
+    .join(Project, Project.id == Workload.project_id)
+    .outerjoin(
+        Replica,
+        and_(
+            Replica.workload_id == Workload.id,
+            Replica.desired_state == DesiredState.RUN,
+            Replica.state == ReplicaState.READY,
+        ),
+    )
+    .outerjoin(
+        Worker,
+        and_(
+            Worker.id == Replica.worker_id,
+            Worker.state == WorkerState.READY,
+            Worker.address.is_not(None),
+        ),
+    )
+)
+
+RouteRow = Row[*tuple[Any, ...]]
+
+
 class RouteTable:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], refresh_s: float = 1.0) -> None:
+    """Every live workload's route, read in full at start, after the listening connection came
+    back, and every ``resync_s`` (a safety net for a change no notification named); in between,
+    only the routes that notifications named: a workload's (``wl_…``) or those a worker's
+    (``wrk_…``) change may touch. The ids heard within ``SETTLE_S`` are read in one query."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], resync_s: float = RESYNC_S
+    ) -> None:
         self._sessions = sessions
-        self._refresh_s = refresh_s
+        self._resync_s = resync_s
         self.projects: dict[str, str] = {}  # slug and id -> id
         self.workloads: dict[tuple[str, str], WorkloadRoute] = {}  # (project id, slug) -> route
         self.by_id: dict[str, WorkloadRoute] = {}  # workload id -> route
         self._targets: dict[str, ReplicaTarget] = {}
+        self._on_worker: dict[str, set[str]] = {}  # worker id -> workloads with a target there
+        self._changes = ChangeLog()  # what notifications named since the last read took them
         self._dirty = asyncio.Event()
         self._reloaded = asyncio.Event()  # set (and replaced) after every reload
         self._task: asyncio.Task[None] | None = None
 
-    def changed(self, _payload: str = "") -> None:
+    def changed(self, payload: str = notify.ANY) -> None:
+        """A notification's callback: a workload or worker id, or ``ANY`` (read everything)."""
+        self._changes.note(payload)
         self._dirty.set()
 
     async def next_reload(self, timeout: float) -> None:
@@ -153,84 +218,178 @@ class RouteTable:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def project_id(self, ref: str, own_project: str) -> str | None:
+        """The id of the project ``ref`` (a slug or an id) names, asked for a key of
+        ``own_project``. Creating a project notifies nobody, so a project the table has not
+        seen yet (no full read and no workload of it read since) is read when its key is used."""
+        found = self.projects.get(ref)
+        if found is not None or own_project in self.projects:
+            return found
+        async with self._sessions() as session:
+            slug = await session.scalar(select(Project.slug).where(Project.id == own_project))
+        if slug is not None:
+            self.projects[slug] = self.projects[own_project] = own_project
+        return self.projects.get(ref)
+
     async def _keep_fresh(self) -> None:
+        full_at = time.monotonic() + self._resync_s
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self._refresh_s)
-            await asyncio.sleep(0.02)  # let a burst of notifications settle into one reload
+                await asyncio.wait_for(self._dirty.wait(), max(0.0, full_at - time.monotonic()))
+            await asyncio.sleep(SETTLE_S)  # let a burst of notifications settle into one read
             self._dirty.clear()
+            changes = self._changes.take()
             try:
-                await self.reload()
+                if changes.everything or time.monotonic() >= full_at:
+                    await self.reload()
+                    full_at = time.monotonic() + self._resync_s
+                else:
+                    await self.reload_named(changes.workloads, changes.workers)
             except Exception:
                 log.exception("reloading the route table failed; keeping the last one")
+                self.changed(notify.ANY)  # what that read would have found, the next one finds
                 await asyncio.sleep(1.0)
 
     async def reload(self) -> None:
+        """Read every project and every live workload's route again."""
+        self._changes.take()  # whatever was named so far, this read finds
         async with self._sessions() as session:
             projects = (await session.execute(select(Project.id, Project.slug))).all()
-            rows = (
-                await session.execute(
-                    select(Workload, Project.slug, Replica.id, Worker)
-                    .join(Project, Project.id == Workload.project_id)
-                    .outerjoin(
-                        Replica,
-                        and_(
-                            Replica.workload_id == Workload.id,
-                            Replica.desired_state == DesiredState.RUN,
-                            Replica.state == ReplicaState.READY,
-                        ),
-                    )
-                    .outerjoin(
-                        Worker,
-                        and_(
-                            Worker.id == Replica.worker_id,
-                            Worker.state == WorkerState.READY,
-                            Worker.address.is_not(None),
-                        ),
-                    )
-                    .where(Workload.deleted_at.is_(None))
-                )
-            ).all()
+            rows = (await session.execute(ROUTE_ROWS.where(Workload.deleted_at.is_(None)))).all()
         self.projects = {slug: pid for pid, slug in projects} | {pid: pid for pid, _ in projects}
-        workloads: dict[tuple[str, str], WorkloadRoute] = {}
+        self.by_id = self._routes(rows)
+        self.workloads = {(route.project_id, route.slug): route for route in self.by_id.values()}
         targets: dict[str, ReplicaTarget] = {}
-        for workload, project_slug, replica_id, worker in rows:
-            key = (workload.project_id, workload.slug)
-            route = workloads.get(key)
-            if route is None:
-                route = workloads[key] = WorkloadRoute(
-                    workload.id,
-                    workload.project_id,
-                    project_slug,
-                    workload.slug,
-                    workload.task_type,
-                    workload.phase,
-                    workload.phase_reason,
-                    _asks_stream_usage(workload.backend),
-                    workload.execution_policy == ExecutionPolicy.AUTOSCALING,
-                    frozenset(workload.endpoints_off or ()),
-                    _job_routes(workload.backend),
+        on_worker: dict[str, set[str]] = {}
+        for route in self.by_id.values():
+            for target in route.replicas:
+                targets[target.id] = target
+                on_worker.setdefault(target.worker_id, set()).add(route.id)
+        self._targets, self._on_worker = targets, on_worker
+        self._announce()
+
+    async def reload_named(self, workload_ids: Iterable[str], worker_ids: Iterable[str]) -> None:
+        """Read again the routes these workloads and workers may have changed: each named
+        workload's (dropped if it is deleted), and each workload's with a ready replica on a named
+        worker, now (in the database) or at the last read (in the table)."""
+        workers = sorted(set(worker_ids))
+        named = set(workload_ids)
+        for worker_id in workers:
+            named |= self._on_worker.get(worker_id, set())
+        if len(named) > max(FULL_READ_ABOVE, len(self.by_id) // 4):
+            await self.reload()  # most of the table: one full read is cheaper
+            return
+        if not named and not workers:
+            return
+        chosen = one_of(Workload.id, sorted(named))
+        if workers:
+            # One list of ids (a semi-join through the indexes; an OR would scan workloads).
+            chosen = Workload.id.in_(
+                union_all(
+                    select(func.unnest(literal(sorted(named), ARRAY(String)))),
+                    select(Replica.workload_id).where(
+                        one_of(Replica.worker_id, workers),
+                        Replica.desired_state == DesiredState.RUN,
+                        Replica.state == ReplicaState.READY,
+                    ),
                 )
-            if replica_id is None or worker is None:
-                continue
-            target = self._target(replica_id, worker)
-            targets[replica_id] = target
-            route.replicas.append(target)
-        self.workloads, self._targets = workloads, targets
-        self.by_id = {route.id: route for route in workloads.values()}
+            )
+        async with self._sessions() as session:
+            rows = (await session.execute(ROUTE_ROWS.where(chosen))).all()
+        fresh = self._routes([row for row in rows if row.deleted_at is None])
+        for workload_id in named | {row.id for row in rows}:
+            self._drop(workload_id)
+        for route in fresh.values():
+            self._put(route)
+        self._announce()
+
+    def _routes(self, rows: Iterable[RouteRow]) -> dict[str, WorkloadRoute]:
+        """Routes by workload id from ROUTE_ROWS' rows, keeping the targets the table has."""
+        routes: dict[str, WorkloadRoute] = {}
+        for (
+            workload_id,
+            project_id,
+            project_slug,
+            slug,
+            task_type,
+            phase,
+            reason,
+            backend,
+            policy,
+            endpoints_off,
+            _deleted_at,
+            replica_id,
+            worker_id,
+            address,
+            gateway_secret,
+        ) in rows:
+            route = routes.get(workload_id)
+            if route is None:
+                route = routes[workload_id] = WorkloadRoute(
+                    workload_id,
+                    project_id,
+                    project_slug,
+                    slug,
+                    task_type,
+                    phase,
+                    reason,
+                    _asks_stream_usage(backend),
+                    policy == ExecutionPolicy.AUTOSCALING,
+                    frozenset(endpoints_off or ()),
+                    _job_routes(backend),
+                )
+            if replica_id is not None and worker_id is not None:
+                route.replicas.append(self._target(replica_id, worker_id, address, gateway_secret))
+        return routes
+
+    def _put(self, route: WorkloadRoute) -> None:
+        key = (route.project_id, route.slug)
+        previous = self.workloads.get(key)
+        if previous is not None and previous.id != route.id:
+            self._drop(previous.id)  # deleted unheard, and its slug taken by this one
+        self.workloads[key] = route
+        self.by_id[route.id] = route
+        self.projects[route.project_slug] = self.projects[route.project_id] = route.project_id
+        for target in route.replicas:
+            self._targets[target.id] = target
+            self._on_worker.setdefault(target.worker_id, set()).add(route.id)
+
+    def _drop(self, workload_id: str) -> None:
+        route = self.by_id.pop(workload_id, None)
+        if route is None:
+            return
+        key = (route.project_id, route.slug)
+        if self.workloads.get(key) is route:
+            del self.workloads[key]
+        for target in route.replicas:
+            self._targets.pop(target.id, None)
+            on_worker = self._on_worker.get(target.worker_id)
+            if on_worker is not None:
+                on_worker.discard(workload_id)
+                if not on_worker:
+                    del self._on_worker[target.worker_id]
+
+    def _announce(self) -> None:
         reloaded, self._reloaded = self._reloaded, asyncio.Event()
         reloaded.set()
 
-    def _target(self, replica_id: str, worker: Worker) -> ReplicaTarget:
-        address = urlsplit(worker.address or "")
-        host, port = address.hostname or "127.0.0.1", address.port or 80
-        secret = worker.gateway_secret.encode()
+    def _target(
+        self, replica_id: str, worker_id: str, address: str | None, gateway_secret: str
+    ) -> ReplicaTarget:
+        host, port = _host_and_port(address)
+        secret = gateway_secret.encode()
         target = self._targets.get(replica_id)
         if target is None or (target.host, target.port, target.gateway_secret) != (
             host,
             port,
             secret,
         ):
-            return ReplicaTarget(replica_id, worker.id, host, port, secret)
+            return ReplicaTarget(replica_id, worker_id, host, port, secret)
         target.ejected_until = 0.0  # the Manager says it is ready again
         return target
+
+
+@functools.lru_cache(maxsize=4096)  # a fleet has a few addresses, and each is read per replica
+def _host_and_port(address: str | None) -> tuple[str, int]:
+    parts = urlsplit(address or "")
+    return parts.hostname or "127.0.0.1", parts.port or 80
