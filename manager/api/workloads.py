@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest, WorkloadList
+from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest, WorkloadPage
 from inferencekey.wire import Workload as WorkloadView
 from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette.sse import EventSourceResponse
@@ -28,14 +28,28 @@ from .deps import ControlReader, ControlWriter, Limits, OwnProject, PathProject,
 
 router = APIRouter(prefix="/api", route_class=BorderRoute, responses=ERROR_RESPONSES)
 KEEPALIVE_S = 15
+LIST_ANSWER = (
+    'without limit, every workload: {"workloads": [...]} (no next_cursor); with limit, a page: '
+    '{"workloads": [...], "next_cursor": "..." | null}, null after the last page'
+)
 
 
-@router.get("/projects/{project}/workloads")
+@router.get(
+    "/projects/{project}/workloads",
+    response_model=WorkloadPage,
+    responses={status.HTTP_200_OK: {"description": LIST_ANSWER}},
+)
 async def list_workloads(
-    project: str, owner: PathProject, caller: ControlReader, session: Session
-) -> WorkloadList:
-    rows = await workloads.list_workloads(session, owner)
-    return WorkloadList(workloads=[workloads.workload_view(row, owner) for row in rows])
+    project: str,
+    owner: PathProject,
+    caller: ControlReader,
+    session: Session,
+    limit: int | None = Query(None, description=workloads.LIMIT_HELP),
+    after: str | None = Query(None, description=workloads.AFTER_HELP),
+) -> Response:
+    """The project's live workloads in creation order: all of them, or a page with ``limit``."""
+    body = await workloads.list_workloads_json(session, owner, limit, after)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/projects/{project}/usage", response_model_exclude_unset=True)

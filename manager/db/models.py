@@ -1,4 +1,8 @@
-"""SQLAlchemy models. The schema itself only changes through Alembic migrations."""
+"""SQLAlchemy models. The schema itself only changes through Alembic migrations.
+
+Each index a migration creates is declared here too, under the same name (the index test of
+tests/test_query_plans.py compares them), so that the models say how each table is read.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,14 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -51,6 +57,7 @@ class Token(Base):
     """A credential. Only the SHA-256 digest of the whole token is stored."""
 
     __tablename__ = "tokens"
+    __table_args__ = (Index("ix_tokens_project_id", "project_id"),)
 
     id: Mapped[str] = mapped_column(String(8), primary_key=True)
     kind: Mapped[str] = mapped_column(String)
@@ -68,6 +75,24 @@ class Workload(Base):
     """Desired state of one workload. Spec fields are stored exactly as the client wrote them."""
 
     __tablename__ = "workloads"
+    __table_args__ = (
+        # A slug is unique among the live workloads of a project; a deleted one frees it.
+        Index(
+            "uq_workloads_project_slug_live",
+            "project_id",
+            "slug",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        # A project's live workloads in creation order: the keyset of the listing's pages.
+        Index(
+            "workloads_project_live_created",
+            "project_id",
+            "created_at",
+            "id",
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String, primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
@@ -103,6 +128,7 @@ class WorkloadEvent(Base):
     """Append-only history of a workload: what changed, what the platform did and why."""
 
     __tablename__ = "workload_events"
+    __table_args__ = (Index("ix_workload_events_workload_id", "workload_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     workload_id: Mapped[str] = mapped_column(ForeignKey("workloads.id"))
@@ -116,6 +142,7 @@ class Worker(Base):
     """A host running the agent. ``project_id`` set means private to that project."""
 
     __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_token_id", "token_id", unique=True),)
 
     id: Mapped[str] = mapped_column(String, primary_key=True)
     name: Mapped[str] = mapped_column(String)
@@ -160,6 +187,10 @@ class Replica(Base):
     """
 
     __tablename__ = "replicas"
+    __table_args__ = (
+        Index("ix_replicas_workload_id", "workload_id"),
+        Index("ix_replicas_worker_id", "worker_id"),
+    )
 
     id: Mapped[str] = mapped_column(String, primary_key=True)
     workload_id: Mapped[str] = mapped_column(ForeignKey("workloads.id"))
@@ -206,6 +237,7 @@ class UsageCount(Base):
     """
 
     __tablename__ = "usage_counts"
+    __table_args__ = (Index("usage_counts_project_minute", "project_id", "minute"),)
 
     project_id: Mapped[str] = mapped_column(String, primary_key=True)
     workload_id: Mapped[str] = mapped_column(String, primary_key=True)
@@ -232,6 +264,17 @@ class Job(Base):
     """An async job: what was submitted, who runs it under which lease, and its result."""
 
     __tablename__ = "jobs"
+    __table_args__ = (
+        # The dispatcher's claim: the oldest unfinished jobs of a workload.
+        Index(
+            "jobs_unfinished",
+            "workload_id",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        # The API's listing of a workload's jobs, whatever their status.
+        Index("jobs_workload_created", "workload_id", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String, primary_key=True)  # a UUID, the client's job_id
     project_id: Mapped[str] = mapped_column(String)
@@ -263,6 +306,7 @@ class WebhookDestination(Base):
     """
 
     __tablename__ = "webhook_destinations"
+    __table_args__ = (Index("webhook_destinations_workload", "workload_id"),)
 
     id: Mapped[str] = mapped_column(String, primary_key=True)  # whd_...
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
@@ -284,6 +328,16 @@ class WebhookDelivery(Base):
     """
 
     __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # The deliverers' claim: pending deliveries that are due, soonest first.
+        Index(
+            "webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("webhook_deliveries_workload", "workload_id", "created_at"),
+        Index("webhook_deliveries_destination", "destination_id"),
+    )
 
     id: Mapped[str] = mapped_column(String, primary_key=True)  # whdl_...
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -337,6 +391,8 @@ class CustomBackendVersion(Base):
         UniqueConstraint(
             "tenant_id", "slug", "version", name="custom_backend_versions_tenant_slug_version"
         ),
+        # A backend's newest version, and its listing.
+        Index("custom_backend_versions_newest", "tenant_id", "slug", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String, primary_key=True)  # cbv_...

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from inferencekey import wire
 from inferencekey.enums import WorkloadPhase
-from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
-from sqlalchemy import select
+from inferencekey.wire import MAX_WORKLOAD_PAGE_SIZE, CreateWorkloadRequest, UpdateWorkloadRequest
+from pydantic_core import from_json, to_json
+from sqlalchemy import Text, cast, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -56,6 +61,18 @@ POOL_FIELDS = ("execution_policy", "execution_policy_config")
 # A change to one of these replaces the running replicas.
 ROLLING_FIELDS = frozenset({"backend", "model_name", "config", "worker_id", "gpu_resource_id"})
 WAITING_FOR_PLACEMENT = "waiting for the reconciler to place replicas"
+LIMIT_HELP = (
+    f"answer a page of at most this many workloads (1 to {MAX_WORKLOAD_PAGE_SIZE}) and its "
+    "next_cursor; without it, every workload"
+)
+AFTER_HELP = "the next_cursor of the previous page (with limit): the page after it"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# How many rows the plain list reads from the database at a time: few enough that a batch's
+# rows and dicts are gone before the garbage collector would promote them (at 1,000 its full
+# collections doubled the CPU of a list of 10,000).
+_STREAMED_ROWS = 100
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_WORKLOAD_ID = re.compile(r"wl_[A-Za-z0-9_-]{1,125}")
 
 
 def _spec_of(workload: Workload) -> dict[str, Any]:
@@ -277,13 +294,160 @@ async def delete_workload(session: AsyncSession, principal: Principal, workload:
     await session.flush()
 
 
-async def list_workloads(session: AsyncSession, project: Project) -> list[Workload]:
-    result = await session.execute(
-        select(Workload)
+async def list_workloads_json(
+    session: AsyncSession, project: Project, limit: int | None, after: str | None
+) -> bytes:
+    """``GET /api/projects/{project}/workloads`` as its JSON body, in creation order.
+
+    Without ``limit``: ``{"workloads": [...]}``, every live workload (the contract's list).
+    With it: ``{"workloads": [...at most limit...], "next_cursor": str | null}``, the workloads
+    after the ``after`` cursor. The keyset is (created_at, id), which a workload never changes,
+    so a workload created or deleted between two pages makes no other one skip or repeat.
+
+    The body is written here rather than by a response model: plain rows written by
+    pydantic-core (with the models' settings: infinities as null) are the same bytes as
+    ``workload_view``'s, for a fraction of the CPU (10,000 ORM entities and models took the
+    event loop ~0.5 s, a third of it in the garbage collector).
+    """
+    query = (
+        select(*_LISTED_COLUMNS)
         .where(Workload.project_id == project.id, Workload.deleted_at.is_(None))
         .order_by(Workload.created_at, Workload.id)
     )
-    return list(result.scalars())
+    if limit is None:
+        if after is not None:
+            raise ValidationFailed("after is the cursor of a page: give limit too", field="after")
+        # A batch at a time, its rows and dicts gone once written: with 10,000 rows and their
+        # dicts alive at once the garbage collector walked the whole heap (~100 ms).
+        connection = await session.connection()
+        result = await connection.stream(query.execution_options(yield_per=_STREAMED_ROWS))
+        chunks = [b'{"workloads":[']
+        async for rows in result.partitions():
+            if len(chunks) > 1:
+                chunks.append(b",")
+            listed = [_listed(row, project.slug) for row in rows]
+            chunks.append(to_json(listed, inf_nan_mode="null")[1:-1])
+        chunks.append(b"]}")
+        return b"".join(chunks)
+    if not 1 <= limit <= MAX_WORKLOAD_PAGE_SIZE:
+        raise ValidationFailed(f"limit must be from 1 to {MAX_WORKLOAD_PAGE_SIZE}", field="limit")
+    if after is not None:
+        created_at, workload_id = decode_cursor(after)
+        query = query.where(tuple_(Workload.created_at, Workload.id) > (created_at, workload_id))
+    connection = await session.connection()
+    rows = (await connection.execute(query.limit(limit + 1))).all()
+    page = rows[:limit]
+    last = page[-1] if len(rows) > limit else None
+    cursor = None if last is None else encode_cursor(last.created_at, last.id)
+    body = {"workloads": [_listed(row, project.slug) for row in page], "next_cursor": cursor}
+    return to_json(body, inf_nan_mode="null")
+
+
+# What the list shows of a workload, in _listed's order. The JSON columns come as their text,
+# which pydantic-core parses faster than the driver's json.loads.
+_LISTED_COLUMNS = (
+    Workload.id,
+    Workload.project_id,
+    Workload.slug,
+    Workload.name,
+    Workload.description,
+    Workload.task_type,
+    Workload.backend,
+    Workload.model_name,
+    cast(Workload.config, Text),
+    Workload.worker_id,
+    Workload.gpu_resource_id,
+    Workload.execution_policy,
+    cast(Workload.execution_policy_config, Text),
+    Workload.generation,
+    Workload.phase,
+    Workload.phase_reason,
+    Workload.ready_replicas,
+    Workload.desired_replicas,
+    Workload.created_at,
+    Workload.updated_at,
+)
+
+
+def _listed(row: Sequence[Any], project_slug: str) -> dict[str, Any]:
+    """``workload_view(...)``'s JSON of one row of _LISTED_COLUMNS: the same keys in the same
+    order (``wire.Workload``'s), without a model per workload. The times stay datetimes: the
+    driver hands them over in UTC, which pydantic-core writes exactly as ``rfc3339`` does."""
+    (
+        workload_id,
+        project_id,
+        slug,
+        name,
+        description,
+        task_type,
+        backend,
+        model_name,
+        config,
+        worker_id,
+        gpu_resource_id,
+        execution_policy,
+        execution_policy_config,
+        generation,
+        phase,
+        reason,
+        ready_replicas,
+        desired_replicas,
+        created_at,
+        updated_at,
+    ) = row
+    return {
+        "id": workload_id,
+        "project_id": project_id,
+        "project_slug": project_slug,
+        "name": name,
+        "slug": slug,
+        "workload_slug": slug,
+        "description": description,
+        "task_type": task_type,
+        "backend": backend,
+        "model_name": model_name,
+        "config": None if config is None else from_json(config),
+        "worker_id": worker_id,
+        "gpu_resource_id": gpu_resource_id,
+        "execution_policy": execution_policy,
+        "execution_policy_config": (
+            None if execution_policy_config is None else from_json(execution_policy_config)
+        ),
+        "generation": generation,
+        "status": {
+            "phase": phase,
+            "reason": reason,
+            "ready_replicas": ready_replicas,
+            "desired_replicas": desired_replicas,
+        },
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+
+
+def encode_cursor(created_at: datetime, workload_id: str) -> str:
+    """The opaque cursor of the page after this workload: base64url of
+    ``<created_at in microseconds since the epoch>:<id>``, unpadded."""
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    return base64.urlsafe_b64encode(f"{micros}:{workload_id}".encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """``encode_cursor``'s arguments back; a 400 naming ``after`` for anything it did not make."""
+    invalid = ValidationFailed(
+        "after is not a cursor of this list: pass the next_cursor of the previous page",
+        field="after",
+    )
+    if not _CURSOR.fullmatch(cursor):
+        raise invalid
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        micros, _, workload_id = text.partition(":")
+        if not micros.isdigit() or not _WORKLOAD_ID.fullmatch(workload_id):
+            raise ValueError(text)
+        return _EPOCH + timedelta(microseconds=int(micros)), workload_id
+    except (ValueError, OverflowError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise invalid from None
 
 
 async def list_all_workloads(session: AsyncSession) -> list[tuple[Workload, Project]]:

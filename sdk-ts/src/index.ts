@@ -45,11 +45,17 @@ export {
 } from "./errors.js";
 export type { Job, JobData, SubmitJobOptions, WaitJobOptions } from "./jobs.js";
 export {
+  MAX_WORKLOAD_PAGE_SIZE,
   ManagementClient,
   type EnsureOptions,
+  type IterWorkloadsOptions,
+  type ListWorkloadsOptions,
   type ManagementClientOptions,
   type ProgressCallback,
   type WaitUntilReadyOptions,
+  type Workload,
+  type WorkloadPage,
+  type WorkloadStatus,
 } from "./management.js";
 export {
   ProgressRenderer,

@@ -1,6 +1,6 @@
 /**
- * The management plane: declare workloads with `ensure()`, delete them, and wait for one to
- * become ready. Authenticated with a project's `ik_sdk_` token.
+ * The management plane: declare workloads with `ensure()`, page through them, delete them, and
+ * wait for one to become ready. Authenticated with a project's `ik_sdk_` token.
  */
 
 import { debuglog } from "node:util";
@@ -131,13 +131,95 @@ const REQUIRED_STRINGS = [
 const OPTIONAL_STRINGS = ["description", "worker_id", "gpu_resource_id", "execution_policy"];
 const OPTIONAL_OBJECTS = ["config", "execution_policy_config"];
 
-/** A workload as the Manager returns it: what `ensure` and `delete` read of it. */
-interface LiveWorkload {
-  id: string;
-  slug: string;
+/** The most workloads one page of the list holds (`limit`); the Manager refuses more. */
+export const MAX_WORKLOAD_PAGE_SIZE = 1000;
+
+/** Where a workload is in its life: a phase and the reason for it. */
+export interface WorkloadStatus {
+  phase: string;
+  reason?: string;
+  readyReplicas: number;
+  desiredReplicas: number;
 }
 
-function workload(answer: unknown): LiveWorkload {
+/**
+ * A workload as the Manager returns it: the spec fields exactly as written, its generation and
+ * status. Times are RFC 3339 strings; `raw` is the JSON as it came.
+ */
+export interface Workload {
+  id: string;
+  projectId: string;
+  projectSlug?: string;
+  name: string;
+  slug: string;
+  description?: string;
+  taskType: string;
+  backend: string;
+  modelName: string;
+  config?: Record<string, unknown>;
+  workerId?: string;
+  gpuResourceId?: string;
+  executionPolicy?: string;
+  executionPolicyConfig?: Record<string, unknown>;
+  generation?: number;
+  status?: WorkloadStatus;
+  createdAt: string;
+  updatedAt: string;
+  raw: Record<string, unknown>;
+}
+
+/** One page of the list: its workloads, and the cursor of the next page (none after the last). */
+export interface WorkloadPage {
+  workloads: Workload[];
+  nextCursor?: string;
+}
+
+export interface ListWorkloadsOptions {
+  /** At most this many workloads (1 to 1000). */
+  limit: number;
+  /** The `nextCursor` of the previous page. */
+  after?: string;
+  project?: string;
+}
+
+export interface IterWorkloadsOptions {
+  /** How many workloads each request reads (1 to 1000, default 500). */
+  pageSize?: number;
+  project?: string;
+}
+
+// The wire's snake_case names of Workload's optional strings and objects.
+const OPTIONAL_NAMES: Record<string, string> = {
+  description: "description",
+  worker_id: "workerId",
+  gpu_resource_id: "gpuResourceId",
+  execution_policy: "executionPolicy",
+  config: "config",
+  execution_policy_config: "executionPolicyConfig",
+};
+
+function workloadStatus(answer: unknown, problems: string[]): WorkloadStatus | undefined {
+  if (answer === null || answer === undefined) return undefined;
+  const counts = ["ready_replicas", "desired_replicas"];
+  if (
+    !isRecord(answer) ||
+    typeof answer.phase !== "string" ||
+    (answer.reason != null && typeof answer.reason !== "string") ||
+    counts.some((key) => answer[key] != null && !Number.isInteger(answer[key]))
+  ) {
+    problems.push("status: an object with a string phase is required");
+    return undefined;
+  }
+  const status: WorkloadStatus = {
+    phase: answer.phase,
+    readyReplicas: (answer.ready_replicas as number | null | undefined) ?? 0,
+    desiredReplicas: (answer.desired_replicas as number | null | undefined) ?? 0,
+  };
+  if (typeof answer.reason === "string") status.reason = answer.reason;
+  return status;
+}
+
+function workload(answer: unknown): Workload {
   const problems: string[] = [];
   if (!isRecord(answer)) {
     problems.push("not an object");
@@ -159,10 +241,57 @@ function workload(answer: unknown): LiveWorkload {
       }
     }
   }
+  const status = isRecord(answer) ? workloadStatus(answer.status, problems) : undefined;
+  if (isRecord(answer) && answer.generation != null && !Number.isInteger(answer.generation)) {
+    problems.push("generation: an integer or null is required");
+  }
   if (problems.length > 0 || !isRecord(answer)) {
     throw new ApiError(`json error: unexpected workload shape: ${problems.join("; ")}`);
   }
-  return { id: answer.id as string, slug: answer.slug as string };
+  const live: Record<string, unknown> = {
+    id: answer.id,
+    projectId: answer.project_id,
+    name: answer.name,
+    slug: answer.slug,
+    taskType: answer.task_type,
+    backend: answer.backend,
+    modelName: answer.model_name,
+    createdAt: answer.created_at,
+    updatedAt: answer.updated_at,
+  };
+  if (typeof answer.project_slug === "string") live.projectSlug = answer.project_slug;
+  for (const [key, name] of Object.entries(OPTIONAL_NAMES)) {
+    if (answer[key] != null) live[name] = answer[key];
+  }
+  if (answer.generation != null) live.generation = answer.generation;
+  if (status !== undefined) live.status = status;
+  live.raw = answer;
+  return live as unknown as Workload;
+}
+
+function checkPageSize(value: unknown, name: string): number {
+  if (typeof value !== "number" || !Number.isInteger(value)) {
+    throw new ValidationError(`validation error: ${name} must be an integer`);
+  }
+  if (value < 1 || value > MAX_WORKLOAD_PAGE_SIZE) {
+    throw new ValidationError(
+      `validation error: ${name} must be from 1 to ${MAX_WORKLOAD_PAGE_SIZE}, got ${value}`,
+    );
+  }
+  return value;
+}
+
+/** One page of the list answer; one without `next_cursor` (a Manager that does not page answers
+ * every workload) is the last page. */
+function workloadPage(answer: unknown): WorkloadPage {
+  const items = workloadItems(answer);
+  const cursor = isRecord(answer) ? answer.next_cursor : undefined;
+  if (cursor != null && (typeof cursor !== "string" || !cursor)) {
+    throw new ApiError("json error: next_cursor is neither a non-empty string nor null");
+  }
+  const page: WorkloadPage = { workloads: items.map(workload) };
+  if (typeof cursor === "string") page.nextCursor = cursor;
+  return page;
 }
 
 function find(items: Record<string, unknown>[], slug: string): Record<string, unknown> | undefined {
@@ -328,6 +457,60 @@ export class ManagementClient {
 
   private async liveItems(project: string): Promise<Record<string, unknown>[]> {
     return workloadItems(await this.call({ method: "GET", path: workloadsPath(project) }));
+  }
+
+  /**
+   * One page of the project's workloads, in creation order: at most `limit` (1 to 1000) after
+   * the cursor `after`; `nextCursor` is the next page's (absent on the last page).
+   *
+   * @example
+   * let page = await mgmt.listWorkloads({ limit: 100 });
+   * while (page.nextCursor) {
+   *   page = await mgmt.listWorkloads({ limit: 100, after: page.nextCursor });
+   * }
+   */
+  async listWorkloads(options: ListWorkloadsOptions): Promise<WorkloadPage> {
+    const limit = checkPageSize(options?.limit, "limit");
+    const project = this.projectFor(options.project);
+    return this.page(project, limit, options.after);
+  }
+
+  /**
+   * Every workload of the project, in creation order, read a page at a time. A workload
+   * created or deleted meanwhile makes no other one skip or repeat.
+   *
+   * @example
+   * for await (const workload of mgmt.iterWorkloads({ pageSize: 500 })) console.log(workload.slug);
+   */
+  iterWorkloads(options: IterWorkloadsOptions = {}): AsyncGenerator<Workload, void, undefined> {
+    const pageSize = checkPageSize(options.pageSize ?? 500, "pageSize");
+    return this.pages(this.projectFor(options.project), pageSize);
+  }
+
+  private async *pages(
+    project: string,
+    pageSize: number,
+  ): AsyncGenerator<Workload, void, undefined> {
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.page(project, pageSize, after);
+      yield* page.workloads;
+      if (page.nextCursor === undefined) return;
+      if (page.nextCursor === after) {
+        throw new ApiError(
+          `json error: the page after cursor ${pyRepr(after)} names the same cursor`,
+        );
+      }
+      after = page.nextCursor;
+    }
+  }
+
+  private async page(project: string, limit: number, after?: string): Promise<WorkloadPage> {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (after !== undefined) query.set("after", after);
+    return workloadPage(
+      await this.call({ method: "GET", path: `${workloadsPath(project)}?${query}` }),
+    );
   }
 
   /**

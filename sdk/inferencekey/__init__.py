@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         WebhookDestination,
         WebhookTestResult,
         Workload,
+        WorkloadPage,
     )
 
 # Loaded on first use, so `inferencekey.backend` (which a worker serves with the standard
@@ -94,6 +95,7 @@ _LAZY_MODULES = {
         "WebhookDestination",
         "WebhookTestResult",
         "Workload",
+        "WorkloadPage",
     ),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY_MODULES.items() for name in names}
@@ -160,6 +162,7 @@ __all__ = [
     "WebhookTestResult",
     "WebhookVerificationError",
     "Workload",
+    "WorkloadPage",
     "WorkloadPhase",
     "WorkloadSpec",
     "__version__",

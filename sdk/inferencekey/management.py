@@ -1,6 +1,6 @@
-"""The management plane: declare workloads with ``ensure()``, list, get and delete them,
-wait for one to become ready, and run its async surface: endpoint switches, webhook
-destinations, jobs and their deliveries.
+"""The management plane: declare workloads with ``ensure()``, list them (or page through
+them: ``iter_workloads``), get and delete them, wait for one to become ready, and run its
+async surface: endpoint switches, webhook destinations, jobs and their deliveries.
 
 ``ManagementClient`` and ``AsyncManagementClient`` share one implementation: each operation
 is a generator of HTTP calls (see ``_http``; ``_sse`` for the readiness stream) that the sync
@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -40,12 +40,14 @@ from .results import Job
 from .spec import DriftItem, EndpointRef, Plan, WorkloadSpec, compute_drift
 from .validation import redact_token, slugify
 from .wire import (
+    MAX_WORKLOAD_PAGE_SIZE,
     EndpointToggles,
     ReadinessEvent,
     WebhookDelivery,
     WebhookDestination,
     WebhookTestResult,
     Workload,
+    WorkloadPage,
 )
 
 logger = logging.getLogger("inferencekey")
@@ -201,6 +203,33 @@ def _delete_steps(workload_slug: str, project: str) -> Steps[bool]:
 def _list_steps(project: str) -> Steps[list[Workload]]:
     items = _workload_items((yield Call("GET", _workloads_path(project))))
     return [_workload(item) for item in items]
+
+
+def _check_page_size(limit: int, name: str) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise ValidationError(f"validation error: {name} must be an integer")
+    if not 1 <= limit <= MAX_WORKLOAD_PAGE_SIZE:
+        raise ValidationError(
+            f"validation error: {name} must be from 1 to {MAX_WORKLOAD_PAGE_SIZE}, got {limit}"
+        )
+
+
+def _page_steps(project: str, limit: int, after: str | None) -> Steps[WorkloadPage]:
+    """One page of the list; an answer without ``next_cursor`` (a Manager that does not page
+    answers every workload) is the last page."""
+    answer = yield Call("GET", f"{_workloads_path(project)}{_query(limit=limit, after=after)}")
+    items = _workload_items(answer)
+    cursor = answer.get("next_cursor") if isinstance(answer, dict) else None
+    if cursor is not None and (not isinstance(cursor, str) or not cursor):
+        raise ApiError("json error: next_cursor is neither a non-empty string nor null")
+    return WorkloadPage(workloads=[_workload(item) for item in items], next_cursor=cursor)
+
+
+def _cursor_after(page: WorkloadPage, after: str | None) -> str | None:
+    """The cursor of the page after ``page`` (None: it was the last), never the one just sent."""
+    if page.next_cursor is not None and page.next_cursor == after:
+        raise ApiError(f"json error: the page after cursor {after!r} names the same cursor")
+    return page.next_cursor
 
 
 def _get_steps(workload_slug: str, project: str) -> Steps[Workload]:
@@ -540,6 +569,45 @@ class ManagementClient(_ManagementBase):
         """
         return _http.run_steps(_list_steps(self._project(project)), self._call)
 
+    def list_workloads(
+        self, *, limit: int, after: str | None = None, project: str | None = None
+    ) -> WorkloadPage:
+        """One page of the project's workloads, in creation order: at most ``limit`` (1 to
+        1000) after the cursor ``after``; ``next_cursor`` is the next page's (None: the last).
+
+        >>> page = mgmt.list_workloads(limit=100)  # doctest: +SKIP
+        >>> while page.next_cursor:  # doctest: +SKIP
+        ...     page = mgmt.list_workloads(limit=100, after=page.next_cursor)
+        """
+        _check_page_size(limit, "limit")
+        steps = _page_steps(self._project(project), limit, after)
+        return _http.run_steps(steps, self._call)
+
+    def iter_workloads(
+        self, *, page_size: int = 500, project: str | None = None
+    ) -> Iterator[Workload]:
+        """Every workload of the project, in creation order, read a page at a time.
+
+        A workload created or deleted meanwhile makes no other one skip or repeat.
+
+        >>> sum(1 for w in mgmt.iter_workloads() if w.status.phase == "ready")  # doctest: +SKIP
+        9412
+        """
+        _check_page_size(page_size, "page_size")
+        resolved = self._project(project)
+
+        def pages() -> Iterator[Workload]:
+            after: str | None = None
+            while True:
+                steps = _page_steps(resolved, page_size, after)
+                page = _http.run_steps(steps, self._call)
+                yield from page.workloads
+                after = _cursor_after(page, after)
+                if after is None:
+                    return
+
+        return pages()
+
     def get(self, workload_slug: str, *, project: str | None = None) -> Workload:
         """The workload with this exact slug; ``NotFoundError`` if there is none.
 
@@ -775,6 +843,41 @@ class AsyncManagementClient(_ManagementBase):
         ['support-bot']
         """
         return await _http.run_steps_async(_list_steps(self._project(project)), self._call)
+
+    async def list_workloads(
+        self, *, limit: int, after: str | None = None, project: str | None = None
+    ) -> WorkloadPage:
+        """One page of the project's workloads; see ``ManagementClient.list_workloads``.
+
+        >>> page = await mgmt.list_workloads(limit=100)  # doctest: +SKIP
+        """
+        _check_page_size(limit, "limit")
+        steps = _page_steps(self._project(project), limit, after)
+        return await _http.run_steps_async(steps, self._call)
+
+    def iter_workloads(
+        self, *, page_size: int = 500, project: str | None = None
+    ) -> AsyncIterator[Workload]:
+        """Every workload of the project, a page at a time; see
+        ``ManagementClient.iter_workloads``.
+
+        >>> slugs = [w.slug async for w in mgmt.iter_workloads()]  # doctest: +SKIP
+        """
+        _check_page_size(page_size, "page_size")
+        resolved = self._project(project)
+
+        async def pages() -> AsyncIterator[Workload]:
+            after: str | None = None
+            while True:
+                steps = _page_steps(resolved, page_size, after)
+                page = await _http.run_steps_async(steps, self._call)
+                for workload in page.workloads:
+                    yield workload
+                after = _cursor_after(page, after)
+                if after is None:
+                    return
+
+        return pages()
 
     async def get(self, workload_slug: str, *, project: str | None = None) -> Workload:
         """The workload with this exact slug; ``NotFoundError`` if there is none.

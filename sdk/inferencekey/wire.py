@@ -95,6 +95,27 @@ class WorkloadList(BaseModel):
     workloads: list[Workload]
 
 
+# The most workloads one page of the list holds (``?limit=``); the Manager refuses more.
+MAX_WORKLOAD_PAGE_SIZE = 1000
+
+
+class WorkloadPage(BaseModel):
+    """Body of ``GET /api/projects/{project}/workloads?limit=N[&after=CURSOR]``: at most N
+    workloads in creation order, and the cursor of the next page (None after the last).
+
+    Without ``limit`` the Manager answers every workload and no ``next_cursor``.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    workloads: list[Workload]
+    next_cursor: str | None = Field(
+        default=None,
+        description="pass it as ?after= for the next page; null on the last page, absent "
+        "without limit",
+    )
+
+
 class ReadinessEvent(BaseModel):
     """One frame of the readiness stream."""
 

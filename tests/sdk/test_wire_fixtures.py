@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +27,7 @@ from inferencekey import (
     ReadinessEvent,
     RerankResult,
     TextResult,
+    Workload,
     WorkloadSpec,
     webhooks,
 )
@@ -179,6 +180,14 @@ def normalised(result: Any) -> Any:
     return result
 
 
+def listed(workloads: Iterable[Workload]) -> list[dict[str, Any]]:
+    """Listed workloads as the fixtures write them: id, slug and phase."""
+    return [
+        {"id": w.id, "slug": w.slug, "phase": w.status.phase if w.status else None}
+        for w in workloads
+    ]
+
+
 def run_call(
     file: dict[str, Any], case: dict[str, Any], base_url: str, events: list[ReadinessEvent]
 ) -> tuple[Any, Exception | None]:
@@ -188,8 +197,17 @@ def run_call(
     op = call["op"]
     chunks: list[dict[str, Any]] = []
     try:
-        if op in ("ensure", "delete", "wait_until_ready"):
+        if op in ("ensure", "delete", "wait_until_ready", "list_workloads", "iter_workloads"):
             mgmt = management(settings)
+            if op == "list_workloads":
+                page = mgmt.list_workloads(
+                    limit=call["limit"], after=call.get("after"), project=call.get("project")
+                )
+                return {"workloads": listed(page.workloads), "next_cursor": page.next_cursor}, None
+            if op == "iter_workloads":
+                options = {"page_size": call["page_size"]} if "page_size" in call else {}
+                workloads = mgmt.iter_workloads(project=call.get("project"), **options)
+                return {"workloads": listed(workloads)}, None
             if op == "ensure":
                 options = {"on_drift": call["on_drift"]} if "on_drift" in call else {}
                 spec = WorkloadSpec(**call["spec"])

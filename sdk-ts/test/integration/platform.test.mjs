@@ -210,6 +210,39 @@ describe("ensure / OnDrift / delete", () => {
       { ...before, generation: 0, updated_at: 0 });
   });
 
+  it("iterWorkloads and listWorkloads page through what the plain list holds", async () => {
+    const extra = ["page-a", "page-b"];
+    for (const slug of extra) await mgmt.ensure({ ...idleSpec, name: slug, slug });
+    try {
+      const plain = await control("GET", `/projects/${PROJECT}/workloads`);
+      assert.equal(plain.status, 200);
+      assert.equal("next_cursor" in plain.body, false);
+      const ids = plain.body.workloads.map((item) => item.id);
+      assert.ok(ids.length >= 3, JSON.stringify(ids));
+
+      const seen = [];
+      for await (const workload of mgmt.iterWorkloads({ pageSize: 1 })) seen.push(workload.id);
+      assert.deepEqual(seen, ids);
+
+      const first = await mgmt.listWorkloads({ limit: 2 });
+      assert.deepEqual(first.workloads.map((w) => w.id), ids.slice(0, 2));
+      // The reconciler may move a status meanwhile; the rest is the plain list's.
+      const [paged, listed] = [first.workloads[0].raw, plain.body.workloads[0]];
+      assert.deepEqual({ ...paged, status: 0 }, { ...listed, status: 0 });
+      const rest = await mgmt.listWorkloads({ limit: 1000, after: first.nextCursor });
+      assert.deepEqual(rest.workloads.map((w) => w.id), ids.slice(2));
+      assert.equal(rest.nextCursor, undefined);
+      await expectRejection(
+        mgmt.listWorkloads({ limit: 1, after: "not a cursor!" }),
+        ValidationError,
+        "validation_error",
+        400,
+      );
+    } finally {
+      for (const slug of extra) await mgmt.delete(slug);
+    }
+  });
+
   it("delete is true, then false", async () => {
     assert.equal(await mgmt.delete("idle-bot"), true);
     assert.equal(await stored("idle-bot"), undefined);

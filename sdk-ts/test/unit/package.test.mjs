@@ -209,3 +209,93 @@ describe("jobs and webhooks", () => {
     assert.equal(sdk.WEBHOOK_SIGNATURE_HEADER, "X-InferenceKey-Signature");
   });
 });
+
+describe("workload pages", () => {
+  let server;
+  let url;
+  const asked = [];
+  const stored = {
+    id: "wl_01h8w1",
+    project_id: "proj_01h8acme",
+    project_slug: "acme",
+    name: "Support bot",
+    slug: "support-bot",
+    workload_slug: "support-bot",
+    description: null,
+    task_type: "text2text",
+    backend: "llamacpp",
+    model_name: "gemma-3-270m",
+    config: { command: "llama-server -m /models/gemma.gguf" },
+    worker_id: "wrk_1",
+    gpu_resource_id: null,
+    execution_policy: "fixed",
+    execution_policy_config: { replicas: 1 },
+    generation: 3,
+    status: { phase: "ready", reason: null, ready_replicas: 1, desired_replicas: 2 },
+    created_at: "2025-06-01T10:00:00Z",
+    updated_at: "2025-06-01T10:00:01.5Z",
+    added_later: true,
+  };
+  before(async () => {
+    server = createServer((req, res) => {
+      asked.push(req.url);
+      res.writeHead(200, { "Content-Type": "application/json" });
+      // Every page is full and names a next one: only the client can stop.
+      res.end(JSON.stringify({ workloads: [stored], next_cursor: `c${asked.length}` }));
+    });
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    url = `http://127.0.0.1:${server.address().port}`;
+  });
+  after(() => {
+    server.closeAllConnections();
+    return new Promise((resolve) => server.close(resolve));
+  });
+
+  const mgmt = () =>
+    sdk.ManagementClient.fromEnv({ baseUrl: url, project: "acme", sdkToken: SDK_TOKEN });
+
+  it("gives each workload the SDK's names, and the JSON as it came in raw", async () => {
+    const page = await mgmt().listWorkloads({ limit: 1 });
+    assert.equal(page.nextCursor, `c${asked.length}`);
+    assert.deepEqual(page.workloads, [
+      {
+        id: "wl_01h8w1",
+        projectId: "proj_01h8acme",
+        projectSlug: "acme",
+        name: "Support bot",
+        slug: "support-bot",
+        taskType: "text2text",
+        backend: "llamacpp",
+        modelName: "gemma-3-270m",
+        config: { command: "llama-server -m /models/gemma.gguf" },
+        workerId: "wrk_1",
+        executionPolicy: "fixed",
+        executionPolicyConfig: { replicas: 1 },
+        generation: 3,
+        status: { phase: "ready", readyReplicas: 1, desiredReplicas: 2 },
+        createdAt: "2025-06-01T10:00:00Z",
+        updatedAt: "2025-06-01T10:00:01.5Z",
+        raw: stored,
+      },
+    ]);
+  });
+
+  it("leaving iterWorkloads early asks for no further page", async () => {
+    asked.length = 0;
+    let seen = 0;
+    for await (const workload of mgmt().iterWorkloads({ pageSize: 1 })) {
+      assert.equal(workload.slug, "support-bot");
+      if (++seen === 2) break;
+    }
+    assert.deepEqual(asked, [
+      "/api/projects/acme/workloads?limit=1",
+      "/api/projects/acme/workloads?limit=1&after=c1",
+    ]);
+  });
+
+  it("local checks of iterWorkloads throw at the call, before any iteration", () => {
+    assert.throws(() => mgmt().iterWorkloads({ pageSize: 0 }), sdk.ValidationError);
+    assert.throws(() => mgmt().iterWorkloads({ pageSize: 2.5 }), sdk.ValidationError);
+    assert.equal(sdk.MAX_WORKLOAD_PAGE_SIZE, 1000);
+  });
+});

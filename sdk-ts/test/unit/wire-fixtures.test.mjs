@@ -86,6 +86,11 @@ function normalisedJob(job) {
   };
 }
 
+/** Listed workloads as the fixtures write them: id, slug and phase. */
+function listed(workloads) {
+  return workloads.map((w) => ({ id: w.id, slug: w.slug, phase: w.status?.phase ?? null }));
+}
+
 /** `wait_job`'s seconds as `waitJob`'s milliseconds. */
 function waitOptions(args) {
   const options = {};
@@ -102,12 +107,34 @@ async function runCall(file, testCase, events) {
   const op = call.op;
   const chunks = [];
   try {
-    if (["ensure", "delete", "wait_until_ready"].includes(op)) {
+    const managementOps = [
+      "ensure",
+      "delete",
+      "wait_until_ready",
+      "list_workloads",
+      "iter_workloads",
+    ];
+    if (managementOps.includes(op)) {
       const mgmt = ManagementClient.fromEnv({
         baseUrl: settings.base_url,
         project: settings.project,
         sdkToken: settings.sdk_token,
       });
+      if (op === "list_workloads") {
+        const page = await mgmt.listWorkloads({
+          limit: call.limit,
+          after: call.after,
+          project: call.project,
+        });
+        return [{ workloads: listed(page.workloads), next_cursor: page.nextCursor ?? null }, undefined];
+      }
+      if (op === "iter_workloads") {
+        const options = { project: call.project };
+        if ("page_size" in call) options.pageSize = call.page_size;
+        const workloads = [];
+        for await (const workload of mgmt.iterWorkloads(options)) workloads.push(workload);
+        return [{ workloads: listed(workloads) }, undefined];
+      }
       if (op === "ensure") {
         const options = { project: call.project };
         if ("on_drift" in call) options.onDrift = call.on_drift;
