@@ -174,6 +174,14 @@ async def update_destination(
 
 async def delete_destination(session: AsyncSession, workload_id: str, destination_id: str) -> None:
     """Its deliveries go with it (ON DELETE CASCADE), pending ones included."""
+    # Its deliveries first, in id order: the cascade would lock them in whatever order it finds
+    # them, and deadlock with a deliverer settling two of them the other way round.
+    await session.execute(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.destination_id == destination_id)
+        .order_by(WebhookDelivery.id)
+        .with_for_update()
+    )
     deleted = await session.scalar(
         delete(WebhookDestination)
         .where(
