@@ -108,14 +108,20 @@ class ObservedReplica(BaseModel):
 
 
 class Heartbeat(BaseModel):
-    """What an agent reports: its inventory and the observed state of its replicas."""
+    """What an agent reports: its inventory and the observed state of its replicas.
+
+    Both are deltas: absent (or null) means "unchanged since my last acknowledged heartbeat"
+    (worker_agent/heartbeats.py decides what to send). A heartbeat with neither is the common
+    one, and renews the worker's lease only; an agent that sends both every time (as agents
+    before deltas did) is still understood.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     agent_version: Name | None = None
     address: Name | None = None
-    inventory: InventoryWire
-    replicas: list[ObservedReplica] = Field(default_factory=list, max_length=10_000)
+    inventory: InventoryWire | None = None
+    replicas: list[ObservedReplica] | None = Field(default=None, max_length=10_000)
 
 
 class CustomBackendRef(BaseModel):

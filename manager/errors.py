@@ -249,3 +249,10 @@ class DatabaseUnavailable(ApiProblem):
     def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
         super().__init__(message)
         self.headers["Retry-After"] = str(retry_after_s)
+
+
+class Overloaded(DatabaseUnavailable):
+    """This Manager process has no room for the request now (its agent requests' share of the
+    database is taken): shed at once rather than queued on the connection pool."""
+
+    code = "overloaded"

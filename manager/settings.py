@@ -35,6 +35,9 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "worker_not_ready_after_s": (float, 0.1),
     "worker_lost_after_s": (float, 0.1),
     "heartbeat_interval_s": (float, 0.1),
+    "agent_max_concurrent_db": (int, 1),
+    "agent_admission_wait_s": (float, 0),
+    "agent_retry_after_s": (int, 1),
     "reconcile_interval_s": (float, 0.1),
     "reconcile_resync_s": (float, 0.1),
     "gateway_first_byte_timeout_s": (float, 0.1),
@@ -92,10 +95,19 @@ class Settings:
     admin_token: str | None = None
     max_body_bytes: int = 1024 * 1024
     run_migrations: bool = True
-    # Worker liveness: no heartbeat for this long -> not_ready, then lost (replicas re-placed).
-    worker_not_ready_after_s: float = 15.0
+    # The agent protocol at fleet scale (docs/DESIGN.md): an agent heartbeats every
+    # heartbeat_interval_s, and at once when a replica changes state (assignments reach it by
+    # long-poll, not by heartbeat). A worker silent for worker_not_ready_after_s (three
+    # intervals: two lost heartbeats and a retry are no outage) gets nothing new and no traffic;
+    # after worker_lost_after_s its replicas are placed elsewhere.
+    worker_not_ready_after_s: float = 30.0
     worker_lost_after_s: float = 60.0
-    heartbeat_interval_s: float = 2.0
+    heartbeat_interval_s: float = 10.0
+    # Agent requests of this process that may use the database at once, and how long one waits
+    # for its turn before it is answered 503 overloaded (Retry-After: agent_retry_after_s).
+    agent_max_concurrent_db: int = 8
+    agent_admission_wait_s: float = 0.5
+    agent_retry_after_s: int = 2
     # The reconciler runs on every change it is told of, and at least this often.
     reconcile_interval_s: float = 2.0
     # The reconcile leader reads only what notifications name between full reads of everything,

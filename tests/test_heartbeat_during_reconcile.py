@@ -121,6 +121,11 @@ async def test_a_heartbeat_completes_while_a_pass_holds_its_write_transaction_op
                 client.post("/api/agent/heartbeat", json=HEARTBEAT, headers=agent), timeout=5
             )
             assert during.status_code == 200, during.text
+            # The steady heartbeat, which reports nothing new, is one statement on the same row.
+            renewed = await asyncio.wait_for(
+                client.post("/api/agent/heartbeat", json={}, headers=agent), timeout=5
+            )
+            assert renewed.status_code == 200, renewed.text
             assert not reconcile.done(), "the pass was to be still open"
         finally:
             release.set()

@@ -1,7 +1,9 @@
 """The worker agent: report inventory and replica states, run what the Manager assigns.
 
 Three loops share one picture of the replicas:
-- heartbeat: posts the inventory and observed states, gets the full desired set back;
+- heartbeat: renews the worker's lease, carrying the inventory and observed states only when
+  they changed (worker_agent/heartbeats.py), at once on a change, and gets the full desired set
+  back; after a failure it waits as the Manager's Retry-After says, else with jittered backoff;
 - watch: long-polls the desired set, so a change reaches this host within a second;
 - converge: starts what is missing, stops what is extra, health-checks, restarts crashed engines
   with capped exponential backoff. It waits for the first desired set, so a restarted agent
@@ -41,6 +43,16 @@ from worker_agent.config import AgentConfig
 from worker_agent.custom_backends import CustomBackendStore
 from worker_agent.gpus import InventorySource, detect_inventory, model_files
 from worker_agent.hardening import forbid_dumping
+from worker_agent.heartbeats import (
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_BACKOFF_CAP_S,
+    WATCH_BACKOFF_CAP_S,
+    WATCH_RETRY_S,
+    Backoff,
+    HeartbeatReports,
+    retry_after_s,
+    was_shed,
+)
 from worker_agent.metrics import AgentMetrics
 from worker_agent.ports import PortAllocator
 from worker_agent.proxy import AgentProxy
@@ -96,6 +108,7 @@ class Agent:
         self.desired: Assignments | None = None
         self.worker_id: str | None = None
         self._changed = asyncio.Event()  # local state changed: heartbeat now
+        self.reports = HeartbeatReports()  # what each heartbeat carries
         self._desired_changed = asyncio.Event()  # desired set changed: converge now
         self._http = httpx.AsyncClient(
             base_url=config.manager_url.rstrip("/"),
@@ -178,12 +191,13 @@ class Agent:
         self.metrics.observe_inventory(snapshot)
         inventory = snapshot.to_wire()
         inventory["model_files"] = model_files(self.config.model_dir)
-        return {
-            "agent_version": __version__,
-            "address": self.address,
-            "inventory": inventory,
-            "replicas": [replica.observed() for replica in self.replicas.values()],
-        }
+        return self.reports.body(
+            agent_version=__version__,
+            address=self.address,
+            inventory=inventory,
+            replicas=[replica.observed() for replica in self.replicas.values()],
+            desired_version=self.desired.version if self.desired else None,
+        )
 
     def _accept(self, answer: Assignments) -> None:
         if self.worker_id is None:
@@ -194,27 +208,41 @@ class Agent:
             self._desired_changed.set()
 
     async def _heartbeat_loop(self) -> None:
-        failures = 0
+        backoff = Backoff(HEARTBEAT_BACKOFF_CAP_S)
         while True:
-            interval = self.desired.heartbeat_interval_s if self.desired else 2.0
+            interval = (
+                self.desired.heartbeat_interval_s if self.desired else DEFAULT_HEARTBEAT_INTERVAL_S
+            )
+            # Cleared before the picture is taken: a change while the heartbeat is in flight
+            # sends the next one at once.
+            self._changed.clear()
             try:
                 body = await asyncio.to_thread(self._heartbeat_body)
                 response = await self._http.post("/api/agent/heartbeat", json=body)
                 response.raise_for_status()
-                self._accept(Assignments.model_validate(response.json()))
-                if failures:
-                    log.info("manager reachable again after %d failed heartbeats", failures)
-                failures = 0
+                answer = Assignments.model_validate(response.json())
             except (httpx.HTTPError, ValueError) as error:
-                failures += 1
-                if failures == 1 or failures % 30 == 0:
-                    log.warning("heartbeat failed (%s); engines keep running", _describe(error))
-                interval = min(interval * (1 + failures), 15.0)
-            self._changed.clear()
+                self.reports.failed(shed=was_shed(error))
+                wait = backoff.failed(interval, retry_after_s(error))
+                if backoff.failures == 1 or backoff.failures % 30 == 0:
+                    log.warning(
+                        "heartbeat failed (%s); engines keep running; retrying in %.1fs",
+                        _describe(error),
+                        wait,
+                    )
+                # Not cut short by a change: a Manager that sheds load gets the pause it asked for.
+                await asyncio.sleep(wait)
+                continue
+            self.reports.acknowledged()
+            self._accept(answer)
+            if backoff.failures:
+                log.info("manager reachable again after %d failed heartbeats", backoff.failures)
+            backoff.reset()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), interval)
 
     async def _watch_loop(self) -> None:
+        backoff = Backoff(WATCH_BACKOFF_CAP_S)
         while True:
             if self.desired is None:
                 await asyncio.sleep(0.2)
@@ -225,10 +253,14 @@ class Agent:
                     params={"version": self.desired.version, "wait": MAX_WAIT_S - 5},
                 )
                 response.raise_for_status()
-                self._accept(Assignments.model_validate(response.json()))
+                answer = Assignments.model_validate(response.json())
             except (httpx.HTTPError, ValueError) as error:
-                log.debug("watch failed (%s); retrying", _describe(error))
-                await asyncio.sleep(2.0)
+                wait = backoff.failed(WATCH_RETRY_S, retry_after_s(error))
+                log.debug("watch failed (%s); retrying in %.1fs", _describe(error), wait)
+                await asyncio.sleep(wait)
+                continue
+            backoff.reset()
+            self._accept(answer)
 
     # --- converging ---------------------------------------------------------------------------
 

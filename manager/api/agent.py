@@ -2,38 +2,233 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat
 from manager import notify
 from manager.api.border import AgentBorderRoute, authenticated
-from manager.auth import TokenKind, require_kind
+from manager.auth import Principal, TokenKind, bearer_token, require_kind, token_digest
 from manager.custom_backends import service as custom_backends
 from manager.db.models import Worker
+from manager.errors import Overloaded, Unauthenticated
 from manager.openapi import CUSTOM_BACKEND_PACKAGE_RESPONSES, ERROR_RESPONSES
-from manager.services import workers
+from manager.services import tokens, workers
 from manager.services.timefmt import utcnow
+from manager.settings import Settings
 
-router = APIRouter(prefix="/api/agent", route_class=AgentBorderRoute, responses=ERROR_RESPONSES)
+# 503 here is also this process shedding agent requests (overloaded), with Retry-After.
+AGENT_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    503: {
+        **ERROR_RESPONSES[503],
+        "description": "database unavailable, or this Manager is shedding agent requests "
+        "(database_unavailable, overloaded); retry after Retry-After seconds",
+    },
+}
 WHERE = "the agent protocol (/api/agent)"
 DISCONNECT_CHECK_S = 1.0
 
 
-async def _agent_worker(request: Request) -> Worker:
-    # Short-lived session: a long-poll must not hold a database connection while it waits.
-    principal = await authenticated(request)
-    require_kind(principal, TokenKind.AGENT, WHERE)
-    async with request.app.state.sessions() as session:
-        return await workers.worker_for_agent(session, principal)
+class Admission:
+    """At most ``limit`` agent requests of this process use the database at once. One that
+    cannot start within ``wait_s`` is answered 503 ``overloaded`` with Retry-After, which the
+    agent honours with jitter, instead of queueing on the connection pool for its whole timeout
+    and leaving none for the reconciler and the API. A long-poll holds a slot only while it
+    reads, never while it waits."""
+
+    def __init__(self, limit: int, wait_s: float, retry_after_s: int) -> None:
+        self.wait_s = wait_s
+        self.retry_after_s = retry_after_s
+        self._slots = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self.wait_s):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise Overloaded(
+                    "this Manager has more agent requests than it can serve now; retry shortly",
+                    retry_after_s=self.retry_after_s,
+                ) from None
+        else:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
-# A dependency, so the credential is checked before the body: a wrong token gets 401/403 whatever
-# it sent.
-AgentWorker = Annotated[Worker, Depends(_agent_worker)]
+class AgentCredentials:
+    """Each agent credential's worker, by the SHA-256 of the whole credential, so that an
+    agent's requests cost no query to say who is calling. An entry goes when its credential's
+    revocation is heard (``NOTIFY ik_tokens``, every process; all of them after the listening
+    connection came back) or after ``TTL_S``. A revoked credential is refused on its next
+    request all the same, however the notification fares: the heartbeat checks it in its own
+    statement, the long-poll and the package download with one query first."""
+
+    TTL_S = 60.0
+    MAX_ENTRIES = 100_000
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, tuple[float, Principal, workers.AgentWorker]] = {}
+        self._digests: dict[str, bytes] = {}  # token id -> the digest its entry is under
+        self.generation = 0  # bumped by every eviction: a lookup under way stores nothing
+
+    def get(self, digest: bytes) -> tuple[Principal, workers.AgentWorker] | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            self.evict(entry[1].token_id)
+            return None
+        return entry[1], entry[2]
+
+    def put(
+        self,
+        digest: bytes,
+        principal: Principal,
+        worker: workers.AgentWorker,
+        generation: int,
+    ) -> None:
+        if generation != self.generation:
+            return  # a revocation was heard while it was looked up
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self.evict(notify.ANY)
+        self._entries[digest] = (time.monotonic() + self.TTL_S, principal, worker)
+        self._digests[principal.token_id] = digest
+
+    def evict(self, token_id: str) -> None:
+        self.generation += 1
+        if token_id == notify.ANY:
+            self._entries.clear()
+            self._digests.clear()
+            return
+        digest = self._digests.pop(token_id, None)
+        if digest is not None:
+            self._entries.pop(digest, None)
+
+
+class AgentProtocol:
+    """This process's state for the agent routes, made on their first request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.admission = Admission(
+            settings.agent_max_concurrent_db,
+            settings.agent_admission_wait_s,
+            settings.agent_retry_after_s,
+        )
+        self.credentials = AgentCredentials()
+
+
+def _protocol(request: Request) -> AgentProtocol:
+    state = request.app.state
+    protocol: AgentProtocol | None = getattr(state, "agent_protocol", None)
+    if protocol is None:
+        protocol = state.agent_protocol = AgentProtocol(state.settings)
+        state.hub.on(notify.TOKENS, protocol.credentials.evict)
+    return protocol
+
+
+@contextlib.asynccontextmanager
+async def _database(request: Request) -> AsyncIterator[AsyncSession]:
+    """A short session under an admission slot: every database use of the agent routes."""
+    async with _protocol(request).admission.slot(), request.app.state.sessions() as session:
+        yield session
+
+
+@contextlib.asynccontextmanager
+async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    """A connection that commits each statement, under an admission slot: for the one
+    statement of a steady heartbeat, without a session's bookkeeping or a BEGIN and COMMIT."""
+    engine: AsyncEngine = request.app.state.engine
+    async with _protocol(request).admission.slot(), engine.connect() as connection:
+        yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+async def _identify(request: Request) -> None:
+    """Who is calling, before the body is read: from the credential cache when it knows the
+    credential; else looked up (under an admission slot), answered 401 or 403 as on every route
+    when it is not a live agent credential, and remembered."""
+    credentials = _protocol(request).credentials
+    token = bearer_token(request.headers.get("authorization"))
+    digest = token_digest(token) if token is not None else b""
+    known = credentials.get(digest)
+    if known is not None:
+        # As for a lookup: an address over its failed-authentication limit is refused first.
+        request.app.state.auth_limiter.check(request.client.host if request.client else None)
+        request.state.principal, request.state.agent_worker = known
+        return
+    generation = credentials.generation
+    async with _protocol(request).admission.slot():
+        principal = await authenticated(request)
+        require_kind(principal, TokenKind.AGENT, WHERE)
+        async with request.app.state.sessions() as session:
+            worker = await workers.agent_worker(session, principal)
+    credentials.put(digest, principal, worker, generation)
+    request.state.agent_worker = worker
+    request.state.credential_checked = True  # just now, in the database
+
+
+def _caller(request: Request) -> workers.AgentWorker:
+    """The calling agent's worker (AgentRoute found it)."""
+    worker: workers.AgentWorker = request.state.agent_worker
+    return worker
+
+
+async def _check_unrevoked(request: Request, worker: workers.AgentWorker) -> None:
+    """Refuse a cached credential revoked a moment ago, whose NOTIFY is not heard yet: a revoked
+    agent credential fails on its next request, as every credential does. (The heartbeat checks
+    in its own statement instead.)"""
+    if getattr(request.state, "credential_checked", False):
+        return
+    async with _database(request) as session:
+        standing = await tokens.unrevoked(session, worker.token_id)
+    if not standing:
+        _protocol(request).credentials.evict(worker.token_id)
+        raise Unauthenticated()
+
+
+class AgentRoute(AgentBorderRoute):
+    """The agent protocol's border: the caller is known (401, 403 otherwise) before the body is
+    read, as on every route, but an agent's credential seen before costs no query."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def identified(request: Request) -> Response:
+            await _identify(request)
+            return await handler(request)
+
+        return identified
+
+
+router = APIRouter(prefix="/api/agent", route_class=AgentRoute, responses=AGENT_ERROR_RESPONSES)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An Assignments answer, and its JSON as sent (encoded once per change, not per request)."""
+
+    assignments: Assignments
+    encoded: bytes
+
+    @property
+    def version(self) -> str:
+        return self.assignments.version
+
+    def response(self) -> Response:
+        return Response(self.encoded, media_type="application/json")
 
 
 class AssignmentCache:
@@ -45,7 +240,7 @@ class AssignmentCache:
     MAX_AGE_S = 10.0
 
     def __init__(self) -> None:
-        self._answers: dict[str, tuple[float, Assignments]] = {}
+        self._answers: dict[str, tuple[float, Answer]] = {}
         self._generation: dict[str, int] = {}
 
     def invalidate(self, worker_id: str) -> None:
@@ -60,50 +255,61 @@ class AssignmentCache:
             self.invalidate(worker_id)
         self._answers.clear()
 
-    async def answer(self, request: Request, worker: Worker) -> Assignments:
+    async def answer(self, request: Request, worker: workers.AgentWorker) -> Answer:
         now = time.monotonic()
         cached = self._answers.get(worker.id)
         if cached is not None and now - cached[0] < self.MAX_AGE_S:
             return cached[1]
         generation = self._generation.get(worker.id, 0)
-        async with request.app.state.sessions() as session:
-            replicas = await workers.assignments(session, worker)
-        answer = Assignments(
+        async with _database(request) as session:
+            replicas = await workers.assignments(session, worker.id)
+        assignments = Assignments(
             worker_id=worker.id,
             version=workers.assignments_version(replicas),
             heartbeat_interval_s=request.app.state.settings.heartbeat_interval_s,
             replicas=replicas,  # type: ignore[arg-type]
             gateway_secret=worker.gateway_secret,
         )
+        answer = Answer(assignments, assignments.model_dump_json().encode())
         # Kept only if no change was announced while it was read.
         if self._generation.get(worker.id, 0) == generation:
             self._answers[worker.id] = (now, answer)
         return answer
 
 
-async def _answer(request: Request, worker: Worker) -> Assignments:
+async def _answer(request: Request, worker: workers.AgentWorker) -> Answer:
     cache: AssignmentCache = request.app.state.assignment_cache
     return await cache.answer(request, worker)
 
 
-@router.post("/heartbeat")
-async def heartbeat(request: Request, worker: AgentWorker, body: Heartbeat) -> Assignments:
-    async with request.app.state.sessions() as session:
-        row = await session.get(Worker, worker.id, with_for_update={"key_share": True})
-        assert row is not None
-        await workers.record_heartbeat(session, row, body.model_dump(), utcnow())
-        await session.commit()
-    return await _answer(request, worker)
+@router.post("/heartbeat", response_model=Assignments)
+async def heartbeat(request: Request, body: Heartbeat) -> Response:
+    """Renews the worker's lease and stores what changed (``inventory`` and ``replicas`` only
+    when sent); answers the full desired set."""
+    worker = _caller(request)
+    if body.inventory is None and body.replicas is None:  # nothing changed: the lease only
+        async with _connection(request) as connection:
+            renewed = await workers.renew_lease(connection, worker.id, body.address, utcnow())
+    else:
+        async with _database(request) as session:
+            report = body.model_dump()
+            renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
+            await session.commit()
+    if not renewed:  # revoked since the credential was cached
+        _protocol(request).credentials.evict(worker.token_id)
+        raise Unauthenticated()
+    return (await _answer(request, worker)).response()
 
 
-@router.get("/assignments")
+@router.get("/assignments", response_model=Assignments)
 async def watch_assignments(
     request: Request,
-    worker: AgentWorker,
     version: str = "",
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 25.0,
-) -> Assignments:
+) -> Response:
     """Answers as soon as the desired set differs from ``version``, or after ``wait`` seconds."""
+    worker = _caller(request)
+    await _check_unrevoked(request, worker)
     hub: notify.NotificationHub = request.app.state.hub
     deadline = time.monotonic() + wait
     with hub.subscription(notify.ASSIGNMENTS, worker.id) as changed:
@@ -111,7 +317,7 @@ async def watch_assignments(
         while answer.version == version:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return answer
+                break
             # Wake at least every second to notice an agent that hung up, or a Manager that is
             # shutting down (the agent asks again, of another Manager or of this one restarted);
             # the answer is read again only when the reconciler announced a change.
@@ -119,8 +325,8 @@ async def watch_assignments(
                 changed.clear()
                 answer = await _answer(request, worker)
             elif request.app.state.stopping() or await request.is_disconnected():
-                return answer
-        return answer
+                break
+        return answer.response()
 
 
 @router.get(
@@ -128,13 +334,15 @@ async def watch_assignments(
     response_class=Response,
     responses=CUSTOM_BACKEND_PACKAGE_RESPONSES,
 )
-async def custom_backend_package(
-    version_id: str, request: Request, worker: AgentWorker
-) -> StreamingResponse:
+async def custom_backend_package(version_id: str, request: Request) -> StreamingResponse:
     """The package of a custom-backend version (``custom_backend.id`` of an assignment), as
     published; ``X-InferenceKey-Sha256`` is its SHA-256 for the agent to check."""
-    async with request.app.state.sessions() as session:
-        version = await custom_backends.package_for_worker(session, version_id, worker)
+    worker = _caller(request)
+    await _check_unrevoked(request, worker)
+    async with _database(request) as session:
+        row = await session.get(Worker, worker.id)
+        assert row is not None
+        version = await custom_backends.package_for_worker(session, version_id, row)
     extension = version.archive_format
     return StreamingResponse(
         custom_backends.package_pieces(request.app.state.sessions, version.id),

@@ -129,6 +129,14 @@ async def revoke_token(session: AsyncSession, ref: str) -> Token:
     return row
 
 
+async def unrevoked(session: AsyncSession, token_id: str) -> bool:
+    """Whether the credential still stands: where a credential is cached, the routes that must
+    refuse a revoked one on its very next request ask this (its NOTIFY may be a moment away)."""
+    return bool(
+        await session.scalar(select(Token.revoked_at.is_(None)).where(Token.id == token_id))
+    )
+
+
 def token_view(row: Token, project_slug: str | None, secret: str | None = None) -> wire.Token:
     """A credential as the admin API shows it; ``secret`` only in the answer that minted it.
     The keys of another kind (and the secret) are left unset, so the answer leaves them out."""

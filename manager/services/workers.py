@@ -2,7 +2,9 @@
 
 A heartbeat writes only what the agent observed: its worker's inventory, address, heartbeat time
 and ``state = ready``, its GPUs, and its replicas' observed columns. The reconciler owns every
-other column ("Locking" in docs/DESIGN.md), so the two never wait on each other for long.
+other column ("Locking" in docs/DESIGN.md), so the two never wait on each other for long. Agents
+send the inventory and the replicas only when they changed: most heartbeats renew the lease
+alone, in one statement (``renew_lease``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import hashlib
 import json
 import logging
 import secrets
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import String, bindparam, delete, or_, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ik_contracts.protocol import REPORTED_STATES, CustomBackendRef, ReplicaState
 from manager import notify, wire
@@ -71,14 +75,6 @@ async def create_worker(
     await session.refresh(worker)
     log.info("registered worker %s with %s", worker.id, display_token("agent", minted.id))
     return worker, minted.token
-
-
-async def worker_for_agent(session: AsyncSession, principal: Principal) -> Worker:
-    result = await session.execute(select(Worker).where(Worker.token_id == principal.token_id))
-    worker = result.scalar_one_or_none()
-    if worker is None:
-        raise ValidationFailed("this agent credential belongs to no worker")
-    return worker
 
 
 async def visible_workers(session: AsyncSession, project_id: str | None) -> list[Worker]:
@@ -141,17 +137,44 @@ def worker_view(worker: Worker, gpus: list[GpuResource], token: str | None = Non
     return wire.Worker.model_validate(view)
 
 
+@dataclass(frozen=True)
+class AgentWorker:
+    """The worker an agent credential belongs to, as the agent routes need it: what never
+    changes for a worker (its id, its gateway secret), so it may be cached by credential."""
+
+    id: str
+    token_id: str
+    gateway_secret: str
+
+
+async def agent_worker(session: AsyncSession, principal: Principal) -> AgentWorker:
+    result = await session.execute(
+        select(Worker.id, Worker.gateway_secret).where(Worker.token_id == principal.token_id)
+    )
+    row = result.one_or_none()
+    if row is None:
+        raise ValidationFailed("this agent credential belongs to no worker")
+    return AgentWorker(id=row.id, token_id=principal.token_id, gateway_secret=row.gateway_secret)
+
+
+# What changes a GPU's worth to placement; used memory and utilisation are only shown.
+_GPU_CAPACITY = ("index", "name", "memory_total_mb", "simulated", "present")
+
+
 async def _sync_gpus(
-    session: AsyncSession, worker: Worker, reported: list[dict[str, Any]], simulated: bool
-) -> None:
+    session: AsyncSession, worker_id: str, reported: list[dict[str, Any]], simulated: bool
+) -> bool:
+    """Store the reported GPUs; True if the worker's capacity changed (a GPU came or went, or
+    its memory, name or index changed), not for utilisation and used-memory noise."""
     existing = {
         gpu.uuid: gpu
         for gpu in (
-            await session.execute(select(GpuResource).where(GpuResource.worker_id == worker.id))
+            await session.execute(select(GpuResource).where(GpuResource.worker_id == worker_id))
         ).scalars()
     }
     now = utcnow()
     seen: set[str] = set()
+    capacity_changed = False
     for item in reported:
         uuid = str(item["uuid"])
         seen.add(uuid)
@@ -166,10 +189,13 @@ async def _sync_gpus(
         }
         gpu = existing.get(uuid)
         if gpu is None:
-            gpu = GpuResource(id=new_id("gpu"), worker_id=worker.id, uuid=uuid)
+            gpu = GpuResource(id=new_id("gpu"), worker_id=worker_id, uuid=uuid)
             session.add(gpu)
+            capacity_changed = True
         elif all(getattr(gpu, name) == value for name, value in values.items()):
             continue  # unchanged: no write (a steady fleet's heartbeats write no GPU row)
+        elif any(getattr(gpu, name) != values[name] for name in _GPU_CAPACITY):
+            capacity_changed = True
         for name, value in values.items():
             setattr(gpu, name, value)
         gpu.updated_at = now
@@ -177,30 +203,41 @@ async def _sync_gpus(
         if uuid not in seen and gpu.present:
             gpu.present = False
             gpu.updated_at = now
+            capacity_changed = True
+    return capacity_changed
 
 
-def _describe(replica: Replica, worker: Worker) -> str:
-    return f"replica {replica.id} on {worker.name} ({worker.id})"
+def _describe(replica: Replica, worker_name: str) -> str:
+    return f"replica {replica.id} on {worker_name} ({replica.worker_id})"
+
+
+@dataclass
+class ObservedChanges:
+    """What a replica report changed: the workloads to reconcile, and whether capacity on the
+    worker was freed (a stopped replica's row deleted)."""
+
+    workload_ids: set[str] = field(default_factory=set)
+    freed: bool = False
 
 
 async def _apply_observed(
-    session: AsyncSession, worker: Worker, reported: list[dict[str, Any]]
-) -> bool:
-    """Store what the agent says of its replicas; True if any state changed."""
+    session: AsyncSession, worker_id: str, worker_name: str, reported: list[dict[str, Any]]
+) -> ObservedChanges:
+    """Store what the agent says of its replicas (the whole list it runs)."""
     # Locked in id order, as the reconciler locks the replicas it changes: no deadlock.
     rows = {
         r.id: r
         for r in (
             await session.execute(
                 select(Replica)
-                .where(Replica.worker_id == worker.id)
+                .where(Replica.worker_id == worker_id)
                 .order_by(Replica.id)
                 .with_for_update(key_share=True)
             )
         ).scalars()
     }
     reported_ids = set()
-    changed = False
+    changes = ObservedChanges()
     now = utcnow()
     for item in reported:
         replica = rows.get(str(item.get("id")))
@@ -210,8 +247,8 @@ async def _apply_observed(
         reported_ids.add(replica.id)
         reason = item.get("reason")
         if state != replica.state or reason != replica.reason:
-            changed = True
-            await _record_transition(session, replica, worker, state, reason, item)
+            changes.workload_ids.add(replica.workload_id)
+            await _record_transition(session, replica, worker_name, state, reason, item)
         load = item.get("engine_load") or {}
         observed = {
             "state": state,
@@ -231,26 +268,27 @@ async def _apply_observed(
             replica.ready_at = now
     # A replica the Manager stopped is gone once the agent no longer runs it.
     finished = [
-        r.id
+        r
         for r in rows.values()
         if r.desired_state == DesiredState.STOP
         and (r.id not in reported_ids or r.state == ReplicaState.STOPPED)
     ]
     if finished:
-        await session.execute(delete(Replica).where(one_of(Replica.id, finished)))
-        changed = True
-    return changed
+        await session.execute(delete(Replica).where(one_of(Replica.id, [r.id for r in finished])))
+        changes.workload_ids.update(r.workload_id for r in finished)
+        changes.freed = True
+    return changes
 
 
 async def _record_transition(
     session: AsyncSession,
     replica: Replica,
-    worker: Worker,
+    worker_name: str,
     state: str,
     reason: str | None,
     item: dict[str, Any],
 ) -> None:
-    what = _describe(replica, worker)
+    what = _describe(replica, worker_name)
     if state == ReplicaState.READY:
         message = f"{what} is ready on port {item.get('port')}"
     elif state == ReplicaState.FAILED:
@@ -267,39 +305,126 @@ async def _record_transition(
     )
 
 
+# The lease renewal every heartbeat makes, in one statement: lock the worker's row, mark it
+# ready, and return what it was (its state, whether its address moved), while its credential is
+# unrevoked (no row: revoked since the credential was cached). The inventory variant also stores
+# the inventory and says whether what placement reads of it (model files, CUDA version) changed.
+_RENEW = """
+WITH previous AS (
+    SELECT id, state, address, inventory FROM workers WHERE id = :worker_id FOR NO KEY UPDATE
+)
+UPDATE workers AS w
+SET last_heartbeat_at = :now, state = :ready, state_reason = NULL, address = :address{inventory}
+FROM previous
+WHERE w.id = previous.id
+  AND EXISTS (SELECT 1 FROM tokens AS t WHERE t.id = w.token_id AND t.revoked_at IS NULL)
+RETURNING previous.state, w.name,
+    previous.address IS DISTINCT FROM w.address AS moved{capabilities}
+"""
+RENEW_LEASE = text(_RENEW.format(inventory="", capabilities=""))
+RENEW_LEASE_WITH_INVENTORY = text(
+    _RENEW.format(
+        inventory=", inventory = CAST(:inventory AS JSONB), simulated = :simulated",
+        capabilities="""
+    , (previous.inventory -> 'model_files') IS DISTINCT FROM (w.inventory -> 'model_files')
+      OR (previous.inventory ->> 'cuda_version') IS DISTINCT FROM (w.inventory ->> 'cuda_version')
+      AS capabilities_changed""",
+    )
+).bindparams(bindparam("inventory", type_=JSONB))
+
+
+NOTIFY_EACH = text(
+    "SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS TEXT[])) AS payload"
+).bindparams(bindparam("payloads", type_=ARRAY(String)))
+
+
+async def _notify_reconcile(session: AsyncSession, payloads: set[str]) -> None:
+    """One ``NOTIFY ik_reconcile`` per payload (a workload or a worker id), in one statement."""
+    if payloads:
+        await session.execute(
+            NOTIFY_EACH, {"channel": notify.RECONCILE, "payloads": sorted(payloads)}
+        )
+
+
+def _lease(worker_id: str, address: str | None, now: datetime) -> dict[str, Any]:
+    return {
+        "worker_id": worker_id,
+        "now": now,
+        "ready": WorkerState.READY.value,
+        "address": address,
+    }
+
+
+async def renew_lease(
+    connection: AsyncConnection, worker_id: str, address: str | None, now: datetime
+) -> bool:
+    """The common heartbeat, which reports nothing new: the lease renewed in one statement (on a
+    connection that commits it by itself), and the reconciler told only of a worker that was
+    not ready or moved. False if the worker's credential is revoked (nothing is written)."""
+    renewed = (await connection.execute(RENEW_LEASE, _lease(worker_id, address, now))).one_or_none()
+    if renewed is not None and (renewed.state != WorkerState.READY or renewed.moved):
+        await connection.execute(
+            NOTIFY_EACH, {"channel": notify.RECONCILE, "payloads": [worker_id]}
+        )
+    return renewed is not None
+
+
 async def record_heartbeat(
-    session: AsyncSession, worker: Worker, body: dict[str, Any], now: datetime
-) -> None:
-    inventory = dict(body.get("inventory") or {})
-    gpus = list(inventory.pop("gpus", []) or [])
-    simulated = inventory.get("source") == "simulated"
-    was = worker.state
-    worker.inventory = inventory
-    worker.simulated = simulated
-    worker.address = body.get("address")
-    worker.last_heartbeat_at = now
-    worker.state = WorkerState.READY
-    worker.state_reason = None
-    await _sync_gpus(session, worker, gpus, simulated)
-    changed = await _apply_observed(session, worker, list(body.get("replicas") or []))
-    if changed or was != WorkerState.READY:
-        await notify.notify(session, notify.RECONCILE, worker.id)
+    session: AsyncSession, worker_id: str, body: dict[str, Any], now: datetime
+) -> bool:
+    """Renew the worker's lease and store what the heartbeat reports; False if the worker's
+    credential is revoked (nothing is written).
+
+    ``inventory`` and ``replicas`` absent (None) mean "unchanged since the last acknowledged
+    heartbeat" (ik_contracts.protocol.Heartbeat); a heartbeat with neither is ``renew_lease``.
+    The reconciler is told precisely what changed (``NOTIFY ik_reconcile``): the workload of
+    every replica whose state or reason changed or whose row went, and the worker when it was
+    not ready, when its address moved (the gateways' routes), when its capacity changed (GPUs,
+    model files, CUDA version) or was freed.
+    """
+    inventory = body.get("inventory")
+    reported = body.get("replicas")
+    values = _lease(worker_id, body.get("address"), now)
+    if inventory is None:
+        renewed = (await session.execute(RENEW_LEASE, values)).one_or_none()
+    else:
+        stored = dict(inventory)
+        gpus = list(stored.pop("gpus", None) or [])
+        simulated = stored.get("source") == "simulated"
+        values.update(inventory=stored, simulated=simulated)
+        renewed = (await session.execute(RENEW_LEASE_WITH_INVENTORY, values)).one_or_none()
+    if renewed is None:
+        return False
+    payloads: set[str] = set()
+    if renewed.state != WorkerState.READY or renewed.moved:
+        payloads.add(worker_id)
+    if inventory is not None:
+        capacity_changed = await _sync_gpus(session, worker_id, gpus, simulated)
+        if capacity_changed or renewed.capabilities_changed:
+            payloads.add(worker_id)
+    if reported is not None:
+        changes = await _apply_observed(session, worker_id, renewed.name, list(reported))
+        payloads.update(changes.workload_ids)
+        if changes.freed:
+            payloads.add(worker_id)
+    await _notify_reconcile(session, payloads)
+    return True
 
 
-async def assignments(session: AsyncSession, worker: Worker) -> list[dict[str, Any]]:
+async def assignments(session: AsyncSession, worker_id: str) -> list[dict[str, Any]]:
     """The replicas this worker must run, each with what to run."""
     result = await session.execute(
         select(Replica, Workload, Project)
         .join(Workload, Workload.id == Replica.workload_id)
         .join(Project, Project.id == Workload.project_id)
-        .where(Replica.worker_id == worker.id, Replica.desired_state == DesiredState.RUN)
+        .where(Replica.worker_id == worker_id, Replica.desired_state == DesiredState.RUN)
         .order_by(Replica.id)
     )
     rows = result.all()
     gpu_uuids = {
         g.id: g.uuid
         for g in (
-            await session.execute(select(GpuResource).where(GpuResource.worker_id == worker.id))
+            await session.execute(select(GpuResource).where(GpuResource.worker_id == worker_id))
         ).scalars()
     }
     # The custom-backend versions the replicas were placed with, in one query.

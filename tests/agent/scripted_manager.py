@@ -2,7 +2,8 @@
 
 It answers heartbeats and the assignments long-poll with the replicas the test sets, serves
 custom-backend packages by version id, and keeps what the agent reported, so a test can run a
-real agent without a database.
+real agent without a database. It can shed requests as an overloaded Manager does (503 with
+Retry-After), and it records when each heartbeat and long-poll arrived.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ class ScriptedManager:
         self.downloads: dict[str, int] = {}
         self.reported: dict[str, dict[str, Any]] = {}  # replica id -> its last observed state
         self.history: list[tuple[str, str, str | None]] = []  # (replica id, state, reason)
+        self.heartbeats: list[tuple[float, dict[str, Any]]] = []  # (monotonic arrival, body)
+        self.watches: list[float] = []  # monotonic arrival of each long-poll
+        # The next this many heartbeats / long-polls are answered 503 with this Retry-After.
+        self.shed_heartbeats = 0
+        self.shed_watches = 0
+        self.retry_after = "2"
         self._replicas: list[dict[str, Any]] = []
         self._version = 0
         self._lock = threading.Condition()
@@ -86,6 +93,15 @@ class ScriptedManager:
                 headers = {"content-type": "application/json"}
                 self._answer(status, json.dumps(value).encode(), headers)
 
+            def _shed(self) -> None:
+                body = {
+                    "error": "this Manager has more agent requests than it can serve now",
+                    "code": "overloaded",
+                    "message": "this Manager has more agent requests than it can serve now",
+                }
+                headers = {"content-type": "application/json", "retry-after": manager.retry_after}
+                self._answer(503, json.dumps(body).encode(), headers)
+
             def _authorised(self) -> bool:
                 if self.headers.get("authorization") == f"Bearer {manager.token}":
                     return True
@@ -99,6 +115,13 @@ class ScriptedManager:
                     return
                 if urlsplit(self.path).path != "/api/agent/heartbeat":
                     self._json(404, {"error": "not found"})
+                    return
+                with manager._lock:
+                    manager.heartbeats.append((time.monotonic(), json.loads(body)))
+                    shed = manager.shed_heartbeats > 0
+                    manager.shed_heartbeats -= shed
+                if shed:
+                    self._shed()
                     return
                 with manager._lock:
                     for replica in json.loads(body).get("replicas", []):
@@ -126,6 +149,13 @@ class ScriptedManager:
                     self._answer(200, data, headers)
                     return
                 if parts.path == "/api/agent/assignments":
+                    with manager._lock:
+                        manager.watches.append(time.monotonic())
+                        shed = manager.shed_watches > 0
+                        manager.shed_watches -= shed
+                    if shed:
+                        self._shed()
+                        return
                     seen = parse_qs(parts.query).get("version", [""])[0]
                     deadline = time.monotonic() + 1.0  # short long-polls: quick to stop
                     with manager._lock:

@@ -1,0 +1,343 @@
+"""The agent protocol at fleet scale: delta heartbeats, precise reconcile notifications, load
+shedding with 503 and Retry-After (never a 500), and agent credentials cached without slowing a
+revocation down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from manager.notify import RECONCILE, plain_postgres_url
+from tests.support import (
+    RunningManager,
+    bearer,
+    create_project,
+    create_sdk_token,
+    own_manager,
+    revoke,
+)
+
+CPU_ONLY = {"source": "none", "hostname": "cpu-box", "gpus": []}
+GPU = {
+    "index": 0,
+    "uuid": "GPU-load-0",
+    "name": "NVIDIA L4",
+    "memory_total_mb": 23034,
+    "memory_used_mb": 0,
+    "utilization_pct": 0,
+}
+WORKLOAD = {
+    "name": "Tiny",
+    "slug": "tiny",
+    "backend": "llamacpp",
+    "model_name": "x",
+    "config": {"command": "llama-server -m /models/x.gguf"},
+    "execution_policy": "fixed",
+    "execution_policy_config": {"replicas": 1},
+}
+
+
+def gpu_inventory(**changes: Any) -> dict[str, Any]:
+    gpu = {**GPU, **{k: v for k, v in changes.items() if k in GPU}}
+    rest = {k: v for k, v in changes.items() if k not in GPU}
+    return {
+        "source": "simulated",
+        "hostname": "load-box",
+        "cuda_version": "12.4",
+        "gpus": [gpu],
+        "model_files": {"/models/a.gguf": 100},
+        **rest,
+    }
+
+
+def full(inventory: dict[str, Any], replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"address": "http://127.0.0.1:9", "inventory": inventory, "replicas": replicas}
+
+
+DELTA = {"address": "http://127.0.0.1:9"}
+
+
+class Notices:
+    """What the Manager says on ``ik_reconcile``, heard on a connection of the test's own."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+        self.payloads: list[str] = []
+
+    def on(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        self.payloads.append(payload)
+
+    async def heard(self, payload: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while payload not in self.payloads:
+            assert time.monotonic() < deadline, f"no NOTIFY {payload} (heard {self.payloads})"
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def listen(manager: RunningManager) -> AsyncIterator[Notices]:
+    connection = await asyncpg.connect(plain_postgres_url(manager.database_url))
+    notices = Notices(connection)
+    await connection.add_listener(RECONCILE, notices.on)
+    try:
+        yield notices
+    finally:
+        await connection.close()
+
+
+async def heartbeat(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post("/api/agent/heartbeat", json=body)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def new_worker(admin: httpx.Client, project: str, name: str) -> str:
+    created = admin.post("/api/admin/workers", json={"project": project, "name": name})
+    assert created.status_code == 201, created.text
+    return str(created.json()["token"])
+
+
+async def test_the_reconciler_hears_of_a_worker_only_when_what_placement_reads_changed(
+    manager: RunningManager, admin: httpx.Client
+) -> None:
+    project = create_project(admin)["slug"]
+    watched, probe = new_worker(admin, project, "notified"), new_worker(admin, project, "probe")
+    gpus_changed = gpu_inventory(memory_total_mb=11000)
+    cuda_changed = {**gpus_changed, "cuda_version": "12.8"}
+    files_changed = {**cuda_changed, "model_files": {"/models/b.gguf": 1}}
+    gpu_gone = {**files_changed, "gpus": []}
+    steps: list[tuple[dict[str, Any], bool]] = [
+        (DELTA, False),  # the lease renewed, nothing else
+        (full(gpu_inventory(utilization_pct=90, memory_used_mb=9000), []), False),
+        (full(gpus_changed, []), True),
+        (full(gpus_changed, []), False),
+        (full(cuda_changed, []), True),
+        (full(files_changed, []), True),
+        (full(files_changed, []), False),
+        (full(gpu_gone, []), True),
+        (full(gpu_gone, []), False),
+    ]
+    async with (
+        httpx.AsyncClient(base_url=manager.url, headers=bearer(watched)) as agent,
+        httpx.AsyncClient(base_url=manager.url, headers=bearer(probe)) as prober,
+        listen(manager) as notices,
+    ):
+        worker_id = (await heartbeat(agent, full(gpu_inventory(), [])))["worker_id"]
+        probe_id = (await heartbeat(prober, full(gpu_inventory(uuid="GPU-probe"), [])))["worker_id"]
+        assert worker_id.startswith("wrk_")
+        await notices.heard(worker_id)  # registered -> ready
+        await notices.heard(probe_id)
+        for number, (body, notifies) in enumerate(steps):
+            notices.payloads.clear()
+            await heartbeat(agent, body)
+            # Then another worker's capacity changes: notifications come in commit order, so
+            # once its notice is heard, the step's would have been heard too.
+            memory = 20000 + number
+            await heartbeat(
+                prober, full(gpu_inventory(uuid="GPU-probe", memory_total_mb=memory), [])
+            )
+            await notices.heard(probe_id)
+            assert notices.payloads.count(worker_id) == int(notifies), (number, notices.payloads)
+
+
+@pytest.fixture
+def own(tmp_path: Path) -> Iterator[RunningManager]:
+    with own_manager(tmp_path) as running:
+        yield running
+
+
+async def replica_row(manager: RunningManager, replica_id: str) -> asyncpg.Record | None:
+    connection = await asyncpg.connect(plain_postgres_url(manager.database_url))
+    try:
+        return await connection.fetchrow(
+            "SELECT state, desired_state FROM replicas WHERE id = $1", replica_id
+        )
+    finally:
+        await connection.close()
+
+
+async def test_replica_reports_notify_their_workload_and_a_finished_stop_frees_the_worker(
+    own: RunningManager,
+) -> None:
+    with httpx.Client(base_url=own.url, headers=bearer(own.admin_token or "")) as admin:
+        project = create_project(admin)["slug"]
+        sdk_token = create_sdk_token(admin, project)
+        token = new_worker(admin, project, "cpu-box")
+    async with (
+        httpx.AsyncClient(base_url=own.url, headers=bearer(token), timeout=30) as agent,
+        httpx.AsyncClient(base_url=own.url, headers=bearer(sdk_token)) as sdk,
+    ):
+        answer = await heartbeat(agent, full(CPU_ONLY, []))
+        created = await sdk.post(f"/api/projects/{project}/workloads", json=WORKLOAD)
+        assert created.status_code == 201, created.text
+        workload_id = created.json()["id"]
+        assert workload_id.startswith("wl_")
+        watched = await agent.get(
+            "/api/agent/assignments", params={"version": answer["version"], "wait": 20}
+        )
+        [assigned] = watched.json()["replicas"]
+        worker_id = watched.json()["worker_id"]
+        starting = {"id": assigned["id"], "state": "starting", "reason": "loading", "port": 41000}
+        ready = {**starting, "state": "ready", "reason": None}
+
+        async with listen(own) as notices:
+            await heartbeat(agent, full(CPU_ONLY, [starting]))
+            await notices.heard(workload_id)
+            await asyncio.sleep(0.1)
+            assert worker_id not in notices.payloads  # a ready worker, nothing freed
+            notices.payloads.clear()
+            await heartbeat(agent, DELTA)
+            await heartbeat(agent, full(CPU_ONLY, [starting]))  # the same again: no news
+            await heartbeat(agent, full(CPU_ONLY, [ready]))
+            await notices.heard(workload_id)
+            await asyncio.sleep(0.1)
+            assert notices.payloads == [workload_id]
+
+            deleted = await sdk.delete(f"/api/workloads/{workload_id}")
+            assert deleted.status_code in (200, 202, 204), deleted.text
+
+            async def stopping() -> bool:
+                row = await replica_row(own, assigned["id"])
+                return row is not None and row["desired_state"] == "stop"
+
+            deadline = time.monotonic() + 15
+            while not await stopping():
+                assert time.monotonic() < deadline, "the reconciler did not stop the replica"
+                await asyncio.sleep(0.1)
+            # Absent replicas mean "unchanged": the row stays until the agent says it is gone.
+            await heartbeat(agent, DELTA)
+            await heartbeat(agent, {**full(CPU_ONLY, [ready]), "replicas": None})
+            assert await replica_row(own, assigned["id"]) is not None
+            notices.payloads.clear()
+            await heartbeat(agent, full(CPU_ONLY, []))
+            assert await replica_row(own, assigned["id"]) is None
+            await notices.heard(workload_id)
+            await notices.heard(worker_id)  # its capacity was freed
+
+
+async def test_a_delta_heartbeat_renews_the_lease_and_keeps_the_inventory(
+    manager: RunningManager, admin: httpx.Client
+) -> None:
+    token = new_worker(admin, create_project(admin)["slug"], "delta")
+    async with httpx.AsyncClient(base_url=manager.url, headers=bearer(token)) as agent:
+        worker_id = (await heartbeat(agent, full(gpu_inventory(), [])))["worker_id"]
+        before = admin.get("/api/workers").json()
+        await asyncio.sleep(0.05)
+        await heartbeat(agent, {})
+        after = admin.get("/api/workers").json()
+
+    def mine(listing: dict[str, Any]) -> dict[str, Any]:
+        [row] = [w for w in listing["workers"] if w["id"] == worker_id]
+        return dict(row)
+
+    then, now = mine(before), mine(after)
+    assert now["state"] == "ready"
+    assert now["last_heartbeat_at"] > then["last_heartbeat_at"]
+    assert now["gpus"] == then["gpus"] and [g["uuid"] for g in now["gpus"]] == [GPU["uuid"]]
+    assert (now["hostname"], now["cuda_version"]) == ("load-box", "12.4")
+
+
+async def test_a_revoked_agent_credential_is_refused_on_its_next_request(
+    manager: RunningManager, admin: httpx.Client
+) -> None:
+    project = create_project(admin)["slug"]
+    heartbeats, watches = new_worker(admin, project, "revoked-1"), new_worker(admin, project, "r2")
+    async with (
+        httpx.AsyncClient(base_url=manager.url, headers=bearer(heartbeats)) as first,
+        httpx.AsyncClient(base_url=manager.url, headers=bearer(watches)) as second,
+    ):
+        await heartbeat(first, DELTA)
+        version = (await heartbeat(second, DELTA))["version"]
+        revoke(admin, heartbeats)
+        refused = await first.post("/api/agent/heartbeat", json=DELTA)
+        assert (refused.status_code, refused.json()["code"]) == (401, "invalid_credentials")
+        refused = await first.get("/api/agent/assignments", params={"wait": 0})
+        assert refused.status_code == 401
+        revoke(admin, watches)
+        refused = await second.get("/api/agent/assignments", params={"version": version})
+        assert (refused.status_code, refused.json()["code"]) == (401, "invalid_credentials")
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningManager]:
+    """A Manager that lets one agent request use the database at a time, and waits 20 ms for
+    it: a small fleet's burst is more than it takes."""
+    with own_manager(
+        tmp_path_factory.mktemp("crowded"),
+        agent_max_concurrent_db=1,
+        agent_admission_wait_s=0.02,
+        agent_retry_after_s=3,
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def fleet_tokens(crowded: RunningManager) -> list[str]:
+    with httpx.Client(base_url=crowded.url, headers=bearer(crowded.admin_token or "")) as admin:
+        project = create_project(admin)["slug"]
+        return [new_worker(admin, project, f"crowd-{n}") for n in range(10)]
+
+
+async def test_a_flood_of_heartbeats_is_shed_with_503_overloaded_and_retry_after_never_500(
+    crowded: RunningManager, fleet_tokens: list[str]
+) -> None:
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+    async with httpx.AsyncClient(base_url=crowded.url, limits=limits, timeout=30) as client:
+
+        async def beat(token: str, number: int) -> httpx.Response:
+            body = full(gpu_inventory(uuid=f"GPU-{token[-6:]}-{number % 3}"), [])
+            return await client.post("/api/agent/heartbeat", json=body, headers=bearer(token))
+
+        answers = await asyncio.gather(
+            *(beat(token, n) for n in range(20) for token in fleet_tokens)
+        )
+        statuses = {response.status_code for response in answers}
+        assert statuses <= {200, 503}, statuses
+        shed = [response for response in answers if response.status_code == 503]
+        assert shed, "the burst was all taken: no load was shed"
+        for response in shed:
+            body = response.json()
+            assert body.keys() >= {"error", "code", "message"}
+            assert body["code"] in ("overloaded", "database_unavailable")
+            assert int(response.headers["retry-after"]) >= 1
+        assert any(response.json()["code"] == "overloaded" for response in shed)
+        assert any(response.status_code == 200 for response in answers)
+        # And the fleet's next heartbeats, spread out as agents send them, are all taken.
+        for token in fleet_tokens:
+            response = await client.post("/api/agent/heartbeat", json=DELTA, headers=bearer(token))
+            assert response.status_code == 200, response.text
+
+
+async def test_waiting_long_polls_hold_no_database_slot(
+    crowded: RunningManager, fleet_tokens: list[str]
+) -> None:
+    async with httpx.AsyncClient(base_url=crowded.url, timeout=30) as client:
+        versions = {}
+        for token in fleet_tokens[:5]:
+            answer = await client.post("/api/agent/heartbeat", json=DELTA, headers=bearer(token))
+            assert answer.status_code == 200, answer.text
+            versions[token] = answer.json()["version"]
+        waiting = []
+        for token, version in versions.items():  # one at a time: each takes a slot to start
+            poll = client.get(
+                "/api/agent/assignments",
+                params={"version": version, "wait": 4},
+                headers=bearer(token),
+            )
+            waiting.append(asyncio.create_task(poll))
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+        assert not any(task.done() for task in waiting)
+        for token in fleet_tokens:
+            response = await client.post("/api/agent/heartbeat", json=DELTA, headers=bearer(token))
+            assert response.status_code == 200, response.text
+        assert all(response.status_code == 200 for response in await asyncio.gather(*waiting))
