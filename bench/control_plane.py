@@ -1,8 +1,9 @@
-"""The control plane at fleet scale: N agents and W workloads on one Manager.
+"""The control plane at fleet scale: N agents and W workloads on K Managers sharing a database.
 
     python bench/control_plane.py [--agents 1000] [--workloads 10000] [--steady-s 60]
     python bench/control_plane.py --quick          # 50 agents, 300 workloads, 15 s steady
     python bench/control_plane.py --sizes 1000x1000,1000x3000,1000x10000 [--json out.json]
+    python bench/control_plane.py --quick --managers 2 --kill-leader   # a little over 2 min
 
 Per size it starts a real Manager (``python -m ik_command manager``) on a fresh database of the
 local Postgres (``INFERENCEKEY_BENCH_DATABASE_SERVER``, default the tests' server), with a project,
@@ -20,20 +21,39 @@ Then, in phases:
   latency of each create and the sustained rate;
 - ``converge``: from the burst's end until every workload is ready (polled in the database);
 - ``steady``: S seconds in which one client each times the full list, a get, a create and a
-  patch (a description change) at a fixed pace;
+  patch (a description change) at a fixed pace, and a rolling probe patches one workload's
+  command every 0.5 s (round the last workloads in turn). "Change → effect" is the time from
+  sending a probe's patch, or a create of the sampler, until the reconciler acted on it: a
+  replica row of the workload at the change's generation (``replicas.generation``), polled in
+  the database every 20 ms;
+- ``handover`` (``--kill-leader``, with ``--managers`` 2 or more): a client creates a workload
+  every 0.1 s through the Managers that are not leading, with the agents heartbeating; after 2 s
+  the leading Manager is killed (SIGKILL). Its agents fail over to the next Manager in their list
+  (as behind a load balancer: ``FailoverTransport``). Reported: the time from the kill until a
+  surviving Manager holds the leader lock (polled every 20 ms), until the first create sent
+  after the kill has a replica and until it is ready; and that nothing was lost: every create
+  acknowledged in the run so far still exists, and every one of them reaches ready;
 - ``change``: a fraction of the workloads patched to a new command (a rolling replacement) and as
   many deleted, 32 in flight; the time until the new replicas are ready and the old ones gone, and
   until the deleted workloads have no replica left.
 
-Each phase reports the Manager process's CPU (``/proc/<pid>/stat``, its own process only: the
-agents run in another) and RSS, the CPU of the Postgres backends serving it (``pg_stat_activity``
-pids read in ``/proc``), heartbeat latency as the agents timed it, and the reconcile passes of the
-Manager's ``inferencekey_reconcile_pass_duration_seconds`` histogram (scraped from
+``--managers K`` starts K Managers on the one database, each with its own port and metrics
+address; agent i talks to Manager i % K (then to the others in turn, should it fail), and the
+control-API clients take the Managers in turn. The leader is found in Postgres: the backend
+holding the reconciler's advisory lock (``manager.reconciler.LEADER_LOCK_KEY`` in ``pg_locks``),
+whose client port is matched to a Manager's socket in ``/proc`` (or, where Postgres is not local,
+the last Manager to log that it leads).
+
+Each phase reports the Managers' CPU (``/proc/<pid>/stat``, their own processes only: the agents
+run in another) and RSS, each Manager's and their sum, which one leads, the CPU of the Postgres
+backends serving them (``pg_stat_activity`` pids read in ``/proc``), heartbeat latency as the
+agents timed it, and the reconcile passes of the Managers'
+``inferencekey_reconcile_pass_duration_seconds`` histograms (scraped from each one's
 ``INFERENCEKEY_METRICS_ADDRESS`` twice a second). Every answer is counted by endpoint and status.
 The table puts the issue's targets beside the figures; ``--json`` writes every figure.
 ``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what
 is measured otherwise: e.g. the 2,048 connections of ``INFERENCEKEY_HTTP_MAX_CONNECTIONS``, which
-1,000 agents' two connections each come near). The Manager is stopped and the database dropped
+1,000 agents' two connections each come near). The Managers are stopped and the database dropped
 when a size ends, Ctrl-C included. Run it from the repository root with the project installed
 (``pip install -e .``).
 """
@@ -71,8 +91,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ik_contracts.engines import engine_for
 from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat, ReplicaState
+from manager.reconciler import LEADER_LOCK_KEY
 from worker_agent import __version__ as AGENT_VERSION
 from worker_agent.gpus import SimulatedInventory
+from worker_agent.heartbeats import (
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_BACKOFF_CAP_S,
+    WATCH_BACKOFF_CAP_S,
+    WATCH_RETRY_S,
+    Backoff,
+    HeartbeatReports,
+    retry_after_s,
+    was_shed,
+)
 from worker_agent.replicas import LocalReplica
 
 DATABASE_SERVER = os.environ.get(
@@ -93,12 +124,24 @@ MODEL_FILE_BYTES = 4_683_073_536
 COMMAND = f"llama-server -m {MODEL_FILE} --ctx-size 4096"
 CHANGED_COMMAND = f"llama-server -m {MODEL_FILE} --ctx-size 8192"
 ENGINE_PORTS_START = 41000  # the agent's default engine range
-AGENT_DEFAULT_INTERVAL_S = 2.0  # what the agent waits before it has the Manager's answer
-AGENT_MAX_BACKOFF_S = 15.0
+# What the agent waits before it has the Manager's answer, and its retries (the agent's own).
+AGENT_DEFAULT_INTERVAL_S = DEFAULT_HEARTBEAT_INTERVAL_S
+AGENT_HEARTBEAT_BACKOFF_CAP_S = HEARTBEAT_BACKOFF_CAP_S
+AGENT_WATCH_RETRY_S = WATCH_RETRY_S
+AGENT_WATCH_BACKOFF_CAP_S = WATCH_BACKOFF_CAP_S
 CREATE_CONCURRENCY = 32
 ADMIN_CONCURRENCY = 16
 # The steady state's sampler: one client per operation, one request at a time, at this pace.
-SAMPLE_PERIODS_S = {"list": 1.0, "get": 0.1, "create": 0.5, "patch": 0.2}
+# "rolling" patches a workload's command: the probe of "change → effect", with the creates.
+SAMPLE_PERIODS_S = {"list": 1.0, "get": 0.1, "create": 0.5, "patch": 0.2, "rolling": 0.5}
+ROLLING_PROBE_WORKLOADS = 20  # the last ones, out of the way of the change phase's first ones
+EFFECT_POLL_S = 0.02
+# The handover: creates through the surviving Managers at this pace, the kill after a while of
+# it, and creates on for a while after a survivor leads.
+HANDOVER_CREATE_PERIOD_S = 0.1
+HANDOVER_BEFORE_KILL_S = 2.0
+HANDOVER_AFTER_LEAD_S = 3.0
+HANDOVER_TARGET_S = 5.0
 MONITOR_PERIOD_S = 0.5
 POLL_S = 0.5
 LOOP_LAG_PERIOD_S = 0.05
@@ -130,6 +173,22 @@ SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND backend_type = 'client backend'
   AND application_name IS DISTINCT FROM $1
 """
+# The backend holding the reconciler's leader lock: a bigint advisory key shows as its high and
+# low 32 bits in classid and objid, with objsubid 1.
+LEADER_QUERY = """
+SELECT a.pid, a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2
+  AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+# A change took effect once the reconciler wrote a replica at its generation.
+EFFECT_QUERY = """
+SELECT workload_id AS id, max(generation) AS generation FROM replicas
+WHERE workload_id = ANY($1::text[]) GROUP BY workload_id
+"""
+LIVE_QUERY = """
+SELECT id FROM workloads WHERE id = ANY($1::text[]) AND deleted_at IS NULL
+"""
 STATEMENTS_QUERY = """
 SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -143,6 +202,8 @@ class Settings:
     change_fraction: float
     heartbeat_interval_s: float | None
     manager_env: dict[str, str]
+    managers: int = 1
+    kill_leader: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,21 +252,42 @@ class ReconcileFigures:
 
 
 @dataclass
+class ManagerSample:
+    cpu_s: float  # its last reading once it is gone
+    rss_mb: float  # 0 once it is gone
+    reconcile: HistogramValue | None
+
+
+@dataclass
 class Sample:
     t: float
-    manager_cpu_s: float
-    manager_rss_mb: float
+    managers: list[ManagerSample]
+    leader: int | None  # the index of the Manager holding the leader lock
     agents_cpu_s: float | None
     db_cpu_s: float | None
     db_exec_ms: float | None
-    reconcile: HistogramValue | None
+
+    @property
+    def manager_cpu_s(self) -> float:
+        return sum(m.cpu_s for m in self.managers)
+
+    @property
+    def manager_rss_mb(self) -> float:
+        return sum(m.rss_mb for m in self.managers)
+
+
+@dataclass
+class ManagerPhase:
+    name: str
+    cpu_s: float
+    rss_mb: float  # at the phase's end
 
 
 @dataclass
 class PhaseFigures:
     name: str
     wall_s: float
-    manager_cpu_s: float
+    manager_cpu_s: float  # all the Managers together
     manager_rss_mb: float
     agents_cpu_s: float | None
     db_cpu_s: float | None
@@ -215,12 +297,15 @@ class PhaseFigures:
     reconcile: ReconcileFigures | None
     errors: int
     workers_by_state: dict[str, int]
+    managers: list[ManagerPhase] = field(default_factory=list)
+    leaders: list[str] = field(default_factory=list)  # in the order they led in the phase
 
 
 @dataclass
 class SizeResult:
     agents: int
     workloads: int
+    managers: int = 1
     heartbeat_interval_s: float | None = None
     phases: list[PhaseFigures] = field(default_factory=list)
     figures: dict[str, float | None] = field(default_factory=dict)
@@ -256,6 +341,7 @@ class FleetRecord:
         self.loop_lag_ms: list[float] = []
         self.answers: Counter[tuple[str, str]] = Counter()
         self.interval_s: float | None = None
+        self.failovers = 0  # agents that moved to their next Manager
 
     def collect(self) -> dict[str, Any]:
         taken = {
@@ -263,8 +349,10 @@ class FleetRecord:
             "loop_lag_ms": self.loop_lag_ms,
             "answers": [[*key, n] for key, n in self.answers.items()],
             "interval_s": self.interval_s,
+            "failovers": self.failovers,
         }
         self.heartbeats, self.loop_lag_ms, self.answers = [], [], Counter()
+        self.failovers = 0
         return taken
 
 
@@ -281,6 +369,11 @@ def simulated_inventory(index: int) -> dict[str, Any]:
 class SimulatedAgent:
     """One worker's agent: worker_agent/agent.py's heartbeat and watch loops, with engines that
     become ready one heartbeat after they are reported starting.
+
+    It speaks the protocol through the agent's own code (worker_agent/heartbeats.py): each
+    heartbeat carries the inventory and the replicas only when they changed since the last one
+    acknowledged (and in full every minute); a failed request is retried after the Manager's
+    Retry-After, else with jittered exponential backoff.
 
     It heartbeats on the interval only, where the real agent also heartbeats at once when a
     replica changes state: each step here waits for the next beat, so the times to ready and to
@@ -313,14 +406,16 @@ class SimulatedAgent:
         self.desired: Assignments | None = None
         self.replicas: dict[str, LocalReplica] = {}
         self.ports = itertools.count(ENGINE_PORTS_START)
+        self.reports = HeartbeatReports()
 
     def heartbeat_body(self) -> dict[str, Any]:
-        return {
-            "agent_version": AGENT_VERSION,
-            "address": self.address,
-            "inventory": self.inventory,
-            "replicas": [replica.observed() for replica in self.replicas.values()],
-        }
+        return self.reports.body(
+            agent_version=AGENT_VERSION,
+            address=self.address,
+            inventory=self.inventory,
+            replicas=[replica.observed() for replica in self.replicas.values()],
+            desired_version=self.desired.version if self.desired else None,
+        )
 
     def accept(self, answer: Assignments) -> None:
         self.record.interval_s = answer.heartbeat_interval_s
@@ -341,7 +436,8 @@ class SimulatedAgent:
                     reason="engine launched; loading the model",
                 )
 
-    async def heartbeat_once(self) -> bool:
+    async def heartbeat_once(self) -> BaseException | None:
+        """One heartbeat; None when the Manager took it, else what went wrong."""
         body = self.heartbeat_body()
         reported_starting = [r for r in self.replicas.values() if r.state == ReplicaState.STARTING]
         started = time.monotonic()
@@ -349,39 +445,50 @@ class SimulatedAgent:
             response = await self.http.post("/api/agent/heartbeat", json=body)
         except httpx.HTTPError as error:
             self.record.answers[("heartbeat", type(error).__name__)] += 1
-            return False
+            return error
         elapsed_ms = (time.monotonic() - started) * 1000
         self.record.answers[("heartbeat", str(response.status_code))] += 1
-        if not response.is_success:
-            return False
         try:
+            response.raise_for_status()
             answer = Assignments.model_validate_json(response.content)
-        except ValueError:
+        except httpx.HTTPStatusError as error:
+            return error
+        except ValueError as error:
             self.record.answers[("heartbeat", "invalid answer")] += 1
-            return False
+            return error
         self.record.heartbeats.append((started, elapsed_ms))
         for replica in reported_starting:
             replica.state, replica.reason = ReplicaState.READY, None
+        self.reports.acknowledged()
         self.accept(answer)
-        return True
+        return None
 
     async def heartbeat_loop(self, first_delay_s: float) -> None:
         # The first body is checked against the protocol's model once: what we send is valid.
-        Heartbeat.model_validate(self.heartbeat_body())
+        Heartbeat.model_validate(
+            HeartbeatReports().body(
+                agent_version=AGENT_VERSION,
+                address=self.address,
+                inventory=self.inventory,
+                replicas=[],
+            )
+        )
         await asyncio.sleep(first_delay_s)
-        failures = 0
+        backoff = Backoff(AGENT_HEARTBEAT_BACKOFF_CAP_S)
         while True:
             interval = (
                 self.desired.heartbeat_interval_s if self.desired else AGENT_DEFAULT_INTERVAL_S
             )
-            if await self.heartbeat_once():
-                failures = 0
+            error = await self.heartbeat_once()
+            if error is None:
+                backoff.reset()
             else:
-                failures += 1
-                interval = min(interval * (1 + failures), AGENT_MAX_BACKOFF_S)
+                self.reports.failed(shed=was_shed(error))
+                interval = backoff.failed(interval, retry_after_s(error))
             await asyncio.sleep(interval)
 
     async def watch_loop(self) -> None:
+        backoff = Backoff(AGENT_WATCH_BACKOFF_CAP_S)
         while True:
             if self.desired is None:
                 await asyncio.sleep(0.2)
@@ -393,14 +500,82 @@ class SimulatedAgent:
                 )
             except httpx.HTTPError as error:
                 self.record.answers[("assignments", type(error).__name__)] += 1
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(backoff.failed(AGENT_WATCH_RETRY_S))
                 continue
             self.record.answers[("assignments", str(response.status_code))] += 1
             try:
                 response.raise_for_status()
-                self.accept(Assignments.model_validate_json(response.content))
-            except (httpx.HTTPError, ValueError):
-                await asyncio.sleep(2.0)
+                answer = Assignments.model_validate_json(response.content)
+            except (httpx.HTTPError, ValueError) as error:
+                await asyncio.sleep(backoff.failed(AGENT_WATCH_RETRY_S, retry_after_s(error)))
+                continue
+            backoff.reset()
+            self.accept(answer)
+
+
+class FailoverTransport(httpx.AsyncBaseTransport):
+    """What a load balancer in front of the Managers does for an agent: each request goes to the
+    current Manager; one that refuses the connection or drops it is left for the next in the
+    list, and the request is sent there at once (the agent protocol's calls are idempotent)."""
+
+    def __init__(self, base_urls: list[str], tls: ssl.SSLContext, record: FleetRecord) -> None:
+        self.targets = [httpx.URL(url) for url in base_urls]
+        self.current = 0
+        self.record = record
+        self.inner = httpx.AsyncHTTPTransport(verify=tls)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(len(self.targets)):
+            target = self.targets[self.current]
+            request.url = request.url.copy_with(
+                scheme=target.scheme, host=target.host, port=target.port
+            )
+            request.headers["Host"] = target.netloc.decode("ascii")
+            try:
+                return await self.inner.handle_async_request(request)
+            except (httpx.NetworkError, httpx.RemoteProtocolError):
+                if attempt == len(self.targets) - 1:
+                    raise
+                self.current = (self.current + 1) % len(self.targets)
+                self.record.failovers += 1
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FailoverAgent(SimulatedAgent):
+    """An agent with several Managers behind one address: the first of ``base_urls`` is its own,
+    the others take over in turn when it goes (FailoverTransport)."""
+
+    def __init__(
+        self,
+        index: int,
+        token: str,
+        base_urls: list[str],
+        tls: ssl.SSLContext,
+        record: FleetRecord,
+    ) -> None:
+        super().__init__(index, token, base_urls[0], tls, record)
+        # The agent's own client again, over the failover transport (it has opened nothing yet).
+        built = self.http
+        self.http = httpx.AsyncClient(
+            base_url=built.base_url,
+            headers=built.headers,
+            timeout=built.timeout,
+            transport=FailoverTransport(base_urls, tls, record),
+            trust_env=False,
+        )
+
+
+def fleet_agent(
+    index: int, token: str, base_urls: list[str], tls: ssl.SSLContext, record: FleetRecord
+) -> SimulatedAgent:
+    """Agent ``index`` of the fleet: its Manager is ``index % K``, then the next ones."""
+    if len(base_urls) == 1:
+        return SimulatedAgent(index, token, base_urls[0], tls, record)
+    first = index % len(base_urls)
+    return FailoverAgent(index, token, base_urls[first:] + base_urls[:first], tls, record)
 
 
 async def _measure_loop_lag(record: FleetRecord) -> None:
@@ -412,12 +587,12 @@ async def _measure_loop_lag(record: FleetRecord) -> None:
 
 
 async def _serve_fleet(
-    base_url: str, tokens: list[str], interval_hint_s: float, connection: Connection
+    base_urls: list[str], tokens: list[str], interval_hint_s: float, connection: Connection
 ) -> None:
     record = FleetRecord()
     tls = ssl.create_default_context()
     agents = [
-        SimulatedAgent(index, token, base_url, tls, record) for index, token in enumerate(tokens)
+        fleet_agent(index, token, base_urls, tls, record) for index, token in enumerate(tokens)
     ]
     tasks = [asyncio.create_task(_measure_loop_lag(record))]
     for agent in agents:
@@ -448,23 +623,23 @@ def _receive(connection: Connection) -> object:
 
 
 def run_fleet(
-    base_url: str, tokens: list[str], interval_hint_s: float, connection: Connection
+    base_urls: list[str], tokens: list[str], interval_hint_s: float, connection: Connection
 ) -> None:
     """Child process: the agents, until the driver says stop."""
-    # The terminal's Ctrl-C reaches this process too; the driver stops it, before the Manager.
+    # The terminal's Ctrl-C reaches this process too; the driver stops it, before the Managers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve_fleet(base_url, tokens, interval_hint_s, connection))
+    asyncio.run(_serve_fleet(base_urls, tokens, interval_hint_s, connection))
 
 
 class Fleet:
     """The driver's handle on the agents' process."""
 
-    def __init__(self, base_url: str, tokens: list[str], interval_hint_s: float) -> None:
+    def __init__(self, base_urls: list[str], tokens: list[str], interval_hint_s: float) -> None:
         context = multiprocessing.get_context("spawn")
         self.connection, child_end = context.Pipe()
         self.process = context.Process(
             target=run_fleet,
-            args=(base_url, tokens, interval_hint_s, child_end),
+            args=(base_urls, tokens, interval_hint_s, child_end),
             name="simulated-agents",
             daemon=True,
         )
@@ -539,24 +714,39 @@ def reconcile_histogram(text: str) -> HistogramValue | None:
 
 
 def reconcile_figures(samples: list[Sample]) -> ReconcileFigures | None:
-    first, last = samples[0].reconcile, samples[-1].reconcile
-    if first is None or last is None:
+    """The passes of every Manager in the phase (the leader's; a Manager killed in the phase
+    counts until its last scrape)."""
+    passes, total_s = 0, 0.0
+    increase: list[tuple[float, float]] | None = None
+    means: list[float] = []
+    for index in range(len(samples[0].managers)):
+        values = [h for s in samples if (h := s.managers[index].reconcile) is not None]
+        if not values:
+            continue
+        first, last = values[0], values[-1]
+        passes += int(last.count - first.count)
+        total_s += last.total_s - first.total_s
+        grown = [
+            (le, cumulative - before)
+            for (le, cumulative), (_, before) in zip(last.buckets, first.buckets, strict=True)
+        ]
+        increase = (
+            grown
+            if increase is None
+            else [(le, n + m) for (le, n), (_, m) in zip(increase, grown, strict=True)]
+        )
+        means.extend(
+            (b.total_s - a.total_s) / (b.count - a.count)
+            for a, b in itertools.pairwise(values)
+            if b.count > a.count
+        )
+    if increase is None:
         return None
-    passes = int(last.count - first.count)
-    increase = [
-        (le, cumulative - before)
-        for (le, cumulative), (_, before) in zip(last.buckets, first.buckets, strict=True)
-    ]
-    means = [
-        (b.total_s - a.total_s) / (b.count - a.count)
-        for a, b in itertools.pairwise(s.reconcile for s in samples)
-        if a is not None and b is not None and b.count > a.count
-    ]
     under_1s = next((n for le, n in increase if le == 1.0), float(passes))
     return ReconcileFigures(
         passes=passes,
         p50_s=_bucket_quantile(increase, 0.5),
-        mean_s=(last.total_s - first.total_s) / passes if passes else None,
+        mean_s=total_s / passes if passes else None,
         max_s=max(means) if means else None,
         max_bucket_le=next((le for le, n in increase if n >= passes), None) if passes else None,
         over_1s=int(passes - under_1s),
@@ -580,37 +770,85 @@ def _bucket_quantile(increase: list[tuple[float, float]], q: float) -> float | N
     return lower_le
 
 
+def process_with_socket(port: int, remote_port: int, pids: list[int]) -> int | None:
+    """The index in ``pids`` of the process whose TCP socket has local ``port`` and the remote
+    ``remote_port`` (/proc/net/tcp*, then the processes' descriptors)."""
+    links = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()  # sl, local address:port, remote address:port, ...
+                ports = tuple(int(f.rpartition(":")[2], 16) for f in fields[1:3])
+                if ports == (port, remote_port):
+                    links.add(f"socket:[{fields[9]}]")
+    for index, pid in enumerate(pids):
+        with contextlib.suppress(OSError):
+            for descriptor in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(descriptor.path) in links:
+                        return index
+    return None
+
+
+LEADS_MESSAGE = "this Manager leads the reconcile loop"  # manager/reconciler.py's log line
+
+
+def last_to_log_leading(logs: list[Path], candidates: Iterable[int]) -> int | None:
+    """Of the candidates, the Manager whose log last says it took the leader lock."""
+    latest: tuple[str, int] | None = None
+    for index in candidates:
+        with contextlib.suppress(OSError):
+            for line in logs[index].read_text(errors="replace").splitlines():
+                if LEADS_MESSAGE not in line:
+                    continue
+                with contextlib.suppress(ValueError, AttributeError):
+                    at = str(json.loads(line).get("time", ""))
+                    if latest is None or at > latest[0]:
+                        latest = (at, index)
+    return latest[1] if latest else None
+
+
+@dataclass(frozen=True)
+class ManagerProcess:
+    name: str
+    pid: int
+    base_url: str
+    metrics_url: str
+    log: Path
+
+
 class Monitor:
-    """Samples the Manager's process, its Postgres backends and its metrics, twice a second and
-    at every phase boundary."""
+    """Samples the Managers' processes, their Postgres backends, their metrics and which one
+    leads, twice a second and at every phase boundary."""
 
     def __init__(
         self,
-        manager_pid: int,
+        managers: list[ManagerProcess],
         agents_pid: int | None,
-        metrics_url: str,
         pool: asyncpg.Pool,
         statements: bool,
     ) -> None:
-        self.manager_pid = manager_pid
+        self.managers = managers
         self.agents_pid = agents_pid
-        self.metrics_url = metrics_url
         self.pool = pool
         self.statements = statements
         self.samples: list[Sample] = []
         self.db_readable = True
+        self.gone: set[int] = set()  # Managers killed: their last readings stand
+        self._cpu_s = [0.0] * len(managers)
         self._db_cpu_s = 0.0
         self._backend_cpu: dict[int, float] = {}
+        self._leaders: dict[tuple[int, int], int | None] = {}  # (backend pid, port) -> Manager
+        self._database_port = urlsplit(DATABASE_SERVER).port or 5432
         self._lock = asyncio.Lock()
         self._http = httpx.AsyncClient(timeout=5, trust_env=False)
 
     async def sample(self) -> Sample:
         async with self._lock:
-            reconcile = None
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                response = await self._http.get(self.metrics_url)
-                if response.is_success:
-                    reconcile = reconcile_histogram(response.text)
+            managers = [await self._sample_manager(i) for i in range(len(self.managers))]
+            leader = None
+            with contextlib.suppress(asyncpg.PostgresError):
+                leader = await self.leader()
             db_cpu_s = await self._db_cpu()
             db_exec_ms = None
             if self.statements:
@@ -618,15 +856,45 @@ class Monitor:
                     db_exec_ms = float(await self.pool.fetchval(STATEMENTS_QUERY))
             sample = Sample(
                 t=time.monotonic(),
-                manager_cpu_s=process_cpu_s(self.manager_pid) or 0.0,
-                manager_rss_mb=process_rss_mb(self.manager_pid),
+                managers=managers,
+                leader=leader,
                 agents_cpu_s=process_cpu_s(self.agents_pid),
                 db_cpu_s=db_cpu_s,
                 db_exec_ms=db_exec_ms,
-                reconcile=reconcile,
             )
             self.samples.append(sample)
             return sample
+
+    async def _sample_manager(self, index: int) -> ManagerSample:
+        if index in self.gone:
+            return ManagerSample(self._cpu_s[index], 0.0, None)
+        manager = self.managers[index]
+        reconcile = None
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = await self._http.get(manager.metrics_url)
+            if response.is_success:
+                reconcile = reconcile_histogram(response.text)
+        cpu_s = process_cpu_s(manager.pid)
+        if cpu_s is not None:
+            self._cpu_s[index] = cpu_s
+        return ManagerSample(self._cpu_s[index], process_rss_mb(manager.pid), reconcile)
+
+    async def leader(self) -> int | None:
+        """The index of the Manager holding the reconciler's leader lock now, if one does."""
+        row = await self.pool.fetchrow(
+            LEADER_QUERY, LEADER_LOCK_KEY >> 32, LEADER_LOCK_KEY & 0xFFFF_FFFF
+        )
+        if row is None:
+            return None
+        key = (int(row["pid"]), int(row["client_port"] or 0))
+        if key not in self._leaders:
+            pids = [m.pid for m in self.managers]
+            self._leaders[key] = process_with_socket(key[1], self._database_port, pids)
+        found = self._leaders[key]
+        if found is None:  # Postgres is not local: its client port is not one of our sockets
+            alive = (i for i in range(len(self.managers)) if i not in self.gone)
+            found = last_to_log_leading([m.log for m in self.managers], alive)
+        return found
 
     async def _db_cpu(self) -> float | None:
         """CPU seconds the Manager's backends used so far: each backend's growth between samples
@@ -667,23 +935,39 @@ class Monitor:
 
 
 class ControlApi:
-    def __init__(self, base_url: str, token: str, answers: Answers, connections: int) -> None:
+    """Control-API calls spread over the Managers, each call to the next one in turn."""
+
+    def __init__(
+        self, base_urls: list[str], token: str, answers: Answers, connections: int
+    ) -> None:
         self.answers = answers
-        self.http = httpx.AsyncClient(
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(60.0),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            trust_env=False,
-        )
+        self.clients = {
+            base_url: httpx.AsyncClient(
+                base_url=base_url,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=httpx.Timeout(60.0),
+                limits=httpx.Limits(
+                    max_connections=connections, max_keepalive_connections=connections
+                ),
+                trust_env=False,
+            )
+            for base_url in base_urls
+        }
+        self.serving = list(base_urls)
+        self._turn = itertools.count()
+
+    def leave_out(self, base_url: str) -> None:
+        """Send no more calls to this Manager (as a load balancer takes one out)."""
+        self.serving.remove(base_url)
 
     async def call(
         self, endpoint: str, method: str, path: str, body: dict[str, Any] | None = None
     ) -> tuple[httpx.Response | None, float]:
         """The answer (None on a transport error) and the milliseconds it took, body included."""
+        http = self.clients[self.serving[next(self._turn) % len(self.serving)]]
         started = time.monotonic()
         try:
-            response = await self.http.request(method, path, json=body)
+            response = await http.request(method, path, json=body)
         except httpx.HTTPError as error:
             self.answers.add(endpoint, type(error).__name__)
             return None, (time.monotonic() - started) * 1000
@@ -692,7 +976,7 @@ class ControlApi:
         return response, elapsed_ms
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await asyncio.gather(*(http.aclose() for http in self.clients.values()))
 
 
 def workload_body(slug: str) -> dict[str, Any]:
@@ -706,6 +990,48 @@ def workload_body(slug: str) -> dict[str, Any]:
         execution_policy="fixed",
         execution_policy_config={"replicas": 1},
     ).model_dump(exclude_none=True)
+
+
+def probe_command(n: int) -> str:
+    """The rolling probe's ``n``-th command: never one a workload had before."""
+    return f"llama-server -m {MODEL_FILE} --ctx-size {4096 + 16 * (n + 1)}"
+
+
+class EffectWatch:
+    """When the reconciler acted on each change: the first poll (every 20 ms) that finds a
+    replica of the workload at the change's generation or a later one."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        # workload id -> (kind, generation, when the change was sent); a newer change replaces it
+        self.pending: dict[str, tuple[str, int, float]] = {}
+        self.seconds: dict[str, list[float]] = {}  # kind -> from sent to effect
+        self.effect_at: dict[str, float] = {}  # workload id -> when its last change took effect
+
+    def expect(self, kind: str, workload_id: str, generation: int, sent_at: float) -> None:
+        self.pending[workload_id] = (kind, generation, sent_at)
+
+    async def run(self) -> None:
+        while True:
+            if self.pending:
+                with contextlib.suppress(asyncpg.PostgresError, OSError):
+                    rows = await self.pool.fetch(EFFECT_QUERY, list(self.pending))
+                    now = time.monotonic()
+                    for row in rows:
+                        change = self.pending.get(row["id"])
+                        if change is None or row["generation"] < change[1]:
+                            continue
+                        kind, _, sent_at = change
+                        self.seconds.setdefault(kind, []).append(now - sent_at)
+                        self.effect_at[row["id"]] = now
+                        del self.pending[row["id"]]
+            await asyncio.sleep(EFFECT_POLL_S)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until every change took effect, or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            await asyncio.sleep(EFFECT_POLL_S)
 
 
 async def _in_parallel(jobs: Iterable[Callable[[], Awaitable[None]]], concurrency: int) -> None:
@@ -723,12 +1049,15 @@ async def _in_parallel(jobs: Iterable[Callable[[], Awaitable[None]]], concurrenc
 
 
 class Run:
-    """One (agents, workloads) size against a fresh Manager and database."""
+    """One (agents, workloads) size against fresh Managers and database."""
 
     def __init__(self, agents: int, workloads: int, settings: Settings, servers: Servers) -> None:
         self.settings = settings
         self.servers = servers
-        self.result = SizeResult(agents, workloads)
+        self.result = SizeResult(agents, workloads, managers=settings.managers)
+        self.managers: list[ManagerProcess] = []
+        # Every create the Managers acknowledged (2xx), by workload id: when it was sent.
+        self.acknowledged: dict[str, float] = {}
         self.answers = Answers()
         self.fleet: Fleet | None = None
         self.monitor: Monitor | None = None
@@ -741,15 +1070,24 @@ class Run:
 
     # --- set-up ---------------------------------------------------------------------------------
 
-    async def start_manager(self) -> tuple[str, str, str, int]:
-        """The Manager on a new database: (base URL, admin token, database URL, metrics port)."""
+    async def start_managers(self) -> tuple[str, str]:
+        """The Managers on a new database: (admin token, database URL). The first one starts
+        alone (it migrates the database), then the others together."""
         database_url = await create_bench_database(self.servers)
         admin_token = f"ik_admin_{secrets.token_hex(4)}_{secrets.token_hex(32)}"
+        names = ["manager", *(f"manager-{i}" for i in range(1, self.settings.managers))]
+        await self._start_manager(names[0], database_url, admin_token)
+        await asyncio.gather(
+            *(self._start_manager(name, database_url, admin_token) for name in names[1:])
+        )
+        return admin_token, database_url
+
+    async def _start_manager(self, name: str, database_url: str, admin_token: str) -> None:
         port, metrics_port = free_port(), free_port()
         env = {
             "INFERENCEKEY_DATABASE_URL": database_url,
             "INFERENCEKEY_ADMIN_TOKEN": admin_token,
-            "INFERENCEKEY_DATA_DIR": str(self.servers.work_dir / "manager-data"),
+            "INFERENCEKEY_DATA_DIR": str(self.servers.work_dir / f"{name}-data"),
             "INFERENCEKEY_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
             "INFERENCEKEY_LOG_FORMAT": "json",
         }
@@ -757,12 +1095,19 @@ class Run:
             env["INFERENCEKEY_HEARTBEAT_INTERVAL_S"] = str(self.settings.heartbeat_interval_s)
         env.update(self.settings.manager_env)
         argv = [sys.executable, "-m", "ik_command", "manager", "--port", str(port)]
-        self.servers.start("manager", argv, env=env)
+        self.servers.start(name, argv, env=env)
         base_url = f"http://127.0.0.1:{port}"
-        await asyncio.to_thread(
-            wait_until_ready, self.servers, "manager", base_url + "/healthz", 120
+        await asyncio.to_thread(wait_until_ready, self.servers, name, base_url + "/healthz", 120)
+        self.managers.append(
+            ManagerProcess(
+                name=name,
+                pid=self.servers.processes[name].pid,
+                base_url=base_url,
+                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+                log=self.servers.work_dir / f"{name}.log",
+            )
         )
-        return base_url, admin_token, database_url, metrics_port
+        self.managers.sort(key=lambda m: (len(m.name), m.name))  # in the order of their names
 
     async def make_fleet_credentials(
         self, base_url: str, admin_token: str
@@ -818,6 +1163,15 @@ class Run:
             fleet_errors += 0 if outcome.startswith("2") else count
         if fleet["interval_s"] is not None:
             self.result.heartbeat_interval_s = fleet["interval_s"]
+        if fleet["failovers"]:
+            self.result.notes.append(
+                f"{name}: agents moved to their next Manager {fleet['failovers']} time(s)"
+            )
+        phase_samples = self.monitor.between(start, finish)
+        leaders: list[str] = []
+        for sample in phase_samples:
+            if sample.leader is not None and self.managers[sample.leader].name not in leaders:
+                leaders.append(self.managers[sample.leader].name)
         states = {
             row["state"]: int(row["n"])
             for row in await self.pool.fetch(
@@ -834,16 +1188,28 @@ class Run:
             db_exec_ms=_delta(start.db_exec_ms, finish.db_exec_ms),
             heartbeat_ms=Latency.of(self._heartbeats_ms[name]),
             agent_loop_lag_p99_ms=percentile(fleet["loop_lag_ms"], 0.99),
-            reconcile=reconcile_figures(self.monitor.between(start, finish)),
+            reconcile=reconcile_figures(phase_samples),
             errors=self.answers.errors() - errors_before + fleet_errors,
             workers_by_state=states,
+            managers=[
+                ManagerPhase(manager.name, b.cpu_s - a.cpu_s, b.rss_mb)
+                for manager, a, b in zip(
+                    self.managers, start.managers, finish.managers, strict=True
+                )
+            ],
+            leaders=leaders,
         )
         self.result.phases.append(phase)
         self._phase = None
         return phase
 
     async def wait_for(
-        self, query: str, ids: Iterable[str], timeout_s: float, *args: object
+        self,
+        query: str,
+        ids: Iterable[str],
+        timeout_s: float,
+        *args: object,
+        period_s: float = POLL_S,
     ) -> dict[str, float]:
         """When each id first matched ``query`` (polled); the ones that never did are left out."""
         assert self.pool is not None
@@ -856,7 +1222,7 @@ class Run:
                 seen[row["id"]] = now
                 pending.discard(row["id"])
             if pending:
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(period_s)
         return seen
 
     async def register(self) -> None:
@@ -884,11 +1250,13 @@ class Run:
         def create(index: int) -> Callable[[], Awaitable[None]]:
             async def job() -> None:
                 body = workload_body(f"wl-{index:05d}")
+                sent = time.monotonic()
                 response, ms = await api.call(
                     "create", "POST", f"/api/projects/{PROJECT}/workloads", body
                 )
                 if response is not None and response.status_code == 201:
-                    done[response.json()["id"]] = time.monotonic()
+                    workload_id = response.json()["id"]
+                    done[workload_id], self.acknowledged[workload_id] = time.monotonic(), sent
                     latencies.append(ms)
 
             return job
@@ -934,7 +1302,7 @@ class Run:
 
     async def steady(self, ids: list[str]) -> None:
         """The sampler: one client per operation, one request at a time, at a fixed pace."""
-        assert self.samples_api is not None
+        assert self.samples_api is not None and self.pool is not None
         api = self.samples_api
         await self.begin("steady")
         stop_at = time.monotonic() + self.settings.steady_s
@@ -942,13 +1310,29 @@ class Run:
         list_bytes: list[int] = []
         probes = itertools.count()
         edits = itertools.count()
+        rolls = itertools.count()
+        rolled_ids = ids[-ROLLING_PROBE_WORKLOADS:]
+        effects = EffectWatch(self.pool)
+        watching = asyncio.create_task(effects.run())
 
         async def timed(kind: str, method: str, path: str, body: dict[str, Any] | None) -> None:
+            sent = time.monotonic()
             response, ms = await api.call(kind, method, path, body)
             if response is not None and response.is_success:
                 timings[kind].append(ms)
                 if kind == "list":
                     list_bytes.append(len(response.content))
+                elif kind in ("create", "rolling"):
+                    workload = response.json()
+                    effects.expect(kind, workload["id"], int(workload["generation"]), sent)
+                    if kind == "create":
+                        self.acknowledged[workload["id"]] = sent
+
+        def rolling() -> Awaitable[None]:
+            n = next(rolls)
+            body = UpdateWorkloadRequest(config={"command": probe_command(n)})
+            path = f"/api/workloads/{rolled_ids[n % len(rolled_ids)]}"
+            return timed("rolling", "PATCH", path, body.model_dump(exclude_none=True))
 
         operations: dict[str, Callable[[], Awaitable[None]]] = {
             "list": lambda: timed("list", "GET", f"/api/projects/{PROJECT}/workloads", None),
@@ -967,6 +1351,7 @@ class Run:
                     exclude_none=True
                 ),
             ),
+            "rolling": rolling,
         }
 
         async def paced(kind: str) -> None:
@@ -975,12 +1360,30 @@ class Run:
                 await operations[kind]()
                 await asyncio.sleep(max(0.0, SAMPLE_PERIODS_S[kind] - (time.monotonic() - started)))
 
-        if ids:
-            await asyncio.gather(*(paced(kind) for kind in SAMPLE_PERIODS_S))
-        else:
-            await asyncio.sleep(self.settings.steady_s)
-        phase = await self.end()
+        try:
+            if ids:
+                await asyncio.gather(*(paced(kind) for kind in SAMPLE_PERIODS_S))
+            else:
+                await asyncio.sleep(self.settings.steady_s)
+            phase = await self.end()
+            # The last changes' effects, so that the slow ones are not left out of the figure.
+            await effects.drain(10.0)
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         figures = self.result.figures
+        rolled_s, created_s = effects.seconds.get("rolling", []), effects.seconds.get("create", [])
+        changes = rolled_s + created_s
+        figures["change_effect_n"] = float(len(changes))
+        figures["change_effect_p50_s"] = percentile(changes, 0.5)
+        figures["change_effect_p99_s"] = percentile(changes, 0.99)
+        figures["rolling_effect_p99_s"] = percentile(rolled_s, 0.99)
+        figures["create_effect_p99_s"] = percentile(created_s, 0.99)
+        if effects.pending:
+            self.result.notes.append(
+                f"steady: {len(effects.pending)} change(s) without effect 10 s after the phase"
+            )
         for kind, values in timings.items():
             latency = self.result.latencies[kind] = Latency.of(values)
             figures[f"{kind}_p50_ms"], figures[f"{kind}_p99_ms"] = latency.p50, latency.p99
@@ -996,6 +1399,103 @@ class Run:
         figures["manager_cpu_cores_steady"] = phase.manager_cpu_s / phase.wall_s
         if phase.db_cpu_s is not None:
             figures["db_cpu_cores_steady"] = phase.db_cpu_s / phase.wall_s
+
+    async def handover(self) -> None:
+        """Kill the leading Manager under load: how soon a survivor leads and acts on a change,
+        and that nothing acknowledged is lost."""
+        assert self.api is not None and self.monitor is not None and self.pool is not None
+        api, monitor, figures = self.api, self.monitor, self.result.figures
+        await self.begin("handover")
+        killed = await monitor.leader()
+        if killed is None:
+            self.result.notes.append("handover: no Manager held the leader lock; none killed")
+            await self.end()
+            return
+        victim = self.managers[killed]
+        api.leave_out(victim.base_url)  # the creator works through the survivors
+        effects = EffectWatch(self.pool)
+        watching = asyncio.create_task(effects.run())
+        killed_at: float | None = None
+        after_kill: list[str] = []  # creates sent after the kill and acknowledged, in order
+        stop = asyncio.Event()
+        names = itertools.count()
+
+        async def creator() -> None:
+            while not stop.is_set():
+                sent = time.monotonic()
+                response, _ = await api.call(
+                    "create (handover)",
+                    "POST",
+                    f"/api/projects/{PROJECT}/workloads",
+                    workload_body(f"handover-{next(names):05d}"),
+                )
+                if response is not None and response.status_code == 201:
+                    workload_id = response.json()["id"]
+                    self.acknowledged[workload_id] = sent
+                    effects.expect("create", workload_id, 1, sent)
+                    if killed_at is not None and sent >= killed_at:
+                        after_kill.append(workload_id)
+                await asyncio.sleep(max(0.0, HANDOVER_CREATE_PERIOD_S - (time.monotonic() - sent)))
+
+        async def first_after_kill_ready() -> tuple[str, float | None] | None:
+            while not after_kill:
+                if creating.done():
+                    return None
+                await asyncio.sleep(EFFECT_POLL_S)
+            first = after_kill[0]
+            ready = await self.wait_for(READY_QUERY, [first], 120, period_s=EFFECT_POLL_S)
+            return first, ready.get(first)
+
+        creating = asyncio.create_task(creator())
+        first_ready = asyncio.create_task(first_after_kill_ready())
+        led_by: int | None = None
+        led_at: float | None = None
+        try:
+            await asyncio.sleep(HANDOVER_BEFORE_KILL_S)
+            process = self.servers.processes[victim.name]
+            killed_at = kill_time = time.monotonic()
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the group is the Manager
+            monitor.gone.add(killed)
+            await asyncio.to_thread(process.wait, 10)
+            print(f"    killed {victim.name}, the leader", flush=True)
+            while time.monotonic() < kill_time + 60:
+                with contextlib.suppress(asyncpg.PostgresError):
+                    leader = await monitor.leader()
+                    if leader is not None and leader != killed:
+                        led_by, led_at = leader, time.monotonic()
+                        break
+                await asyncio.sleep(EFFECT_POLL_S)
+            await asyncio.sleep(HANDOVER_AFTER_LEAD_S)
+            stop.set()
+            await creating
+            first = await first_ready
+            await effects.drain(10.0)
+        finally:
+            stop.set()
+            for task in (creating, first_ready, watching):
+                task.cancel()
+            await asyncio.gather(creating, first_ready, watching, return_exceptions=True)
+        acknowledged = list(self.acknowledged)
+        found = await self.pool.fetch(LIVE_QUERY, acknowledged)
+        ready = await self.wait_for(READY_QUERY, acknowledged, 60 + 0.06 * len(acknowledged))
+        await self.end()
+
+        figures["handover_leader_s"] = led_at - kill_time if led_at is not None else None
+        if first is not None:
+            first_id, first_ready_at = first
+            placed_at = effects.effect_at.get(first_id)
+            figures["handover_placed_s"] = placed_at - kill_time if placed_at else None
+            figures["handover_ready_s"] = first_ready_at - kill_time if first_ready_at else None
+        figures["handover_acknowledged"] = float(len(acknowledged))
+        figures["handover_found"] = float(len(found))
+        figures["handover_ready"] = float(len(ready))
+        figures["handover_lost"] = float(len(acknowledged) - len(found))
+        figures["handover_not_ready"] = float(len(acknowledged) - len(ready))
+        successor = self.managers[led_by].name if led_by is not None else "none in 60 s"
+        self.result.notes.append(
+            f"handover: killed {victim.name} (leading); then {successor} led; "
+            f"{len(after_kill)} creates sent after the kill were acknowledged"
+        )
 
     async def change(self, ids: list[str]) -> None:
         """Patch a fraction to a new command and delete as many; until both took effect."""
@@ -1063,15 +1563,21 @@ class Run:
 
     async def run(self) -> SizeResult:
         agents, workloads = self.result.agents, self.result.workloads
-        print(f"\n{agents} agents x {GPUS_PER_AGENT} GPUs, {workloads} workloads", flush=True)
-        base_url, admin_token, database_url, metrics_port = await self.start_manager()
+        managers = self.settings.managers
+        print(
+            f"\n{agents} agents x {GPUS_PER_AGENT} GPUs, {workloads} workloads, "
+            f"{managers} Manager{'s' if managers > 1 else ''}",
+            flush=True,
+        )
+        admin_token, database_url = await self.start_managers()
+        base_urls = [manager.base_url for manager in self.managers]
         monitoring: asyncio.Task[None] | None = None
         try:
-            sdk_token, tokens = await self.make_fleet_credentials(base_url, admin_token)
+            sdk_token, tokens = await self.make_fleet_credentials(base_urls[0], admin_token)
             self.pool = await asyncpg.create_pool(
                 database_url,
                 min_size=1,
-                max_size=3,
+                max_size=6,  # the monitor, the effect watch, the phases' polls
                 server_settings={"application_name": MONITOR_APP},
             )
             statements = await _statements_available(self.pool)
@@ -1079,22 +1585,18 @@ class Run:
                 self.result.notes.append(
                     "pg_stat_statements not loaded: DB time is the CPU of the Manager's backends"
                 )
-            self.api = ControlApi(base_url, sdk_token, self.answers, CREATE_CONCURRENCY)
-            self.samples_api = ControlApi(base_url, sdk_token, self.answers, len(SAMPLE_PERIODS_S))
+            self.api = ControlApi(base_urls, sdk_token, self.answers, CREATE_CONCURRENCY)
+            self.samples_api = ControlApi(base_urls, sdk_token, self.answers, len(SAMPLE_PERIODS_S))
             interval_hint = self.settings.heartbeat_interval_s or AGENT_DEFAULT_INTERVAL_S
-            self.fleet = Fleet(base_url, tokens, interval_hint)
-            self.monitor = Monitor(
-                self.servers.processes["manager"].pid,
-                self.fleet.pid,
-                f"http://127.0.0.1:{metrics_port}/metrics",
-                self.pool,
-                statements,
-            )
+            self.fleet = Fleet(base_urls, tokens, interval_hint)
+            self.monitor = Monitor(self.managers, self.fleet.pid, self.pool, statements)
             monitoring = asyncio.create_task(self.monitor.run())
             await self.register()
             created = await self.create_burst()
             ready = await self.converge(created)
             await self.steady(ready)
+            if self.settings.kill_leader:
+                await self.handover()
             await self.change(ready)
         finally:
             if monitoring is not None:
@@ -1149,7 +1651,7 @@ class Run:
         figures["agent_errors"] = float(
             sum(n for (_, outcome), n in self.agent_answers.items() if not outcome.startswith("2"))
         )
-        result.manager_log = read_manager_log(self.servers.work_dir / "manager.log")
+        result.manager_log = read_manager_log([manager.log for manager in self.managers])
 
 
 def _delta(start: float | None, end: float | None) -> float | None:
@@ -1186,23 +1688,26 @@ async def _server_sql(statement: str) -> None:
         await connection.close()
 
 
-def read_manager_log(path: Path) -> dict[str, Any]:
-    """Lines by level, and the most frequent warnings and errors."""
+def read_manager_log(paths: list[Path]) -> dict[str, Any]:
+    """Lines by level, and the most frequent warnings and errors, over the Managers' logs."""
     levels: Counter[str] = Counter()
     problems: Counter[str] = Counter()
-    with contextlib.suppress(OSError):
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                levels["other"] += 1
-                continue
-            if not isinstance(entry, dict):
-                continue
-            level = str(entry.get("level", "?"))
-            levels[level] += 1
-            if level in ("warning", "error", "critical"):
-                problems[f"{level}: {str(entry.get('message', ''))[:160]}"] += 1
+    lines: list[str] = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            lines.extend(path.read_text(errors="replace").splitlines())
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            levels["other"] += 1
+            continue
+        if not isinstance(entry, dict):
+            continue
+        level = str(entry.get("level", "?"))
+        levels[level] += 1
+        if level in ("warning", "error", "critical"):
+            problems[f"{level}: {str(entry.get('message', ''))[:160]}"] += 1
     return {"lines_by_level": dict(levels), "top_problems": problems.most_common(5)}
 
 
@@ -1242,6 +1747,18 @@ ROWS = (
     Row("create_p99_ms", "create p99 (steady)", "ms", 50),
     Row("patch_p50_ms", "patch description p50 (steady)", "ms"),
     Row("patch_p99_ms", "patch description p99 (steady)", "ms"),
+    Row("change_effect_p50_s", "change → effect p50 (steady: a replica written)", "s"),
+    Row("change_effect_p99_s", "change → effect p99 (steady)", "s", 1.0),
+    Row("rolling_effect_p99_s", "  rolling patch → new generation's replica p99", "s"),
+    Row("create_effect_p99_s", "  create → first replica p99", "s"),
+    Row("handover_leader_s", "kill the leader → a survivor leads", "s", HANDOVER_TARGET_S),
+    Row("handover_placed_s", "kill → first create after it has a replica", "s", HANDOVER_TARGET_S),
+    Row("handover_ready_s", "kill → that create ready (2 simulated beats)", "s"),
+    Row("handover_acknowledged", "creates acknowledged before the handover's end", "n"),
+    Row("handover_found", "  of which there afterwards", "n"),
+    Row("handover_ready", "  of which ready afterwards", "n"),
+    Row("handover_lost", "acknowledged creates lost", "n", 0),
+    Row("handover_not_ready", "acknowledged creates not ready after handover", "n", 0),
     Row("changed", "workloads patched, and as many deleted", "n"),
     Row("patch_effect_p50_s", "patch to rolled p50 (new command ready, old gone)", "s"),
     Row("patch_effect_max_s", "patch to rolled max", "s"),
@@ -1282,11 +1799,16 @@ def verdict(row: Row, figures: dict[str, float | None]) -> str | None:
 
 
 def summary_table(results: list[SizeResult]) -> str:
-    headers = [f"{r.agents}x{r.workloads}" for r in results]
+    headers = [
+        f"{r.agents}x{r.workloads}" + (f" K={r.managers}" if r.managers > 1 else "")
+        for r in results
+    ]
     lines = [
         f"  {'figure':<52}{'target':>12}" + "".join(f"{h:>18}" for h in headers),
     ]
     for row in ROWS:
+        if row.key.startswith("handover_") and all(row.key not in r.figures for r in results):
+            continue  # no --kill-leader
         target = ""
         if row.target is not None:
             unit = "" if row.unit in ("/s", "n") else f" {row.unit}"
@@ -1337,6 +1859,20 @@ def phase_table(result: SizeResult) -> str:
     return "\n".join(lines)
 
 
+def managers_table(result: SizeResult) -> str:
+    """Each Manager's CPU seconds, cores and RSS (MB, at the phase's end), and who led."""
+    names = [m.name for m in result.phases[0].managers] if result.phases else []
+    lines = [f"  {'phase':<10}" + "".join(f"{name:>24}" for name in names) + "  leader"]
+    for p in result.phases:
+        cells = [
+            f"{m.cpu_s:.2f} s {m.cpu_s / p.wall_s if p.wall_s else 0:.2f} c {m.rss_mb:.0f} MB"
+            for m in p.managers
+        ]
+        leaders = " then ".join(p.leaders) or "-"
+        lines.append(f"  {p.name:<10}" + "".join(f"{c:>24}" for c in cells) + f"  {leaders}")
+    return "\n".join(lines)
+
+
 def answers_table(result: SizeResult) -> str:
     lines = [f"  {'endpoint':<20}{'2xx':>9}{'500':>7}{'503':>7}{'other':>7}{'transport':>10}"]
     for endpoint, row in result.answers.items():
@@ -1361,6 +1897,9 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
             else f"Phases, {result.agents} agents, {result.workloads} workloads"
         )
         print(phase_table(result))
+        if result.managers > 1:
+            print("Each Manager: CPU s, cores, RSS at the phase's end; who held the leader lock")
+            print(managers_table(result))
         timed = [(p.name, p.db_exec_ms) for p in result.phases if p.db_exec_ms is not None]
         if timed:
             shown = ", ".join(f"{name} {ms:,.0f} ms" for name, ms in timed)
@@ -1395,6 +1934,8 @@ def describe_environment(settings: Settings, load_at_start: tuple[float, ...]) -
         else "the Manager's default",
         "steady state": f"{settings.steady_s:g} s; {periods}, one request at a time each",
         "change": f"{settings.change_fraction:.0%} patched to a new command, as many deleted",
+        "Managers": f"{settings.managers} on the one database"
+        + (", the leader killed after the steady state" if settings.kill_leader else ""),
         "Manager settings added": " ".join(f"{k}={v}" for k, v in settings.manager_env.items())
         or "none",
     }
@@ -1489,6 +2030,14 @@ def main() -> int:
         metavar="INFERENCEKEY_NAME=VALUE",
         help="a Manager setting to add (repeatable), e.g. INFERENCEKEY_DB_POOL_SIZE=20",
     )
+    parser.add_argument(
+        "--managers", type=int, default=1, help="Managers on the one database (default 1)"
+    )
+    parser.add_argument(
+        "--kill-leader",
+        action="store_true",
+        help="after the steady state, kill the leading Manager under load (needs --managers 2+)",
+    )
     parser.add_argument("--json", type=Path, help="write the raw figures to this file")
     args = parser.parse_args()
     if args.sizes:
@@ -1501,6 +2050,10 @@ def main() -> int:
         parser.error("every size needs at least one agent and one workload")
     if not 0 < args.change_fraction <= 0.5:
         parser.error("--change-fraction must be in (0, 0.5]")
+    if args.managers < 1:
+        parser.error("--managers needs at least one")
+    if args.kill_leader and args.managers < 2:
+        parser.error("--kill-leader needs --managers 2 or more: someone must take over")
     steady_s = args.steady_s if args.steady_s is not None else (15.0 if args.quick else 60.0)
     settings = Settings(
         sizes=sizes,
@@ -1508,6 +2061,8 @@ def main() -> int:
         change_fraction=args.change_fraction,
         heartbeat_interval_s=args.heartbeat_interval,
         manager_env=dict(args.manager_env),
+        managers=args.managers,
+        kill_leader=args.kill_leader,
     )
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
