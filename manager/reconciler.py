@@ -18,7 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -74,6 +74,9 @@ def with_jobs(demand: dict[str, DemandFigures], jobs: dict[str, int]) -> dict[st
     return merged
 
 
+# How bad a liveness state is: a new leader's grace holds back only changes for the worse.
+_WORSE: dict[str, int] = {WorkerState.READY: 0, WorkerState.NOT_READY: 1, WorkerState.LOST: 2}
+
 # Workloads whose actions one transaction writes: one commit for many (a burst of creates is
 # placed at the speed of the statements, not of the commits).
 WRITE_BATCH = 64
@@ -107,6 +110,11 @@ class Reconciler:
         hub.on(notify.RECONCILE, self._changes.note)
         self._fleet: Fleet | None = None
         self._fleet_read_at = 0.0
+        # Set when this Manager begins to lead: until then (a not-ready period after its first
+        # pass) no worker is judged worse than the state it finds, so that agents that could
+        # not reach any Manager (all were down) come back before their replicas are re-placed.
+        self._grace_from_first_pass = False
+        self._grace_until: datetime | None = None
 
     async def run_forever(self) -> None:
         while True:
@@ -146,6 +154,7 @@ class Reconciler:
             self.metrics.reconcile_leader.set(1 if leads else 0)
         if leads:
             log.info("this Manager leads the reconcile loop")
+            self._grace_from_first_pass = True
             self._leader_connection = connection
             return True
         await connection.close()
@@ -261,7 +270,13 @@ class Reconciler:
 
     async def _update_liveness(self, snapshot: Snapshot) -> set[str]:
         """Judge each worker by its last heartbeat; the ids of those whose state changed."""
-        slot_of = {slot.id: slot for slot in snapshot.slots}
+        if self._grace_from_first_pass:
+            self._grace_from_first_pass = False
+            self._grace_until = snapshot.now + timedelta(
+                seconds=self.settings.worker_not_ready_after_s
+            )
+        in_grace = self._grace_until is not None and snapshot.now < self._grace_until
+        slot_of = snapshot.slot_of
         changed = set()
         for worker in snapshot.workers:
             state, reason = planning.worker_liveness(
@@ -270,6 +285,8 @@ class Reconciler:
                 not_ready_after_s=self.settings.worker_not_ready_after_s,
                 lost_after_s=self.settings.worker_lost_after_s,
             )
+            if in_grace and _WORSE.get(state, 0) > _WORSE.get(worker.state, 0):
+                state, reason = WorkerState(worker.state), worker.state_reason
             if (state, reason) != (worker.state, worker.state_reason):
                 if not await self._set_worker_state(worker, state, reason):
                     # A heartbeat landed after the snapshot, or is landing now: the agent lives.

@@ -20,8 +20,10 @@ import pytest
 from tests.support import (
     RunningManager,
     bearer,
+    create_database,
     create_project,
     create_sdk_token,
+    drop_database,
     own_manager,
     wait_until,
 )
@@ -190,3 +192,41 @@ def test_a_full_read_every_resync_finds_what_no_notification_named(tmp_path: Pat
             wait_until(lambda: len(fleet.assigned_to("one")) == 2, 8, "the resync did not read it")
         finally:
             fleet.close()
+
+
+def test_a_manager_back_after_an_outage_lets_its_agents_return_before_judging_them(
+    tmp_path: Path,
+) -> None:
+    """Every Manager was down for longer than the lost threshold: the agents could not
+    heartbeat. The next leader gives them a not-ready period to come back before it judges
+    any worker worse than it finds it, so no replica is forgotten and placed again."""
+    url = create_database()
+    liveness = {"worker_not_ready_after_s": 1.5, "worker_lost_after_s": 3.0}
+    try:
+        with own_manager(tmp_path / "a", database_url=url, **liveness) as manager:
+            fleet = Fleet(manager, gpus=2)
+            fleet.heartbeat()
+            workload_id = fleet.create("one")
+            [placed] = wait_until(lambda: fleet.assigned_to("one"), 10, "never placed")
+            wait_until(
+                lambda: fleet.heartbeat() and fleet.status(workload_id)["phase"] == "ready",
+                10,
+                "never ready",
+            )
+        time.sleep(4.0)  # no Manager: past the lost threshold since the last heartbeat
+        with own_manager(tmp_path / "b", database_url=url, **liveness) as manager:
+            fleet.manager = manager
+            for client in (fleet.admin, fleet.api, fleet.agent):
+                client.base_url = httpx.URL(manager.url)
+            fleet.admin.headers["Authorization"] = f"Bearer {manager.admin_token}"
+            time.sleep(0.5)  # the new leader's first passes, before the agent is back
+            [kept] = fleet.assigned_to("one")
+            assert kept["id"] == placed["id"]
+            time.sleep(4 * INTERVAL_S)
+            [still] = fleet.assigned_to("one")
+            assert still["id"] == placed["id"]
+            events = fleet.api.get(f"/api/workloads/{workload_id}/events").json()["events"]
+            assert not [e for e in events if e["kind"] == "replica_lost"], events
+            fleet.close()
+    finally:
+        drop_database(url)
