@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -113,6 +114,9 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
                 background.append(
                     asyncio.create_task(run_reconciler(reconciler), name="reconciler")
                 )
+            # What start-up made lives as long as the process: out of the collector's sight, so
+            # a large answer's garbage no longer makes it walk every object the Manager holds.
+            gc.freeze()
             yield
         finally:
             for task in background:
