@@ -9,11 +9,12 @@ Per size it starts a real Manager (``python -m ik_command manager``) on a fresh 
 local Postgres (``INFERENCEKEY_BENCH_DATABASE_SERVER``, default the tests' server), with a project,
 an SDK token and N workers made through the admin API, and runs N simulated agents in one child
 process (asyncio). Each agent reports 8 simulated GPUs (worker_agent.gpus.SimulatedInventory) and
-speaks the agent protocol as worker_agent/agent.py does: a heartbeat (inventory plus observed
-replicas, ik_contracts.protocol) at the interval the Manager's Assignments answer names, and the
-assignments long-poll. An assigned replica is reported ``starting`` on its agent's next heartbeat
-and ``ready`` (with a port) on the one after; a replica no longer assigned is dropped from the next
-report (heartbeats keep to the interval; the real agent also sends one at once on a change).
+speaks the agent protocol through the agent's own code (worker_agent/heartbeats.py): a heartbeat
+at the interval the Manager's Assignments answer names and at once when something changed,
+carrying the inventory and the observed replicas only when they changed, and the assignments
+long-poll. An assigned replica is reported ``starting`` at once and ``ready`` (with a port)
+``ENGINE_LOAD_S`` (1 s) after the Manager heard it starting; a replica no longer assigned is
+dropped from the next report, sent at once.
 Then, in phases:
 
 - ``register``: the agents' first heartbeats, until every worker is ready;
@@ -126,6 +127,7 @@ CHANGED_COMMAND = f"llama-server -m {MODEL_FILE} --ctx-size 8192"
 ENGINE_PORTS_START = 41000  # the agent's default engine range
 # What the agent waits before it has the Manager's answer, and its retries (the agent's own).
 AGENT_DEFAULT_INTERVAL_S = DEFAULT_HEARTBEAT_INTERVAL_S
+ENGINE_LOAD_S = 1.0  # a simulated engine's load time, from its "starting" report to ready
 AGENT_HEARTBEAT_BACKOFF_CAP_S = HEARTBEAT_BACKOFF_CAP_S
 AGENT_WATCH_RETRY_S = WATCH_RETRY_S
 AGENT_WATCH_BACKOFF_CAP_S = WATCH_BACKOFF_CAP_S
@@ -368,16 +370,15 @@ def simulated_inventory(index: int) -> dict[str, Any]:
 
 class SimulatedAgent:
     """One worker's agent: worker_agent/agent.py's heartbeat and watch loops, with engines that
-    become ready one heartbeat after they are reported starting.
+    become ready ``ENGINE_LOAD_S`` after the Manager heard they were starting.
 
     It speaks the protocol through the agent's own code (worker_agent/heartbeats.py): each
     heartbeat carries the inventory and the replicas only when they changed since the last one
     acknowledged (and in full every minute); a failed request is retried after the Manager's
     Retry-After, else with jittered exponential backoff.
 
-    It heartbeats on the interval only, where the real agent also heartbeats at once when a
-    replica changes state: each step here waits for the next beat, so the times to ready and to
-    rolled are longer than a real fleet's by up to an interval per step.
+    Like the real agent it heartbeats on the interval and at once when its replica set or a
+    replica's state changed, so a change travels without waiting for the next beat.
     """
 
     def __init__(
@@ -407,6 +408,7 @@ class SimulatedAgent:
         self.replicas: dict[str, LocalReplica] = {}
         self.ports = itertools.count(ENGINE_PORTS_START)
         self.reports = HeartbeatReports()
+        self.changed = asyncio.Event()  # something to report now, as the agent's _changed
 
     def heartbeat_body(self) -> dict[str, Any]:
         return self.reports.body(
@@ -425,8 +427,10 @@ class SimulatedAgent:
         wanted = {assignment.id: assignment for assignment in answer.replicas}
         for replica_id in [r for r in self.replicas if r not in wanted]:
             del self.replicas[replica_id]  # stopped: gone from the next report
+            self.changed.set()
         for replica_id, assignment in wanted.items():
             if replica_id not in self.replicas:
+                self.changed.set()
                 engine = engine_for(assignment.backend, assignment.custom_backend)
                 self.replicas[replica_id] = LocalReplica(
                     assignment,
@@ -438,6 +442,7 @@ class SimulatedAgent:
 
     async def heartbeat_once(self) -> BaseException | None:
         """One heartbeat; None when the Manager took it, else what went wrong."""
+        self.changed.clear()  # before the body: a change while it is in flight is sent next
         body = self.heartbeat_body()
         reported_starting = [r for r in self.replicas.values() if r.state == ReplicaState.STARTING]
         started = time.monotonic()
@@ -457,11 +462,19 @@ class SimulatedAgent:
             self.record.answers[("heartbeat", "invalid answer")] += 1
             return error
         self.record.heartbeats.append((started, elapsed_ms))
+        loop = asyncio.get_running_loop()
         for replica in reported_starting:
-            replica.state, replica.reason = ReplicaState.READY, None
+            loop.call_later(ENGINE_LOAD_S, self._loaded, replica)
         self.reports.acknowledged()
         self.accept(answer)
         return None
+
+    def _loaded(self, replica: LocalReplica) -> None:
+        if self.replicas.get(replica.assignment.id) is replica and (
+            replica.state == ReplicaState.STARTING
+        ):
+            replica.state, replica.reason = ReplicaState.READY, None
+            self.changed.set()
 
     async def heartbeat_loop(self, first_delay_s: float) -> None:
         # The first body is checked against the protocol's model once: what we send is valid.
@@ -482,10 +495,11 @@ class SimulatedAgent:
             error = await self.heartbeat_once()
             if error is None:
                 backoff.reset()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), interval)
             else:
                 self.reports.failed(shed=was_shed(error))
-                interval = backoff.failed(interval, retry_after_s(error))
-            await asyncio.sleep(interval)
+                await asyncio.sleep(backoff.failed(interval, retry_after_s(error)))
 
     async def watch_loop(self) -> None:
         backoff = Backoff(AGENT_WATCH_BACKOFF_CAP_S)
