@@ -252,8 +252,10 @@ class Fleet:
         self.replicas: dict[str, list[planning.ReplicaView]] = {}
         self.shapes: dict[str, WorkerShape] = {}
         self.prices: dict[str, float] = {}
+        # Each worker's liveness state at the last pass: a change is judged against it.
+        self.states: dict[str, str] = {}
         self._created_at: dict[str, datetime] = {}
-        self._latest: datetime | None = None
+        self._latest: tuple[datetime, str] | None = None
 
     @classmethod
     async def read(cls, session: AsyncSession) -> Fleet:
@@ -280,7 +282,7 @@ class Fleet:
             if count % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
         fleet._created_at = {row.id: row.created_at for row in rows}
-        fleet._latest = rows[-1].created_at if rows else None
+        fleet._latest = (rows[-1].created_at, rows[-1].id) if rows else None
         fleet.shapes = {shape.id: shape for shape in await read_shapes(session, None)}
         fleet.prices = await read_prices(session)
         return fleet
@@ -332,8 +334,8 @@ class Fleet:
         # New workloads are almost always the newest: appended. One created before others
         # already held (a notification that came late) is placed where a full read puts it.
         self._created_at[view.id] = created_at
-        if self._latest is None or created_at >= self._latest:
-            self._latest = created_at
+        if self._latest is None or (created_at, view.id) > self._latest:
+            self._latest = (created_at, view.id)
             self.workloads[view.id] = view
             return
         ordered = [*self.workloads.values(), view]

@@ -1,13 +1,14 @@
 """The reconcile loop: compare desired with observed, act on the difference.
 
 One Manager process leads at a time (a Postgres advisory lock held on its own connection); the
-others wait to take over. Each pass is level-triggered: it reads the whole state, decides, and
-writes, so a pass never depends on having seen an earlier event.
+others wait to take over. Passes are level-triggered over the leader's copy of the fleet
+(`manager.fleet`): each re-reads what notifications named since the last one, and everything
+every ``reconcile_resync_s``, so a pass never depends on having seen an earlier event.
 
-A pass holds no row lock while it reads or decides ("Locking" in docs/DESIGN.md): it reads a
-snapshot in one transaction that locks nothing, asks `manager.planning` what each workload needs,
-and writes each workload's actions in a short transaction of its own. So an agent's heartbeat
-waits at most for one workload's writes, never for a pass.
+A pass holds no row lock while it reads or decides ("Locking" in docs/DESIGN.md): it reads in one
+transaction that locks nothing, asks `manager.planning` what each workload needs, and writes the
+actions of up to ``WRITE_BATCH`` workloads per short transaction, skipping the rows an API write
+holds. So an agent's heartbeat waits at most for one such transaction, never for a pass.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import asyncpg
 from inferencekey.enums import WorkloadPhase
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ik_contracts.logs import ids
@@ -34,6 +36,7 @@ from manager.db.queries import one_of
 from manager.fleet import ChangeLog, Fleet, WorkerRecord, is_settled, read_liveness, read_prices
 from manager.fleet import now as fleet_now
 from manager.gateway.demand import fresh_demand
+from manager.http_errors import database_unavailable
 from manager.ids import new_id
 from manager.jobs.dispatcher import queued_jobs
 from manager.metrics import ManagerMetrics
@@ -72,6 +75,31 @@ def with_jobs(demand: dict[str, DemandFigures], jobs: dict[str, int]) -> dict[st
     for workload_id, count in jobs.items():
         merged[workload_id] = replace(merged.get(workload_id, NO_DEMAND), queued_jobs=count)
     return merged
+
+
+# Seconds the leader's own connection may take to answer before it is taken for lost.
+LEADER_CHECK_S = 5.0
+
+
+class CommitUnknown(Exception):
+    """A pass's commit failed: what it wrote may be in the database or not."""
+
+
+def _of_the_moment(error: BaseException) -> bool:
+    """An error that is no workload's fault: a commit that may have happened, the database
+    unavailable or dropping the connection, a deadlock or serialization failure. The pass is
+    retried from a full read; nothing is quarantined."""
+    if isinstance(error, CommitUnknown) or database_unavailable(error) is not None:
+        return True
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        cause = error.orig.__cause__ or error.orig
+        return getattr(cause, "sqlstate", None) in ("40P01", "40001")
+    return False
+
+
+def _reads_demand(workload: planning.WorkloadView) -> bool:
+    """Policies that read the clock or demand (not `fixed`): planned on every pass."""
+    return (workload.execution_policy or "fixed") != "fixed"
 
 
 # How bad a liveness state is: a new leader's grace holds back only changes for the worse.
@@ -145,8 +173,15 @@ class Reconciler:
     async def _lead(self) -> bool:
         """True while this process holds the leader lock (taking it if free)."""
         if self._leader_connection is not None and not self._leader_connection.is_closed():
-            return True
+            try:  # a connection that looks open may lead to a database that failed over
+                await self._leader_connection.fetchval("SELECT 1", timeout=LEADER_CHECK_S)
+                return True
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("lost the leader lock's connection; no longer leading")
+                self._leader_connection.terminate()
+                self._leader_connection = None
         self._fleet = None  # never led, or lost the lock with its connection: read it all again
+        self._quarantined.clear()  # a new leader gives every workload another try
         assert self.settings.database_url
         connection = await asyncpg.connect(notify.plain_postgres_url(self.settings.database_url))
         leads = bool(await connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY))
@@ -178,24 +213,32 @@ class Reconciler:
     async def _pass(self) -> bool:
         snapshot, capacity_changed = await self._read_snapshot()
         changed_workers = await self._update_liveness(snapshot)
+        assert self._fleet is not None
+        # A state that differs from the last pass's, whoever wrote it (a heartbeat brings a
+        # worker back by itself): room appeared or went away.
+        states = {slot.id: slot.state for slot in snapshot.slots}
+        previous, self._fleet.states = self._fleet.states, states
+        changed_workers |= {
+            worker_id
+            for worker_id, state in states.items()
+            if previous.get(worker_id, state) != state
+        }
         planning.claim_existing(
             snapshot.slots, (r for rs in snapshot.replicas_by_workload.values() for r in rs)
         )
         workloads = snapshot.workloads
         if changed_workers:
-            assert self._fleet is not None
             # Their replicas may be lost now, or back; and room appeared or went away.
             on_them = self._fleet.workloads_on(changed_workers)
             capacity_changed = True
             planned = {w.id for w in workloads} | on_them
             workloads = [w for w in self._fleet.workloads.values() if w.id in planned]
         if capacity_changed:
-            assert self._fleet is not None
             planned = {w.id for w in workloads}
             workloads = [
                 w for w in self._fleet.workloads.values() if w.id in planned or not is_settled(w)
             ]
-        seen = set(self._fleet.workloads) if self._fleet is not None else set()
+        seen = set(self._fleet.workloads)
         self._quarantined = {k: v for k, v in self._quarantined.items() if k in seen}
         if await self._reconcile(snapshot, workloads):
             return True
@@ -245,6 +288,9 @@ class Reconciler:
                 fleet.prices = prices
                 if changes.workers:
                     dirty |= fleet.workloads_on(changes.workers)
+                # Policies that read demand read their replicas' engine load too, which
+                # heartbeats store without naming the workload: read theirs every pass.
+                dirty |= {w.id for w in fleet.workloads.values() if _reads_demand(w)}
                 if await fleet.refresh_workloads(session, dirty):
                     capacity_changed = True
             demand = with_jobs(await fresh_demand(session), await queued_jobs(session))
@@ -256,7 +302,7 @@ class Reconciler:
             planned = [
                 w
                 for w in fleet.workloads.values()
-                if w.id in dirty or (w.execution_policy or "fixed") != "fixed" or w.deleted
+                if w.id in dirty or _reads_demand(w) or w.deleted
             ]
         snapshot = Snapshot(
             now=now,
@@ -371,9 +417,17 @@ class Reconciler:
                 plans.append((workload, actions))
         for start in range(0, len(plans), WRITE_BATCH):
             batch = plans[start : start + WRITE_BATCH]
+            for workload, _ in batch:
+                self._changes.note(workload.id)  # read what was written at the next pass
             try:
                 await self._apply(snapshot.now, batch)
-            except Exception:
+            except Exception as error:
+                if _of_the_moment(error):
+                    # Written or not, and no fault of any workload's: the next pass reads it
+                    # all again and plans afresh (never the same plan twice: it could place
+                    # twice).
+                    log.warning("writing a reconcile pass failed (%s); reading all again", error)
+                    return False
                 log.warning(
                     "writing %d workloads' actions in one transaction failed; writing each alone",
                     len(batch),
@@ -383,10 +437,11 @@ class Reconciler:
                     try:
                         await self._apply(snapshot.now, [(workload, actions)])
                     except Exception as error:
+                        if _of_the_moment(error):
+                            log.warning("writing workload %s failed (%s)", workload.id, error)
+                            return False
                         await self._quarantine(workload, error)
                         failed = True
-            for workload, _ in batch:
-                self._changes.note(workload.id)  # read what was written at the next pass
         return not failed
 
     async def _quarantine(self, workload: planning.WorkloadView, error: Exception) -> None:
@@ -396,7 +451,6 @@ class Reconciler:
             exc_info=error,
             extra=ids(workload_id=workload.id),
         )
-        self._quarantined[workload.id] = workload.generation
         async with self.sessions() as session, session.begin():
             await session.execute(
                 update(Workload)
@@ -408,67 +462,81 @@ class Reconciler:
                 .execution_options(synchronize_session=False)
             )
             await notify.notify(session, notify.WORKLOAD_STATUS, workload.id)
+        self._quarantined[workload.id] = workload.generation
 
     async def _apply(
         self,
         now: datetime,
         plans: list[tuple[planning.WorkloadView, list[planning.Action]]],
     ) -> None:
-        """Write these workloads' actions in one transaction."""
-        async with self.sessions() as session, session.begin():
-            # These workloads' rows only, in id order. An API write holding one wins: its commit
-            # notifies, and the next pass plans from what it wrote.
-            stored = {
-                row.id: row
-                for row in await session.execute(
-                    select(Workload.id, Workload.generation, Workload.deleted_at)
-                    .where(one_of(Workload.id, [w.id for w, _ in plans]))
-                    .order_by(Workload.id)
-                    .with_for_update(key_share=True, skip_locked=True)
-                )
-            }
-            # A workload changed since the snapshot is left out: its plan is for a spec that
-            # is gone.
-            current = [
-                (workload, actions)
-                for workload, actions in plans
-                if (row := stored.get(workload.id)) is not None
-                and (row.generation, row.deleted_at is not None)
-                == (workload.generation, workload.deleted)
-            ]
-            doomed = sorted(
-                {
-                    a.replica_id
-                    for _, actions in current
-                    for a in actions
-                    if isinstance(a, planning.StopReplica | planning.ForgetReplica)
-                }
+        """Write these workloads' actions in one transaction. Raises `CommitUnknown` when the
+        commit itself failed: the database may have written it all the same."""
+        async with self.sessions() as session:
+            await self._write_plans(session, now, plans)
+            try:
+                await session.commit()
+            except Exception as error:
+                raise CommitUnknown(f"{type(error).__name__}: {error}") from error
+
+    async def _write_plans(
+        self,
+        session: AsyncSession,
+        now: datetime,
+        plans: list[tuple[planning.WorkloadView, list[planning.Action]]],
+    ) -> None:
+        # These workloads' rows only, in id order. An API write holding one wins: its commit
+        # notifies, and the next pass plans from what it wrote.
+        stored = {
+            row.id: row
+            for row in await session.execute(
+                select(Workload.id, Workload.generation, Workload.deleted_at)
+                .where(one_of(Workload.id, [w.id for w, _ in plans]))
+                .order_by(Workload.id)
+                .with_for_update(key_share=True, skip_locked=True)
             )
-            if doomed:
-                # Replica rows in id order, as heartbeats take them: no deadlock between the two.
-                await session.execute(
-                    select(Replica.id)
-                    .where(one_of(Replica.id, doomed))
-                    .order_by(Replica.id)
-                    .with_for_update()
-                )
-            touched: set[str] = set()
-            notices: list[tuple[str, str]] = []
-            # The workloads' own columns, by the set of columns written: one executemany each.
-            statuses: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-            for workload, actions in current:
-                status: dict[str, Any] = {}
-                for action in actions:
-                    status |= await self._write(session, now, workload, action, touched)
-                if status:
-                    statuses[frozenset(status)].append({"id": workload.id, **status})
-                if "phase" in status:
-                    notices.append((notify.WORKLOAD_STATUS, workload.id))
-            for rows in statuses.values():
-                await session.execute(update(Workload), rows)  # by primary key
-            notices.extend((notify.ASSIGNMENTS, worker_id) for worker_id in sorted(touched))
-            await session.flush()  # the new replicas and events, before anyone is told
-            await notify.notify_each(session, notices)
+        }
+        # A workload changed since the snapshot is left out: its plan is for a spec that
+        # is gone.
+        current = [
+            (workload, actions)
+            for workload, actions in plans
+            if (row := stored.get(workload.id)) is not None
+            and (row.generation, row.deleted_at is not None)
+            == (workload.generation, workload.deleted)
+        ]
+        doomed = sorted(
+            {
+                a.replica_id
+                for _, actions in current
+                for a in actions
+                if isinstance(a, planning.StopReplica | planning.ForgetReplica)
+            }
+        )
+        if doomed:
+            # Replica rows in id order, as heartbeats take them: no deadlock between the two.
+            await session.execute(
+                select(Replica.id)
+                .where(one_of(Replica.id, doomed))
+                .order_by(Replica.id)
+                .with_for_update()
+            )
+        touched: set[str] = set()
+        notices: list[tuple[str, str]] = []
+        # The workloads' own columns, by the set of columns written: one executemany each.
+        statuses: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+        for workload, actions in current:
+            status: dict[str, Any] = {}
+            for action in actions:
+                status |= await self._write(session, now, workload, action, touched)
+            if status:
+                statuses[frozenset(status)].append({"id": workload.id, **status})
+            if "phase" in status:
+                notices.append((notify.WORKLOAD_STATUS, workload.id))
+        for rows in statuses.values():
+            await session.execute(update(Workload), rows)  # by primary key
+        notices.extend((notify.ASSIGNMENTS, worker_id) for worker_id in sorted(touched))
+        await session.flush()  # the new replicas and events, before anyone is told
+        await notify.notify_each(session, notices)
 
     async def _write(
         self,

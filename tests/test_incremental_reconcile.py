@@ -230,3 +230,36 @@ def test_a_manager_back_after_an_outage_lets_its_agents_return_before_judging_th
             fleet.close()
     finally:
         drop_database(url)
+
+
+def test_a_worker_back_from_not_ready_takes_the_workload_waiting_for_room(tmp_path: Path) -> None:
+    """Its own heartbeat makes it ready again (the reconciler writes nothing): the next pass
+    still sees room appear, with no full read."""
+    with own_manager(
+        tmp_path,
+        reconcile_interval_s=INTERVAL_S,
+        reconcile_resync_s=3600.0,
+        worker_not_ready_after_s=1.0,
+        worker_lost_after_s=600.0,
+    ) as manager:
+        fleet = Fleet(manager, gpus=1)
+        try:
+            fleet.heartbeat()
+            wait_until(
+                lambda: (
+                    fleet.admin.get("/api/workers").json()["workers"][0]["state"] == "not_ready"
+                ),
+                10,
+                "never not ready",
+            )
+            waiting = fleet.create("waiting")
+            wait_until(
+                lambda: fleet.status(waiting)["phase"] == "unschedulable", 10, "never waiting"
+            )
+            # Its agent heartbeats again: ready by its own heartbeat.
+            placed = wait_until(
+                lambda: fleet.assigned_to("waiting"), 5, "the worker's room was not seen"
+            )
+            assert len(placed) == 1
+        finally:
+            fleet.close()

@@ -35,8 +35,9 @@ WATCH_BACKOFF_CAP_S = 30.0
 GPU_NOISE = ("memory_used_mb", "utilization_pct")
 # Answers that say "not now, nothing was done": honour their Retry-After.
 SHED_STATUSES = (429, 503)
-# A Retry-After longer than this (a confused proxy) is read as this: the lease must not lapse.
-MAX_RETRY_AFTER_S = 300.0
+# A Retry-After longer than this (a confused proxy) is read as this: the lease (30 s before a
+# worker is not ready) must not lapse.
+MAX_RETRY_AFTER_S = 20.0
 
 
 def _lasting(inventory: dict[str, Any]) -> dict[str, Any]:
@@ -149,5 +150,8 @@ class Backoff:
         self.failures += 1
         step = 2 ** min(self.failures - 1, 16)
         if retry_after is not None:
-            return retry_after + self._random.uniform(0, min(self.cap_s, retry_after * step))
+            # Never sooner than asked, with a jitter that spreads a fleet told the same thing;
+            # never longer than the cap unless the Manager asked for longer.
+            jittered = retry_after + self._random.uniform(0, retry_after * step)
+            return min(jittered, max(self.cap_s, retry_after))
         return self._random.uniform(0, min(self.cap_s, base_s * step))

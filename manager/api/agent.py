@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -255,13 +256,18 @@ class AssignmentCache:
             self.invalidate(worker_id)
         self._answers.clear()
 
-    async def answer(self, request: Request, worker: workers.AgentWorker) -> Answer:
+    async def answer(
+        self, request: Request, worker: workers.AgentWorker, *, admitted: bool = False
+    ) -> Answer:
+        """``admitted``: the request already wrote what it reported; its answer is read without
+        waiting for an admission slot, so a committed heartbeat is never answered 503."""
         now = time.monotonic()
         cached = self._answers.get(worker.id)
         if cached is not None and now - cached[0] < self.MAX_AGE_S:
             return cached[1]
         generation = self._generation.get(worker.id, 0)
-        async with _database(request) as session:
+        sessions = request.app.state.sessions if admitted else functools.partial(_database, request)
+        async with sessions() as session:
             replicas = await workers.assignments(session, worker.id)
         assignments = Assignments(
             worker_id=worker.id,
@@ -277,9 +283,11 @@ class AssignmentCache:
         return answer
 
 
-async def _answer(request: Request, worker: workers.AgentWorker) -> Answer:
+async def _answer(
+    request: Request, worker: workers.AgentWorker, *, admitted: bool = False
+) -> Answer:
     cache: AssignmentCache = request.app.state.assignment_cache
-    return await cache.answer(request, worker)
+    return await cache.answer(request, worker, admitted=admitted)
 
 
 @router.post("/heartbeat", response_model=Assignments)
@@ -298,7 +306,7 @@ async def heartbeat(request: Request, body: Heartbeat) -> Response:
     if not renewed:  # revoked since the credential was cached
         _protocol(request).credentials.evict(worker.token_id)
         raise Unauthenticated()
-    return (await _answer(request, worker)).response()
+    return (await _answer(request, worker, admitted=True)).response()
 
 
 @router.get("/assignments", response_model=Assignments)

@@ -321,7 +321,16 @@ WHERE w.id = previous.id
 RETURNING previous.state, w.name,
     previous.address IS DISTINCT FROM w.address AS moved{capabilities}
 """
-RENEW_LEASE = text(_RENEW.format(inventory="", capabilities=""))
+# Without a report, on a connection that commits each statement: the reconciler is told of a
+# worker that was not ready or moved in the same statement, so no lease is renewed untold.
+RENEW_LEASE = text(
+    _RENEW.format(
+        inventory="",
+        capabilities=""",
+    CASE WHEN previous.state <> :ready OR previous.address IS DISTINCT FROM w.address
+         THEN pg_notify(:channel, w.id) END AS told""",
+    )
+)
 RENEW_LEASE_WITH_INVENTORY = text(
     _RENEW.format(
         inventory=", inventory = CAST(:inventory AS JSONB), simulated = :simulated",
@@ -352,6 +361,7 @@ def _lease(worker_id: str, address: str | None, now: datetime) -> dict[str, Any]
         "now": now,
         "ready": WorkerState.READY.value,
         "address": address,
+        "channel": notify.RECONCILE,  # RENEW_LEASE tells the reconciler in the same statement
     }
 
 
@@ -361,12 +371,8 @@ async def renew_lease(
     """The common heartbeat, which reports nothing new: the lease renewed in one statement (on a
     connection that commits it by itself), and the reconciler told only of a worker that was
     not ready or moved. False if the worker's credential is revoked (nothing is written)."""
-    renewed = (await connection.execute(RENEW_LEASE, _lease(worker_id, address, now))).one_or_none()
-    if renewed is not None and (renewed.state != WorkerState.READY or renewed.moved):
-        await connection.execute(
-            NOTIFY_EACH, {"channel": notify.RECONCILE, "payloads": [worker_id]}
-        )
-    return renewed is not None
+    lease = _lease(worker_id, address, now)
+    return (await connection.execute(RENEW_LEASE, lease)).one_or_none() is not None
 
 
 async def record_heartbeat(

@@ -174,8 +174,10 @@ async def update_destination(
 
 async def delete_destination(session: AsyncSession, workload_id: str, destination_id: str) -> None:
     """Its deliveries go with it (ON DELETE CASCADE), pending ones included."""
-    # Its deliveries first, in id order: the cascade would lock them in whatever order it finds
-    # them, and deadlock with a deliverer settling two of them the other way round.
+    # The destination's row first, as a mute takes it; then its deliveries in id order: the
+    # cascade would lock them in whatever order it finds them, and deadlock with a deliverer
+    # settling two of them the other way round.
+    await _destination(session, workload_id, destination_id, for_update=True)
     await session.execute(
         select(WebhookDelivery.id)
         .where(WebhookDelivery.destination_id == destination_id)
