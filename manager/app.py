@@ -50,6 +50,19 @@ async def _bootstrap(app: FastAPI, settings: Settings) -> None:
         )
 
 
+async def _wake_waiters_on_stop(stopping: Callable[[], bool], hub: NotificationHub) -> None:
+    """One watcher for the whole process: when the server begins to stop, every waiting
+    long-poll is woken to answer at once (instead of each polling the flag)."""
+    while not stopping():
+        await asyncio.sleep(STOP_CHECK_S)
+    while True:  # long-polls that came in meanwhile too, until the process ends
+        hub.wake_all()
+        await asyncio.sleep(STOP_CHECK_S)
+
+
+STOP_CHECK_S = 0.25
+
+
 def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False) -> ASGIApp:
     """The Manager's ASGI app. ``stopping`` says whether the server running it is shutting down
     (uvicorn's ``should_exit``)."""
@@ -101,6 +114,9 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             background.append(asyncio.create_task(dispatcher.run_forever(), name="jobs"))
             deliverer = WebhookDeliverer(app.state.sessions, settings, hub)
             background.append(asyncio.create_task(deliverer.run_forever(), name="webhooks"))
+            background.append(
+                asyncio.create_task(_wake_waiters_on_stop(stopping, hub), name="stop-watch")
+            )
             if settings.metrics_address:
                 metrics.serve_separately(settings.metrics_address)
             if settings.run_reconciler:

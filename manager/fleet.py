@@ -254,6 +254,8 @@ class Fleet:
         self.prices: dict[str, float] = {}
         # Each worker's liveness state at the last pass: a change is judged against it.
         self.states: dict[str, str] = {}
+        # Each worker's slot as last built, with the shape it was built from.
+        self._slots: dict[str, tuple[WorkerShape, placement.WorkerSlot]] = {}
         self._created_at: dict[str, datetime] = {}
         self._latest: tuple[datetime, str] | None = None
 
@@ -351,28 +353,50 @@ class Fleet:
 
     def slots(self, liveness: Iterable[WorkerRecord]) -> list[placement.WorkerSlot]:
         """Each worker with its GPUs and their prices, nothing claimed yet
-        (`planning.claim_existing` does that); fresh objects for every pass."""
+        (`planning.claim_existing` does that). The objects are kept from pass to pass (a fleet's
+        thousands of GPUs cost a pass more to build than to clear) and cleared of the last
+        pass's claims here; a worker whose shape or prices changed gets new ones."""
         slots = []
         for record in liveness:
             shape = self.shapes.get(record.id)
             if shape is None:
                 continue
-            slots.append(
-                placement.WorkerSlot(
-                    id=shape.id,
-                    name=shape.name,
-                    project_id=shape.project_id,
-                    state=record.state,
-                    state_reason=record.state_reason,
-                    gpus=[
-                        placement.GpuSlot(gpu_id, uuid, name, memory, self.prices.get(name))
-                        for gpu_id, uuid, name, memory in shape.gpus
-                    ],
-                    model_files=dict(shape.model_files),
-                    cuda_version=shape.cuda_version,
-                )
-            )
+            kept = self._slots.get(record.id)
+            if kept is None or kept[0] is not shape:
+                kept = (shape, self._slot_of(shape))
+                self._slots[record.id] = kept
+            slot = kept[1]
+            slot.state, slot.state_reason = record.state, record.state_reason
+            if slot.replicas_of:
+                slot.replicas_of = {}
+            for gpu in slot.gpus:
+                if gpu.claimed_mb or gpu.whole_claimed or gpu.shared_claims:
+                    gpu.claimed_mb, gpu.whole_claimed, gpu.shared_claims = 0, False, 0
+            slots.append(slot)
         return slots
+
+    def _slot_of(self, shape: WorkerShape) -> placement.WorkerSlot:
+        return placement.WorkerSlot(
+            id=shape.id,
+            name=shape.name,
+            project_id=shape.project_id,
+            state="",
+            state_reason=None,
+            gpus=[
+                placement.GpuSlot(gpu_id, uuid, name, memory, self.prices.get(name))
+                for gpu_id, uuid, name, memory in shape.gpus
+            ],
+            model_files=shape.model_files,
+            cuda_version=shape.cuda_version,
+        )
+
+    def set_prices(self, prices: dict[str, float]) -> bool:
+        """True if they changed (every worker's slots are then built again)."""
+        if prices == self.prices:
+            return False
+        self.prices = prices
+        self._slots.clear()
+        return True
 
     def all_replicas(self) -> Iterable[planning.ReplicaView]:
         return (replica for replicas in self.replicas.values() for replica in replicas)

@@ -117,6 +117,12 @@ class NotificationHub:
             for event in self._waiters.get(key, ()):
                 event.set()
 
+    def wake_all(self) -> None:
+        """Set every waiter's event (the Manager is stopping: long-polls answer now)."""
+        for events in list(self._waiters.values()):
+            for event in events:
+                event.set()
+
     @contextlib.contextmanager
     def subscription(self, channel: str, key: str = ANY) -> Iterator[asyncio.Event]:
         """An event set on the next notification for (channel, key); register before reading."""

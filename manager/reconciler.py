@@ -283,9 +283,8 @@ class Reconciler:
                 for gone in known - present:
                     del fleet.shapes[gone]
                 reshaped = bool(workers) and await fleet.refresh_workers(session, workers)
-                prices = await read_prices(session)
-                capacity_changed = reshaped or bool(known - present) or prices != fleet.prices
-                fleet.prices = prices
+                repriced = fleet.set_prices(await read_prices(session))
+                capacity_changed = reshaped or bool(known - present) or repriced
                 if changes.workers:
                     dirty |= fleet.workloads_on(changes.workers)
                 # Policies that read demand read their replicas' engine load too, which

@@ -139,7 +139,7 @@ class Settings:
     max_replicas_per_workload: int = 100
     # Database connections this process may hold, and how long a request waits for one before
     # it is answered 503 with Retry-After.
-    db_pool_size: int = 10
+    db_pool_size: int = 20
     db_max_overflow: int = 10
     db_pool_timeout_s: float = 5.0
     server_limits: ServerLimits = field(default_factory=ServerLimits.from_env)

@@ -36,7 +36,6 @@ AGENT_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 WHERE = "the agent protocol (/api/agent)"
-DISCONNECT_CHECK_S = 1.0
 
 
 class Admission:
@@ -322,18 +321,20 @@ async def watch_assignments(
     deadline = time.monotonic() + wait
     with hub.subscription(notify.ASSIGNMENTS, worker.id) as changed:
         answer = await _answer(request, worker)
-        while answer.version == version:
+        while answer.version == version and not request.app.state.stopping():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            # Wake at least every second to notice an agent that hung up, or a Manager that is
-            # shutting down (the agent asks again, of another Manager or of this one restarted);
-            # the answer is read again only when the reconciler announced a change.
-            if await notify.wait_for(changed, min(remaining, DISCONNECT_CHECK_S)):
-                changed.clear()
-                answer = await _answer(request, worker)
-            elif request.app.state.stopping() or await request.is_disconnected():
+            # Woken when the reconciler announces a change for this worker, or when the Manager
+            # begins to stop (the agent asks again, of another Manager or of this one
+            # restarted). An agent that hung up is answered at the deadline, into the void: no
+            # timer per long-poll wakes to look for it (a fleet holds a thousand of them).
+            if not await notify.wait_for(changed, remaining):
                 break
+            changed.clear()
+            if request.app.state.stopping():
+                break
+            answer = await _answer(request, worker)
         return answer.response()
 
 
