@@ -237,7 +237,9 @@ class AssignmentCache:
     notification lost while the listening connection was down). Heartbeats and long-polls of
     a steady fleet then cost no query of their own."""
 
-    MAX_AGE_S = 10.0
+    # A safety net only (the listening connection's loss clears every answer): longer than the
+    # heartbeat interval, or a steady fleet's every heartbeat would read its answer again.
+    MAX_AGE_S = 60.0
 
     def __init__(self) -> None:
         self._answers: dict[str, tuple[float, Answer]] = {}
