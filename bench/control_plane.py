@@ -1767,7 +1767,7 @@ ROWS = (
     Row("create_effect_p99_s", "  create → first replica p99", "s"),
     Row("handover_leader_s", "kill the leader → a survivor leads", "s", HANDOVER_TARGET_S),
     Row("handover_placed_s", "kill → first create after it has a replica", "s", HANDOVER_TARGET_S),
-    Row("handover_ready_s", "kill → that create ready (2 simulated beats)", "s"),
+    Row("handover_ready_s", "kill → that create ready (engine load 1 s included)", "s"),
     Row("handover_acknowledged", "creates acknowledged before the handover's end", "n"),
     Row("handover_found", "  of which there afterwards", "n"),
     Row("handover_ready", "  of which ready afterwards", "n"),
