@@ -51,7 +51,9 @@ backends serving them (``pg_stat_activity`` pids read in ``/proc``), heartbeat l
 agents timed it, and the reconcile passes of the Managers'
 ``inferencekey_reconcile_pass_duration_seconds`` histograms (scraped from each one's
 ``INFERENCEKEY_METRICS_ADDRESS`` twice a second). Every answer is counted by endpoint and status.
-The table puts the issue's targets beside the figures; ``--json`` writes every figure.
+The table puts the issue's targets beside the figures, and a last line per size says what bounded
+each phase (a Manager process at its one core, Postgres, or the machine's cores); ``--json``
+writes every figure.
 ``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what
 is measured otherwise: e.g. the 2,048 connections of ``INFERENCEKEY_HTTP_MAX_CONNECTIONS``, which
 1,000 agents' two connections each come near). The Managers are stopped and the database dropped
@@ -1812,6 +1814,33 @@ def verdict(row: Row, figures: dict[str, float | None]) -> str | None:
     return "met" if met else "MISSED"
 
 
+# A process this busy (in cores) is what the phase waits for.
+SATURATED = 0.85
+
+
+def bound_of(phase: PhaseFigures) -> str:
+    """What the phase was bound by: a Manager process at a core (its event loop runs on one),
+    Postgres at a core, or the machine's cores all busy; else nothing saturated (latency)."""
+    if not phase.wall_s:
+        return "-"
+    busiest = max(
+        (m.cpu_s / phase.wall_s for m in phase.managers),
+        default=phase.manager_cpu_s / phase.wall_s,
+    )
+    database = (phase.db_cpu_s or 0.0) / phase.wall_s
+    total = (phase.manager_cpu_s + (phase.db_cpu_s or 0.0) + (phase.agents_cpu_s or 0.0)) / (
+        phase.wall_s
+    )
+    cores = os.cpu_count() or 1
+    if busiest >= SATURATED:
+        return f"Manager process ({busiest:.2f} of its one core)"
+    if database >= SATURATED:
+        return f"Postgres ({database:.2f} cores)"
+    if total >= SATURATED * cores:
+        return f"the machine ({total:.2f} of {cores} cores)"
+    return f"not CPU (Manager {busiest:.2f}, all {total:.2f} of {cores} cores)"
+
+
 def summary_table(results: list[SizeResult]) -> str:
     headers = [
         f"{r.agents}x{r.workloads}" + (f" K={r.managers}" if r.managers > 1 else "")
@@ -1929,6 +1958,12 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
     print()
     print("Figures and the issue's targets")
     print(summary_table(results))
+    print()
+    print("What bounds each phase (the busiest of: one Manager process's core, Postgres, the")
+    print("machine's cores shared with the simulated fleet)")
+    for result in results:
+        bounds = "; ".join(f"{phase.name} {bound_of(phase)}" for phase in result.phases)
+        print(f"  {result.agents}x{result.workloads}: {bounds}")
 
 
 # ---------------------------------------------------------------------------------------------
