@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, delete, or_, select, text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy import bindparam, delete, or_, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ik_contracts.protocol import REPORTED_STATES, CustomBackendRef, ReplicaState
@@ -342,17 +342,9 @@ RENEW_LEASE_WITH_INVENTORY = text(
 ).bindparams(bindparam("inventory", type_=JSONB))
 
 
-NOTIFY_EACH = text(
-    "SELECT pg_notify(:channel, payload) FROM unnest(CAST(:payloads AS TEXT[])) AS payload"
-).bindparams(bindparam("payloads", type_=ARRAY(String)))
-
-
 async def _notify_reconcile(session: AsyncSession, payloads: set[str]) -> None:
     """One ``NOTIFY ik_reconcile`` per payload (a workload or a worker id), in one statement."""
-    if payloads:
-        await session.execute(
-            NOTIFY_EACH, {"channel": notify.RECONCILE, "payloads": sorted(payloads)}
-        )
+    await notify.notify_each(session, [(notify.RECONCILE, payload) for payload in sorted(payloads)])
 
 
 def _lease(worker_id: str, address: str | None, now: datetime) -> dict[str, Any]:
