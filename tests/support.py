@@ -73,6 +73,19 @@ def drop_database(url: str) -> None:
     asyncio.run(run())
 
 
+def run_sql(database_url: str, statement: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one statement on a database straight, as no API request could (its rows, if any)."""
+
+    async def run() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return list(await connection.fetch(statement, *args))
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
 def new_admin_token() -> str:
     return f"ik_admin_{secrets.token_hex(4)}_{secrets.token_hex(32)}"
 

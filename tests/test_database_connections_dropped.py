@@ -4,13 +4,11 @@ with fresh ones: the pool does not ping before each checkout (manager/db/session
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-import asyncpg
 import httpx
 
-from tests.support import bearer, create_project, create_sdk_token, own_manager
+from tests.support import bearer, create_project, create_sdk_token, own_manager, run_sql
 
 DROP_OTHERS = """
 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -19,14 +17,7 @@ WHERE datname = current_database() AND pid <> pg_backend_pid()
 
 
 def drop_every_connection(database_url: str) -> int:
-    async def run() -> int:
-        connection = await asyncpg.connect(database_url)
-        try:
-            return int(await connection.fetchval(DROP_OTHERS))
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
+    return int(run_sql(database_url, DROP_OTHERS)[0][0])
 
 
 def test_dropped_connections_are_503s_with_retry_after_then_served_again(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -31,6 +30,7 @@ from tests.support import (
     create_project,
     create_sdk_token,
     own_manager,
+    run_sql,
     wait_until,
 )
 
@@ -139,14 +139,7 @@ class Fleet:
         return answer.status_code, body["replica"] if answer.status_code == 200 else body["code"]
 
     def sql(self, statement: str, *args: Any) -> None:
-        async def run() -> None:
-            connection = await asyncpg.connect(self.manager.database_url)
-            try:
-                await connection.execute(statement, *args)
-            finally:
-                await connection.close()
-
-        asyncio.run(run())
+        run_sql(self.manager.database_url, statement, *args)
 
     def serving(self, slug: str) -> str:
         """Place ``slug``'s replica, report it ready, and wait until the gateway routes to it."""

@@ -7,13 +7,11 @@ change that no notification names.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -25,6 +23,7 @@ from tests.support import (
     create_sdk_token,
     drop_database,
     own_manager,
+    run_sql,
     wait_until,
 )
 
@@ -100,14 +99,7 @@ class Fleet:
         return dict(self.api.get(f"/api/workloads/{workload_id}").json()["status"])
 
     def sql(self, statement: str, *args: Any) -> None:
-        async def run() -> None:
-            connection = await asyncpg.connect(self.manager.database_url)
-            try:
-                await connection.execute(statement, *args)
-            finally:
-                await connection.close()
-
-        asyncio.run(run())
+        run_sql(self.manager.database_url, statement, *args)
 
     def close(self) -> None:
         for client in (self.admin, self.api, self.agent):

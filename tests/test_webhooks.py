@@ -41,6 +41,7 @@ from tests.support import (
     free_port,
     new_admin_token,
     own_manager,
+    run_sql,
     wait_until,
 )
 from tests.webhook_receiver import Answer, receiving, verified
@@ -131,17 +132,6 @@ def wait_delivery(
         return found[0] if found and found[0]["status"] == status else None
 
     return wait_until(settled, timeout, f"delivery of {job_id} never {status}", interval=0.1)
-
-
-def sql(database_url: str, statement: str, *args: Any) -> Any:
-    async def run() -> Any:
-        connection = await asyncpg.connect(database_url)
-        try:
-            return await connection.fetch(statement, *args)
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
 
 
 @pytest.fixture
@@ -474,18 +464,18 @@ def test_jobs_switched_off_queue_no_delivery(
 ) -> None:
     with receiving() as receiver:
         add_webhook(api, "hooked", receiver.url())
-        sql(
+        run_sql(
             manager.database_url,
             "UPDATE workloads SET endpoints_off = '{jobs}' WHERE id = $1",
             workload["id"],
         )
         job_id, queued = finish_job(manager.database_url, workload)
         assert queued == 0 and deliveries(api, "hooked") == []
-        rows = sql(
+        rows = run_sql(
             manager.database_url, "SELECT 1 FROM webhook_deliveries WHERE job_id = $1", job_id
         )
         assert rows == []
-        sql(
+        run_sql(
             manager.database_url,
             "UPDATE workloads SET endpoints_off = '{}' WHERE id = $1",
             workload["id"],
@@ -588,7 +578,7 @@ def test_a_destination_deleted_while_a_job_finishes_drops_out_of_its_deliveries(
         delivered = wait_delivery(api, "hooked", job_id, "delivered")
         assert delivered["destination_id"] == kept["id"]
         assert [r.path for r in receiver.received] == ["/kept"]
-    rows = sql(manager.database_url, "SELECT status FROM jobs WHERE id = $1", job_id)
+    rows = run_sql(manager.database_url, "SELECT status FROM jobs WHERE id = $1", job_id)
     assert [row["status"] for row in rows] == ["succeeded"]
 
 
@@ -696,7 +686,7 @@ def test_listing_jobs_and_preparing_deliveries_never_read_a_jobs_request_body(
     result_reads = [p for s, p in reads if re.search(r"\bjobs\.result[,\s]", s)]
     assert any(sent in p for p in result_reads)
     assert not any(unsent in p for p in result_reads)
-    index = sql(
+    index = run_sql(
         manager.database_url,
         "SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_workload_created'",
     )
@@ -754,7 +744,7 @@ def test_a_delivery_survives_its_manager_killed_mid_attempt(tmp_path: Path) -> N
                 if doomed.poll() is None:
                     doomed.kill()
                     doomed.wait()
-            (row,) = sql(database_url, "SELECT status, attempts FROM webhook_deliveries")
+            (row,) = run_sql(database_url, "SELECT status, attempts FROM webhook_deliveries")
             assert (row["status"], row["attempts"]) == ("pending", 2)
 
             with (

@@ -10,7 +10,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from inferencekey import (
@@ -20,7 +19,7 @@ from inferencekey import (
     WorkloadPage,
 )
 
-from tests.support import RunningManager, TestProject, create_sdk_token
+from tests.support import RunningManager, TestProject, create_sdk_token, run_sql
 
 CURSOR = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -81,14 +80,7 @@ def plain_ids(api: httpx.Client, project: TestProject) -> list[str]:
 def store(manager: RunningManager, sql: str, *args: Any) -> None:
     """Write straight to the Manager's database: what no API request could write."""
 
-    async def run() -> None:
-        connection = await asyncpg.connect(manager.database_url)
-        try:
-            await connection.execute(sql, *args)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
+    run_sql(manager.database_url, sql, *args)
 
 
 def expect_400(response: httpx.Response, field: str) -> None:
