@@ -51,8 +51,10 @@ class Admission:
         self._slots = asyncio.Semaphore(limit)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self._slots.locked():
+    async def slot(self, *, patient: bool = False) -> AsyncIterator[None]:
+        """``patient``: the request was admitted a moment ago (its credential looked up) and
+        waits for this slot without a deadline; shedding it now would waste what it did."""
+        if self._slots.locked() and not patient:
             try:
                 async with asyncio.timeout(self.wait_s):
                     await self._slots.acquire()
@@ -140,10 +142,18 @@ def _protocol(request: Request) -> AgentProtocol:
     return protocol
 
 
+def _slot(request: Request) -> contextlib.AbstractAsyncContextManager[None]:
+    """The request's admission slot. The first one after its credential was looked up is waited
+    for without a deadline: a request is shed before it uses the database, not halfway."""
+    patient = getattr(request.state, "admitted", False)
+    request.state.admitted = False
+    return _protocol(request).admission.slot(patient=patient)
+
+
 @contextlib.asynccontextmanager
 async def _database(request: Request) -> AsyncIterator[AsyncSession]:
     """A short session under an admission slot: every database use of the agent routes."""
-    async with _protocol(request).admission.slot(), request.app.state.sessions() as session:
+    async with _slot(request), request.app.state.sessions() as session:
         yield session
 
 
@@ -152,7 +162,7 @@ async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
     """A connection that commits each statement, under an admission slot: for the one
     statement of a steady heartbeat, without a session's bookkeeping or a BEGIN and COMMIT."""
     engine: AsyncEngine = request.app.state.engine
-    async with _protocol(request).admission.slot(), engine.connect() as connection:
+    async with _slot(request), engine.connect() as connection:
         yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
@@ -178,6 +188,7 @@ async def _identify(request: Request) -> None:
     credentials.put(digest, principal, worker, generation)
     request.state.agent_worker = worker
     request.state.credential_checked = True  # just now, in the database
+    request.state.admitted = True
 
 
 def _caller(request: Request) -> workers.AgentWorker:
