@@ -312,6 +312,7 @@ class Fleet:
         choices = await custom_backend_choices(session, rows)
         freed = False
         fresh = {row.id: row for row in rows}
+        new: list[tuple[datetime, str, planning.WorkloadView]] = []
         for workload_id in wanted:
             before = {r.id for r in self.replicas.get(workload_id, ())}
             now = replicas.get(workload_id, [])
@@ -327,22 +328,29 @@ class Fleet:
             elif workload_id in self.workloads:
                 self.workloads[workload_id] = as_workload_view(stored, choices.get(stored.id))
             else:
-                self._insert_in_order(
-                    as_workload_view(stored, choices.get(stored.id)), stored.created_at
-                )
+                view = as_workload_view(stored, choices.get(stored.id))
+                new.append((stored.created_at, workload_id, view))
+        self._insert_in_order(new)
         return freed
 
-    def _insert_in_order(self, view: planning.WorkloadView, created_at: datetime) -> None:
-        # New workloads are almost always the newest: appended. One created before others
-        # already held (a notification that came late) is placed where a full read puts it.
-        self._created_at[view.id] = created_at
-        if self._latest is None or (created_at, view.id) > self._latest:
-            self._latest = (created_at, view.id)
-            self.workloads[view.id] = view
-            return
-        ordered = [*self.workloads.values(), view]
-        ordered.sort(key=lambda w: (self._created_at.get(w.id, created_at), w.id))
-        self.workloads = {w.id: w for w in ordered}
+    def _insert_in_order(self, new: list[tuple[datetime, str, planning.WorkloadView]]) -> None:
+        """Hold new workloads in the order a full read gives (creation, then id). They are
+        almost always the newest: appended. Some are not (a create that committed after a later
+        one: a burst's transactions overlap); then the whole order is rebuilt, once per read,
+        not once per workload (that was a sort of the fleet per new workload: a quarter of the
+        Manager's CPU in a burst of creates at 2,000 workloads)."""
+        new.sort(key=lambda each: (each[0], each[1]))
+        late = False
+        for created_at, workload_id, view in new:
+            self._created_at[workload_id] = created_at
+            self.workloads[workload_id] = view
+            if self._latest is None or (created_at, workload_id) > self._latest:
+                self._latest = (created_at, workload_id)
+            else:
+                late = True
+        if late:
+            order = sorted((created_at, id_) for id_, created_at in self._created_at.items())
+            self.workloads = {id_: self.workloads[id_] for _, id_ in order}
 
     async def refresh_workers(self, session: AsyncSession, ids: set[str]) -> bool:
         """Read these workers' shapes again. True if one changed: it offers other room now."""
