@@ -712,6 +712,39 @@ def process_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``: a Manager's processes under
+    ``INFERENCEKEY_PROCESSES`` (its supervisor is the one the bench started)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(entry.path, "stat").read_text()
+                if int(stat.rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def manager_pids(pid: int) -> list[int]:
+    return [pid, *child_pids(pid)]
+
+
+def manager_cpu_s(pid: int) -> float | None:
+    """A Manager's CPU: its process's, its live processes', and those it reaped (cutime)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+    live = (process_cpu_s(child) for child in child_pids(pid))
+    return (process_cpu_s(pid) or 0.0) + reaped + sum(cpu or 0.0 for cpu in live)
+
+
+def manager_rss_mb(pid: int) -> float:
+    return sum(process_rss_mb(each) for each in manager_pids(pid))
+
+
 def reconcile_histogram(text: str) -> HistogramValue | None:
     for family in text_string_to_metric_families(text):
         if family.name != RECONCILE_HISTOGRAM:
@@ -786,9 +819,9 @@ def _bucket_quantile(increase: list[tuple[float, float]], q: float) -> float | N
     return lower_le
 
 
-def process_with_socket(port: int, remote_port: int, pids: list[int]) -> int | None:
-    """The index in ``pids`` of the process whose TCP socket has local ``port`` and the remote
-    ``remote_port`` (/proc/net/tcp*, then the processes' descriptors)."""
+def process_with_socket(port: int, remote_port: int, pids: list[list[int]]) -> int | None:
+    """The index in ``pids`` of the Manager (its processes) whose TCP socket has local ``port``
+    and the remote ``remote_port`` (/proc/net/tcp*, then the processes' descriptors)."""
     links = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
@@ -797,12 +830,13 @@ def process_with_socket(port: int, remote_port: int, pids: list[int]) -> int | N
                 ports = tuple(int(f.rpartition(":")[2], 16) for f in fields[1:3])
                 if ports == (port, remote_port):
                     links.add(f"socket:[{fields[9]}]")
-    for index, pid in enumerate(pids):
-        with contextlib.suppress(OSError):
-            for descriptor in os.scandir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(descriptor.path) in links:
-                        return index
+    for index, processes in enumerate(pids):
+        for pid in processes:
+            with contextlib.suppress(OSError):
+                for descriptor in os.scandir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(descriptor.path) in links:
+                            return index
     return None
 
 
@@ -890,10 +924,10 @@ class Monitor:
             response = await self._http.get(manager.metrics_url)
             if response.is_success:
                 reconcile = reconcile_histogram(response.text)
-        cpu_s = process_cpu_s(manager.pid)
+        cpu_s = manager_cpu_s(manager.pid)
         if cpu_s is not None:
             self._cpu_s[index] = cpu_s
-        return ManagerSample(self._cpu_s[index], process_rss_mb(manager.pid), reconcile)
+        return ManagerSample(self._cpu_s[index], manager_rss_mb(manager.pid), reconcile)
 
     async def leader(self) -> int | None:
         """The index of the Manager holding the reconciler's leader lock now, if one does."""
@@ -904,7 +938,7 @@ class Monitor:
             return None
         key = (int(row["pid"]), int(row["client_port"] or 0))
         if key not in self._leaders:
-            pids = [m.pid for m in self.managers]
+            pids = [manager_pids(m.pid) for m in self.managers]
             self._leaders[key] = process_with_socket(key[1], self._database_port, pids)
         found = self._leaders[key]
         if found is None:  # Postgres is not local: its client port is not one of our sockets

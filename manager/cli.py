@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -34,12 +35,16 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 def run_manager(args: argparse.Namespace) -> int:
     # Here, not at the top: `inferencekey admin` need not load Alembic.
-    from manager.db.migrate import SchemaTooNew, refuse_newer_schema
+    from manager.db.migrate import DatabaseUnreachable, SchemaTooNew, refuse_newer_schema
 
     if not _configure_logging(args):
         return 2
     settings = Settings.from_env(
-        host=args.host, port=args.port, database_url=args.database_url, data_dir=args.data_dir
+        host=args.host,
+        port=args.port,
+        database_url=args.database_url,
+        data_dir=args.data_dir,
+        processes=args.processes,
     )
     previous_sigterm = signal.signal(signal.SIGTERM, _exit_cleanly)
     embedded: EmbeddedPostgres | None = None
@@ -47,11 +52,17 @@ def run_manager(args: argparse.Namespace) -> int:
         if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.data_dir)
             settings.database_url = embedded.start()
+        if settings.processes > 1:
+            return _serve_processes(settings, embedded, log_format(args.log_format))
         if settings.run_migrations:
             refuse_newer_schema(settings.database_url)
         _serve(settings, embedded)
     except SchemaTooNew as too_new:
         print(f"error: {too_new}", file=sys.stderr)
+        return 1
+    except DatabaseUnreachable as unreachable:
+        where = mask_password(settings.database_url or "")
+        print(f"error: cannot connect to the database {where}: {unreachable}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -68,15 +79,14 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 
 def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
-    # Imported here so that `inferencekey admin` does not load the server stack.
-    import uvicorn
+    _say_listening(settings, embedded)
+    _run_server(settings)
 
-    from ik_contracts.http_server import uvicorn_options
-    from manager.app import create_app
 
+def _say_listening(
+    settings: Settings, embedded: EmbeddedPostgres | None, processes: str = ""
+) -> None:
     assert settings.database_url is not None
-    running: list[uvicorn.Server] = []  # set below; the app asks whether it is shutting down
-    app = create_app(settings, stopping=lambda: any(server.should_exit for server in running))
     database = mask_password(settings.database_url)
     if embedded is not None and embedded.install is not None:
         server = embedded.install
@@ -84,10 +94,49 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
             f" (embedded PostgreSQL {server.major} from {server.source}, in {embedded.cluster_dir})"
         )
     print(
-        f"InferenceKey Manager listening on http://{settings.host}:{settings.port}, "
+        f"InferenceKey Manager listening on http://{settings.host}:{settings.port}{processes}, "
         f"database {database}",
         flush=True,
     )
+
+
+def _serve_processes(settings: Settings, embedded: EmbeddedPostgres | None, fmt: str) -> int:
+    """``--processes N``: migrate once here, then N processes on one socket (processes.py)."""
+    from manager.db.migrate import upgrade_to_head
+    from manager.processes import Supervisor, listening_socket
+
+    assert settings.database_url is not None
+    if settings.run_migrations:
+        upgrade_to_head(settings.database_url)
+    sock = listening_socket(settings.host, settings.port)
+    _say_listening(settings, embedded, f" ({settings.processes} processes)")
+    supervisor = Supervisor(
+        serve_one_process, settings, settings.processes, fmt, GRACEFUL_SHUTDOWN_SECONDS
+    )
+    try:
+        return supervisor.run(sock)
+    finally:
+        sock.close()
+
+
+def serve_one_process(settings: Settings, sock: socket.socket, fmt: str) -> None:
+    """One of the Manager's processes (spawned by processes.Supervisor), on the shared socket."""
+    from manager.processes import stop_when_orphaned
+
+    configure_logging(fmt)
+    stop_when_orphaned()
+    _run_server(settings, sock)
+
+
+def _run_server(settings: Settings, sock: socket.socket | None = None) -> None:
+    # Imported here so that `inferencekey admin` does not load the server stack.
+    import uvicorn
+
+    from ik_contracts.http_server import uvicorn_options
+    from manager.app import create_app
+
+    running: list[uvicorn.Server] = []  # set below; the app asks whether it is shutting down
+    app = create_app(settings, stopping=lambda: any(server.should_exit for server in running))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -99,7 +148,7 @@ def _serve(settings: Settings, embedded: EmbeddedPostgres | None) -> None:
         **uvicorn_options(settings.server_limits),
     )
     running.append(uvicorn.Server(config))
-    running[0].run()
+    running[0].run(sockets=None if sock is None else [sock])
 
 
 def mask_password(url: str) -> str:
@@ -744,8 +793,24 @@ def add_manager_command(commands: Any) -> None:
         "--database-url", help="Postgres URL; without one an embedded Postgres runs in the data dir"
     )
     manager.add_argument("--data-dir", type=Path, help="where the Manager keeps its files")
+    manager.add_argument(
+        "--processes",
+        type=_at_least_one,
+        help="processes serving the port, to use more than one core (default 1; "
+        "INFERENCEKEY_PROCESSES)",
+    )
     add_log_format_option(manager)
     manager.set_defaults(command=run_manager)
+
+
+def _at_least_one(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number is needed, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
+    return value
 
 
 def _configure_logging(args: argparse.Namespace) -> bool:

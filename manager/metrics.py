@@ -1,5 +1,6 @@
-"""Prometheus metrics of one Manager process (prometheus-client), served at ``/metrics`` to the
-admin credential, or without one on a separate address (``INFERENCEKEY_METRICS_ADDRESS``).
+"""Prometheus metrics of one Manager (prometheus-client; of all its processes together when it
+runs several, ``manager/processes.py``), served at ``/metrics`` to the admin credential, or
+without one on a separate address (``INFERENCEKEY_METRICS_ADDRESS``).
 
 Labels name projects and workloads only once a request is authorised, so no unauthenticated
 client can grow the series; the rest is labelled ``-``.
@@ -18,7 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ik_contracts.metrics import LATENCY_BUCKETS, MetricsServer
+from ik_contracts.protocol import ReplicaState
 from manager.db.models import Replica, Worker
+from manager.processes import gathered_registry, metrics_directory
+from manager.states import WorkerState
 
 UNKNOWN = "-"
 REFRESH_S = 5.0
@@ -52,6 +56,7 @@ class ManagerMetrics:
             "Data-plane requests being relayed now.",
             ["project", "workload"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.api_requests = Counter(
             "inferencekey_api_requests",
@@ -59,17 +64,27 @@ class ManagerMetrics:
             ["method", "route", "status"],
             registry=registry,
         )
+        # Read from the database: every process of a Manager shows the same.
         self.replicas = Gauge(
-            "inferencekey_replicas", "Replicas by state.", ["state"], registry=registry
+            "inferencekey_replicas",
+            "Replicas by state.",
+            ["state"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.workers = Gauge(
-            "inferencekey_workers", "Workers by state.", ["state"], registry=registry
+            "inferencekey_workers",
+            "Workers by state.",
+            ["state"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.heartbeat_age = Gauge(
             "inferencekey_worker_heartbeat_age_seconds",
             "Seconds since each worker's last heartbeat.",
             ["worker"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.reconcile_duration = Histogram(
             "inferencekey_reconcile_pass_duration_seconds",
@@ -81,6 +96,7 @@ class ManagerMetrics:
             "inferencekey_reconcile_leader",
             "1 while this Manager leads the reconcile loop, else 0.",
             registry=registry,
+            multiprocess_mode="livesum",  # of a Manager's processes, the one that leads
         )
         self.reconcile_full_reads = Counter(
             "inferencekey_reconcile_full_reads",
@@ -100,6 +116,11 @@ class ManagerMetrics:
         return series
 
     def render(self) -> bytes:
+        """This process's series; those of all its Manager's processes when it is one of
+        several (``inferencekey manager --processes N``)."""
+        directory = metrics_directory()
+        if directory is not None:
+            return generate_latest(gathered_registry(directory))
         return generate_latest(self.registry)
 
     async def refresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -112,13 +133,14 @@ class ManagerMetrics:
             workers = (
                 await session.execute(select(Worker.id, Worker.state, Worker.last_heartbeat_at))
             ).all()
-        self.replicas.clear()
-        for state, count in replicas:
+        # Every state, 0 where none is in it: a series set once stays in the files of a Manager
+        # of several processes, so a state emptied must read 0, not its last count.
+        counts = dict.fromkeys(ReplicaState, 0) | {state: count for state, count in replicas}
+        for state, count in counts.items():
             self.replicas.labels(state).set(count)
-        self.workers.clear()
         self.heartbeat_age.clear()
         now = datetime.now(UTC)
-        by_state: dict[str, int] = {}
+        by_state: dict[str, int] = dict.fromkeys(WorkerState, 0)
         for worker_id, state, last_heartbeat in workers:
             by_state[state] = by_state.get(state, 0) + 1
             if last_heartbeat is not None:

@@ -26,6 +26,7 @@ def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) 
 
 # Numeric settings read from INFERENCEKEY_<NAME>: their type and smallest sensible value.
 _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
+    "processes": (int, 1),
     "max_replicas_per_workload": (int, 1),
     "db_pool_size": (int, 1),
     "db_max_overflow": (int, 0),
@@ -95,6 +96,8 @@ class Settings:
     admin_token: str | None = None
     max_body_bytes: int = 1024 * 1024
     run_migrations: bool = True
+    # Processes serving one port (manager/processes.py): one per core the Manager may use.
+    processes: int = 1
     # The agent protocol at fleet scale (docs/DESIGN.md): an agent heartbeats every
     # heartbeat_interval_s, and at once when a replica changes state (assignments reach it by
     # long-poll, not by heartbeat). A worker silent for worker_not_ready_after_s (three

@@ -458,6 +458,25 @@ def test_manager_command_runs_on_embedded_postgres_and_stops_it_on_sigterm(
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_manager_says_which_database_it_cannot_reach_without_its_password(
+    private_dir: Path, processes: str
+) -> None:
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{_free_port()}/inferencekey"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("INFERENCEKEY_")}
+    finished = subprocess.run(
+        [sys.executable, "-m", "ik_command", "manager", "--port", str(_free_port()),
+         "--database-url", url, "--data-dir", str(private_dir), "--processes", processes],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert finished.returncode == 1, finished.stderr
+    assert finished.stderr.startswith(
+        f"error: cannot connect to the database {url.replace('hunter2', '***')}: "
+    ), finished.stderr
+    assert "hunter2" not in finished.stdout + finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
 def test_manager_logs_json_lines_that_name_the_workload_they_are_about(
     private_dir: Path, database_url: str, manager: Any
 ) -> None:

@@ -21,6 +21,11 @@ class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer Manager; the message says which release to run."""
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be connected to (refused, unknown host or database, refused
+    credentials); its cause says how."""
+
+
 def manager_version() -> str:
     try:
         return version(PACKAGE)
@@ -38,7 +43,10 @@ def alembic_config(database_url: str) -> Config:
 def refuse_newer_schema(database_url: str) -> None:
     """Raise SchemaTooNew when a newer Manager migrated this database (blocking)."""
     script = ScriptDirectory.from_config(alembic_config(database_url))
-    current, writer = asyncio.run(_read_schema_state(database_url))
+    try:
+        current, writer = asyncio.run(_read_schema_state(database_url))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise DatabaseUnreachable(str(error) or type(error).__name__) from error
     if current is None or current in {rev.revision for rev in script.walk_revisions()}:
         return
     release = f"InferenceKey {writer}" if writer else "a newer InferenceKey release"

@@ -1,0 +1,204 @@
+"""``inferencekey manager --processes N``: one Manager as N processes on one port, run as users
+run it (the installed command): they share the port and the load, one leads the reconciler, the
+metrics are gathered from all of them, a process that dies is replaced while the others serve, a
+process that cannot start stops the Manager with a reason, and SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import (
+    bearer,
+    create_database,
+    drop_database,
+    free_port,
+    new_admin_token,
+    wait_until,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKLOAD = {"name": "Split", "slug": "split", "backend": "vllm", "model_name": "m"}
+
+
+@pytest.fixture
+def own_database() -> Iterator[str]:
+    url = create_database()
+    yield url
+    drop_database(url)
+
+
+def children(pid: int) -> set[int]:
+    """The Manager's serving processes: children of ``pid`` spawned by multiprocessing (not its
+    resource tracker), from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses; split after the last ")".
+        if int(stat.rpartition(")")[2].split()[1]) == pid and b"spawn_main" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of every sample of ``name`` in a Prometheus text exposition."""
+    pattern = re.compile(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", re.MULTILINE)
+    return sum(float(value) for _, value in pattern.findall(text))
+
+
+class Started:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, port: int) -> None:
+        self.process = process
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[object]:
+    started: list[Started] = []
+
+    def run(*flags: str, **environ: str) -> Started:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCEKEY_")}
+        env.update(environ)
+        log = tmp_path / f"manager-{len(started)}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "ik_command", "manager", "--port", str(port),
+                 "--data-dir", str(tmp_path / "data"), *flags],
+                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its processes are its group: stopped with it
+            )  # fmt: skip
+        started.append(Started(process, log, port))
+        return started[-1]
+
+    yield run
+    for each in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(each.process.pid, signal.SIGKILL)
+        each.process.wait()
+
+
+def serving(started: Started) -> bool:
+    assert started.process.poll() is None, started.text()[-3000:]
+    try:
+        return httpx.get(f"{started.url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
+    start: object, own_database: str
+) -> None:
+    admin_token = new_admin_token()
+    metrics_port = free_port()
+    manager = start(  # type: ignore[operator]
+        "--processes",
+        "2",
+        "--database-url",
+        own_database,
+        INFERENCEKEY_ADMIN_TOKEN=admin_token,
+        INFERENCEKEY_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
+        INFERENCEKEY_RECONCILE_INTERVAL_S="0.2",
+    )
+    wait_until(lambda: serving(manager), 90, "the Manager never answered")
+    wait_until(lambda: len(children(manager.process.pid)) == 2, 30, "two processes")
+    first = children(manager.process.pid)
+    assert "(2 processes)" in manager.text()
+
+    # Both processes answer on the one port: each new connection is accepted by one of them,
+    # and the API works through whichever it is.
+    admin = httpx.Client(base_url=manager.url, headers=bearer(admin_token), timeout=10)
+    project = admin.post("/api/admin/projects", json={"slug": "split"}).json()["slug"]
+    token = admin.post("/api/admin/tokens", json={"project": project}).json()["token"]
+    for n in range(20):
+        with httpx.Client(base_url=manager.url, headers=bearer(token), timeout=10) as fresh:
+            created = fresh.post(
+                f"/api/projects/{project}/workloads", json={**WORKLOAD, "slug": f"split-{n}"}
+            )
+            assert created.status_code == 201, created.text
+    listed = httpx.get(f"{manager.url}/api/projects/{project}/workloads", headers=bearer(token))
+    assert len(listed.json()["workloads"]) == 20
+
+    # One Manager, so one leader among its processes; the metrics are those of both.
+    def gathered() -> str:
+        return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+
+    wait_until(lambda: metric(gathered(), "inferencekey_reconcile_leader") == 1, 30, "one leader")
+    answered = metric(gathered(), "inferencekey_api_requests_total")
+    assert answered >= 20 + 3, gathered()
+    # /metrics on the main port, from whichever process answers, shows the same gathering.
+    main_port = admin.get("/metrics")
+    assert main_port.status_code == 200
+    assert metric(main_port.text, "inferencekey_reconcile_leader") == 1
+    assert metric(main_port.text, "inferencekey_api_requests_total") >= answered
+
+    # A process killed outright: the other serves on, and the Manager starts another.
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(20):
+        assert admin.get("/api/admin/projects").status_code == 200
+    wait_until(
+        lambda: (
+            len(children(manager.process.pid) - first) == 1
+            and len(children(manager.process.pid)) == 2
+        ),
+        30,
+        "a process started in place of the killed one",
+    )
+    assert re.search(rf"pid {victim}\) exited with signal SIGKILL", manager.text())
+    wait_until(lambda: serving(manager), 30, "serving after the replacement")
+    # Its "leads" gauge went with it: still exactly one leader.
+    wait_until(
+        lambda: metric(gathered(), "inferencekey_reconcile_leader") == 1,
+        30,
+        "one leader after the kill",
+    )
+
+    # SIGTERM stops every process, and the Manager exits 0.
+    everyone = children(manager.process.pid)
+    manager.process.send_signal(signal.SIGTERM)
+    assert manager.process.wait(timeout=30) == 0, manager.text()[-3000:]
+    for pid in everyone:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_processes_that_cannot_start_stop_the_manager_with_their_reason(
+    start: object, own_database: str
+) -> None:
+    manager = start(  # type: ignore[operator]
+        "--processes",
+        "2",
+        "--database-url",
+        own_database,
+        INFERENCEKEY_ADMIN_TOKEN="not-an-admin-token",
+    )
+    code = manager.process.wait(timeout=120)
+    assert code == 1, manager.text()[-3000:]
+    text = manager.text()
+    assert "keep exiting right after they start" in text
+    assert "ik_admin_" in text  # the processes' own reason, in the same log
+
+
+def test_processes_must_be_a_whole_number_of_at_least_one(start: object) -> None:
+    manager = start("--processes", "0")  # type: ignore[operator]
+    assert manager.process.wait(timeout=30) == 2
+    assert "--processes: at least 1, got 0" in manager.text()
