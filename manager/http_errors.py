@@ -91,14 +91,26 @@ _UNAVAILABLE = (
 )
 
 
+# Postgres aborted the transaction because of a concurrent one (deadlock_detected,
+# serialization_failure): the request may simply be sent again.
+_CONFLICTS = ("40P01", "40001")
+
+
 def database_unavailable(error: BaseException) -> DatabaseUnavailable | None:
-    """A 503 for pool exhaustion and database overload or absence, else None."""
+    """A 503 for pool exhaustion, database overload or absence, and a transaction the database
+    aborted in a conflict with a concurrent one; else None."""
     if isinstance(error, SqlAlchemyTimeout):
         return DatabaseUnavailable("all database connections are busy; retry shortly")
     if isinstance(error, DBAPIError):
         cause = error.orig.__cause__ or error.orig if error.orig is not None else None
         if error.connection_invalidated or isinstance(cause, _UNAVAILABLE):
             return DatabaseUnavailable("the database is unavailable or out of connections; retry")
+        if getattr(cause, "sqlstate", None) in _CONFLICTS:
+            return DatabaseUnavailable(
+                "the database aborted this request's transaction in a conflict with a "
+                "concurrent one; retry",
+                retry_after_s=1,
+            )
     return None
 
 

@@ -25,7 +25,6 @@ from typing import Any
 import asyncpg
 from inferencekey.enums import WorkloadPhase
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ik_contracts.logs import ids
@@ -89,12 +88,7 @@ def _of_the_moment(error: BaseException) -> bool:
     """An error that is no workload's fault: a commit that may have happened, the database
     unavailable or dropping the connection, a deadlock or serialization failure. The pass is
     retried from a full read; nothing is quarantined."""
-    if isinstance(error, CommitUnknown) or database_unavailable(error) is not None:
-        return True
-    if isinstance(error, DBAPIError) and error.orig is not None:
-        cause = error.orig.__cause__ or error.orig
-        return getattr(cause, "sqlstate", None) in ("40P01", "40001")
-    return False
+    return isinstance(error, CommitUnknown) or database_unavailable(error) is not None
 
 
 def _reads_demand(workload: planning.WorkloadView) -> bool:

@@ -246,6 +246,26 @@ async def test_a_delta_heartbeat_renews_the_lease_and_keeps_the_inventory(
     assert (now["hostname"], now["cuda_version"]) == ("load-box", "12.4")
 
 
+async def test_one_workers_concurrent_heartbeats_all_succeed(
+    manager: RunningManager, admin: httpx.Client
+) -> None:
+    """An agent that gave up on a slow answer and sent again has two heartbeats in flight; under
+    load, several. Once in a few thousand, three of them deadlocked in Postgres (each locks the
+    worker's row twice in one statement): a 500. One worker's heartbeats now take turns in a
+    process (and a deadlock anywhere is a 503 to retry: tests/unit/test_database_conflicts.py)."""
+    token = new_worker(admin, create_project(admin)["slug"], "impatient")
+    async with httpx.AsyncClient(base_url=manager.url, headers=bearer(token), timeout=30) as agent:
+        await heartbeat(agent, full(gpu_inventory(), []))
+        bodies = [DELTA if n % 8 else full(gpu_inventory(memory_used_mb=n), []) for n in range(32)]
+        for _ in range(5):
+            answers = await asyncio.gather(
+                *(agent.post("/api/agent/heartbeat", json=body) for body in bodies)
+            )
+            assert [a.status_code for a in answers] == [200] * len(bodies), [
+                a.text for a in answers if a.status_code != 200
+            ]
+
+
 async def test_a_revoked_agent_credential_is_refused_on_its_next_request(
     manager: RunningManager, admin: httpx.Client
 ) -> None:

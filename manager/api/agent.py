@@ -121,6 +121,30 @@ class AgentCredentials:
             self._entries.pop(digest, None)
 
 
+class OneAtATime:
+    """One heartbeat per worker at a time in this process; the others wait for their turn,
+    holding no admission slot and no connection. Concurrent heartbeats of one worker (an agent
+    that gave up on a slow answer and sent again) each locked its row twice in one statement,
+    and three of them deadlocked in Postgres."""
+
+    def __init__(self) -> None:
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, worker_id: str) -> AsyncIterator[None]:
+        lock, users = self._turns.get(worker_id, (asyncio.Lock(), 0))
+        self._turns[worker_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._turns[worker_id]
+            if users == 1:
+                del self._turns[worker_id]
+            else:
+                self._turns[worker_id] = (lock, users - 1)
+
+
 class AgentProtocol:
     """This process's state for the agent routes, made on their first request."""
 
@@ -131,6 +155,7 @@ class AgentProtocol:
             settings.agent_retry_after_s,
         )
         self.credentials = AgentCredentials()
+        self.heartbeats = OneAtATime()
 
 
 def _protocol(request: Request) -> AgentProtocol:
@@ -307,14 +332,15 @@ async def heartbeat(request: Request, body: Heartbeat) -> Response:
     """Renews the worker's lease and stores what changed (``inventory`` and ``replicas`` only
     when sent); answers the full desired set."""
     worker = _caller(request)
-    if body.inventory is None and body.replicas is None:  # nothing changed: the lease only
-        async with _connection(request) as connection:
-            renewed = await workers.renew_lease(connection, worker.id, body.address, utcnow())
-    else:
-        async with _database(request) as session:
-            report = body.model_dump()
-            renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
-            await session.commit()
+    async with _protocol(request).heartbeats.turn(worker.id):
+        if body.inventory is None and body.replicas is None:  # nothing changed: the lease only
+            async with _connection(request) as connection:
+                renewed = await workers.renew_lease(connection, worker.id, body.address, utcnow())
+        else:
+            async with _database(request) as session:
+                report = body.model_dump()
+                renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
+                await session.commit()
     if not renewed:  # revoked since the credential was cached
         _protocol(request).credentials.evict(worker.token_id)
         raise Unauthenticated()
