@@ -52,7 +52,7 @@ agents timed it, and the reconcile passes of the Managers'
 ``inferencekey_reconcile_pass_duration_seconds`` histograms (scraped from each one's
 ``INFERENCEKEY_METRICS_ADDRESS`` twice a second). Every answer is counted by endpoint and status.
 The table puts the issue's targets beside the figures, and a last line per size says what bounded
-each phase (a Manager process at its one core, Postgres, or the machine's cores); ``--json``
+each phase (the machine's cores, a Manager's processes at their cores, or Postgres); ``--json``
 writes every figure.
 ``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what
 is measured otherwise: e.g. the 2,048 connections of ``INFERENCEKEY_HTTP_MAX_CONNECTIONS``, which
@@ -310,6 +310,7 @@ class SizeResult:
     agents: int
     workloads: int
     managers: int = 1
+    processes: int = 1  # of each Manager (INFERENCEKEY_PROCESSES)
     heartbeat_interval_s: float | None = None
     phases: list[PhaseFigures] = field(default_factory=list)
     figures: dict[str, float | None] = field(default_factory=dict)
@@ -1104,7 +1105,12 @@ class Run:
     def __init__(self, agents: int, workloads: int, settings: Settings, servers: Servers) -> None:
         self.settings = settings
         self.servers = servers
-        self.result = SizeResult(agents, workloads, managers=settings.managers)
+        self.result = SizeResult(
+            agents,
+            workloads,
+            managers=settings.managers,
+            processes=int(settings.manager_env.get("INFERENCEKEY_PROCESSES", "1")),
+        )
         self.managers: list[ManagerProcess] = []
         # Every create the Managers acknowledged (2xx), by workload id: when it was sent.
         self.acknowledged: dict[str, float] = {}
@@ -1852,9 +1858,10 @@ def verdict(row: Row, figures: dict[str, float | None]) -> str | None:
 SATURATED = 0.85
 
 
-def bound_of(phase: PhaseFigures) -> str:
-    """What the phase was bound by: a Manager process at a core (its event loop runs on one),
-    Postgres at a core, or the machine's cores all busy; else nothing saturated (latency)."""
+def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
+    """What the phase was bound by: the machine's cores all busy (the Manager, Postgres and the
+    simulated fleet share them), a Manager at its processes' cores (each process's event loop
+    runs on one), or Postgres at a core; else nothing saturated (latency)."""
     if not phase.wall_s:
         return "-"
     busiest = max(
@@ -1866,18 +1873,21 @@ def bound_of(phase: PhaseFigures) -> str:
         phase.wall_s
     )
     cores = os.cpu_count() or 1
-    if busiest >= SATURATED:
-        return f"Manager process ({busiest:.2f} of its one core)"
+    if total >= SATURATED * cores:
+        return f"the machine ({total:.2f} of {cores} cores; a Manager {busiest:.2f})"
+    if busiest >= SATURATED * processes:
+        held = "its one core" if processes == 1 else f"its {processes} processes' cores"
+        return f"Manager process ({busiest:.2f} of {held})"
     if database >= SATURATED:
         return f"Postgres ({database:.2f} cores)"
-    if total >= SATURATED * cores:
-        return f"the machine ({total:.2f} of {cores} cores)"
     return f"not CPU (Manager {busiest:.2f}, all {total:.2f} of {cores} cores)"
 
 
 def summary_table(results: list[SizeResult]) -> str:
     headers = [
-        f"{r.agents}x{r.workloads}" + (f" K={r.managers}" if r.managers > 1 else "")
+        f"{r.agents}x{r.workloads}"
+        + (f" K={r.managers}" if r.managers > 1 else "")
+        + (f" P={r.processes}" if r.processes > 1 else "")
         for r in results
     ]
     lines = [
@@ -1993,10 +2003,12 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
     print("Figures and the issue's targets")
     print(summary_table(results))
     print()
-    print("What bounds each phase (the busiest of: one Manager process's core, Postgres, the")
-    print("machine's cores shared with the simulated fleet)")
+    print("What bounds each phase (the first saturated of: the machine's cores shared with the")
+    print("simulated fleet, a Manager's processes' cores, Postgres)")
     for result in results:
-        bounds = "; ".join(f"{phase.name} {bound_of(phase)}" for phase in result.phases)
+        bounds = "; ".join(
+            f"{phase.name} {bound_of(phase, result.processes)}" for phase in result.phases
+        )
         print(f"  {result.agents}x{result.workloads}: {bounds}")
 
 
