@@ -266,6 +266,57 @@ async def test_one_workers_concurrent_heartbeats_all_succeed(
             ]
 
 
+def api_requests(admin: httpx.Client, status: str) -> float:
+    text = admin.get("/metrics").text
+    line = (
+        'inferencekey_api_requests_total{method="POST",route="/api/agent/heartbeat",'
+        f'status="{status}"}} '
+    )
+    return sum(float(row[len(line) :]) for row in text.splitlines() if row.startswith(line))
+
+
+async def test_delta_heartbeats_answer_as_the_route_does_however_they_are_sent(
+    manager: RunningManager, admin: httpx.Client
+) -> None:
+    """A cached credential's delta heartbeat is answered without the FastAPI stack
+    (manager/api/agent_fast.py); every other form goes the route's way. The answers, errors and
+    counts are the same either way."""
+    token = new_worker(admin, create_project(admin)["slug"], "fast")
+    async with httpx.AsyncClient(base_url=manager.url, headers=bearer(token)) as agent:
+        first = await agent.post("/api/agent/heartbeat", json=full(gpu_inventory(), []))
+        assert first.status_code == 200, first.text
+        counted = api_requests(admin, "200")
+        delta = await agent.post("/api/agent/heartbeat", json=DELTA)
+        assert (delta.status_code, delta.content) == (200, first.content)
+        assert delta.headers["content-type"] == "application/json"
+        assert api_requests(admin, "200") == counted + 1
+        # Past the fast path's size (padding), without a length (chunked), and with a field the
+        # protocol does not know: the route's answers.
+        padded = (b'{"address": "http://127.0.0.1:9"' + b" " * 4096) + b"}"
+
+        async def chunked() -> AsyncIterator[bytes]:
+            yield b'{"address": '
+            yield b'"http://127.0.0.1:9"}'
+
+        for content in (padded, chunked()):
+            answer = await agent.post(
+                "/api/agent/heartbeat",
+                content=content,
+                headers={"content-type": "application/json"},
+            )
+            assert (answer.status_code, answer.content) == (200, first.content)
+        for bad, code in (
+            (b"{", "malformed_json"),
+            (b"[]", "invalid_request"),
+            (b'{"address": 7}', "validation_error"),
+        ):
+            refused = await agent.post(
+                "/api/agent/heartbeat", content=bad, headers={"content-type": "application/json"}
+            )
+            assert (refused.status_code, refused.json()["code"]) == (400, code), refused.text
+        assert api_requests(admin, "400") >= 3
+
+
 async def test_a_revoked_agent_credential_is_refused_on_its_next_request(
     manager: RunningManager, admin: httpx.Client
 ) -> None:

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from starlette.datastructures import State
 
 from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat
 from manager import notify
@@ -159,7 +160,10 @@ class AgentProtocol:
 
 
 def _protocol(request: Request) -> AgentProtocol:
-    state = request.app.state
+    return protocol_of(request.app.state)
+
+
+def protocol_of(state: State) -> AgentProtocol:
     protocol: AgentProtocol | None = getattr(state, "agent_protocol", None)
     if protocol is None:
         protocol = state.agent_protocol = AgentProtocol(state.settings)
@@ -180,15 +184,6 @@ async def _database(request: Request) -> AsyncIterator[AsyncSession]:
     """A short session under an admission slot: every database use of the agent routes."""
     async with _slot(request), request.app.state.sessions() as session:
         yield session
-
-
-@contextlib.asynccontextmanager
-async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """A connection that commits each statement, under an admission slot: for the one
-    statement of a steady heartbeat, without a session's bookkeeping or a BEGIN and COMMIT."""
-    engine: AsyncEngine = request.app.state.engine
-    async with _slot(request), engine.connect() as connection:
-        yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def _identify(request: Request) -> None:
@@ -294,22 +289,23 @@ class AssignmentCache:
         self._answers.clear()
 
     async def answer(
-        self, request: Request, worker: workers.AgentWorker, *, admitted: bool = False
+        self,
+        worker: workers.AgentWorker,
+        sessions: Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]],
+        heartbeat_interval_s: float,
     ) -> Answer:
-        """``admitted``: the request already wrote what it reported; its answer is read without
-        waiting for an admission slot, so a committed heartbeat is never answered 503."""
+        """The worker's answer, read with a session of ``sessions`` when none is cached."""
         now = time.monotonic()
         cached = self._answers.get(worker.id)
         if cached is not None and now - cached[0] < self.MAX_AGE_S:
             return cached[1]
         generation = self._generation.get(worker.id, 0)
-        sessions = request.app.state.sessions if admitted else functools.partial(_database, request)
         async with sessions() as session:
             replicas = await workers.assignments(session, worker.id)
         assignments = Assignments(
             worker_id=worker.id,
             version=workers.assignments_version(replicas),
-            heartbeat_interval_s=request.app.state.settings.heartbeat_interval_s,
+            heartbeat_interval_s=heartbeat_interval_s,
             replicas=replicas,  # type: ignore[arg-type]
             gateway_secret=worker.gateway_secret,
         )
@@ -323,8 +319,33 @@ class AssignmentCache:
 async def _answer(
     request: Request, worker: workers.AgentWorker, *, admitted: bool = False
 ) -> Answer:
-    cache: AssignmentCache = request.app.state.assignment_cache
-    return await cache.answer(request, worker, admitted=admitted)
+    """``admitted``: the request already wrote what it reported; its answer is read without
+    waiting for an admission slot, so a committed heartbeat is never answered 503."""
+    state = request.app.state
+    cache: AssignmentCache = state.assignment_cache
+    sessions = state.sessions if admitted else functools.partial(_database, request)
+    return await cache.answer(worker, sessions, state.settings.heartbeat_interval_s)
+
+
+async def renew_lease(
+    state: State,
+    protocol: AgentProtocol,
+    worker: workers.AgentWorker,
+    address: str | None,
+    *,
+    patient: bool,
+) -> bool:
+    """A delta heartbeat's work (here and in agent_fast): the lease renewed in one statement on
+    a connection that commits it, in the worker's turn and under an admission slot. False if
+    the worker's credential was revoked."""
+    engine: AsyncEngine = state.engine
+    async with (
+        protocol.heartbeats.turn(worker.id),
+        protocol.admission.slot(patient=patient),
+        engine.connect() as connection,
+    ):
+        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        return await workers.renew_lease(connection, worker.id, address, utcnow())
 
 
 @router.post("/heartbeat", response_model=Assignments)
@@ -332,15 +353,16 @@ async def heartbeat(request: Request, body: Heartbeat) -> Response:
     """Renews the worker's lease and stores what changed (``inventory`` and ``replicas`` only
     when sent); answers the full desired set."""
     worker = _caller(request)
-    async with _protocol(request).heartbeats.turn(worker.id):
-        if body.inventory is None and body.replicas is None:  # nothing changed: the lease only
-            async with _connection(request) as connection:
-                renewed = await workers.renew_lease(connection, worker.id, body.address, utcnow())
-        else:
-            async with _database(request) as session:
-                report = body.model_dump()
-                renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
-                await session.commit()
+    protocol = _protocol(request)
+    if body.inventory is None and body.replicas is None:  # nothing changed: the lease only
+        patient = getattr(request.state, "admitted", False)
+        state = request.app.state
+        renewed = await renew_lease(state, protocol, worker, body.address, patient=patient)
+    else:
+        async with protocol.heartbeats.turn(worker.id), _database(request) as session:
+            report = body.model_dump()
+            renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
+            await session.commit()
     if not renewed:  # revoked since the credential was cached
         _protocol(request).credentials.evict(worker.token_id)
         raise Unauthenticated()
