@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -62,6 +63,32 @@ async def _wake_waiters_on_stop(stopping: Callable[[], bool], hub: NotificationH
 
 
 STOP_CHECK_S = 0.25
+
+
+async def reconcile_until_stopped(settings: Settings) -> None:
+    """The reconcile loop alone, until SIGTERM or SIGINT: the reconciler process of a Manager of
+    several processes (manager/processes.py). It stands for the leader lock as any Manager
+    does, hears the same notifications, and writes its metrics with the others'."""
+    assert settings.database_url is not None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    engine = make_engine(settings.database_url, pool_size=1, max_overflow=1, pool_timeout_s=60.0)
+    hub = NotificationHub(settings.database_url)
+    try:
+        await hub.start()
+        reconciler = Reconciler(make_sessionmaker(engine), hub, settings, ManagerMetrics())
+        running = asyncio.create_task(run_reconciler(reconciler), name="reconciler")
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (running, stopped):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await hub.stop()
+        await engine.dispose()
 
 
 def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False) -> ASGIApp:

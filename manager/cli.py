@@ -111,7 +111,12 @@ def _serve_processes(settings: Settings, embedded: EmbeddedPostgres | None, fmt:
     sock = listening_socket(settings.host, settings.port)
     _say_listening(settings, embedded, f" ({settings.processes} processes)")
     supervisor = Supervisor(
-        serve_one_process, settings, settings.processes, fmt, GRACEFUL_SHUTDOWN_SECONDS
+        serve_one_process,
+        reconcile_in_a_process,
+        settings,
+        settings.processes,
+        fmt,
+        GRACEFUL_SHUTDOWN_SECONDS,
     )
     try:
         return supervisor.run(sock)
@@ -126,6 +131,18 @@ def serve_one_process(settings: Settings, sock: socket.socket, fmt: str) -> None
     configure_logging(fmt)
     stop_when_orphaned()
     _run_server(settings, sock)
+
+
+def reconcile_in_a_process(settings: Settings, fmt: str) -> None:
+    """The reconciler of a Manager of several processes (spawned by processes.Supervisor)."""
+    import asyncio
+
+    from manager.app import reconcile_until_stopped
+    from manager.processes import stop_when_orphaned
+
+    configure_logging(fmt)
+    stop_when_orphaned()
+    asyncio.run(reconcile_until_stopped(settings))
 
 
 def _run_server(settings: Settings, sock: socket.socket | None = None) -> None:

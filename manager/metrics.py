@@ -138,7 +138,10 @@ class ManagerMetrics:
         counts = dict.fromkeys(ReplicaState, 0) | {state: count for state, count in replicas}
         for state, count in counts.items():
             self.replicas.labels(state).set(count)
-        self.heartbeat_age.clear()
+        if metrics_directory() is None:
+            # Several processes: prometheus-client cannot clear a series from their files, so a
+            # deleted worker's age stays until the Manager restarts (docs/DESIGN.md).
+            self.heartbeat_age.clear()
         now = datetime.now(UTC)
         by_state: dict[str, int] = dict.fromkeys(WorkerState, 0)
         for worker_id, state, last_heartbeat in workers:

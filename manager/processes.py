@@ -2,11 +2,14 @@
 
 One Python process uses one core, whatever the machine has: under a fleet (docs/DESIGN.md, "The
 Manager on more than one core") its event loop was the bound long before the machine was. N
-processes share the listening socket, and each one is a whole Manager, exactly as N Managers on
-one database are: it serves the API, the agent protocol and the gateway, stands for the
-reconciler's leader lock (one leads), and listens for the notifications the others send. What
-they share goes through Postgres, as it does between Managers on several hosts; what each keeps
-in memory (caches, the gateway's in-flight counts, the failed-authentication limiter) is its own.
+processes share the listening socket, and each serves as a whole Manager does, exactly as N
+Managers on one database do: the API, the agent protocol and the gateway, listening for the
+notifications the others send. One more process runs the reconciler alone (it stands for the
+leader lock as any Manager's does), with no request to hold up its passes: under a fleet's load
+a pass in a serving process waited behind hundreds of requests at each of its awaits. What the
+processes share goes through Postgres, as it does between Managers on several hosts; what each
+keeps in memory (caches, the gateway's in-flight counts, the failed-authentication limiter) is its
+own.
 
 This parent process holds the socket, runs no app, and:
 
@@ -54,7 +57,8 @@ QUICK_EXITS_TO_GIVE_UP = 3
 # After the graceful shutdown a process gets to finish open streams, how long before it is killed.
 KILL_AFTER_S = 5.0
 
-Target = Callable[[Settings, socket.socket, str], None]
+Serve = Callable[[Settings, socket.socket, str], None]
+Reconcile = Callable[[Settings, str], None]
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -67,31 +71,40 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 @dataclass
 class _Child:
-    number: int
-    process: BaseProcess
-    started: float
+    role: str  # "serving process N" or "reconciler process"
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    process: BaseProcess | None = None
+    started: float = 0.0
 
 
 class Supervisor:
-    """Runs ``count`` processes of ``target(settings, sock, log_format)`` until told to stop."""
+    """Runs ``count`` processes of ``serve(settings, sock, log_format)`` and, when the
+    settings run the reconciler, one of ``reconcile(settings, log_format)``, until told to
+    stop."""
 
     def __init__(
         self,
-        target: Target,
+        serve: Serve,
+        reconcile: Reconcile,
         settings: Settings,
         count: int,
         log_format: str,
         graceful_s: float,
     ) -> None:
-        self.target = target
-        # The parent migrated the database and serves the metrics address itself.
-        self.settings = replace(settings, run_migrations=False, metrics_address=None)
+        # The parent migrated the database and serves the metrics address itself; the
+        # reconciler has a process of its own, where no request can hold up its passes.
+        self.settings = replace(
+            settings, run_migrations=False, metrics_address=None, run_reconciler=False
+        )
         self.metrics_address = settings.metrics_address
         self.count = count
         self.log_format = log_format
         self.graceful_s = graceful_s
+        self._serve = serve
+        self._reconcile = reconcile if settings.run_reconciler else None
         self._context = multiprocessing.get_context("spawn")
-        self._children: dict[int, _Child] = {}
+        self._children: list[_Child] = []
         self._stopping = False
         self._quick_exits = 0
 
@@ -100,11 +113,20 @@ class Supervisor:
         previous = {
             signum: signal.signal(signum, self._stop) for signum in (signal.SIGTERM, signal.SIGINT)
         }
+        self._children = [
+            _Child(f"serving process {n}", self._serve, (self.settings, sock, self.log_format))
+            for n in range(self.count)
+        ]
+        if self._reconcile is not None:
+            reconciling = replace(self.settings, run_reconciler=True)
+            self._children.append(
+                _Child("reconciler process", self._reconcile, (reconciling, self.log_format))
+            )
         try:
             with self._metrics_directory() as directory, self._metrics_served(directory):
-                for number in range(self.count):
-                    self._start(number, sock)
-                return self._watch(sock, directory)
+                for child in self._children:
+                    self._start(child)
+                return self._watch(directory)
         finally:
             self._stop_children()
             for signum, handler in previous.items():
@@ -113,47 +135,51 @@ class Supervisor:
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
 
-    def _start(self, number: int, sock: socket.socket) -> None:
-        process = self._context.Process(
-            target=self.target,
-            args=(self.settings, sock, self.log_format),
-            name=f"inferencekey-manager-{number}",
+    def _start(self, child: _Child) -> None:
+        child.process = self._context.Process(
+            target=child.target, args=child.args, name=f"inferencekey {child.role}"
         )
-        process.start()
-        self._children[number] = _Child(number, process, time.monotonic())
-        log.info("Manager process %d started (pid %s)", number, process.pid)
+        child.process.start()
+        child.started = time.monotonic()
+        log.info("Manager %s started (pid %s)", child.role, child.process.pid)
 
-    def _watch(self, sock: socket.socket, directory: str) -> int:
+    def _watch(self, directory: str) -> int:
         while not self._stopping:
-            sentinels = {child.process.sentinel: child for child in self._children.values()}
+            sentinels = {
+                child.process.sentinel: child
+                for child in self._children
+                if child.process is not None
+            }
             ready = wait(list(sentinels), timeout=0.5)
             for sentinel in ready:
                 if self._stopping:
                     break
                 child = sentinels[sentinel]  # type: ignore[index]
+                assert child.process is not None
                 code = self._reap(child, directory)
                 lived = time.monotonic() - child.started
                 self._quick_exits = self._quick_exits + 1 if lived < QUICK_EXIT_S else 0
                 if self._quick_exits >= QUICK_EXITS_TO_GIVE_UP:
                     log.error(
                         "Manager processes keep exiting right after they start (the last, "
-                        "process %d, with %s after %.1f s; its log says why): stopping",
-                        child.number,
+                        "its %s, with %s after %.1f s; its log says why): stopping",
+                        child.role,
                         _exit_text(code),
                         lived,
                     )
                     return 1
                 log.warning(
-                    "Manager process %d (pid %s) exited with %s after %.1f s; starting another",
-                    child.number,
+                    "Manager %s (pid %s) exited with %s after %.1f s; starting another",
+                    child.role,
                     child.process.pid,
                     _exit_text(code),
                     lived,
                 )
-                self._start(child.number, sock)
+                self._start(child)
         return 0
 
     def _reap(self, child: _Child, directory: str) -> int | None:
+        assert child.process is not None
         child.process.join()
         if child.process.pid is not None and directory:
             # Its live gauges (in-flight requests, "leads the reconciler") are no longer counted.
@@ -163,7 +189,11 @@ class Supervisor:
         return child.process.exitcode
 
     def _stop_children(self) -> None:
-        alive = [child.process for child in self._children.values() if child.process.is_alive()]
+        alive = [
+            child.process
+            for child in self._children
+            if child.process is not None and child.process.is_alive()
+        ]
         for process in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid or 0, signal.SIGTERM)

@@ -61,6 +61,12 @@ def metric(text: str, name: str) -> float:
     return sum(float(value) for _, value in pattern.findall(text))
 
 
+def started_roles(log: str) -> dict[str, int]:
+    """Each process role's pid, as the Manager's log last said it started."""
+    found = re.findall(r"Manager (\w+ process(?: \d+)?) started \(pid (\d+)\)", log)
+    return {role: int(pid) for role, pid in found}
+
+
 class Started:
     def __init__(self, process: subprocess.Popen[bytes], log: Path, port: int) -> None:
         self.process = process
@@ -120,9 +126,13 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
         INFERENCEKEY_RECONCILE_INTERVAL_S="0.2",
     )
     wait_until(lambda: serving(manager), 90, "the Manager never answered")
-    wait_until(lambda: len(children(manager.process.pid)) == 2, 30, "two processes")
+    # Two serving processes and the reconciler's own.
+    wait_until(lambda: len(children(manager.process.pid)) == 3, 30, "three processes")
     first = children(manager.process.pid)
     assert "(2 processes)" in manager.text()
+    roles = started_roles(manager.text())
+    assert set(roles) == {"serving process 0", "serving process 1", "reconciler process"}
+    assert set(roles.values()) == first
 
     # Both processes answer on the one port: each new connection is accepted by one of them,
     # and the API works through whichever it is.
@@ -138,6 +148,14 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
     listed = httpx.get(f"{manager.url}/api/projects/{project}/workloads", headers=bearer(token))
     assert len(listed.json()["workloads"]) == 20
 
+    # The reconciler process heard of them and planned them: no worker, so it says so.
+    def reason() -> str:
+        shown = httpx.get(f"{manager.url}/api/workloads/split-19", headers=bearer(token))
+        assert shown.status_code == 200, shown.text
+        return shown.text
+
+    wait_until(lambda: "no worker" in reason(), 30, "the reconciler planned the workload")
+
     # One Manager, so one leader among its processes; the metrics are those of both.
     def gathered() -> str:
         return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
@@ -151,22 +169,31 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
     assert metric(main_port.text, "inferencekey_reconcile_leader") == 1
     assert metric(main_port.text, "inferencekey_api_requests_total") >= answered
 
-    # A process killed outright: the other serves on, and the Manager starts another.
-    victim = min(first)
+    # A serving process killed outright: the other serves on, and the Manager starts another.
+    victim = roles["serving process 0"]
     os.kill(victim, signal.SIGKILL)
     for _ in range(20):
         assert admin.get("/api/admin/projects").status_code == 200
     wait_until(
         lambda: (
             len(children(manager.process.pid) - first) == 1
-            and len(children(manager.process.pid)) == 2
+            and len(children(manager.process.pid)) == 3
         ),
         30,
         "a process started in place of the killed one",
     )
-    assert re.search(rf"pid {victim}\) exited with signal SIGKILL", manager.text())
+    assert re.search(
+        rf"serving process 0 \(pid {victim}\) exited with signal SIGKILL", manager.text()
+    )
     wait_until(lambda: serving(manager), 30, "serving after the replacement")
-    # Its "leads" gauge went with it: still exactly one leader.
+
+    # The reconciler killed: another takes its place and leads; its "leads" gauge went with it.
+    os.kill(roles["reconciler process"], signal.SIGKILL)
+    wait_until(
+        lambda: started_roles(manager.text())["reconciler process"] != roles["reconciler process"],
+        30,
+        "a reconciler started in place of the killed one",
+    )
     wait_until(
         lambda: metric(gathered(), "inferencekey_reconcile_leader") == 1,
         30,
