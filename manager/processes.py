@@ -50,6 +50,10 @@ log = logging.getLogger("inferencekey.manager")
 # prometheus-client's multiprocess mode is on in a process whose environment names this
 # directory when prometheus_client is first imported (the children import it after spawn).
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Set by the supervisor only: a Manager of one process shows its own series whatever the
+# environment says, and its processes know whom to outlive.
+GATHERED_VARIABLE = "INFERENCEKEY_PROCESS_METRICS_DIR"
+SUPERVISOR_VARIABLE = "INFERENCEKEY_SUPERVISOR_PID"
 # A process that exits within this long of its start, this many times in a row, is not
 # restarted again: whatever stops it will stop the next one too.
 QUICK_EXIT_S = 10.0
@@ -122,13 +126,17 @@ class Supervisor:
             self._children.append(
                 _Child("reconciler process", self._reconcile, (reconciling, self.log_format))
             )
+        os.environ[SUPERVISOR_VARIABLE] = str(os.getpid())
         try:
             with self._metrics_directory() as directory, self._metrics_served(directory):
-                for child in self._children:
-                    self._start(child)
-                return self._watch(directory)
+                try:
+                    for child in self._children:
+                        self._start(child)
+                    return self._watch(directory)
+                finally:  # before the metrics go: a stopping process may still write them
+                    self._stop_children()
         finally:
-            self._stop_children()
+            os.environ.pop(SUPERVISOR_VARIABLE, None)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
@@ -217,9 +225,11 @@ class Supervisor:
             if name.endswith(".db"):
                 os.unlink(os.path.join(directory, name))
         os.environ[METRICS_DIR_VARIABLE] = directory
+        os.environ[GATHERED_VARIABLE] = directory
         try:
             yield directory
         finally:
+            os.environ.pop(GATHERED_VARIABLE, None)
             if not given:
                 shutil.rmtree(directory, ignore_errors=True)
                 os.environ.pop(METRICS_DIR_VARIABLE, None)
@@ -243,7 +253,8 @@ class Supervisor:
 def stop_when_orphaned(every_s: float = 1.0) -> None:
     """In a Manager's process: stop as on SIGTERM if the parent goes without stopping it
     (SIGKILLed), rather than serve on, unsupervised, on the port."""
-    parent = os.getppid()
+    # The supervisor's pid as it said it (it may be gone already, its child adopted by another).
+    parent = int(os.environ.get(SUPERVISOR_VARIABLE) or os.getppid())
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -265,10 +276,13 @@ def gathered_registry(directory: str) -> Any:
 
 def metrics_directory() -> str | None:
     """The directory this process's metrics are gathered from, when it is one of several."""
-    return os.environ.get(METRICS_DIR_VARIABLE, "").strip() or None
+    return os.environ.get(GATHERED_VARIABLE, "").strip() or None
 
 
 def _exit_text(code: int | None) -> str:
     if code is not None and code < 0:
-        return f"signal {signal.Signals(-code).name}"
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"signal {-code}"
     return f"code {code}"

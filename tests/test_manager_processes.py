@@ -172,8 +172,10 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
     # A serving process killed outright: the other serves on, and the Manager starts another.
     victim = roles["serving process 0"]
     os.kill(victim, signal.SIGKILL)
-    for _ in range(20):
-        assert admin.get("/api/admin/projects").status_code == 200
+    admin.close()  # its keep-alive connection may have been the killed process's: gone with it
+    for _ in range(20):  # each on a new connection, accepted by a live process
+        projects = httpx.get(f"{manager.url}/api/admin/projects", headers=bearer(admin_token))
+        assert projects.status_code == 200
     wait_until(
         lambda: (
             len(children(manager.process.pid) - first) == 1

@@ -124,20 +124,35 @@ class AgentCredentials:
 
 class OneAtATime:
     """One heartbeat per worker at a time in this process; the others wait for their turn,
-    holding no admission slot and no connection. Concurrent heartbeats of one worker (an agent
-    that gave up on a slow answer and sent again) each locked its row twice in one statement,
-    and three of them deadlocked in Postgres."""
+    holding no admission slot and no connection, as long as a request waits for a slot (then
+    503 overloaded). Concurrent heartbeats of one worker (an agent that gave up on a slow answer
+    and sent again) each locked its row twice in one statement, and three of them deadlocked in
+    Postgres."""
 
-    def __init__(self) -> None:
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def turn(self, worker_id: str) -> AsyncIterator[None]:
+    async def turn(self, worker_id: str, *, patient: bool = False) -> AsyncIterator[None]:
         lock, users = self._turns.get(worker_id, (asyncio.Lock(), 0))
         self._turns[worker_id] = (lock, users + 1)
         try:
-            async with lock:
+            if patient or not lock.locked():
+                await lock.acquire()
+            else:
+                try:
+                    async with asyncio.timeout(self.admission.wait_s):
+                        await lock.acquire()
+                except TimeoutError:
+                    raise Overloaded(
+                        "this worker's previous heartbeat is still being served; retry shortly",
+                        retry_after_s=self.admission.retry_after_s,
+                    ) from None
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._turns[worker_id]
             if users == 1:
@@ -156,7 +171,7 @@ class AgentProtocol:
             settings.agent_retry_after_s,
         )
         self.credentials = AgentCredentials()
-        self.heartbeats = OneAtATime()
+        self.heartbeats = OneAtATime(self.admission)
 
 
 def _protocol(request: Request) -> AgentProtocol:
@@ -340,7 +355,7 @@ async def renew_lease(
     the worker's credential was revoked."""
     engine: AsyncEngine = state.engine
     async with (
-        protocol.heartbeats.turn(worker.id),
+        protocol.heartbeats.turn(worker.id, patient=patient),
         protocol.admission.slot(patient=patient),
         engine.connect() as connection,
     ):
@@ -354,12 +369,15 @@ async def heartbeat(request: Request, body: Heartbeat) -> Response:
     when sent); answers the full desired set."""
     worker = _caller(request)
     protocol = _protocol(request)
+    patient = getattr(request.state, "admitted", False)  # its credential just looked up
     if body.inventory is None and body.replicas is None:  # nothing changed: the lease only
-        patient = getattr(request.state, "admitted", False)
         state = request.app.state
         renewed = await renew_lease(state, protocol, worker, body.address, patient=patient)
     else:
-        async with protocol.heartbeats.turn(worker.id), _database(request) as session:
+        async with (
+            protocol.heartbeats.turn(worker.id, patient=patient),
+            _database(request) as session,
+        ):
             report = body.model_dump()
             renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
             await session.commit()

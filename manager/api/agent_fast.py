@@ -8,10 +8,12 @@ the credential cache and the failed-authentication limit, one worker's heartbeat
 admission slot, the one-statement lease renewal, the cached answer; the same bytes, status
 codes, errors and metrics.
 
-Anything else goes on to the FastAPI app unchanged, its body replayed: another route or method,
-a body over ``MAX_BODY`` or without a length, a credential not cached, an address over its
-failed-authentication limit, a body that is not a valid delta heartbeat, a credential revoked
-since it was cached. The route there stays the one documented (OpenAPI) and the one that
+Whether to try is decided on the headers, before any body is read: another route or method, a
+credential not cached, an address over its failed-authentication limit, a body over
+``MAX_BODY``, without a length or not ``application/json`` go on to the FastAPI app untouched.
+So do, with their body replayed, a body that is not a valid delta heartbeat (parsed as strictly
+as the route parses: no NaN, Infinity or deep nesting) and a credential revoked since it was
+cached. The route there stays the one documented (OpenAPI) and the one that
 answers every case this layer declines.
 """
 
@@ -22,11 +24,13 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ik_contracts.protocol import Heartbeat
-from ik_contracts.relay import send_json
 from ik_contracts.upstream import header_value
 from manager.api.agent import AgentProtocol, protocol_of, renew_lease
-from manager.auth import bearer_token, token_digest
+from manager.api.border import parse_json_strictly
+from manager.auth import Principal, bearer_token, token_digest
 from manager.errors import ApiProblem
+from manager.http_errors import problem_response
+from manager.services.workers import AgentWorker
 
 PATH = "/api/agent/heartbeat"
 ROUTE = ("POST", PATH)
@@ -43,35 +47,56 @@ class AgentFastPath:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        # Decided on the headers, before any body is read (as the route refuses an unknown
+        # credential before it reads one).
+        known = self._caller(scope)
         length = _content_length(scope)
-        if length is None or length > MAX_BODY:
+        if known is None or length is None or length > MAX_BODY or not _json(scope):
             await self.app(scope, receive, send)
             return
         messages, body = await _read_body(receive, length)
         if body is None:  # the client went away, or sent more than it said
             await self.app(scope, _replay(messages, receive), send)
             return
-        if not await self._delta_heartbeat(scope, body, send):
+        if not await self._delta_heartbeat(scope, known[1], body, send):
             await self.app(scope, _replay(messages, receive), send)
 
-    async def _delta_heartbeat(self, scope: Scope, body: bytes, send: Send) -> bool:
-        """Answer a delta heartbeat of a cached credential; False to let the route do it."""
+    def _caller(self, scope: Scope) -> tuple[Principal, AgentWorker] | None:
+        """The cached agent credential of the request, if its address is under its
+        failed-authentication limit; None to let the route decide."""
+        token = bearer_token(_text(header_value(scope["headers"], b"authorization")))
+        if token is None:
+            return None
+        known = protocol_of(self.state).credentials.get(token_digest(token))
+        if known is None:
+            return None
+        try:
+            self.state.auth_limiter.check(scope["client"][0] if scope.get("client") else None)
+        except ApiProblem:
+            return None  # the route answers 429, as it answers every such request
+        return known
+
+    async def _delta_heartbeat(
+        self, scope: Scope, worker: AgentWorker, body: bytes, send: Send
+    ) -> bool:
+        """Answer a delta heartbeat; False to let the route do it."""
         state = self.state
         protocol: AgentProtocol = protocol_of(state)
-        token = bearer_token(_text(header_value(scope["headers"], b"authorization")))
-        known = protocol.credentials.get(token_digest(token)) if token is not None else None
-        if known is None:
-            return False
-        address = scope["client"][0] if scope.get("client") else None
         try:
-            state.auth_limiter.check(address)
-            report = Heartbeat.model_validate_json(body)
+            # As strict as the route: no NaN or Infinity, nothing nested too deep.
+            report = Heartbeat.model_validate(parse_json_strictly(body))
         except (ApiProblem, ValidationError):
             return False  # the route answers it as it answers every such request
         if report.inventory is not None or report.replicas is not None:
             return False
-        worker = known[1]
         status = 0
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
             try:
                 if not await renew_lease(state, protocol, worker, report.address, patient=False):
@@ -81,12 +106,9 @@ class AgentFastPath:
                     worker, state.sessions, state.settings.heartbeat_interval_s
                 )
             except ApiProblem as problem:  # shed: 503 overloaded, as the route would
-                status = problem.status
-                headers = [(k.encode(), v.encode()) for k, v in problem.headers.items()]
-                await send_json(send, status, problem.body(), headers)
+                await problem_response(problem)(scope, _nothing, counted)
                 return True
-            status = 200
-            await send(
+            await counted(
                 {
                     "type": "http.response.start",
                     "status": 200,
@@ -96,11 +118,20 @@ class AgentFastPath:
                     ],
                 }
             )
-            await send({"type": "http.response.body", "body": answer.encoded})
+            await counted({"type": "http.response.body", "body": answer.encoded})
             return True
         finally:
             if status:
                 state.metrics.api_requests.labels(*ROUTE, str(status)).inc()
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _json(scope: Scope) -> bool:
+    kind = header_value(scope["headers"], b"content-type") or b""
+    return kind.split(b";")[0].strip().lower() == b"application/json"
 
 
 def _text(value: bytes | None) -> str | None:
