@@ -115,6 +115,11 @@ class ManagerMetrics:
             series = self._gateway_series[key] = GatewaySeries(self, project, workload, route)
         return series
 
+    def count_api_answer(self, method: str, template: str, status: int) -> None:
+        """A control-plane answer, by route template and status (0: the client went first)."""
+        shown = str(status) if status else "disconnected"
+        self.api_requests.labels(method, template, shown).inc()
+
     def render(self) -> bytes:
         """This process's series; those of all its Manager's processes when it is one of
         several (``inferencekey manager --processes N``)."""
@@ -195,19 +200,23 @@ class ApiRequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 0
-
-        async def observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answer = AnswerStatus(send)
         try:
-            await self.app(scope, receive, observed)
+            await self.app(scope, receive, answer.send)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.api_requests.labels(
-                scope["method"], template, str(status) if status else "disconnected"
-            ).inc()
+            self.metrics.count_api_answer(scope["method"], template, answer.status)
+
+
+class AnswerStatus:
+    """The status a response starts with, seen as it is sent (0 until then)."""
+
+    def __init__(self, send: Send) -> None:
+        self.status = 0
+        self._send = send
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)

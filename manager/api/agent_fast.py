@@ -30,6 +30,7 @@ from manager.api.border import parse_json_strictly
 from manager.auth import Principal, bearer_token, token_digest
 from manager.errors import ApiProblem
 from manager.http_errors import problem_response
+from manager.metrics import AnswerStatus
 from manager.services.workers import AgentWorker
 
 PATH = "/api/agent/heartbeat"
@@ -89,14 +90,8 @@ class AgentFastPath:
             return False  # the route answers it as it answers every such request
         if report.inventory is not None or report.replicas is not None:
             return False
-        status = 0
-
-        async def counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answered = AnswerStatus(send)
+        counted = answered.send
         try:
             try:
                 if not await renew_lease(state, protocol, worker, report.address, patient=False):
@@ -121,8 +116,8 @@ class AgentFastPath:
             await counted({"type": "http.response.body", "body": answer.encoded})
             return True
         finally:
-            if status:
-                state.metrics.api_requests.labels(*ROUTE, str(status)).inc()
+            if answered.status:  # else the route answers, and counts
+                state.metrics.count_api_answer(*ROUTE, answered.status)
 
 
 async def _nothing() -> Message:
