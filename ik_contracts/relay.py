@@ -13,7 +13,7 @@ import json
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from ik_contracts.upstream import Headers, UpstreamError, UpstreamResponse, end_to_end
 
@@ -50,6 +50,21 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def replayed(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for an app after ``body`` was read here: the body as one message, then
+    whatever comes next (a disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def send_json(

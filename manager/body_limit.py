@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ik_contracts import relay
 from manager.errors import BodyTooLarge
@@ -45,16 +45,7 @@ class BodyLimitMiddleware:
         except relay.BodyTooLarge:
             await self._refuse(send)
             return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, relay.replayed(body, receive), send)
 
     async def _refuse(self, send: Send) -> None:
         problem = BodyTooLarge(f"request body is larger than {self.max_bytes} bytes")

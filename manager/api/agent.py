@@ -55,21 +55,26 @@ class Admission:
     async def slot(self, *, patient: bool = False) -> AsyncIterator[None]:
         """``patient``: the request was admitted a moment ago (its credential looked up) and
         waits for this slot without a deadline; shedding it now would waste what it did."""
-        if self._slots.locked() and not patient:
-            try:
-                async with asyncio.timeout(self.wait_s):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise Overloaded(
-                    "this Manager has more agent requests than it can serve now; retry shortly",
-                    retry_after_s=self.retry_after_s,
-                ) from None
-        else:
-            await self._slots.acquire()
+        busy = "this Manager has more agent requests than it can serve now; retry shortly"
+        await self.take(self._slots, patient=patient, busy=busy)
         try:
             yield
         finally:
             self._slots.release()
+
+    async def take(
+        self, turn: asyncio.Lock | asyncio.Semaphore, *, patient: bool, busy: str
+    ) -> None:
+        """Acquire ``turn``: at once if it is free, else within ``wait_s`` (a patient request
+        without a deadline), else 503 overloaded saying ``busy``, with Retry-After."""
+        if not turn.locked() or patient:
+            await turn.acquire()
+            return
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await turn.acquire()
+        except TimeoutError:
+            raise Overloaded(busy, retry_after_s=self.retry_after_s) from None
 
 
 class AgentCredentials:
@@ -138,17 +143,8 @@ class OneAtATime:
         lock, users = self._turns.get(worker_id, (asyncio.Lock(), 0))
         self._turns[worker_id] = (lock, users + 1)
         try:
-            if patient or not lock.locked():
-                await lock.acquire()
-            else:
-                try:
-                    async with asyncio.timeout(self.admission.wait_s):
-                        await lock.acquire()
-                except TimeoutError:
-                    raise Overloaded(
-                        "this worker's previous heartbeat is still being served; retry shortly",
-                        retry_after_s=self.admission.retry_after_s,
-                    ) from None
+            busy = "this worker's previous heartbeat is still being served; retry shortly"
+            await self.admission.take(lock, patient=patient, busy=busy)
             try:
                 yield
             finally:

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ik_contracts import relay
 from ik_contracts.protocol import Heartbeat
 from ik_contracts.upstream import header_value
 from manager.api.agent import AgentProtocol, protocol_of, renew_lease
@@ -55,12 +56,15 @@ class AgentFastPath:
         if known is None or length is None or length > MAX_BODY or not _json(scope):
             await self.app(scope, receive, send)
             return
-        messages, body = await _read_body(receive, length)
-        if body is None:  # the client went away, or sent more than it said
-            await self.app(scope, _replay(messages, receive), send)
+        try:
+            body = await relay.read_body(receive, length)
+        except relay.BodyTooLarge:  # more than it declared (the server frames by the length)
+            body = b""
+        if len(body) != length:  # the client went away before all of it came, or lied
+            await self.app(scope, _gone, send)
             return
         if not await self._delta_heartbeat(scope, known[1], body, send):
-            await self.app(scope, _replay(messages, receive), send)
+            await self.app(scope, relay.replayed(body, receive), send)
 
     def _caller(self, scope: Scope) -> tuple[Principal, AgentWorker] | None:
         """The cached agent credential of the request, if its address is under its
@@ -101,7 +105,7 @@ class AgentFastPath:
                     worker, state.sessions, state.settings.heartbeat_interval_s
                 )
             except ApiProblem as problem:  # shed: 503 overloaded, as the route would
-                await problem_response(problem)(scope, _nothing, counted)
+                await problem_response(problem)(scope, _gone, counted)
                 return True
             await counted(
                 {
@@ -120,7 +124,7 @@ class AgentFastPath:
                 state.metrics.count_api_answer(*ROUTE, answered.status)
 
 
-async def _nothing() -> Message:
+async def _gone() -> Message:
     return {"type": "http.disconnect"}
 
 
@@ -138,34 +142,3 @@ def _content_length(scope: Scope) -> int | None:
     if raw is None or not raw.isdigit():
         return None
     return int(raw)
-
-
-async def _read_body(receive: Receive, length: int) -> tuple[list[Message], bytes | None]:
-    """The request's messages as received, and its body (None: not all of it came, or more)."""
-    messages: list[Message] = []
-    pieces: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, None
-        piece = message.get("body", b"")
-        size += len(piece)
-        if size > length:
-            return messages, None
-        pieces.append(piece)
-        if not message.get("more_body", False):
-            return messages, b"".join(pieces) if size == length else None
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` for the app this layer passes a request on to: what was read, then the rest."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
