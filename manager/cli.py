@@ -36,16 +36,23 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 def run_manager(args: argparse.Namespace) -> int:
     # Here, not at the top: `inferencekey admin` need not load Alembic.
     from manager.db.migrate import DatabaseUnreachable, SchemaTooNew, refuse_newer_schema
+    from manager.services.tokens import configured_admin_token_id
 
     if not _configure_logging(args):
         return 2
-    settings = Settings.from_env(
-        host=args.host,
-        port=args.port,
-        database_url=args.database_url,
-        data_dir=args.data_dir,
-        processes=args.processes,
-    )
+    try:
+        settings = Settings.from_env(
+            host=args.host,
+            port=args.port,
+            database_url=args.database_url,
+            data_dir=args.data_dir,
+            processes=args.processes,
+        )
+        if settings.admin_token is not None:
+            configured_admin_token_id(settings.admin_token)
+    except ValueError as error:  # a malformed INFERENCEKEY_* variable: a usage error
+        print(f"inferencekey: error: {error}", file=sys.stderr)
+        return 2
     previous_sigterm = signal.signal(signal.SIGTERM, _exit_cleanly)
     embedded: EmbeddedPostgres | None = None
     try:

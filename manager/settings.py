@@ -24,6 +24,13 @@ def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) 
     return value
 
 
+def _port(name: str, raw: str) -> int:
+    value = int(_number(name, raw, int, 1))
+    if value > 65535:
+        raise ValueError(f"{name} must be a port from 1 to 65535, got {raw!r}")
+    return value
+
+
 # Numeric settings read from INFERENCEKEY_<NAME>: their type and smallest sensible value.
 _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "processes": (int, 1),
@@ -172,7 +179,7 @@ class Settings:
         if host := _env("INFERENCEKEY_HOST"):
             values["host"] = host
         if port := _env("INFERENCEKEY_PORT"):
-            values["port"] = int(port)
+            values["port"] = _port("INFERENCEKEY_PORT", port)
         if url := _env("INFERENCEKEY_DATABASE_URL"):
             values["database_url"] = url
         if data_dir := _env("INFERENCEKEY_DATA_DIR"):

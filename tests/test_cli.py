@@ -477,6 +477,33 @@ def test_manager_says_which_database_it_cannot_reach_without_its_password(
     assert "Traceback" not in finished.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("INFERENCEKEY_DB_POOL_SIZE", "twenty", "INFERENCEKEY_DB_POOL_SIZE must be a number"),
+        ("INFERENCEKEY_PROCESSES", "0", "INFERENCEKEY_PROCESSES must be at least 1"),
+        ("INFERENCEKEY_PORT", "80a", "INFERENCEKEY_PORT must be a number"),
+        ("INFERENCEKEY_PORT", "70000", "INFERENCEKEY_PORT must be a port from 1 to 65535"),
+        ("INFERENCEKEY_HTTP_MAX_HEADER_BYTES", "lots", "INFERENCEKEY_HTTP_MAX_HEADER_BYTES"),
+        ("INFERENCEKEY_ADMIN_TOKEN", "ik_admin_short", "INFERENCEKEY_ADMIN_TOKEN must look like"),
+    ],
+)
+def test_manager_with_a_malformed_variable_exits_2_naming_it(
+    private_dir: Path, variable: str, value: str, said: str
+) -> None:
+    env = {key: v for key, v in os.environ.items() if not key.startswith("INFERENCEKEY_")}
+    env[variable] = value
+    finished = subprocess.run(
+        [sys.executable, "-m", "ik_command", "manager", "--data-dir", str(private_dir)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert finished.returncode == 2, finished.stderr
+    assert finished.stderr.startswith("inferencekey: error: "), finished.stderr
+    assert said in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert not (private_dir / "postgres").exists()  # refused before anything started
+
+
 def test_manager_logs_json_lines_that_name_the_workload_they_are_about(
     private_dir: Path, database_url: str, manager: Any
 ) -> None:
