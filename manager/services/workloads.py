@@ -14,7 +14,7 @@ from inferencekey.enums import WorkloadPhase
 from inferencekey.wire import MAX_WORKLOAD_PAGE_SIZE, CreateWorkloadRequest, UpdateWorkloadRequest
 from pydantic_core import from_json, to_json
 from sqlalchemy import Text, cast, select, tuple_
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ik_contracts.engines import BUILTIN_BACKENDS
@@ -73,6 +73,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STREAMED_ROWS = 100
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,256}")
 _WORKLOAD_ID = re.compile(r"wl_[A-Za-z0-9_-]{1,125}")
+
+
+# A new workload, or nothing when its slug is taken (no error, no savepoint to roll back); the
+# row comes back whole, server defaults included. The values travel as parameters, so the
+# statement compiles once.
+_INSERT_LIVE = (
+    insert(Workload)
+    .on_conflict_do_nothing(
+        index_elements=[Workload.project_id, Workload.slug],
+        index_where=Workload.deleted_at.is_(None),
+    )
+    .returning(Workload)
+)
 
 
 def _spec_of(workload: Workload) -> dict[str, Any]:
@@ -183,19 +196,19 @@ async def create_workload(
     validate_workload(fields, limits, **custom)
     await check_pins(session, project, fields)
     await check_pool(session, project, fields)
-    workload = Workload(
+    row = dict(
         id=new_id("wl"),
         project_id=project.id,
         generation=1,
+        desired_replicas=0,
+        ready_replicas=0,
+        endpoints_off=[],
         phase=WorkloadPhase.SCHEDULING.value,
         phase_reason=WAITING_FOR_PLACEMENT,
         **fields,
     )
-    try:
-        # A savepoint, so a taken slug rolls back only this insert.
-        async with session.begin_nested():
-            session.add(workload)
-    except IntegrityError:
+    workload = (await session.scalars(_INSERT_LIVE, [row])).one_or_none()
+    if workload is None:
         existing = await _live_by_slug(session, project, fields["slug"])
         if existing is not None and _spec_of(existing) == {
             n: fields[n] for n in _spec_of(existing)
@@ -205,7 +218,7 @@ async def create_workload(
         raise SlugConflict(
             f'a workload with slug "{fields["slug"]}" already exists in project "{project.slug}"',
             field="slug",
-        ) from None
+        )
     await events.record(
         session, workload.id, "created", f"created at generation 1 by {principal.display}"
     )
@@ -217,7 +230,6 @@ async def create_workload(
         extra=ids(project=project.slug, workload=workload.slug, workload_id=workload.id),
     )
     await notify.notify(session, notify.RECONCILE, workload.id)
-    await session.refresh(workload)
     return workload, True
 
 
