@@ -375,10 +375,11 @@ class Fleet:
                 self._slots[record.id] = kept
             slot = kept[1]
             slot.state, slot.state_reason = record.state, record.state_reason
+            # A GPU is claimed only with a replica counted on its worker (claim_existing,
+            # placement.claim): a worker with none has nothing to clear.
             if slot.replicas_of:
                 slot.replicas_of = {}
-            for gpu in slot.gpus:
-                if gpu.claimed_mb or gpu.whole_claimed or gpu.shared_claims:
+                for gpu in slot.gpus:
                     gpu.claimed_mb, gpu.whole_claimed, gpu.shared_claims = 0, False, 0
             slots.append(slot)
         return slots

@@ -177,16 +177,17 @@ def claim_existing(slots: Sequence[placement.WorkerSlot], replicas: Iterable[Rep
     a lost worker hold nothing, since they are forgotten in this pass.
     """
     slot_of = {slot.id: slot for slot in slots}
-    gpu_of = {gpu.id: gpu for slot in slots for gpu in slot.gpus}
     for replica in replicas:
         worker = slot_of.get(replica.worker_id)
         if worker is None or worker.state == WorkerState.LOST:
             continue
         worker.replicas_of[replica.workload_id] = worker.replicas_of.get(replica.workload_id, 0) + 1
+        if not replica.gpu_resource_ids:
+            continue
         whole = placement.claims_whole_gpus(replica.spec["backend"])
-        for gpu_id in replica.gpu_resource_ids:
-            gpu = gpu_of.get(gpu_id)
-            if gpu is None:
+        # A replica's GPUs are its worker's (a few): no map of the fleet's thousands per pass.
+        for gpu in worker.gpus:
+            if gpu.id not in replica.gpu_resource_ids:
                 continue
             if whole:
                 gpu.whole_claimed = True

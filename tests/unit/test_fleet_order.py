@@ -3,10 +3,13 @@ id), however their notifications arrive: placement goes oldest first either way.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from manager.fleet import Fleet
-from tests.unit.test_reconcile_plan import workload
+from manager.fleet import Fleet, WorkerRecord, WorkerShape
+from manager.planning import claim_existing
+from manager.states import WorkerState
+from tests.unit.test_reconcile_plan import A100_MB, replica, workload
 
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -38,3 +41,44 @@ def test_a_workload_older_than_those_held_goes_where_a_full_read_puts_it() -> No
 
     assert list(fleet.workloads) == ["wl_1", "wl_2", "wl_3", "wl_4", "wl_5", "wl_6", "wl_7"]
     assert all(view.id == key for key, view in fleet.workloads.items())
+
+
+def test_slots_kept_between_passes_hold_only_this_passes_claims() -> None:
+    fleet = Fleet()
+    for worker_id in ("wrk_a", "wrk_b"):
+        fleet.shapes[worker_id] = WorkerShape(
+            id=worker_id,
+            name=f"{worker_id}-host",
+            project_id=None,
+            model_files={},
+            cuda_version=None,
+            gpus=tuple(
+                (f"gpu_{worker_id}_{i}", f"GPU-{worker_id}-{i}", "NVIDIA A100", A100_MB)
+                for i in range(2)
+            ),
+        )
+    liveness = [WorkerRecord(w, at(0), WorkerState.READY.value, None) for w in ("wrk_a", "wrk_b")]
+    vllm, ollama = workload(), workload(id="wl_2", backend="ollama")
+    first = fleet.slots(liveness)
+    claim_existing(
+        first,
+        [replica("rep_1", "wrk_a", of=vllm, gpu=1),
+         dataclasses.replace(replica("rep_2", "wrk_b", of=ollama), workload_id="wl_2",
+                             claim_memory_mb=1000)],
+    )  # fmt: skip
+    a, b = first
+    assert [gpu.wholly_free for gpu in a.gpus] == [True, False]
+    assert b.gpus[0].free_mb == A100_MB - 1000 and b.gpus[0].shared_claims == 1
+
+    # The next pass: the same objects, rep_1 gone, rep_2 still there.
+    second = fleet.slots(liveness)
+    assert [slot is kept for slot, kept in zip(second, first, strict=True)] == [True, True]
+    claim_existing(
+        second,
+        [dataclasses.replace(replica("rep_2", "wrk_b", of=ollama), workload_id="wl_2",
+                             claim_memory_mb=1000)],
+    )  # fmt: skip
+    assert all(gpu.wholly_free and gpu.free_mb == A100_MB for gpu in a.gpus)
+    assert a.replicas_of == {}
+    assert b.gpus[0].free_mb == A100_MB - 1000 and b.gpus[0].shared_claims == 1
+    assert b.replicas_of == {"wl_2": 1}
