@@ -22,7 +22,7 @@ import httpx
 
 from ik_contracts.logs import add_log_format_option, configure_logging, log_format
 from manager.embedded_db import EmbeddedPostgres
-from manager.settings import Settings, default_data_dir
+from manager.settings import Settings, default_data_dir, port_number
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -812,7 +812,7 @@ CUSTOM_BACKEND_VERSION_COLUMNS: list[Column] = [
 def add_manager_command(commands: Any) -> None:
     manager = commands.add_parser("manager", help="run the Manager")
     manager.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    manager.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    manager.add_argument("--port", type=_port, help="port to listen on (default 8080)")
     manager.add_argument(
         "--database-url", help="Postgres URL; without one an embedded Postgres runs in the data dir"
     )
@@ -825,6 +825,13 @@ def add_manager_command(commands: Any) -> None:
     )
     add_log_format_option(manager)
     manager.set_defaults(command=run_manager)
+
+
+def _port(raw: str) -> int:
+    try:
+        return port_number("the port", raw)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("the port ")) from None
 
 
 def _at_least_one(raw: str) -> int:

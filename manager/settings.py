@@ -14,21 +14,40 @@ def default_data_dir() -> Path:
     return Path(base) / "inferencekey"
 
 
+# No duration is sensibly longer (31 years); past it, time arithmetic overflows.
+MAX_SECONDS = 1e9
+
+
 def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> int | float:
     try:
         value = kind(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum:
+    if not value >= minimum:  # NaN too
         raise ValueError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    if kind is float and not value <= MAX_SECONDS:  # inf too; the float settings are seconds
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:g}, got {raw!r}")
     return value
 
 
-def _port(name: str, raw: str) -> int:
-    value = int(_number(name, raw, int, 1))
-    if value > 65535:
-        raise ValueError(f"{name} must be a port from 1 to 65535, got {raw!r}")
+def port_number(name: str, raw: str) -> int:
+    """A TCP port, 0 (any free one) to 65535; ValueError naming ``name`` otherwise."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a port number, got {raw!r}") from None
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{name} must be a port from 0 to 65535, got {raw!r}")
     return value
+
+
+def host_and_port(name: str, raw: str) -> str:
+    """``HOST:PORT`` (or ``:PORT``, on 127.0.0.1) as given, once its port is checked."""
+    _host, colon, port = raw.rpartition(":")
+    if not colon:
+        raise ValueError(f"{name} must be HOST:PORT, got {raw!r}")
+    port_number(name, port)
+    return raw
 
 
 # Numeric settings read from INFERENCEKEY_<NAME>: their type and smallest sensible value.
@@ -179,7 +198,7 @@ class Settings:
         if host := _env("INFERENCEKEY_HOST"):
             values["host"] = host
         if port := _env("INFERENCEKEY_PORT"):
-            values["port"] = _port("INFERENCEKEY_PORT", port)
+            values["port"] = port_number("INFERENCEKEY_PORT", port)
         if url := _env("INFERENCEKEY_DATABASE_URL"):
             values["database_url"] = url
         if data_dir := _env("INFERENCEKEY_DATA_DIR"):
@@ -187,7 +206,9 @@ class Settings:
         if token := _env("INFERENCEKEY_ADMIN_TOKEN"):
             values["admin_token"] = token
         if metrics_address := _env("INFERENCEKEY_METRICS_ADDRESS"):
-            values["metrics_address"] = metrics_address
+            values["metrics_address"] = host_and_port(
+                "INFERENCEKEY_METRICS_ADDRESS", metrics_address
+            )
         if allow := _env("INFERENCEKEY_WEBHOOK_ALLOW_PRIVATE"):
             values["webhook_allow_private"] = _flag("INFERENCEKEY_WEBHOOK_ALLOW_PRIVATE", allow)
         if delays := _env("INFERENCEKEY_WEBHOOK_RETRY_DELAYS_S"):

@@ -482,8 +482,13 @@ def test_manager_says_which_database_it_cannot_reach_without_its_password(
     [
         ("INFERENCEKEY_DB_POOL_SIZE", "twenty", "INFERENCEKEY_DB_POOL_SIZE must be a number"),
         ("INFERENCEKEY_PROCESSES", "0", "INFERENCEKEY_PROCESSES must be at least 1"),
-        ("INFERENCEKEY_PORT", "80a", "INFERENCEKEY_PORT must be a number"),
-        ("INFERENCEKEY_PORT", "70000", "INFERENCEKEY_PORT must be a port from 1 to 65535"),
+        ("INFERENCEKEY_PORT", "80a", "INFERENCEKEY_PORT must be a port number"),
+        ("INFERENCEKEY_PORT", "70000", "INFERENCEKEY_PORT must be a port from 0 to 65535"),
+        ("INFERENCEKEY_METRICS_ADDRESS", "localhost", "INFERENCEKEY_METRICS_ADDRESS must be"),
+        ("INFERENCEKEY_METRICS_ADDRESS", "127.0.0.1:9x", "INFERENCEKEY_METRICS_ADDRESS must be"),
+        ("INFERENCEKEY_JOB_LEASE_S", "inf", "INFERENCEKEY_JOB_LEASE_S must be at most"),
+        ("INFERENCEKEY_WORKER_NOT_READY_AFTER_S", "1e12", "must be at most 1e+09"),
+        ("INFERENCEKEY_RECONCILE_INTERVAL_S", "nan", "must be at least"),
         ("INFERENCEKEY_HTTP_MAX_HEADER_BYTES", "lots", "INFERENCEKEY_HTTP_MAX_HEADER_BYTES"),
         ("INFERENCEKEY_ADMIN_TOKEN", "ik_admin_short", "INFERENCEKEY_ADMIN_TOKEN must look like"),
     ],
@@ -502,6 +507,17 @@ def test_manager_with_a_malformed_variable_exits_2_naming_it(
     assert said in finished.stderr
     assert "Traceback" not in finished.stderr
     assert not (private_dir / "postgres").exists()  # refused before anything started
+
+
+def test_manager_port_flag_out_of_range_is_a_usage_error(private_dir: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "ik_command", "manager", "--port", "70000",
+         "--data-dir", str(private_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert finished.returncode == 2, finished.stderr
+    assert "argument --port: must be a port from 0 to 65535, got '70000'" in finished.stderr
+    assert "Traceback" not in finished.stderr
 
 
 def test_manager_logs_json_lines_that_name_the_workload_they_are_about(
