@@ -386,8 +386,10 @@ async def gateway_key_lookup(fleet: Fleet) -> None:
 
 
 async def control_plane_credential(fleet: Fleet) -> None:
-    async with fleet.sessions() as session:
-        await authenticate(session, f"Bearer {token_of('sdk', SDK_TOKEN_ID)}")
+    """As manager/api/border.py looks a credential up: one statement in autocommit."""
+    async with fleet.engine.connect() as connection:
+        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await authenticate(connection, f"Bearer {token_of('sdk', SDK_TOKEN_ID)}")
 
 
 async def dispatcher_claim(fleet: Fleet) -> None:

@@ -234,8 +234,11 @@ async def _check_unrevoked(request: Request, worker: workers.AgentWorker) -> Non
     in its own statement instead.)"""
     if getattr(request.state, "credential_checked", False):
         return
-    async with _database(request) as session:
-        standing = await tokens.unrevoked(session, worker.token_id)
+    engine: AsyncEngine = request.app.state.engine
+    async with _slot(request), engine.connect() as connection:
+        # Autocommit: the one statement, with no BEGIN and ROLLBACK around it.
+        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        standing = await tokens.unrevoked(connection, worker.token_id)
     if not standing:
         _protocol(request).credentials.evict(worker.token_id)
         raise Unauthenticated()

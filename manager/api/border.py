@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from inferencekey.validation import control_character_field, secret_field
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manager.auth import Principal, authenticate
 from manager.auth_limiter import FailedAuthLimiter
@@ -155,8 +156,11 @@ async def authenticated(request: Request) -> Principal:
     limiter: FailedAuthLimiter = request.app.state.auth_limiter
 
     async def lookup() -> Principal:
-        async with request.app.state.sessions() as session:
-            return await authenticate(session, request.headers.get("authorization"))
+        engine: AsyncEngine = request.app.state.engine
+        async with engine.connect() as connection:
+            # Autocommit: the lookup alone, with no BEGIN and ROLLBACK around it.
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            return await authenticate(connection, request.headers.get("authorization"))
 
     address = request.client.host if request.client else None
     principal = await limiter.authenticate(address, lookup())

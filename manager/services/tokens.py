@@ -9,7 +9,7 @@ from typing import Any
 
 from inferencekey.validation import slugify
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from manager import notify, wire
 from manager.auth import (
@@ -129,7 +129,7 @@ async def revoke_token(session: AsyncSession, ref: str) -> Token:
     return row
 
 
-async def unrevoked(session: AsyncSession, token_id: str) -> bool:
+async def unrevoked(session: AsyncSession | AsyncConnection, token_id: str) -> bool:
     """Whether the credential still stands: where a credential is cached, the routes that must
     refuse a revoked one on its very next request ask this (its NOTIFY may be a moment away)."""
     return bool(
