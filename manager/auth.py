@@ -12,10 +12,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Protocol
 
 from inferencekey.validation import redact_token
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from manager.db.models import Token
@@ -87,6 +87,21 @@ def display_token(kind: str, token_id: str) -> str:
     return f"ik_{kind}_{token_id}…"
 
 
+class CredentialColumns(Protocol):
+    """What a principal is made of: a Token row, or the columns authentication reads."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def project_id(self) -> str | None: ...
+    @property
+    def scopes(self) -> list[str]: ...
+    @property
+    def workload_grants(self) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: an authenticated, unrevoked credential."""
@@ -102,7 +117,7 @@ class Principal:
         return display_token(self.kind.value, self.token_id)
 
     @classmethod
-    def from_row(cls, row: Token | Row[Any]) -> Principal:
+    def from_row(cls, row: CredentialColumns) -> Principal:
         return cls(
             token_id=row.id,
             kind=TokenKind(row.kind),
