@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import State
 
 from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat
@@ -21,6 +21,7 @@ from manager.api.border import AgentBorderRoute, authenticated
 from manager.auth import Principal, TokenKind, bearer_token, require_kind, token_digest
 from manager.custom_backends import service as custom_backends
 from manager.db.models import Worker
+from manager.db.session import autocommit
 from manager.errors import Overloaded, Unauthenticated
 from manager.openapi import CUSTOM_BACKEND_PACKAGE_RESPONSES, ERROR_RESPONSES
 from manager.services import tokens, workers
@@ -234,10 +235,7 @@ async def _check_unrevoked(request: Request, worker: workers.AgentWorker) -> Non
     in its own statement instead.)"""
     if getattr(request.state, "credential_checked", False):
         return
-    engine: AsyncEngine = request.app.state.engine
-    async with _slot(request), engine.connect() as connection:
-        # Autocommit: the one statement, with no BEGIN and ROLLBACK around it.
-        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+    async with _slot(request), autocommit(request.app.state.engine) as connection:
         standing = await tokens.unrevoked(connection, worker.token_id)
     if not standing:
         _protocol(request).credentials.evict(worker.token_id)
@@ -352,13 +350,11 @@ async def renew_lease(
     """A delta heartbeat's work (here and in agent_fast): the lease renewed in one statement on
     a connection that commits it, in the worker's turn and under an admission slot. False if
     the worker's credential was revoked."""
-    engine: AsyncEngine = state.engine
     async with (
         protocol.heartbeats.turn(worker.id, patient=patient),
         protocol.admission.slot(patient=patient),
-        engine.connect() as connection,
+        autocommit(state.engine) as connection,
     ):
-        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
         return await workers.renew_lease(connection, worker.id, address, utcnow())
 
 

@@ -16,10 +16,10 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from inferencekey.validation import control_character_field, secret_field
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manager.auth import Principal, authenticate
 from manager.auth_limiter import FailedAuthLimiter
+from manager.db.session import autocommit
 from manager.errors import MalformedJson, SecretInSpec, ValidationFailed
 
 # Postgres' bigint: no number at the border is larger.
@@ -156,10 +156,7 @@ async def authenticated(request: Request) -> Principal:
     limiter: FailedAuthLimiter = request.app.state.auth_limiter
 
     async def lookup() -> Principal:
-        engine: AsyncEngine = request.app.state.engine
-        async with engine.connect() as connection:
-            # Autocommit: the lookup alone, with no BEGIN and ROLLBACK around it.
-            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        async with autocommit(request.app.state.engine) as connection:
             return await authenticate(connection, request.headers.get("authorization"))
 
     address = request.client.host if request.client else None
