@@ -17,12 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from manager.db.migrate import upgrade_to_head
 from tests.support import (
     bearer,
     create_database,
     drop_database,
     free_port,
     new_admin_token,
+    run_sql,
     wait_until,
 )
 
@@ -213,18 +215,25 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
 def test_processes_that_cannot_start_stop_the_manager_with_their_reason(
     start: object, own_database: str
 ) -> None:
-    manager = start(  # type: ignore[operator]
-        "--processes",
-        "2",
-        "--database-url",
+    # What only a started process can find: the configured admin token's id is another
+    # credential's in this database (a malformed token is refused before anything starts).
+    admin_token = new_admin_token()
+    upgrade_to_head(own_database)
+    run_sql(
         own_database,
-        INFERENCEKEY_ADMIN_TOKEN="not-an-admin-token",
+        "INSERT INTO tokens (id, kind, digest, name) VALUES ($1, 'sdk', $2, 'squatter')",
+        admin_token.split("_")[2],
+        b"\0" * 32,
+    )
+    manager = start(  # type: ignore[operator]
+        "--processes", "2", "--database-url", own_database, INFERENCEKEY_ADMIN_TOKEN=admin_token
     )
     code = manager.process.wait(timeout=120)
     assert code == 1, manager.text()[-3000:]
     text = manager.text()
     assert "keep exiting right after they start" in text
-    assert "ik_admin_" in text  # the processes' own reason, in the same log
+    # The processes' own reason, in the same log.
+    assert "INFERENCEKEY_ADMIN_TOKEN's id is taken by another credential" in text
 
 
 def test_processes_must_be_a_whole_number_of_at_least_one(start: object) -> None:
