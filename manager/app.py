@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from manager import notify
+from manager.admission import Admission
 from manager.api import admin, agent, custom_backends, webhooks, workers, workloads
 from manager.api import metrics as metrics_api
 from manager.api.agent import AssignmentCache
@@ -191,6 +192,13 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
     # One count of failed authentications per client address for both planes.
     app.state.auth_limiter = FailedAuthLimiter(
         settings.auth_failures_per_window, settings.auth_failure_window_s
+    )
+    # The control API's turns (manager.admission); the agent protocol has its own.
+    app.state.api_admission = Admission(
+        settings.api_max_concurrent,
+        settings.api_admission_wait_s,
+        settings.agent_retry_after_s,
+        busy="this Manager has more API requests than it can serve now; retry shortly",
     )
     app.add_middleware(
         BodyLimitMiddleware,

@@ -211,6 +211,29 @@ def _fits_pins_and_pool(
     return slot is None or pool.admits(slot, workload.project_id, replica.gpu_resource_ids)
 
 
+def wants_room(
+    workload: WorkloadView,
+    replicas: Iterable[ReplicaView],
+    slot_of: Mapping[str, placement.WorkerSlot],
+) -> bool:
+    """Whether more room could change this workload's plan: it has fewer replicas of its
+    current spec, where its pins and pool allow, than its last plan wanted (room ran out, or a
+    rolling change waits for room to start its next replica). A workload whose replicas are all
+    placed, ready or still starting, waits for nothing that room gives."""
+    if workload.deleted or workload.desired_replicas == 0:
+        return False
+    pool = workload.placement_demand().pool
+    spec = workload.runtime_spec()
+    placed = sum(
+        1
+        for r in replicas
+        if r.desired_state == DesiredState.RUN
+        and r.spec == spec
+        and _fits_pins_and_pool(r, workload, pool, slot_of)
+    )
+    return placed < workload.desired_replicas
+
+
 def _gpus_on(
     worker_id: str, gpu_ids: Iterable[str], slot_of: Mapping[str, placement.WorkerSlot]
 ) -> dict[str, placement.GpuSlot]:

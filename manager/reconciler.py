@@ -222,15 +222,24 @@ class Reconciler:
         )
         workloads = snapshot.workloads
         if changed_workers:
-            # Their replicas may be lost now, or back; and room appeared or went away.
+            # Their replicas may be lost now, or back. Room appeared only where a worker is
+            # ready again: one that lapsed takes room away, and a mass of lapses (a Manager
+            # too busy to hear heartbeats) then costs a plan of its workers' workloads alone.
             on_them = self._fleet.workloads_on(changed_workers)
-            capacity_changed = True
+            capacity_changed |= any(
+                states.get(worker_id) == WorkerState.READY for worker_id in changed_workers
+            )
             planned = {w.id for w in workloads} | on_them
             workloads = [w for w in self._fleet.workloads.values() if w.id in planned]
         if capacity_changed:
+            # Room appeared: the workloads waiting for some are planned again too.
             planned = {w.id for w in workloads}
+            replicas, slot_of = snapshot.replicas_by_workload, snapshot.slot_of
             workloads = [
-                w for w in self._fleet.workloads.values() if w.id in planned or not is_settled(w)
+                w
+                for w in self._fleet.workloads.values()
+                if w.id in planned
+                or (not is_settled(w) and planning.wants_room(w, replicas.get(w.id, ()), slot_of))
             ]
         seen = set(self._fleet.workloads)
         self._quarantined = {k: v for k, v in self._quarantined.items() if k in seen}

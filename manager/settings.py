@@ -65,6 +65,8 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "agent_max_concurrent_db": (int, 1),
     "agent_admission_wait_s": (float, 0),
     "agent_retry_after_s": (int, 1),
+    "api_max_concurrent": (int, 1),
+    "api_admission_wait_s": (float, 0),
     "reconcile_interval_s": (float, 0.1),
     "reconcile_resync_s": (float, 0.1),
     "gateway_first_byte_timeout_s": (float, 0.1),
@@ -137,6 +139,11 @@ class Settings:
     agent_max_concurrent_db: int = 8
     agent_admission_wait_s: float = 0.5
     agent_retry_after_s: int = 2
+    # Control-API requests (/api, not the agent protocol) this process works on at once; the
+    # others wait their turn, past api_admission_wait_s answered 503 overloaded. A few keep the
+    # database busy; more only lengthen each turn of the event loop, the agents' too.
+    api_max_concurrent: int = 4
+    api_admission_wait_s: float = 30.0
     # The reconciler runs on every change it is told of, and at least this often.
     reconcile_interval_s: float = 2.0
     # The reconcile leader reads only what notifications name between full reads of everything,

@@ -8,7 +8,7 @@ from inferencekey.wire import WorkloadList
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from manager import wire
-from manager.api.border import BorderRoute
+from manager.api.border import BorderRoute, outside_the_queue
 from manager.api.workloads import stream_engine_log
 from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES
 from manager.services import (
@@ -128,6 +128,7 @@ async def project_usage(
     response_class=PlainTextResponse,
     responses=ENGINE_LOG_RESPONSES,
 )
+@outside_the_queue  # it connects to the replica's agent
 async def workload_logs(
     project: str,
     workload_slug: str,

@@ -17,12 +17,13 @@ from starlette.datastructures import State
 
 from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat
 from manager import notify
+from manager.admission import Admission
 from manager.api.border import AgentBorderRoute, authenticated
 from manager.auth import Principal, TokenKind, bearer_token, require_kind, token_digest
 from manager.custom_backends import service as custom_backends
 from manager.db.models import Worker
 from manager.db.session import autocommit
-from manager.errors import Overloaded, Unauthenticated
+from manager.errors import Unauthenticated
 from manager.openapi import CUSTOM_BACKEND_PACKAGE_RESPONSES, ERROR_RESPONSES
 from manager.services import tokens, workers
 from manager.services.timefmt import utcnow
@@ -38,44 +39,6 @@ AGENT_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 WHERE = "the agent protocol (/api/agent)"
-
-
-class Admission:
-    """At most ``limit`` agent requests of this process use the database at once. One that
-    cannot start within ``wait_s`` is answered 503 ``overloaded`` with Retry-After, which the
-    agent honours with jitter, instead of queueing on the connection pool for its whole timeout
-    and leaving none for the reconciler and the API. A long-poll holds a slot only while it
-    reads, never while it waits."""
-
-    def __init__(self, limit: int, wait_s: float, retry_after_s: int) -> None:
-        self.wait_s = wait_s
-        self.retry_after_s = retry_after_s
-        self._slots = asyncio.Semaphore(limit)
-
-    @contextlib.asynccontextmanager
-    async def slot(self, *, patient: bool = False) -> AsyncIterator[None]:
-        """``patient``: the request was admitted a moment ago (its credential looked up) and
-        waits for this slot without a deadline; shedding it now would waste what it did."""
-        busy = "this Manager has more agent requests than it can serve now; retry shortly"
-        await self.take(self._slots, patient=patient, busy=busy)
-        try:
-            yield
-        finally:
-            self._slots.release()
-
-    async def take(
-        self, turn: asyncio.Lock | asyncio.Semaphore, *, patient: bool, busy: str
-    ) -> None:
-        """Acquire ``turn``: at once if it is free, else within ``wait_s`` (a patient request
-        without a deadline), else 503 overloaded saying ``busy``, with Retry-After."""
-        if not turn.locked() or patient:
-            await turn.acquire()
-            return
-        try:
-            async with asyncio.timeout(self.wait_s):
-                await turn.acquire()
-        except TimeoutError:
-            raise Overloaded(busy, retry_after_s=self.retry_after_s) from None
 
 
 class AgentCredentials:
@@ -159,13 +122,19 @@ class OneAtATime:
 
 
 class AgentProtocol:
-    """This process's state for the agent routes, made on their first request."""
+    """This process's state for the agent routes, made on their first request. At most
+    ``agent_max_concurrent_db`` agent requests use the database at once; one that cannot start
+    within ``agent_admission_wait_s`` is answered 503 ``overloaded`` with Retry-After, which the
+    agent honours with jitter, instead of queueing on the connection pool for its whole timeout
+    and leaving none for the reconciler and the API. A long-poll holds a slot only while it
+    reads, never while it waits."""
 
     def __init__(self, settings: Settings) -> None:
         self.admission = Admission(
             settings.agent_max_concurrent_db,
             settings.agent_admission_wait_s,
             settings.agent_retry_after_s,
+            busy="this Manager has more agent requests than it can serve now; retry shortly",
         )
         self.credentials = AgentCredentials()
         self.heartbeats = OneAtATime(self.admission)

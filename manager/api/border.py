@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from inferencekey.validation import control_character_field, secret_field
 
+from manager.admission import Admission
 from manager.auth import Principal, authenticate
 from manager.auth_limiter import FailedAuthLimiter
 from manager.db.session import autocommit
@@ -28,6 +29,10 @@ MAX_INTEGER = 2**63 - 1
 MAX_DEPTH = 32
 # Free text that may span lines; every other string is one line without control characters.
 MULTILINE_FIELDS = ("description", "config.command")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class _NotFinite(ValueError):
@@ -104,34 +109,58 @@ def _oversized_integer(value: Any, path: str, depth: int) -> str | None:
     return None
 
 
+QUEUED_ATTRIBUTE = "__inferencekey_queued__"
+
+
+def outside_the_queue(endpoint: Callable[P, R]) -> Callable[P, R]:
+    """Marks a control-API route that waits on the outside world (a webhook's answer): it
+    takes no turn of ``app.state.api_admission``, which is for work on this process."""
+    setattr(endpoint, QUEUED_ATTRIBUTE, False)
+    return endpoint
+
+
 class BorderRoute(APIRoute):
-    """Checks the credential, then the body, before FastAPI parses anything.
+    """Checks the credential, then the body, before FastAPI parses anything; then the request
+    waits its turn among the control API's (``manager.admission``) and runs.
 
     The credential check here is only "is it a live credential at all" (401 otherwise); which
     kind and scope a route needs stays with the route's dependencies (``authenticated``).
+    A streamed answer (SSE, logs) gives its turn back once the route returned it, before it
+    streams.
     """
 
     # Off for the agent protocol: engine log tails may hold anything, and its wire models
     # check their own fields.
     check_values = True
+    # Off for the agent protocol: it has its own admission, and a long-poll waits in its route.
+    queued = True
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        queued = self.queued and getattr(self.endpoint, QUEUED_ATTRIBUTE, True)
 
-        async def guarded(request: Request) -> Response:
-            await authenticated(request)
-            body = await request.body()
+        async def checked(request: Request, body: bytes) -> Response:
             if body:
                 parsed = parse_json_strictly(body)
                 if self.check_values:
                     check_values(parsed)
             return await handler(request)
 
+        async def guarded(request: Request) -> Response:
+            await authenticated(request)
+            body = await request.body()  # a slow client holds no turn while it sends
+            if not queued:
+                return await checked(request, body)
+            admission: Admission = request.app.state.api_admission
+            async with admission.slot():
+                return await checked(request, body)
+
         return guarded
 
 
 class AgentBorderRoute(BorderRoute):
     check_values = False
+    queued = False
 
 
 class StreamedBodyRoute(APIRoute):

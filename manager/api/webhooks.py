@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from manager.api.border import BorderRoute
+from manager.api.border import BorderRoute, outside_the_queue
 from manager.db.models import Workload
 from manager.openapi import ERROR_RESPONSES
 from manager.services import projects, workloads
@@ -120,6 +120,7 @@ def _webhook_routes(
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @on.post(f"{prefix}/webhooks/{{webhook_id}}/test")
+    @outside_the_queue  # it waits for the destination's answer, not for this process
     async def test_webhook(
         webhook_id: str, session: Session, rules: Rules, workload: Writable
     ) -> WebhookTestResult:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette.sse import EventSourceResponse
 
 from ik_contracts.forwarding import log_query
-from manager.api.border import BorderRoute
+from manager.api.border import BorderRoute, outside_the_queue
 from manager.db.models import Workload
 from manager.errors import ValidationFailed
 from manager.openapi import ENGINE_LOG_RESPONSES, ERROR_RESPONSES, READINESS_STREAM_RESPONSES
@@ -187,6 +187,7 @@ async def readiness_events(
     response_class=PlainTextResponse,
     responses=ENGINE_LOG_RESPONSES,
 )
+@outside_the_queue  # it connects to the replica's agent
 async def replica_logs(
     workload_ref: str,
     replica_id: str,

@@ -25,6 +25,7 @@ from manager.planning import (
     WorkloadView,
     claim_existing,
     plan_workload,
+    wants_room,
     worker_liveness,
 )
 from manager.policies import DemandFigures
@@ -439,3 +440,33 @@ def test_a_worker_is_ready_then_not_ready_then_lost_as_its_silence_grows() -> No
     assert liveness(5) == (WorkerState.READY, None)
     assert liveness(20) == (WorkerState.NOT_READY, "no heartbeat for 20s")
     assert liveness(61) == (WorkerState.LOST, "no heartbeat for 61s")
+
+
+# Which workloads room could help: planned again when a worker comes back or room frees up.
+
+
+def test_only_a_workload_short_of_placed_replicas_wants_room() -> None:
+    slots = [worker("wrk_a", gpu_count=2), worker("wrk_b")]
+    slot_of = {slot.id: slot for slot in slots}
+    two = workload(execution_policy_config={"replicas": 2}, desired_replicas=2)
+    # Both placed, one still starting: waiting for its engine, not for room.
+    starting = [replica("rep_1", "wrk_a"), replica("rep_2", "wrk_b", state=ReplicaState.STARTING)]
+    assert not wants_room(two, starting, slot_of)
+    # One could not be placed (its last plan found no room).
+    assert wants_room(two, starting[:1], slot_of)
+    # A stopping replica holds room but counts for nothing.
+    stopping = [starting[0], replica("rep_2", "wrk_b", desired=DesiredState.STOP)]
+    assert wants_room(two, stopping, slot_of)
+    # A rolling change: the old generation's replicas are no replicas of the new spec.
+    rolled = dataclasses.replace(two, generation=2, config={"command": f"{COMMAND} --seed 1"})
+    assert wants_room(rolled, starting, slot_of)
+    assert not wants_room(
+        rolled, [replica(r.id, r.worker_id, of=rolled) for r in starting], slot_of
+    )
+    # Pinned elsewhere: a replica on another worker is to be replaced.
+    pinned = dataclasses.replace(two, worker_pin="wrk_b", desired_replicas=1)
+    assert wants_room(pinned, starting[:1], slot_of)
+    assert not wants_room(pinned, starting[1:], slot_of)
+    # Wanting none, or deleted: no room helps.
+    assert not wants_room(dataclasses.replace(two, desired_replicas=0), [], slot_of)
+    assert not wants_room(dataclasses.replace(two, deleted=True), [], slot_of)

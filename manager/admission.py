@@ -1,0 +1,50 @@
+"""Admission: how many requests of one kind this process works on at once.
+
+A request past its kind's limit waits for a turn, holding nothing (no connection, no CPU), up
+to its kind's wait; then it is answered 503 ``overloaded`` with Retry-After. Two kinds share a
+process: the agent protocol (``AgentProtocol.admission``) and the control API
+(``app.state.api_admission``), each with its own slots, so that neither starves the other. A
+burst of API calls with every one of them in flight made each turn of the event loop 25-30 ms
+long, and a heartbeat's few awaits then took the better part of a second; queued for a few
+slots, the burst goes as fast (the process was busy anyway) and heartbeats go between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from manager.errors import Overloaded
+
+
+class Admission:
+    def __init__(self, limit: int, wait_s: float, retry_after_s: int, busy: str) -> None:
+        self.wait_s = wait_s
+        self.retry_after_s = retry_after_s
+        self.busy = busy
+        self._slots = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, *, patient: bool = False) -> AsyncIterator[None]:
+        """``patient``: the request was admitted a moment ago (its credential looked up) and
+        waits for this slot without a deadline; shedding it now would waste what it did."""
+        await self.take(self._slots, patient=patient, busy=self.busy)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def take(
+        self, turn: asyncio.Lock | asyncio.Semaphore, *, patient: bool, busy: str
+    ) -> None:
+        """Acquire ``turn``: at once if it is free, else within ``wait_s`` (a patient request
+        without a deadline), else 503 overloaded saying ``busy``, with Retry-After."""
+        if not turn.locked() or patient:
+            await turn.acquire()
+            return
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await turn.acquire()
+        except TimeoutError:
+            raise Overloaded(busy, retry_after_s=self.retry_after_s) from None
