@@ -249,6 +249,11 @@ class Fleet:
 
     def __init__(self) -> None:
         self.workloads: dict[str, planning.WorkloadView] = {}
+        # The ids of the workloads planned on every pass: those whose policy reads the clock or
+        # demand, and the deleted ones still holding replicas (kept as ``workloads`` changes, so
+        # that a pass need not look at each of the fleet's thousands to find them).
+        self.demand_readers: set[str] = set()
+        self.deleted: set[str] = set()
         self.replicas: dict[str, list[planning.ReplicaView]] = {}
         self.shapes: dict[str, WorkerShape] = {}
         self.prices: dict[str, float] = {}
@@ -280,7 +285,7 @@ class Fleet:
         )
         choices = await custom_backend_choices(session, rows)
         for count, row in enumerate(rows):
-            fleet.workloads[row.id] = as_workload_view(row, choices.get(row.id))
+            fleet._hold(as_workload_view(row, choices.get(row.id)))
             if count % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
         fleet._created_at = {row.id: row.created_at for row in rows}
@@ -324,9 +329,11 @@ class Fleet:
             stored = fresh.get(workload_id)
             if stored is None or (stored.deleted_at is not None and not now):
                 self.workloads.pop(workload_id, None)  # gone, or deleted with nothing left
+                self.demand_readers.discard(workload_id)
+                self.deleted.discard(workload_id)
                 self._created_at.pop(workload_id, None)
             elif workload_id in self.workloads:
-                self.workloads[workload_id] = as_workload_view(stored, choices.get(stored.id))
+                self._hold(as_workload_view(stored, choices.get(stored.id)))
             else:
                 view = as_workload_view(stored, choices.get(stored.id))
                 new.append((stored.created_at, workload_id, view))
@@ -343,7 +350,7 @@ class Fleet:
         late = False
         for created_at, workload_id, view in new:
             self._created_at[workload_id] = created_at
-            self.workloads[workload_id] = view
+            self._hold(view)
             if self._latest is None or (created_at, workload_id) > self._latest:
                 self._latest = (created_at, workload_id)
             else:
@@ -351,6 +358,18 @@ class Fleet:
         if late:
             order = sorted((created_at, id_) for id_, created_at in self._created_at.items())
             self.workloads = {id_: self.workloads[id_] for _, id_ in order}
+
+    def _hold(self, view: planning.WorkloadView) -> None:
+        """Keep ``view`` as its workload's (in place, or at the end of the order)."""
+        self.workloads[view.id] = view
+        if reads_demand(view):
+            self.demand_readers.add(view.id)
+        else:
+            self.demand_readers.discard(view.id)
+        if view.deleted:
+            self.deleted.add(view.id)
+        else:
+            self.deleted.discard(view.id)
 
     async def refresh_workers(self, session: AsyncSession, ids: set[str]) -> bool:
         """Read these workers' shapes again. True if one changed: it offers other room now."""
@@ -412,6 +431,11 @@ class Fleet:
 
     def workloads_on(self, worker_ids: set[str]) -> set[str]:
         return {r.workload_id for r in self.all_replicas() if r.worker_id in worker_ids}
+
+
+def reads_demand(workload: planning.WorkloadView) -> bool:
+    """Policies that read the clock or demand (not `fixed`): planned on every pass."""
+    return (workload.execution_policy or "fixed") != "fixed"
 
 
 def is_settled(workload: planning.WorkloadView) -> bool:

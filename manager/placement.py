@@ -55,6 +55,11 @@ class WorkerSlot:
     model_files: dict[str, int] = field(default_factory=dict)
     cuda_version: str | None = None
     replicas_of: dict[str, int] = field(default_factory=dict)  # workload id -> count
+    # ``gpus`` by id: a replica's GPUs found without a scan of its worker's.
+    gpu_of: dict[str, GpuSlot] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.gpu_of = {gpu.id: gpu for gpu in self.gpus}
 
     @property
     def replica_total(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -89,11 +90,6 @@ def _of_the_moment(error: BaseException) -> bool:
     unavailable or dropping the connection, a deadlock or serialization failure. The pass is
     retried from a full read; nothing is quarantined."""
     return isinstance(error, CommitUnknown) or database_unavailable(error) is not None
-
-
-def _reads_demand(workload: planning.WorkloadView) -> bool:
-    """Policies that read the clock or demand (not `fixed`): planned on every pass."""
-    return (workload.execution_policy or "fixed") != "fixed"
 
 
 # How bad a liveness state is: a new leader's grace holds back only changes for the worse.
@@ -218,7 +214,9 @@ class Reconciler:
             if previous.get(worker_id, state) != state
         }
         planning.claim_existing(
-            snapshot.slots, (r for rs in snapshot.replicas_by_workload.values() for r in rs)
+            snapshot.slots,
+            itertools.chain.from_iterable(snapshot.replicas_by_workload.values()),
+            snapshot.slot_of,
         )
         workloads = snapshot.workloads
         if changed_workers:
@@ -292,7 +290,7 @@ class Reconciler:
                     dirty |= fleet.workloads_on(changes.workers)
                 # Policies that read demand read their replicas' engine load too, which
                 # heartbeats store without naming the workload: read theirs every pass.
-                dirty |= {w.id for w in fleet.workloads.values() if _reads_demand(w)}
+                dirty |= fleet.demand_readers
                 if await fleet.refresh_workloads(session, dirty):
                     capacity_changed = True
             demand = with_jobs(await fresh_demand(session), await queued_jobs(session))
@@ -301,11 +299,8 @@ class Reconciler:
         if full:
             planned = list(fleet.workloads.values())
         else:
-            planned = [
-                w
-                for w in fleet.workloads.values()
-                if w.id in dirty or _reads_demand(w) or w.deleted
-            ]
+            wanted = dirty | fleet.demand_readers | fleet.deleted
+            planned = [w for w in fleet.workloads.values() if w.id in wanted]
         snapshot = Snapshot(
             now=now,
             workers=liveness,
