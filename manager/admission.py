@@ -3,10 +3,8 @@
 A request past its kind's limit waits for a turn, holding nothing (no connection, no CPU), up
 to its kind's wait; then it is answered 503 ``overloaded`` with Retry-After. Two kinds share a
 process: the agent protocol (``AgentProtocol.admission``) and the control API
-(``app.state.api_admission``), each with its own slots, so that neither starves the other. A
-burst of API calls with every one of them in flight made each turn of the event loop 25-30 ms
-long, and a heartbeat's few awaits then took the better part of a second; queued for a few
-slots, the burst goes as fast (the process was busy anyway) and heartbeats go between.
+(``app.state.api_admission``), each with its own slots, so that a flood of one cannot take
+every turn of the event loop from the other.
 """
 
 from __future__ import annotations

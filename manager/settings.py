@@ -140,9 +140,10 @@ class Settings:
     agent_admission_wait_s: float = 0.5
     agent_retry_after_s: int = 2
     # Control-API requests (/api, not the agent protocol) this process works on at once; the
-    # others wait their turn, past api_admission_wait_s answered 503 overloaded. A few keep the
-    # database busy; more only lengthen each turn of the event loop, the agents' too.
-    api_max_concurrent: int = 4
+    # others wait their turn, past api_admission_wait_s answered 503 overloaded. Enough to keep
+    # the database busy (4 halved a burst's creates per second: each waits on its commit); more
+    # only lengthen each turn of the event loop, the agents' too.
+    api_max_concurrent: int = 16
     api_admission_wait_s: float = 30.0
     # The reconciler runs on every change it is told of, and at least this often.
     reconcile_interval_s: float = 2.0
