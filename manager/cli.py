@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -36,7 +37,12 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 def run_manager(args: argparse.Namespace) -> int:
     # Here, not at the top: `inferencekey admin` need not load Alembic.
     from manager.db.migrate import DatabaseUnreachable, SchemaTooNew, refuse_newer_schema
-    from manager.services.tokens import configured_admin_token_id
+    from manager.services.tokens import (
+        ADMIN_TOKEN_TAKEN,
+        NEW_ADMIN_TOKEN,
+        admin_token_taken,
+        configured_admin_token_id,
+    )
 
     if not _configure_logging(args):
         return 2
@@ -63,6 +69,14 @@ def run_manager(args: argparse.Namespace) -> int:
             return _serve_processes(settings, embedded, log_format(args.log_format))
         if settings.run_migrations:
             refuse_newer_schema(settings.database_url)
+        if settings.admin_token is not None and asyncio.run(
+            admin_token_taken(settings.database_url, settings.admin_token)
+        ):
+            # (With --processes, each process finds it and the supervisor stops with it.)
+            print(
+                f"error: {ADMIN_TOKEN_TAKEN} in this database; {NEW_ADMIN_TOKEN}", file=sys.stderr
+            )
+            return 1
         _serve(settings, embedded)
     except SchemaTooNew as too_new:
         print(f"error: {too_new}", file=sys.stderr)

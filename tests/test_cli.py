@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ import pytest
 from ik_command import main
 from ik_command import parse_args as parse_cli
 from ik_contracts.engines import BUILTIN_BACKENDS, ENGINES
+from manager.db.migrate import upgrade_to_head
+from tests.support import create_database, drop_database, new_admin_token, run_sql
 from tests.webhook_receiver import receiving, terminal_delivery
 from worker_agent.cli import AGENT_ENV, AgentConfigError, agent_config_from_args
 from worker_agent.config import AgentConfig
@@ -917,3 +920,57 @@ def test_agent_simulated_cuda_version_comes_from_the_flag_or_the_environment() -
         AgentConfigError, match=r"expected a CUDA version like 12\.4, got 'thirteen'"
     ):
         _config("--simulate-cuda-version", "thirteen", **_minimal_env())
+
+
+def test_manager_with_an_admin_token_whose_id_another_credential_holds_says_so(
+    private_dir: Path,
+) -> None:
+    # Only the database can tell: refused before the server starts, in a line, with exit 1.
+    url = create_database()
+    try:
+        upgrade_to_head(url)
+        admin_token = new_admin_token()
+        run_sql(
+            url,
+            "INSERT INTO tokens (id, kind, digest, name) VALUES ($1, 'sdk', $2, 'squatter')",
+            admin_token.split("_")[2],
+            b"\0" * 32,
+        )
+        env = {key: v for key, v in os.environ.items() if not key.startswith("INFERENCEKEY_")}
+        env["INFERENCEKEY_ADMIN_TOKEN"] = admin_token
+        finished = subprocess.run(
+            [sys.executable, "-m", "ik_command", "manager", "--port", str(_free_port()),
+             "--database-url", url, "--data-dir", str(private_dir)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert finished.returncode == 1, finished.stderr
+        assert finished.stderr.startswith(
+            "error: INFERENCEKEY_ADMIN_TOKEN's id is taken by another credential in this "
+            "database; generate one with: "
+        ), finished.stderr
+        assert "Traceback" not in finished.stderr
+        assert admin_token not in finished.stdout + finished.stderr
+        # The same token where nothing holds its id starts (and is then the admin's).
+        run_sql(url, "DELETE FROM tokens WHERE name = 'squatter'")
+        started = subprocess.Popen(
+            [sys.executable, "-m", "ik_command", "manager", "--port", str(port := _free_port()),
+             "--database-url", url, "--data-dir", str(private_dir)],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    answer = httpx.get(
+                        f"http://127.0.0.1:{port}/api/admin/projects",
+                        headers={"Authorization": f"Bearer {admin_token}"},
+                    )
+                    assert answer.status_code == 200, answer.text
+                    break
+                assert started.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:
+            started.terminate()
+            started.wait(timeout=30)
+    finally:
+        drop_database(url)

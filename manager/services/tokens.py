@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from inferencekey.validation import slugify
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -164,11 +165,35 @@ def configured_admin_token_id(configured: str) -> str:
     parsed = parse_token(configured)
     if parsed is None or parsed[0] is not TokenKind.ADMIN:
         raise ValueError(
-            "INFERENCEKEY_ADMIN_TOKEN must look like ik_admin_<8 hex>_<64 hex>; "
-            'generate one with: python -c "import secrets; '
-            "print(f'ik_admin_{secrets.token_hex(4)}_{secrets.token_hex(32)}')\""
+            f"INFERENCEKEY_ADMIN_TOKEN must look like ik_admin_<8 hex>_<64 hex>; {NEW_ADMIN_TOKEN}"
         )
     return parsed[1]
+
+
+NEW_ADMIN_TOKEN = (
+    'generate one with: python -c "import secrets; '
+    "print(f'ik_admin_{secrets.token_hex(4)}_{secrets.token_hex(32)}')\""
+)
+
+
+ADMIN_TOKEN_TAKEN = "INFERENCEKEY_ADMIN_TOKEN's id is taken by another credential"
+
+
+async def admin_token_taken(database_url: str, configured: str) -> bool:
+    """Whether another credential of this database holds the configured admin token's id, so
+    that the Manager cannot start with it (`bootstrap_admin` refuses it): told before the
+    server starts, in a line, not in a server's startup traceback."""
+    token_id = configured_admin_token_id(configured)
+    connection = await asyncpg.connect(notify.plain_postgres_url(database_url))
+    try:
+        if not await connection.fetchval("SELECT to_regclass('tokens') IS NOT NULL"):
+            return False  # a new database: the Manager makes the table, and the token in it
+        row = await connection.fetchrow("SELECT kind, digest FROM tokens WHERE id = $1", token_id)
+    finally:
+        await connection.close()
+    return row is not None and (
+        bytes(row["digest"]) != token_digest(configured) or row["kind"] != TokenKind.ADMIN.value
+    )
 
 
 async def bootstrap_admin(
@@ -188,7 +213,7 @@ async def bootstrap_admin(
                 Token(id=token_id, kind=TokenKind.ADMIN.value, digest=token_digest(configured))
             )
         elif existing.digest != token_digest(configured) or existing.kind != TokenKind.ADMIN.value:
-            raise ValueError("INFERENCEKEY_ADMIN_TOKEN's id is taken by another credential")
+            raise ValueError(ADMIN_TOKEN_TAKEN)
         return None
     active = await session.execute(
         select(Token.id).where(Token.kind == TokenKind.ADMIN.value, Token.revoked_at.is_(None))
