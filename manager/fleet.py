@@ -255,6 +255,12 @@ class Fleet:
         self.demand_readers: set[str] = set()
         self.deleted: set[str] = set()
         self.replicas: dict[str, list[planning.ReplicaView]] = {}
+        # The same replicas by worker, and the workers whose slots' claims are stale: those that
+        # gained or lost a replica, got a new slot, or had a placement planned on them since
+        # their claims were last made (`claim`). Every other slot keeps its claims from pass to
+        # pass: claiming all of a fleet's replicas was a pass's largest fixed cost.
+        self.replicas_on: dict[str, dict[str, planning.ReplicaView]] = defaultdict(dict)
+        self._stale_claims: set[str] = set()
         self.shapes: dict[str, WorkerShape] = {}
         self.prices: dict[str, float] = {}
         # Each worker's liveness state at the last pass: a change is judged against it.
@@ -272,7 +278,9 @@ class Fleet:
             select(*REPLICA_COLUMNS).order_by(Replica.created_at, Replica.id)
         )
         for count, row in enumerate(replicas):
-            fleet.replicas.setdefault(row.workload_id, []).append(as_replica_view(row))
+            view = as_replica_view(row)
+            fleet.replicas.setdefault(row.workload_id, []).append(view)
+            fleet.replicas_on[view.worker_id][view.id] = view
             if count % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # a fleet's rows are CPU: let requests in between
         rows = list(
@@ -319,9 +327,9 @@ class Fleet:
         fresh = {row.id: row for row in rows}
         new: list[tuple[datetime, str, planning.WorkloadView]] = []
         for workload_id in wanted:
-            before = {r.id for r in self.replicas.get(workload_id, ())}
+            before = {r.id: r for r in self.replicas.get(workload_id, ())}
             now = replicas.get(workload_id, [])
-            freed = freed or bool(before - {r.id for r in now})
+            freed = self._replace_replicas(before, now) or freed
             if now:
                 self.replicas[workload_id] = now
             else:
@@ -359,6 +367,48 @@ class Fleet:
             order = sorted((created_at, id_) for id_, created_at in self._created_at.items())
             self.workloads = {id_: self.workloads[id_] for _, id_ in order}
 
+    def _replace_replicas(
+        self, before: dict[str, planning.ReplicaView], now: list[planning.ReplicaView]
+    ) -> bool:
+        """One workload's replicas read again: kept by worker, and the claims of a worker that
+        gained or lost one made stale (a replica's worker, GPUs and claim never change). True
+        if one is gone."""
+        for replica in now:
+            on = self.replicas_on[replica.worker_id]
+            if replica.id not in on:
+                self._stale_claims.add(replica.worker_id)
+            on[replica.id] = replica
+        kept = {replica.id for replica in now}
+        gone = [replica for replica_id, replica in before.items() if replica_id not in kept]
+        for replica in gone:
+            self.replicas_on[replica.worker_id].pop(replica.id, None)
+            self._stale_claims.add(replica.worker_id)
+        return bool(gone)
+
+    def placed_on(self, worker_ids: Iterable[str]) -> None:
+        """A pass planned placements on these workers (claimed in their slots): their claims are
+        made afresh at the next pass, whether the placements were written or not."""
+        self._stale_claims.update(worker_ids)
+
+    def claim(
+        self, slot_of: dict[str, placement.WorkerSlot], changed_workers: Iterable[str]
+    ) -> None:
+        """Make the claims of each slot whose claims are stale, or whose worker's liveness
+        changed (a lost worker's replicas hold nothing), from its replicas; the others are
+        as the last pass left them."""
+        stale = (self._stale_claims | set(changed_workers)) & slot_of.keys()
+        for worker_id in stale:
+            slot = slot_of[worker_id]
+            slot.replicas_of = {}
+            for gpu in slot.gpus:
+                gpu.claimed_mb, gpu.whole_claimed, gpu.shared_claims = 0, False, 0
+        planning.claim_existing(
+            slot_of.values(),
+            (replica for worker_id in stale for replica in self.replicas_on[worker_id].values()),
+            slot_of,
+        )
+        self._stale_claims = set()
+
     def _hold(self, view: planning.WorkloadView) -> None:
         """Keep ``view`` as its workload's (in place, or at the end of the order)."""
         self.workloads[view.id] = view
@@ -379,10 +429,10 @@ class Fleet:
         return any(self.shapes.get(worker_id) != shape for worker_id, shape in before.items())
 
     def slots(self, liveness: Iterable[WorkerRecord]) -> list[placement.WorkerSlot]:
-        """Each worker with its GPUs and their prices, nothing claimed yet
-        (`planning.claim_existing` does that). The objects are kept from pass to pass (a fleet's
-        thousands of GPUs cost a pass more to build than to clear) and cleared of the last
-        pass's claims here; a worker whose shape or prices changed gets new ones."""
+        """Each worker with its GPUs and their prices, and the claims `claim` last made in it.
+        The objects are kept from pass to pass (a fleet's thousands of GPUs cost a pass more to
+        build than to claim); a worker whose shape or prices changed gets new ones, with claims
+        made afresh."""
         slots = []
         for record in liveness:
             shape = self.shapes.get(record.id)
@@ -392,14 +442,9 @@ class Fleet:
             if kept is None or kept[0] is not shape:
                 kept = (shape, self._slot_of(shape))
                 self._slots[record.id] = kept
+                self._stale_claims.add(record.id)
             slot = kept[1]
             slot.state, slot.state_reason = record.state, record.state_reason
-            # A GPU is claimed only with a replica counted on its worker (claim_existing,
-            # placement.claim): a worker with none has nothing to clear.
-            if slot.replicas_of:
-                slot.replicas_of = {}
-                for gpu in slot.gpus:
-                    gpu.claimed_mb, gpu.whole_claimed, gpu.shared_claims = 0, False, 0
             slots.append(slot)
         return slots
 

@@ -171,7 +171,7 @@ def worker_liveness(
 
 
 def claim_existing(
-    slots: Sequence[placement.WorkerSlot],
+    slots: Iterable[placement.WorkerSlot],
     replicas: Iterable[ReplicaView],
     slot_of: Mapping[str, placement.WorkerSlot] | None = None,
 ) -> None:
@@ -179,8 +179,7 @@ def claim_existing(
 
     Stopping replicas still hold their GPUs until their agent confirms they are gone; replicas on
     a lost worker hold nothing, since they are forgotten in this pass. ``slot_of`` is ``slots``
-    by id, when the caller has it already. Every pass claims every replica of the fleet: this is
-    a pass's largest fixed cost (10,000 replicas), so it is a few lookups per replica.
+    by id, when the caller has it already (then ``slots`` is not read).
     """
     if slot_of is None:
         slot_of = {slot.id: slot for slot in slots}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import defaultdict
@@ -213,11 +212,8 @@ class Reconciler:
             for worker_id, state in states.items()
             if previous.get(worker_id, state) != state
         }
-        planning.claim_existing(
-            snapshot.slots,
-            itertools.chain.from_iterable(snapshot.replicas_by_workload.values()),
-            snapshot.slot_of,
-        )
+        # What the replicas hold, made afresh only where that or the worker's liveness changed.
+        self._fleet.claim(snapshot.slot_of, changed_workers)
         workloads = snapshot.workloads
         if changed_workers:
             # Their replicas may be lost now, or back. Room appeared only where a worker is
@@ -412,6 +408,13 @@ class Reconciler:
                 break
             if actions:
                 plans.append((workload, actions))
+        if self._fleet is not None:  # what this pass claimed in the slots, written or not
+            self._fleet.placed_on(
+                action.worker_id
+                for _, actions in plans
+                for action in actions
+                if isinstance(action, planning.CreateReplica)
+            )
         for start in range(0, len(plans), WRITE_BATCH):
             batch = plans[start : start + WRITE_BATCH]
             for workload, _ in batch:

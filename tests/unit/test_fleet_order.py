@@ -7,7 +7,8 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from manager.fleet import Fleet, WorkerRecord, WorkerShape
-from manager.planning import claim_existing
+from manager.placement import WorkerSlot
+from manager.planning import ReplicaView
 from manager.states import WorkerState
 from tests.unit.test_reconcile_plan import A100_MB, replica, workload
 
@@ -43,9 +44,9 @@ def test_a_workload_older_than_those_held_goes_where_a_full_read_puts_it() -> No
     assert all(view.id == key for key, view in fleet.workloads.items())
 
 
-def test_slots_kept_between_passes_hold_only_this_passes_claims() -> None:
+def test_kept_slots_hold_what_the_replicas_hold_made_afresh_only_where_it_changed() -> None:
     fleet = Fleet()
-    for worker_id in ("wrk_a", "wrk_b"):
+    for worker_id in ("wrk_a", "wrk_b", "wrk_c"):
         fleet.shapes[worker_id] = WorkerShape(
             id=worker_id,
             name=f"{worker_id}-host",
@@ -57,28 +58,49 @@ def test_slots_kept_between_passes_hold_only_this_passes_claims() -> None:
                 for i in range(2)
             ),
         )
-    liveness = [WorkerRecord(w, at(0), WorkerState.READY.value, None) for w in ("wrk_a", "wrk_b")]
+    workers = ("wrk_a", "wrk_b", "wrk_c")
+    liveness = [WorkerRecord(w, at(0), WorkerState.READY.value, None) for w in workers]
     vllm, ollama = workload(), workload(id="wl_2", backend="ollama")
-    first = fleet.slots(liveness)
-    claim_existing(
-        first,
-        [replica("rep_1", "wrk_a", of=vllm, gpu=1),
-         dataclasses.replace(replica("rep_2", "wrk_b", of=ollama), workload_id="wl_2",
-                             claim_memory_mb=1000)],
-    )  # fmt: skip
-    a, b = first
+    on_a = replica("rep_1", "wrk_a", of=vllm, gpu=1)
+    on_b = dataclasses.replace(
+        replica("rep_2", "wrk_b", of=ollama), workload_id="wl_2", claim_memory_mb=1000
+    )
+
+    def a_pass(
+        replicas: dict[str, list[ReplicaView]], changed: tuple[str, ...] = ()
+    ) -> list[WorkerSlot]:
+        for workload_id in {*fleet.replicas, *replicas}:  # as refresh_workloads does
+            before = {r.id: r for r in fleet.replicas.get(workload_id, ())}
+            fleet._replace_replicas(before, replicas.get(workload_id, []))
+            fleet.replicas[workload_id] = replicas.get(workload_id, [])
+        slots = fleet.slots(liveness)
+        fleet.claim({slot.id: slot for slot in slots}, changed)
+        return slots
+
+    first = a_pass({"wl_1": [on_a], "wl_2": [on_b]})
+    a, b, c = first
     assert [gpu.wholly_free for gpu in a.gpus] == [True, False]
     assert b.gpus[0].free_mb == A100_MB - 1000 and b.gpus[0].shared_claims == 1
 
-    # The next pass: the same objects, rep_1 gone, rep_2 still there.
-    second = fleet.slots(liveness)
-    assert [slot is kept for slot, kept in zip(second, first, strict=True)] == [True, True]
-    claim_existing(
-        second,
-        [dataclasses.replace(replica("rep_2", "wrk_b", of=ollama), workload_id="wl_2",
-                             claim_memory_mb=1000)],
-    )  # fmt: skip
+    # The next pass: the same objects; rep_1 gone, rep_2 there with a new state; a placement on
+    # wrk_c claimed in this pass's slots (the plan's, as placement.claim makes it).
+    c.replicas_of["wl_3"] = 1
+    c.gpus[0].whole_claimed = True
+    fleet.placed_on(["wrk_c"])
+    second = a_pass({"wl_1": [], "wl_2": [dataclasses.replace(on_b, state="ready")]})
+    assert [slot is kept for slot, kept in zip(second, first, strict=True)] == [True] * 3
     assert all(gpu.wholly_free and gpu.free_mb == A100_MB for gpu in a.gpus)
     assert a.replicas_of == {}
     assert b.gpus[0].free_mb == A100_MB - 1000 and b.gpus[0].shared_claims == 1
     assert b.replicas_of == {"wl_2": 1}
+    # The placement was not written (no replica of wl_3 was read): its claim is gone.
+    assert c.replicas_of == {} and all(gpu.wholly_free for gpu in c.gpus)
+
+    # wrk_b lost: its replica holds nothing (it is forgotten in this pass); back, it holds again.
+    liveness[1] = WorkerRecord("wrk_b", at(0), WorkerState.LOST.value, None)
+    third = a_pass({"wl_2": [on_b]}, changed=("wrk_b",))
+    assert third[1].replicas_of == {} and third[1].gpus[0].free_mb == A100_MB
+    liveness[1] = WorkerRecord("wrk_b", at(0), WorkerState.READY.value, None)
+    fourth = a_pass({"wl_2": [on_b]}, changed=("wrk_b",))
+    assert fourth[1].replicas_of == {"wl_2": 1}
+    assert fourth[1].gpus[0].free_mb == A100_MB - 1000
