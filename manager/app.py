@@ -146,6 +146,13 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             background.append(
                 asyncio.create_task(_wake_waiters_on_stop(stopping, hub), name="stop-watch")
             )
+            # Shed heartbeats still prove their agents alive: a third of the not-ready lease.
+            keep_every_s = min(5.0, settings.worker_not_ready_after_s / 3)
+            background.append(
+                asyncio.create_task(
+                    agent.keep_shed_leases(app.state, keep_every_s), name="shed-leases"
+                )
+            )
             if settings.metrics_address:
                 metrics.serve_separately(settings.metrics_address)
             if settings.run_reconciler:

@@ -416,3 +416,71 @@ async def test_waiting_long_polls_hold_no_database_slot(
             response = await client.post("/api/agent/heartbeat", json=DELTA, headers=bearer(token))
             assert response.status_code == 200, response.text
         assert all(response.status_code == 200 for response in await asyncio.gather(*waiting))
+
+
+@pytest.fixture
+def narrow(tmp_path: Path) -> Iterator[RunningManager]:
+    """A Manager with one agent request at a time, waited for 20 ms, and the suite's short
+    leases (not ready after 3 s)."""
+    with own_manager(tmp_path, agent_max_concurrent_db=1, agent_admission_wait_s=0.02) as running:
+        yield running
+
+
+async def worker_states(manager: RunningManager) -> dict[str, str]:
+    connection = await asyncpg.connect(plain_postgres_url(manager.database_url))
+    try:
+        rows = await connection.fetch("SELECT name, state FROM workers")
+    finally:
+        await connection.close()
+    return {row["name"]: row["state"] for row in rows}
+
+
+async def test_a_worker_whose_heartbeats_are_shed_keeps_its_lease_and_a_silent_one_lapses(
+    narrow: RunningManager,
+) -> None:
+    manager = narrow
+    with httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token or "")) as admin:
+        project = create_project(admin)["slug"]
+        tokens = {name: new_worker(admin, project, name) for name in ("holder", "shed", "silent")}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(
+                httpx.AsyncClient(base_url=manager.url, headers=bearer(token), timeout=30)
+            )
+            for name, token in tokens.items()
+        }
+        ids = {}
+        for name, client in clients.items():  # registered, and their credentials known
+            ids[name] = (await heartbeat(client, full(CPU_ONLY, [])))["worker_id"]
+            await heartbeat(client, DELTA)
+        connection = await asyncpg.connect(plain_postgres_url(manager.database_url))
+        try:
+            # The holder's row locked: its next heartbeat waits on it with the one slot taken.
+            transaction = connection.transaction()
+            await transaction.start()
+            await connection.execute(
+                "SELECT 1 FROM workers WHERE id = $1 FOR UPDATE", ids["holder"]
+            )
+            held = asyncio.create_task(clients["holder"].post("/api/agent/heartbeat", json=DELTA))
+            await asyncio.sleep(0.3)
+            assert not held.done()
+            # For longer than the not-ready lease (3 s): every heartbeat of "shed" is shed, and
+            # "silent" sends none.
+            deadline = time.monotonic() + 6
+            shed = 0
+            while time.monotonic() < deadline:
+                answer = await clients["shed"].post("/api/agent/heartbeat", json=DELTA)
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["code"] == "overloaded"
+                shed += 1
+                await asyncio.sleep(0.3)
+            states = await worker_states(manager)
+            assert states["silent"] == "not_ready", states
+            assert states["shed"] == "ready", (states, shed)
+            await transaction.rollback()
+        finally:
+            await connection.close()
+        assert (await held).status_code == 200
+        # And a heartbeat that gets through brings the silent one back.
+        await heartbeat(clients["silent"], DELTA)
+        assert (await worker_states(manager))["silent"] == "ready"

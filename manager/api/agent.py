@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -23,7 +25,8 @@ from manager.auth import Principal, TokenKind, bearer_token, require_kind, token
 from manager.custom_backends import service as custom_backends
 from manager.db.models import Worker
 from manager.db.session import autocommit
-from manager.errors import Unauthenticated
+from manager.errors import Overloaded, Unauthenticated
+from manager.http_errors import database_unavailable
 from manager.openapi import CUSTOM_BACKEND_PACKAGE_RESPONSES, ERROR_RESPONSES
 from manager.services import tokens, workers
 from manager.services.timefmt import utcnow
@@ -39,6 +42,7 @@ AGENT_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 WHERE = "the agent protocol (/api/agent)"
+log = logging.getLogger("inferencekey.agents")
 
 
 class AgentCredentials:
@@ -121,6 +125,48 @@ class OneAtATime:
                 self._turns[worker_id] = (lock, users - 1)
 
 
+class ShedHeartbeats:
+    """The workers whose heartbeats this process shed (503 overloaded) since they were last
+    taken, and when: proof that their agents live, which `keep_shed_leases` writes every few
+    seconds in one statement (``workers.keep_leases``), so that a Manager too busy to hear the
+    fleet does not judge it lapsed and re-place its replicas."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, datetime] = {}
+
+    def shed(self, worker_id: str) -> None:
+        self._seen[worker_id] = utcnow()
+
+    def take(self) -> dict[str, datetime]:
+        taken, self._seen = self._seen, {}
+        return taken
+
+
+async def keep_shed_leases(state: State, every_s: float) -> None:
+    """Until cancelled: every ``every_s``, keep the leases of the workers whose heartbeats were
+    shed meanwhile."""
+    while True:
+        await asyncio.sleep(every_s)
+        seen = protocol_of(state).shed_heartbeats.take()
+        if not seen:
+            continue
+        try:
+            async with autocommit(state.engine) as connection:
+                kept = await workers.keep_leases(connection, seen)
+        except Exception as error:
+            if database_unavailable(error) is None:
+                log.exception("keeping the leases of shed workers failed")
+            else:
+                log.warning("keeping the leases of shed workers failed: %s", error)
+            continue
+        if kept:
+            log.info(
+                "kept the leases of %d ready worker(s) whose heartbeats this Manager shed "
+                "(overloaded)",
+                kept,
+            )
+
+
 class AgentProtocol:
     """This process's state for the agent routes, made on their first request. At most
     ``agent_max_concurrent_db`` agent requests use the database at once; one that cannot start
@@ -138,6 +184,7 @@ class AgentProtocol:
         )
         self.credentials = AgentCredentials()
         self.heartbeats = OneAtATime(self.admission)
+        self.shed_heartbeats = ShedHeartbeats()
 
 
 def _protocol(request: Request) -> AgentProtocol:
@@ -319,12 +366,16 @@ async def renew_lease(
     """A delta heartbeat's work (here and in agent_fast): the lease renewed in one statement on
     a connection that commits it, in the worker's turn and under an admission slot. False if
     the worker's credential was revoked."""
-    async with (
-        protocol.heartbeats.turn(worker.id, patient=patient),
-        protocol.admission.slot(patient=patient),
-        autocommit(state.engine) as connection,
-    ):
-        return await workers.renew_lease(connection, worker.id, address, utcnow())
+    try:
+        async with (
+            protocol.heartbeats.turn(worker.id, patient=patient),
+            protocol.admission.slot(patient=patient),
+            autocommit(state.engine) as connection,
+        ):
+            return await workers.renew_lease(connection, worker.id, address, utcnow())
+    except Overloaded:
+        protocol.shed_heartbeats.shed(worker.id)
+        raise
 
 
 @router.post("/heartbeat", response_model=Assignments)
@@ -338,13 +389,17 @@ async def heartbeat(request: Request, body: Heartbeat) -> Response:
         state = request.app.state
         renewed = await renew_lease(state, protocol, worker, body.address, patient=patient)
     else:
-        async with (
-            protocol.heartbeats.turn(worker.id, patient=patient),
-            _database(request) as session,
-        ):
-            report = body.model_dump()
-            renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
-            await session.commit()
+        try:
+            async with (
+                protocol.heartbeats.turn(worker.id, patient=patient),
+                _database(request) as session,
+            ):
+                report = body.model_dump()
+                renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
+                await session.commit()
+        except Overloaded:
+            protocol.shed_heartbeats.shed(worker.id)
+            raise
     if not renewed:  # revoked since the credential was cached
         _protocol(request).credentials.evict(worker.token_id)
         raise Unauthenticated()

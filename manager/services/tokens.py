@@ -184,7 +184,7 @@ async def admin_token_taken(database_url: str, configured: str) -> bool:
     that the Manager cannot start with it (`bootstrap_admin` refuses it): told before the
     server starts, in a line, not in a server's startup traceback."""
     token_id = configured_admin_token_id(configured)
-    connection = await asyncpg.connect(notify.plain_postgres_url(database_url))
+    connection = await asyncpg.connect(notify.plain_postgres_url(database_url), timeout=30)
     try:
         if not await connection.fetchval("SELECT to_regclass('tokens') IS NOT NULL"):
             return False  # a new database: the Manager makes the table, and the token in it

@@ -367,6 +367,40 @@ async def renew_lease(
     return (await connection.execute(RENEW_LEASE, lease)).one_or_none() is not None
 
 
+# The leases of ready workers whose heartbeats this process shed (503 overloaded): an agent
+# that sent one is alive, and a Manager too busy to hear its report must not judge it lapsed
+# (at 1,000 agents and 10,000 workloads hundreds of workers lapsed during a burst of creates,
+# and re-planning their workloads kept the Manager busy). Rows another statement holds are
+# skipped (a heartbeat or the reconciler is at them); a worker not ready any more is left to a
+# heartbeat that gets through, as is a revoked credential's.
+KEEP_LEASES = text("""
+WITH seen AS (
+    SELECT * FROM unnest(CAST(:worker_ids AS TEXT[]), CAST(:seen_at AS TIMESTAMPTZ[]))
+        AS seen (worker_id, at)
+), kept AS (
+    SELECT w.id, seen.at FROM workers AS w JOIN seen ON seen.worker_id = w.id
+    WHERE w.state = :ready AND w.last_heartbeat_at < seen.at
+      AND EXISTS (SELECT 1 FROM tokens AS t WHERE t.id = w.token_id AND t.revoked_at IS NULL)
+    ORDER BY w.id
+    FOR NO KEY UPDATE OF w SKIP LOCKED
+)
+UPDATE workers AS w SET last_heartbeat_at = kept.at FROM kept WHERE w.id = kept.id
+RETURNING w.id
+""")
+
+
+async def keep_leases(connection: AsyncConnection, seen: dict[str, datetime]) -> int:
+    """Renew the leases of these ready workers to when a request of theirs was shed; how many
+    were renewed."""
+    ids = sorted(seen)
+    values = {
+        "worker_ids": ids,
+        "seen_at": [seen[worker_id] for worker_id in ids],
+        "ready": WorkerState.READY.value,
+    }
+    return len((await connection.execute(KEEP_LEASES, values)).all())
+
+
 async def record_heartbeat(
     session: AsyncSession, worker_id: str, body: dict[str, Any], now: datetime
 ) -> bool:
