@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
+from manager.api.agent import AgentCredentials
 from manager.notify import RECONCILE, plain_postgres_url
 from tests.support import (
     RunningManager,
@@ -435,10 +436,15 @@ async def worker_states(manager: RunningManager) -> dict[str, str]:
     return {row["name"]: row["state"] for row in rows}
 
 
+@pytest.mark.parametrize("credentials_cached", [True, False], ids=["cached", "looked-up"])
 async def test_a_worker_whose_heartbeats_are_shed_keeps_its_lease_and_a_silent_one_lapses(
-    narrow: RunningManager,
+    narrow: RunningManager, monkeypatch: pytest.MonkeyPatch, credentials_cached: bool
 ) -> None:
     manager = narrow
+    if not credentials_cached:
+        # Every request looks its credential up (under an admission slot) and is shed before
+        # it: the worker it names is the one an earlier lookup found.
+        monkeypatch.setattr(AgentCredentials, "TTL_S", 0.0)
     with httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token or "")) as admin:
         project = create_project(admin)["slug"]
         tokens = {name: new_worker(admin, project, name) for name in ("holder", "shed", "silent")}

@@ -35,7 +35,7 @@ from manager import notify
 from manager.auth import Principal, authenticate, token_digest
 from manager.db.migrate import upgrade_to_head
 from manager.db.models import Base, Project
-from manager.db.session import make_engine, make_sessionmaker
+from manager.db.session import autocommit, make_engine, make_sessionmaker
 from manager.gateway.keys import KeyCache
 from manager.gateway.routes import RouteTable
 from manager.jobs.dispatcher import JobDispatcher, ResultWriter
@@ -329,6 +329,13 @@ async def agent_heartbeat(fleet: Fleet) -> None:
         assert await workers.assignments(session, worker.id)
 
 
+async def shed_heartbeats_leases(fleet: Fleet) -> None:
+    """What a process writes every few seconds for the workers whose heartbeats it shed."""
+    ids = [row["id"] for row in await fleet.direct.fetch("SELECT id FROM workers LIMIT 50")]
+    async with autocommit(fleet.engine) as connection:
+        await workers.keep_leases(connection, dict.fromkeys(ids, utcnow()))
+
+
 async def reconciler_full_read(fleet: Fleet) -> None:
     fleet.reconciler = Reconciler(fleet.sessions, fleet.hub, fleet.settings)
     await fleet.reconciler._read_snapshot()
@@ -512,6 +519,7 @@ class CodePath:
 # read, the route table, the dispatcher's claimed jobs).
 CODE_PATHS = [
     CodePath("agent heartbeat", agent_heartbeat),
+    CodePath("agent heartbeats shed: their leases kept", shed_heartbeats_leases),
     CodePath("reconciler: full read", reconciler_full_read),
     CodePath("reconciler: read of what changed", reconciler_read_of_what_changed),
     CodePath("reconciler: a pass", reconciler_pass),

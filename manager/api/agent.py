@@ -49,9 +49,10 @@ class AgentCredentials:
     """Each agent credential's worker, by the SHA-256 of the whole credential, so that an
     agent's requests cost no query to say who is calling. An entry goes when its credential's
     revocation is heard (``NOTIFY ik_tokens``, every process; all of them after the listening
-    connection came back) or after ``TTL_S``. A revoked credential is refused on its next
-    request all the same, however the notification fares: the heartbeat checks it in its own
-    statement, the long-poll and the package download with one query first."""
+    connection came back); after ``TTL_S`` it is looked up again, and until then it still names
+    who sent a request shed before its lookup (``last_known``). A revoked credential is refused
+    on its next request all the same, however the notification fares: the heartbeat checks it in
+    its own statement, the long-poll and the package download with one query first."""
 
     TTL_S = 60.0
     MAX_ENTRIES = 100_000
@@ -66,9 +67,14 @@ class AgentCredentials:
         if entry is None:
             return None
         if entry[0] < time.monotonic():
-            self.evict(entry[1].token_id)
-            return None
+            return None  # looked up again (and put back) by the request; kept till then
         return entry[1], entry[2]
+
+    def last_known(self, digest: bytes) -> workers.AgentWorker | None:
+        """The worker of this credential as last looked up, however long ago, unless its
+        revocation was heard since: who sent a request shed before its lookup."""
+        entry = self._entries.get(digest)
+        return entry[2] if entry is not None else None
 
     def put(
         self,
@@ -228,11 +234,19 @@ async def _identify(request: Request) -> None:
         request.state.principal, request.state.agent_worker = known
         return
     generation = credentials.generation
-    async with _protocol(request).admission.slot():
-        principal = await authenticated(request)
-        require_kind(principal, TokenKind.AGENT, WHERE)
-        async with request.app.state.sessions() as session:
-            worker = await workers.agent_worker(session, principal)
+    try:
+        async with _protocol(request).admission.slot():
+            principal = await authenticated(request)
+            require_kind(principal, TokenKind.AGENT, WHERE)
+            async with request.app.state.sessions() as session:
+                worker = await workers.agent_worker(session, principal)
+    except Overloaded:
+        # Shed before its lookup: if this credential's worker is known from an earlier one, its
+        # agent lives all the same (keep_shed_leases checks the credential's standing).
+        known_worker = credentials.last_known(digest)
+        if known_worker is not None:
+            _protocol(request).shed_heartbeats.shed(known_worker.id)
+        raise
     credentials.put(digest, principal, worker, generation)
     request.state.agent_worker = worker
     request.state.credential_checked = True  # just now, in the database

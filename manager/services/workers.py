@@ -374,28 +374,31 @@ async def renew_lease(
 # skipped (a heartbeat or the reconciler is at them); a worker not ready any more is left to a
 # heartbeat that gets through, as is a revoked credential's.
 KEEP_LEASES = text("""
-WITH seen AS (
-    SELECT * FROM unnest(CAST(:worker_ids AS TEXT[]), CAST(:seen_at AS TIMESTAMPTZ[]))
-        AS seen (worker_id, at)
-), kept AS (
-    SELECT w.id, seen.at FROM workers AS w JOIN seen ON seen.worker_id = w.id
-    WHERE w.state = :ready AND w.last_heartbeat_at < seen.at
-      AND EXISTS (SELECT 1 FROM tokens AS t WHERE t.id = w.token_id AND t.revoked_at IS NULL)
+WITH kept AS (
+    SELECT w.id FROM workers AS w
+    WHERE w.id = ANY(CAST(:worker_ids AS TEXT[]))
+      AND w.state = :ready AND w.last_heartbeat_at < :seen_at
+      AND w.token_id = ANY(ARRAY(  -- their unrevoked credentials, each by its key
+          SELECT t.id FROM tokens AS t
+          WHERE t.revoked_at IS NULL AND t.id = ANY(ARRAY(
+              SELECT token_id FROM workers WHERE id = ANY(CAST(:worker_ids AS TEXT[]))))))
     ORDER BY w.id
     FOR NO KEY UPDATE OF w SKIP LOCKED
 )
-UPDATE workers AS w SET last_heartbeat_at = kept.at FROM kept WHERE w.id = kept.id
+UPDATE workers AS w SET last_heartbeat_at = :seen_at
+WHERE w.id = ANY(ARRAY(SELECT id FROM kept))
 RETURNING w.id
 """)
 
 
 async def keep_leases(connection: AsyncConnection, seen: dict[str, datetime]) -> int:
-    """Renew the leases of these ready workers to when a request of theirs was shed; how many
-    were renewed."""
-    ids = sorted(seen)
+    """Renew the leases of these ready workers to when the earliest of their shed requests
+    came (a few seconds apart at most: never later than any was seen); how many were renewed."""
+    if not seen:
+        return 0
     values = {
-        "worker_ids": ids,
-        "seen_at": [seen[worker_id] for worker_id in ids],
+        "worker_ids": sorted(seen),
+        "seen_at": min(seen.values()),
         "ready": WorkerState.READY.value,
     }
     return len((await connection.execute(KEEP_LEASES, values)).all())
