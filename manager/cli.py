@@ -40,7 +40,6 @@ def run_manager(args: argparse.Namespace) -> int:
     from manager.services.tokens import (
         ADMIN_TOKEN_TAKEN,
         NEW_ADMIN_TOKEN,
-        admin_token_taken,
         configured_admin_token_id,
     )
 
@@ -69,9 +68,7 @@ def run_manager(args: argparse.Namespace) -> int:
             return _serve_processes(settings, embedded, log_format(args.log_format))
         if settings.run_migrations:
             refuse_newer_schema(settings.database_url)
-        if settings.admin_token is not None and asyncio.run(
-            admin_token_taken(settings.database_url, settings.admin_token)
-        ):
+        if settings.admin_token is not None and _admin_token_taken(settings):
             # (With --processes, each process finds it and the supervisor stops with it.)
             print(
                 f"error: {ADMIN_TOKEN_TAKEN} in this database; {NEW_ADMIN_TOKEN}", file=sys.stderr
@@ -92,6 +89,21 @@ def run_manager(args: argparse.Namespace) -> int:
             embedded.stop()
         signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
+
+
+def _admin_token_taken(settings: Settings) -> bool:
+    """Whether another credential holds the configured admin token's id (tokens.py); a database
+    that cannot be reached is the one-line error every other start-up check gives."""
+    import asyncpg
+
+    from manager.db.migrate import DatabaseUnreachable
+    from manager.services.tokens import admin_token_taken
+
+    assert settings.database_url is not None and settings.admin_token is not None
+    try:
+        return asyncio.run(admin_token_taken(settings.database_url, settings.admin_token))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise DatabaseUnreachable(str(error) or type(error).__name__) from error
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

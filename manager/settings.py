@@ -144,7 +144,7 @@ class Settings:
     # the database busy (4 halved a burst's creates per second: each waits on its commit); more
     # only lengthen each turn of the event loop, the agents' too.
     api_max_concurrent: int = 16
-    api_admission_wait_s: float = 30.0
+    api_admission_wait_s: float = 10.0  # well within a client's timeout (the SDK's is 30 s)
     # The reconciler runs on every change it is told of, and at least this often.
     reconcile_interval_s: float = 2.0
     # The reconcile leader reads only what notifications name between full reads of everything,
