@@ -381,9 +381,11 @@ def _slow_uv(tmp_path: Path) -> Path:
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(
         f"#!{sys.executable}\n"
-        "import subprocess, sys, time\n"
+        "import os, subprocess, sys, time\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        f"open({str(tmp_path / 'grandchild.pid')!r}, 'w').write(str(child.pid))\n"
+        f"open({str(tmp_path / 'grandchild.pid.tmp')!r}, 'w').write(str(child.pid))\n"
+        f"os.replace({str(tmp_path / 'grandchild.pid.tmp')!r}, "
+        f"{str(tmp_path / 'grandchild.pid')!r})\n"
         "time.sleep(600)\n"
     )
     script.chmod(0o755)
@@ -438,6 +440,10 @@ async def test_a_uv_left_running_by_a_stopped_agent_is_killed_before_the_rebuild
         [str(_slow_uv(tmp_path)), "venv", str(home / "venv")], start_new_session=True
     )
     try:
+        # The orphan must have started its build script before the agent comes back.
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "grandchild.pid").exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         (home / UV_PGID_FILE).write_text(f"{bystander.pid}\n")
         await CustomBackendStore(store_root, manager_client).install(ref_of(package), Steps())
         assert bystander.poll() is None
