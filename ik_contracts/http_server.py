@@ -39,7 +39,12 @@ class ServerLimits:
     max_headers: int = 100
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    keepalive_timeout_s: float = 5.0
+    # Longer than the idle expiry of the clients that talk to these servers (httpx, the agent's
+    # and the Python SDK's: 5 s; Node's fetch: 4 s), so the client always closes an idle
+    # connection first. At 5 s, as uvicorn's default, both sides closed it at the same moment and
+    # now and then a client sent a request down a connection the server was closing: a POST
+    # lost with no answer (a heartbeat in about 1 of 10,000 under load; bench/agent_requests.py).
+    keepalive_timeout_s: float = 15.0
     max_connections: int = 2048
 
     @classmethod

@@ -227,3 +227,21 @@ def test_an_exhausted_database_pool_is_503_with_retry_after(
         small.stop()
     assert (status, body["code"]) == (503, "database_unavailable")
     assert headers["retry-after"] == "2"
+
+
+def test_a_connection_idle_as_long_as_a_client_keeps_one_is_still_served(
+    manager: RunningManager,
+) -> None:
+    """The server keeps an idle connection open longer than httpx (the agent's and the SDK's
+    client) keeps it: the client is always the one to close it, so a request is never sent down
+    a connection the server is closing at that moment (a POST lost with no answer)."""
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None
+    assert manager.settings.server_limits.keepalive_timeout_s >= 2 * client_expiry
+    host, port = manager.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        for wait_s in (0.0, client_expiry + 0.5):  # idle a moment past the client's expiry
+            time.sleep(wait_s)
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = connection.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
