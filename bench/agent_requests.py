@@ -212,16 +212,28 @@ async def backend_pids(pool: asyncpg.Pool, database: str) -> list[int]:
     return [row["pid"] for row in rows]
 
 
-def backends_cpu_s(pids: list[int]) -> float | None:
-    total = 0.0
+def backends_cpu_s(pids: list[int]) -> dict[int, float] | None:
+    """CPU seconds so far of each of these Postgres backends that /proc shows; None where
+    Postgres runs out of its sight (another host or container)."""
+    seen: dict[int, float] = {}
     for pid in pids:
         try:
-            total += process_cpu_s(pid)
-        except (FileNotFoundError, ProcessLookupError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+                continue  # the id is another process's: Postgres is not here
+            seen[pid] = process_cpu_s(pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        except PermissionError:
-            return None
-    return total
+    return seen or None
+
+
+def backends_delta_s(
+    before: dict[int, float] | None, after: dict[int, float] | None
+) -> float | None:
+    """The CPU the backends alive at both readings used between them (one that came or went
+    meanwhile is left out: its share is lost, never counted twice or negative)."""
+    if before is None or after is None:
+        return None
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
 async def measure(
@@ -258,7 +270,7 @@ async def measure(
             peer_before = process_cpu_s(peer_pid)
             _, peer_wall = await send_all(peer_url, agents, request, args.rounds, args.concurrency)
             peer_cpu = process_cpu_s(peer_pid) - peer_before
-            postgres = None if db_before is None or db_after is None else (db_after - db_before)
+            postgres = backends_delta_s(db_before, db_after)
             figures.append(
                 Figure(
                     kind=kind,
@@ -331,6 +343,9 @@ def main() -> int:
             for process in (manager, peer):
                 process.terminate()
                 process.join(15)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
     print(report(figures, args))
     if args.json is not None:
         rows = [{**asdict(figure), "ratio": figure.ratio} for figure in figures]

@@ -39,11 +39,12 @@ class ServerLimits:
     max_headers: int = 100
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    # Longer than the idle expiry of the clients that talk to these servers (httpx, the agent's
-    # and the Python SDK's: 5 s; Node's fetch: 4 s), so the client always closes an idle
-    # connection first. At 5 s, as uvicorn's default, both sides closed it at the same moment and
-    # now and then a client sent a request down a connection the server was closing: a POST
-    # lost with no answer (a heartbeat in about 1 of 10,000 under load; bench/agent_requests.py).
+    # Longer than the idle expiry of the clients we ship (httpx, the agent's and the Python
+    # SDK's: 5 s; Node's fetch, the TypeScript SDK's: 4 s), so that they close an idle
+    # connection before the server does. At 5 s (uvicorn's default) bench/agent_requests.py lost a
+    # heartbeat with no answer (ReadError) in 5 of 18 runs; at 15 s or 60 s in none of 16. A
+    # client that keeps idle connections longer (urllib3, curl, a proxy) still meets a server
+    # closing one now and then, and must retry (the gateway's client to the agents does, once).
     keepalive_timeout_s: float = 15.0
     max_connections: int = 2048
 

@@ -9,6 +9,7 @@ directory of wheels (the `local_index` fixture: uv with no index), so nothing ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -376,20 +377,31 @@ async def test_a_requirements_option_fails_the_package_before_uv_runs(
 
 
 def _slow_uv(tmp_path: Path) -> Path:
-    """A stand-in for uv that starts a build script (a grandchild) and hangs."""
+    """A stand-in for uv that starts a build script (a grandchild) and hangs. A shell script: it
+    has its grandchild within milliseconds even on a loaded machine (a Python one took over the
+    2 s build timeout there, and was killed before it wrote the grandchild's id)."""
     script = tmp_path / "bin" / "uv"
     script.parent.mkdir(parents=True, exist_ok=True)
+    pid_file = tmp_path / "grandchild.pid"
     script.write_text(
-        f"#!{sys.executable}\n"
-        "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        f"open({str(tmp_path / 'grandchild.pid.tmp')!r}, 'w').write(str(child.pid))\n"
-        f"os.replace({str(tmp_path / 'grandchild.pid.tmp')!r}, "
-        f"{str(tmp_path / 'grandchild.pid')!r})\n"
-        "time.sleep(600)\n"
+        "#!/bin/sh\n"
+        "sleep 600 &\n"
+        f"echo $! > '{pid_file}.tmp'\n"
+        f"mv '{pid_file}.tmp' '{pid_file}'\n"
+        "wait\n"
     )
     script.chmod(0o755)
     return script
+
+
+def _grandchild(tmp_path: Path) -> int:
+    """The stand-in uv's build script, once it has started (within seconds)."""
+    pid_file = tmp_path / "grandchild.pid"
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid_file.exists(), "the stand-in uv never started its build script"
+    return int(pid_file.read_text())
 
 
 def _gone(pid: int) -> bool:
@@ -417,7 +429,7 @@ async def test_a_uv_run_past_the_build_timeout_is_killed_with_its_build_scripts(
         "building the venv of custom backend sample 1.0.0 failed: uv ran past the build timeout "
         "of 2 s (INFERENCEKEY_AGENT_BACKEND_BUILD_TIMEOUT_S) and was killed"
     )
-    grandchild = int((tmp_path / "grandchild.pid").read_text())
+    grandchild = _grandchild(tmp_path)
     deadline = time.monotonic() + 10
     while not _gone(grandchild) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -440,10 +452,8 @@ async def test_a_uv_left_running_by_a_stopped_agent_is_killed_before_the_rebuild
         [str(_slow_uv(tmp_path)), "venv", str(home / "venv")], start_new_session=True
     )
     try:
-        # The orphan must have started its build script before the agent comes back.
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "grandchild.pid").exists() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        # The orphan has started its build script before the agent comes back.
+        grandchild = _grandchild(tmp_path)
         (home / UV_PGID_FILE).write_text(f"{bystander.pid}\n")
         await CustomBackendStore(store_root, manager_client).install(ref_of(package), Steps())
         assert bystander.poll() is None
@@ -452,7 +462,6 @@ async def test_a_uv_left_running_by_a_stopped_agent_is_killed_before_the_rebuild
         (home / UV_PGID_FILE).write_text(f"{orphan.pid}\n")
         await CustomBackendStore(store_root, manager_client).install(ref_of(package), Steps())
         assert orphan.wait(timeout=10) == -signal.SIGKILL
-        grandchild = int((tmp_path / "grandchild.pid").read_text())
         deadline = time.monotonic() + 10
         while not _gone(grandchild) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -460,6 +469,8 @@ async def test_a_uv_left_running_by_a_stopped_agent_is_killed_before_the_rebuild
         assert (home / "installed.json").exists()
         assert not (home / UV_PGID_FILE).exists()
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(orphan.pid, signal.SIGKILL)  # its build script too, if the test failed
         for process in (orphan, bystander):
             process.kill()
             process.wait()
