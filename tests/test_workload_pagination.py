@@ -19,6 +19,7 @@ from inferencekey import (
     WorkloadPage,
 )
 
+from manager.services import workloads as workloads_service
 from tests.support import RunningManager, TestProject, create_sdk_token, run_sql
 
 CURSOR = re.compile(r"[A-Za-z0-9_-]+")
@@ -160,9 +161,16 @@ def all_pages_after(
     return pages
 
 
+@pytest.mark.parametrize("pieces", ["one piece", "a piece per workload"])
 def test_the_plain_list_is_the_contract_list_of_each_workloads_own_answer(
-    api: httpx.Client, project: TestProject, manager: RunningManager
+    api: httpx.Client,
+    project: TestProject,
+    manager: RunningManager,
+    monkeypatch: pytest.MonkeyPatch,
+    pieces: str,
 ) -> None:
+    if pieces == "a piece per workload":  # the list is written in pieces; they join as one
+        monkeypatch.setattr(workloads_service, "_WRITTEN_AT_ONCE", 1)
     create(api, project, "plain")
     rich = create(api, project, "rich", name="Café ✓ bot", description="two\nlines")["id"]
     # Stored JSON of every kind (as the ORM writes it): unicode, floats of every magnitude,
