@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
-import os
 import secrets
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import asyncpg
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from control_plane import process_cpu_s
 from heartbeat_during_reconcile import (
     free_port,
     fresh_database,
@@ -48,7 +48,6 @@ from heartbeat_during_reconcile import (
 )
 
 GPUS = 8
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -66,9 +65,12 @@ class Figure:
         return self.manager_ms / self.peer_ms if self.peer_ms else float("nan")
 
 
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+def cpu_s(pid: int) -> float:
+    """A child's CPU seconds so far (control_plane.process_cpu_s); it must still run."""
+    used = process_cpu_s(pid)
+    if used is None:
+        raise RuntimeError(f"process {pid} is gone: see its output above")
+    return used
 
 
 def serve_peer(port: int, answer_bytes: int) -> None:
@@ -220,9 +222,11 @@ def backends_cpu_s(pids: list[int]) -> dict[int, float] | None:
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
                 continue  # the id is another process's: Postgres is not here
-            seen[pid] = process_cpu_s(pid)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+        except OSError:
             continue
+        used = process_cpu_s(pid)
+        if used is not None:
+            seen[pid] = used
     return seen or None
 
 
@@ -261,15 +265,15 @@ async def measure(
             await send_all(manager_url, agents, request, 1, args.concurrency)
             await send_all(peer_url, agents, request, 1, args.concurrency)
             pids = await backend_pids(pool, database)
-            manager_before, db_before = process_cpu_s(manager_pid), backends_cpu_s(pids)
+            manager_before, db_before = cpu_s(manager_pid), backends_cpu_s(pids)
             sent, manager_wall = await send_all(
                 manager_url, agents, request, args.rounds, args.concurrency
             )
-            manager_cpu = process_cpu_s(manager_pid) - manager_before
+            manager_cpu = cpu_s(manager_pid) - manager_before
             db_after = backends_cpu_s(pids)
-            peer_before = process_cpu_s(peer_pid)
+            peer_before = cpu_s(peer_pid)
             _, peer_wall = await send_all(peer_url, agents, request, args.rounds, args.concurrency)
-            peer_cpu = process_cpu_s(peer_pid) - peer_before
+            peer_cpu = cpu_s(peer_pid) - peer_before
             postgres = backends_delta_s(db_before, db_after)
             figures.append(
                 Figure(

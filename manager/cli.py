@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -94,16 +93,11 @@ def run_manager(args: argparse.Namespace) -> int:
 def _admin_token_taken(settings: Settings) -> bool:
     """Whether another credential holds the configured admin token's id (tokens.py); a database
     that cannot be reached is the one-line error every other start-up check gives."""
-    import asyncpg
-
-    from manager.db.migrate import DatabaseUnreachable
+    from manager.db.migrate import start_up_check
     from manager.services.tokens import admin_token_taken
 
     assert settings.database_url is not None and settings.admin_token is not None
-    try:
-        return asyncio.run(admin_token_taken(settings.database_url, settings.admin_token))
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        raise DatabaseUnreachable(str(error) or type(error).__name__) from error
+    return start_up_check(admin_token_taken(settings.database_url, settings.admin_token))
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 from alembic import command
@@ -15,6 +17,7 @@ import migrations
 from manager.notify import plain_postgres_url
 
 PACKAGE = "inferencekey-platform"
+T = TypeVar("T")
 
 
 class SchemaTooNew(RuntimeError):
@@ -40,13 +43,19 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+def start_up_check(check: Coroutine[Any, Any, T]) -> T:
+    """Run one of the Manager's start-up reads of the database (blocking); a database that
+    cannot be reached is DatabaseUnreachable, the one-line error of every such check."""
+    try:
+        return asyncio.run(check)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise DatabaseUnreachable(str(error) or type(error).__name__) from error
+
+
 def refuse_newer_schema(database_url: str) -> None:
     """Raise SchemaTooNew when a newer Manager migrated this database (blocking)."""
     script = ScriptDirectory.from_config(alembic_config(database_url))
-    try:
-        current, writer = asyncio.run(_read_schema_state(database_url))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        raise DatabaseUnreachable(str(error) or type(error).__name__) from error
+    current, writer = start_up_check(_read_schema_state(database_url))
     if current is None or current in {rev.revision for rev in script.walk_revisions()}:
         return
     release = f"InferenceKey {writer}" if writer else "a newer InferenceKey release"
