@@ -94,6 +94,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ik_contracts.engines import engine_for
 from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat, ReplicaState
+from manager.app import settle_collector
 from manager.reconciler import LEADER_LOCK_KEY
 from worker_agent import __version__ as AGENT_VERSION
 from worker_agent.gpus import SimulatedInventory
@@ -611,6 +612,11 @@ async def _serve_fleet(
     agents = [
         fleet_agent(index, token, base_urls, tls, record) for index, token in enumerate(tokens)
     ]
+    # A thousand agents in one process hold one large heap, which Python's default collector
+    # thresholds walk in full every few seconds (100-300 ms each): a pause no real agent, alone
+    # on its machine, has, that would be counted in the heartbeat figures. Tuned as the Manager
+    # tunes its own (manager.app.settle_collector).
+    settle_collector()
     tasks = [asyncio.create_task(_measure_loop_lag(record))]
     for agent in agents:
         # Spread over one interval, as agents started at different times would be.
