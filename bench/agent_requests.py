@@ -1,6 +1,7 @@
 """What one agent request costs the Manager: CPU per request, against a bare HTTP server's.
 
     python bench/agent_requests.py [--agents 200] [--rounds 20] [--concurrency 32] [--json out.json]
+                                   [--kinds delta,report,poll]
 
 Starts, in child processes, a real Manager (no reconciler: only the requests are measured) on a
 fresh database of the local Postgres (``INFERENCEKEY_BENCH_DATABASE_SERVER``, default the tests'
@@ -137,6 +138,14 @@ class Agents:
         return ("GET", "/api/agent/assignments?version=stale&wait=0", None)
 
 
+# Each kind of request by its --kinds name: its label and the method of Agents that sends it.
+KINDS = {
+    "delta": ("delta heartbeat", "delta"),
+    "report": ("report, unchanged", "report"),
+    "poll": ("long-poll, answered", "poll"),
+}
+
+
 async def register(base_url: str, admin_token: str, agents: int) -> Agents:
     admin = {"Authorization": f"Bearer {admin_token}"}
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
@@ -253,9 +262,7 @@ async def measure(
     database = database_url.rsplit("/", 1)[1]
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     kinds: list[tuple[str, Callable[[int], tuple[str, str, dict[str, Any] | None]]]] = [
-        ("delta heartbeat", agents.delta),
-        ("report, unchanged", agents.report),
-        ("long-poll, answered", agents.poll),
+        (label, getattr(agents, method)) for label, method in (KINDS[k] for k in args.kinds)
     ]
     figures = []
     print(f"Manager {manager_url}, bare server {peer_url}", file=sys.stderr)
@@ -319,7 +326,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="which requests to send, of " + ", ".join(KINDS) + " (to profile one alone)",
+    )
     args = parser.parse_args()
+    args.kinds = args.kinds.split(",")
+    if any(kind not in KINDS for kind in args.kinds):
+        parser.error(f"--kinds: a comma-separated list of {', '.join(KINDS)}")
     admin_token = f"ik_admin_{secrets.token_hex(4)}_{secrets.token_hex(32)}"
     spawn = multiprocessing.get_context("spawn")
     with fresh_database() as database_url, tempfile.TemporaryDirectory() as data_dir:

@@ -22,6 +22,7 @@ from manager.api.agent import AssignmentCache
 from manager.api.agent_fast import AgentFastPath
 from manager.auth_limiter import FailedAuthLimiter
 from manager.body_limit import BodyLimitMiddleware
+from manager.db.direct import DirectPool
 from manager.db.migrate import upgrade_to_head_async
 from manager.db.session import make_engine, make_sessionmaker
 from manager.gateway.app import Gateway, GatewayMiddleware
@@ -137,6 +138,14 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         )
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
+        # The agent requests' one-statement steps (manager/db/direct.py); every statement on it
+        # runs under one of their admission slots, so it needs no more connections than those.
+        direct = DirectPool(
+            database_url,
+            size=settings.agent_max_concurrent_db,
+            acquire_timeout_s=settings.db_pool_timeout_s,
+        )
+        app.state.direct = direct
         hub = NotificationHub(database_url)
         app.state.hub = hub
         app.state.assignment_cache = AssignmentCache()
@@ -144,6 +153,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         background: list[asyncio.Task[None]] = []
         engines = [engine]
         try:
+            await direct.start()
             await _bootstrap(app, settings)
             await hub.start()
             await gateway.start(app.state.sessions, hub)
@@ -198,6 +208,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             metrics.server.stop()
             await gateway.stop()
             await hub.stop()
+            await direct.close()
             for each in engines:
                 await each.dispose()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ik_contracts.logs import ids
+from manager.db import direct
 from manager.errors import (
     ApiProblem,
     BodyTooLarge,
@@ -79,23 +79,6 @@ def problem_from_validation(errors: list[dict[str, Any]]) -> ApiProblem:
     return ValidationFailed(f"{field}: {error.get('msg', 'invalid value')}", field=field)
 
 
-# asyncpg's answers that mean "no connection to be had now", not "your request is wrong".
-_UNAVAILABLE = (
-    asyncpg.TooManyConnectionsError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
-
-
-# Postgres aborted the transaction because of a concurrent one (deadlock_detected,
-# serialization_failure): the request may simply be sent again.
-_CONFLICTS = ("40P01", "40001")
-
-
 def database_unavailable(error: BaseException) -> DatabaseUnavailable | None:
     """A 503 for pool exhaustion, database overload or absence, and a transaction the database
     aborted in a conflict with a concurrent one; else None."""
@@ -103,14 +86,9 @@ def database_unavailable(error: BaseException) -> DatabaseUnavailable | None:
         return DatabaseUnavailable("all database connections are busy; retry shortly")
     if isinstance(error, DBAPIError):
         cause = error.orig.__cause__ or error.orig if error.orig is not None else None
-        if error.connection_invalidated or isinstance(cause, _UNAVAILABLE):
+        if error.connection_invalidated:
             return DatabaseUnavailable("the database is unavailable or out of connections; retry")
-        if getattr(cause, "sqlstate", None) in _CONFLICTS:
-            return DatabaseUnavailable(
-                "the database aborted this request's transaction in a conflict with a "
-                "concurrent one; retry",
-                retry_after_s=1,
-            )
+        return direct.unavailable(cause) if cause is not None else None
     return None
 
 

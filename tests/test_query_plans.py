@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 from ik_contracts.protocol import Heartbeat
 from manager import notify
 from manager.auth import Principal, authenticate, token_digest
+from manager.db.direct import DirectPool
 from manager.db.migrate import upgrade_to_head
 from manager.db.models import Base, Project
 from manager.db.session import autocommit, make_engine, make_sessionmaker
@@ -40,7 +41,7 @@ from manager.gateway.keys import KeyCache
 from manager.gateway.routes import RouteTable
 from manager.jobs.dispatcher import JobDispatcher, ResultWriter
 from manager.reconciler import Reconciler
-from manager.services import events, workers, workloads
+from manager.services import events, tokens, workers, workloads
 from manager.services.timefmt import utcnow
 from manager.settings import Settings, asyncpg_url
 from manager.webhooks.deliverer import WebhookDeliverer
@@ -267,6 +268,14 @@ class Recorder:
     def listen(self, engine: AsyncEngine) -> None:
         event.listen(engine.sync_engine, "before_cursor_execute", self._record)
 
+    async def listen_direct(self, connection: asyncpg.Connection) -> None:
+        """A direct pool's ``on_connect``: its statements are heard on each connection."""
+        connection.add_query_logger(self._record_direct)
+
+    def _record_direct(self, query: Any) -> None:  # asyncpg's LoggedQuery
+        if self.path is not None:
+            self.captured.append(Captured(self.path, query.query, tuple(query.args or ())))
+
     def _record(
         self,
         _conn: Any,
@@ -305,6 +314,7 @@ class Fleet:
     hub: notify.NotificationHub
     recorder: Recorder
     direct: asyncpg.Connection  # for the test's own reads, which are not recorded
+    pool: DirectPool  # the agent requests' direct pool, recorded
     heartbeat_body: dict[str, Any]
     routes: RouteTable | None = None
     dispatcher: JobDispatcher | None = None
@@ -327,6 +337,16 @@ async def agent_heartbeat(fleet: Fleet) -> None:
             await session.commit()
     async with fleet.sessions() as session:
         assert await workers.assignments(session, worker.id)
+
+
+async def agent_delta_heartbeat(fleet: Fleet) -> None:
+    """The commonest agent request: the lease alone, on the direct pool."""
+    assert await workers.renew_lease(fleet.pool, HEARTBEAT_WORKER, None, utcnow())
+
+
+async def agent_credential_standing(fleet: Fleet) -> None:
+    """What a long-poll (or a package download) asks of a cached agent credential."""
+    assert await tokens.unrevoked(fleet.pool, AGENT_TOKEN_ID)
 
 
 async def shed_heartbeats_leases(fleet: Fleet) -> None:
@@ -519,6 +539,8 @@ class CodePath:
 # read, the route table, the dispatcher's claimed jobs).
 CODE_PATHS = [
     CodePath("agent heartbeat", agent_heartbeat),
+    CodePath("agent heartbeat, delta (direct pool)", agent_delta_heartbeat),
+    CodePath("agent credential standing (direct pool)", agent_credential_standing),
     CodePath("agent heartbeats shed: their leases kept", shed_heartbeats_leases),
     CodePath("reconciler: full read", reconciler_full_read),
     CodePath("reconciler: read of what changed", reconciler_read_of_what_changed),
@@ -713,6 +735,8 @@ async def run_and_explain(url: str) -> tuple[dict[str, int], list[Problem]]:
     hub = notify.NotificationHub(url)
     await hub.start()
     direct = await asyncpg.connect(url)
+    pool = DirectPool(url, size=1, acquire_timeout_s=5, on_connect=recorder.listen_direct)
+    await pool.start()
     fleet = Fleet(
         engine=engine,
         sessions=make_sessionmaker(engine),
@@ -727,6 +751,7 @@ async def run_and_explain(url: str) -> tuple[dict[str, int], list[Problem]]:
         hub=hub,
         recorder=recorder,
         direct=direct,
+        pool=pool,
         heartbeat_body=await heartbeat_body(direct),
     )
     try:
@@ -736,6 +761,7 @@ async def run_and_explain(url: str) -> tuple[dict[str, int], list[Problem]]:
         counts = {path.name: len(recorder.of(path.name)) for path in CODE_PATHS}
         return counts, await explain(fleet)
     finally:
+        await pool.close()
         await direct.close()
         await hub.stop()
         await engine.dispose()

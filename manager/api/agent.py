@@ -265,8 +265,8 @@ async def _check_unrevoked(request: Request, worker: workers.AgentWorker) -> Non
     in its own statement instead.)"""
     if getattr(request.state, "credential_checked", False):
         return
-    async with _slot(request), autocommit(request.app.state.engine) as connection:
-        standing = await tokens.unrevoked(connection, worker.token_id)
+    async with _slot(request):
+        standing = await tokens.unrevoked(request.app.state.direct, worker.token_id)
     if not standing:
         _protocol(request).credentials.evict(worker.token_id)
         raise Unauthenticated()
@@ -378,15 +378,14 @@ async def renew_lease(
     patient: bool,
 ) -> bool:
     """A delta heartbeat's work (here and in agent_fast): the lease renewed in one statement on
-    a connection that commits it, in the worker's turn and under an admission slot. False if
-    the worker's credential was revoked."""
+    the direct pool (manager/db/direct.py), in the worker's turn and under an admission slot.
+    False if the worker's credential was revoked."""
     try:
         async with (
             protocol.heartbeats.turn(worker.id, patient=patient),
             protocol.admission.slot(patient=patient),
-            autocommit(state.engine) as connection,
         ):
-            return await workers.renew_lease(connection, worker.id, address, utcnow())
+            return await workers.renew_lease(state.direct, worker.id, address, utcnow())
     except Overloaded:
         protocol.shed_heartbeats.shed(worker.id)
         raise

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 from inferencekey.validation import slugify
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager import notify, wire
 from manager.auth import (
@@ -24,6 +24,7 @@ from manager.auth import (
     parse_token,
     token_digest,
 )
+from manager.db import direct
 from manager.db.models import Project, Token
 from manager.errors import InvalidRequest, TokenNotFound, ValidationFailed
 
@@ -130,12 +131,16 @@ async def revoke_token(session: AsyncSession, ref: str) -> Token:
     return row
 
 
-async def unrevoked(session: AsyncSession | AsyncConnection, token_id: str) -> bool:
+UNREVOKED = direct.Statement(
+    text("SELECT revoked_at IS NULL AS stands FROM tokens WHERE id = :token_id")
+)
+
+
+async def unrevoked(pool: direct.DirectPool, token_id: str) -> bool:
     """Whether the credential still stands: where a credential is cached, the routes that must
     refuse a revoked one on its very next request ask this (its NOTIFY may be a moment away)."""
-    return bool(
-        await session.scalar(select(Token.revoked_at.is_(None)).where(Token.id == token_id))
-    )
+    row = await pool.fetchrow(UNREVOKED, {"token_id": token_id})
+    return row is not None and bool(row["stands"])
 
 
 def token_view(row: Token, project_slug: str | None, secret: str | None = None) -> wire.Token:

@@ -25,6 +25,7 @@ from ik_contracts.protocol import REPORTED_STATES, CustomBackendRef, ReplicaStat
 from manager import notify, wire
 from manager.auth import Principal, TokenKind, display_token, mint_token
 from manager.custom_backends import service as custom_backends
+from manager.db import direct
 from manager.db.models import (
     CustomBackendVersion,
     GpuResource,
@@ -357,14 +358,18 @@ def _lease(worker_id: str, address: str | None, now: datetime) -> dict[str, Any]
     }
 
 
+# The same statement, for the direct pool of the agent requests (manager/db/direct.py).
+RENEW_LEASE_DIRECT = direct.Statement(RENEW_LEASE)
+
+
 async def renew_lease(
-    connection: AsyncConnection, worker_id: str, address: str | None, now: datetime
+    pool: direct.DirectPool, worker_id: str, address: str | None, now: datetime
 ) -> bool:
     """The common heartbeat, which reports nothing new: the lease renewed in one statement (on a
     connection that commits it by itself), and the reconciler told only of a worker that was
     not ready or moved. False if the worker's credential is revoked (nothing is written)."""
     lease = _lease(worker_id, address, now)
-    return (await connection.execute(RENEW_LEASE, lease)).one_or_none() is not None
+    return await pool.fetchrow(RENEW_LEASE_DIRECT, lease) is not None
 
 
 # The leases of ready workers whose heartbeats this process shed (503 overloaded): an agent
