@@ -271,12 +271,17 @@ async def test_one_workers_concurrent_heartbeats_all_succeed(
             assert sum(a.status_code == 200 for a in answers) >= len(answers) // 2
 
 
-def api_requests(admin: httpx.Client, status: str) -> float:
+def api_requests(
+    admin: httpx.Client,
+    status: str,
+    method: str = "POST",
+    route: str = "/api/agent/heartbeat",
+) -> float:
     text = admin.get("/metrics").text
     line = (
-        'inferencekey_api_requests_total{method="POST",route="/api/agent/heartbeat",'
-        f'status="{status}"}} '
+        f'inferencekey_api_requests_total{{method="{method}",route="{route}",status="{status}"}} '
     )
+
     return sum(float(row[len(line) :]) for row in text.splitlines() if row.startswith(line))
 
 
@@ -320,6 +325,51 @@ async def test_delta_heartbeats_answer_as_the_route_does_however_they_are_sent(
             )
             assert (refused.status_code, refused.json()["code"]) == (400, code), refused.text
         assert api_requests(admin, "400") >= 3
+
+
+async def test_long_polls_answer_as_the_route_does_however_they_are_sent(
+    manager: RunningManager, admin: httpx.Client
+) -> None:
+    """A cached credential's long-poll with a plain query is answered without the FastAPI
+    stack (manager/api/agent_fast.py); a query of another form goes the route's way. The
+    answers, errors and counts are the same either way."""
+    token = new_worker(admin, create_project(admin)["slug"], "fast-watch")
+    async with httpx.AsyncClient(base_url=manager.url, headers=bearer(token)) as agent:
+        first = await agent.post("/api/agent/heartbeat", json=full(gpu_inventory(), []))
+        assert first.status_code == 200, first.text
+        version = first.json()["version"]
+
+        def counted() -> float:
+            return api_requests(admin, "200", "GET", "/api/agent/assignments")
+
+        before = counted()
+        # The fast path's forms: stale or no version, wait absent or plain seconds; and the
+        # route's: an exponent, a duplicate, an unknown key, a body.
+        for params in (
+            {"version": "stale", "wait": "0"},
+            {"wait": "0.5"},
+            {"version": "x", "wait": "1e-3"},
+            [("version", "x"), ("version", "y"), ("wait", "0")],
+            {"version": "x", "wait": "0", "other": "1"},
+        ):
+            answer = await agent.get("/api/agent/assignments", params=params)
+            assert (answer.status_code, answer.content) == (200, first.content), params
+            assert answer.headers["content-type"] == "application/json"
+        assert counted() == before + 5
+        # Unchanged: answered at the deadline with the same set.
+        started = time.monotonic()
+        waited = await agent.get(
+            "/api/agent/assignments", params={"version": version, "wait": "0.3"}
+        )
+        assert (waited.status_code, waited.content) == (200, first.content)
+        assert time.monotonic() - started >= 0.3
+        # Out of bounds, either way: the route's 400.
+        for wait in ("31", "-1", "nan"):
+            refused = await agent.get("/api/agent/assignments", params={"wait": wait})
+            assert (refused.status_code, refused.json()["code"]) == (
+                400,
+                "validation_error",
+            ), refused.text
 
 
 async def test_a_revoked_agent_credential_is_refused_on_its_next_request(

@@ -272,6 +272,24 @@ async def _check_unrevoked(request: Request, worker: workers.AgentWorker) -> Non
         raise Unauthenticated()
 
 
+async def still_stands(state: State, worker: workers.AgentWorker) -> bool:
+    """``_check_unrevoked`` for agent_fast, under an admission slot (503 overloaded when none
+    comes in time): False, and the cached credential forgotten, if it was revoked."""
+    protocol = protocol_of(state)
+    async with protocol.admission.slot():
+        standing = await tokens.unrevoked(state.direct, worker.token_id)
+    if not standing:
+        protocol.credentials.evict(worker.token_id)
+    return standing
+
+
+@contextlib.asynccontextmanager
+async def slotted_session(state: State) -> AsyncIterator[AsyncSession]:
+    """``_database`` for agent_fast: a short session under an admission slot."""
+    async with protocol_of(state).admission.slot(), state.sessions() as session:
+        yield session
+
+
 class AgentRoute(AgentBorderRoute):
     """The agent protocol's border: the caller is known (401, 403 otherwise) before the body is
     read, as on every route, but an agent's credential seen before costs no query."""
@@ -428,11 +446,27 @@ async def watch_assignments(
     """Answers as soon as the desired set differs from ``version``, or after ``wait`` seconds."""
     worker = _caller(request)
     await _check_unrevoked(request, worker)
-    hub: notify.NotificationHub = request.app.state.hub
+    sessions = functools.partial(_database, request)
+    return (await long_poll(request.app.state, worker, version, wait, sessions)).response()
+
+
+async def long_poll(
+    state: State,
+    worker: workers.AgentWorker,
+    version: str,
+    wait: float,
+    sessions: Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]],
+) -> Answer:
+    """A long-poll's work once its credential's standing is checked (here and in agent_fast):
+    the worker's answer as soon as it differs from ``version``, or after ``wait`` seconds;
+    ``sessions`` reads an answer not cached."""
+    hub: notify.NotificationHub = state.hub
+    cache: AssignmentCache = state.assignment_cache
+    interval = state.settings.heartbeat_interval_s
     deadline = time.monotonic() + wait
     with hub.subscription(notify.ASSIGNMENTS, worker.id) as changed:
-        answer = await _answer(request, worker)
-        while answer.version == version and not request.app.state.stopping():
+        answer = await cache.answer(worker, sessions, interval)
+        while answer.version == version and not state.stopping():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -443,10 +477,10 @@ async def watch_assignments(
             if not await notify.wait_for(changed, remaining):
                 break
             changed.clear()
-            if request.app.state.stopping():
+            if state.stopping():
                 break
-            answer = await _answer(request, worker)
-        return answer.response()
+            answer = await cache.answer(worker, sessions, interval)
+        return answer
 
 
 @router.get(

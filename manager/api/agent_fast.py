@@ -1,32 +1,45 @@
-"""The agent protocol's commonest request, served without the FastAPI stack.
+"""The agent protocol's commonest requests, served without the FastAPI stack.
 
-A fleet's steady traffic is mostly one request: a delta heartbeat (only ``address``: nothing
-changed) from an agent whose credential this process has seen. Through FastAPI it cost about
-twice its own work in middleware, routing and dependency solving (py-spy, 1,000 agents). This
-layer answers exactly that case itself, by the same steps as the route (``agent.heartbeat``):
-the credential cache and the failed-authentication limit, one worker's heartbeats in turn, an
-admission slot, the one-statement lease renewal, the cached answer; the same bytes, status
-codes, errors and metrics.
+A fleet's steady traffic is mostly two requests: a delta heartbeat (only ``address``: nothing
+changed) and a long-poll for the assignments, each from an agent whose credential this process
+has seen. Through FastAPI each cost about twice its own work in middleware, routing and
+dependency solving (py-spy, 1,000 agents). This layer answers exactly those cases itself, by the
+same steps as the routes (``agent.heartbeat``, ``agent.watch_assignments``): the credential
+cache and the failed-authentication limit, an admission slot, the one statement on the direct
+pool (the lease renewal; the credential's standing), the cached answer; the same bytes, status
+codes, errors and metrics. A heartbeat also waits for its worker's turn.
 
-Whether to try is decided on the headers, before any body is read: another route or method, a
-credential not cached, an address over its failed-authentication limit, a body over
-``MAX_BODY``, without a length or not ``application/json`` go on to the FastAPI app untouched.
-So do, with their body replayed, a body that is not a valid delta heartbeat (parsed as strictly
-as the route parses: no NaN, Infinity or deep nesting) and a credential revoked since it was
-cached. The route there stays the one documented (OpenAPI) and the one that
-answers every case this layer declines.
+Whether to try is decided on the headers (and a long-poll's query), before any body is read:
+another route or method, a credential not cached, an address over its failed-authentication
+limit, a heartbeat body over ``MAX_BODY``, without a length or not ``application/json``, a
+long-poll with a body or with a query other than plain ``version`` and ``wait`` go on to the
+FastAPI app untouched. So do, with their body replayed, a body that is not a valid delta
+heartbeat (parsed as strictly as the route parses: no NaN, Infinity or deep nesting) and a
+credential revoked since it was cached. The routes there stay the ones documented (OpenAPI) and
+the ones that answer every case this layer declines.
 """
 
 from __future__ import annotations
+
+import functools
+import re
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ik_contracts import relay
-from ik_contracts.protocol import Heartbeat
+from ik_contracts.protocol import MAX_WAIT_S, Heartbeat
 from ik_contracts.upstream import header_value
-from manager.api.agent import AgentProtocol, protocol_of, renew_lease
+from manager.api.agent import (
+    AgentProtocol,
+    long_poll,
+    protocol_of,
+    renew_lease,
+    slotted_session,
+    still_stands,
+)
 from manager.api.border import parse_json_strictly
 from manager.auth import Principal, bearer_token, token_digest
 from manager.errors import ApiProblem
@@ -38,6 +51,10 @@ PATH = "/api/agent/heartbeat"
 ROUTE = ("POST", PATH)
 # A delta heartbeat is ~50 bytes; one carrying a report goes the long way.
 MAX_BODY = 2048
+WATCH_PATH = "/api/agent/assignments"
+WATCH_ROUTE = ("GET", WATCH_PATH)
+# A long-poll's ``wait`` as this layer takes it: plain decimal seconds (else the route parses).
+_SECONDS = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
 
 
 class AgentFastPath:
@@ -46,6 +63,9 @@ class AgentFastPath:
         self.state = fastapi.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == WATCH_PATH and scope["method"] == "GET":
+            await self._watch(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -107,21 +127,73 @@ class AgentFastPath:
             except ApiProblem as problem:  # shed: 503 overloaded, as the route would
                 await problem_response(problem)(scope, _gone, counted)
                 return True
-            await counted(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-length", str(len(answer.encoded)).encode()),
-                        (b"content-type", b"application/json"),
-                    ],
-                }
-            )
-            await counted({"type": "http.response.body", "body": answer.encoded})
+            await _answer_json(counted, answer.encoded)
             return True
         finally:
             if answered.status:  # else the route answers, and counts
                 state.metrics.count_api_answer(*ROUTE, answered.status)
+
+    async def _watch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A long-poll of a cached credential, with the route's checks and answer; anything
+        else (a body, a query the route would parse otherwise or refuse) goes to the route."""
+        known = self._caller(scope)
+        query = _watch_query(scope)
+        headers = scope["headers"]
+        if (
+            known is None
+            or query is None
+            or header_value(headers, b"content-length") not in (None, b"0")
+            or header_value(headers, b"transfer-encoding") is not None
+        ):
+            await self.app(scope, receive, send)
+            return
+        worker = known[1]
+        state = self.state
+        answered = AnswerStatus(send)
+        try:
+            try:
+                if not await still_stands(state, worker):
+                    await self.app(scope, receive, send)  # revoked: the route says 401
+                    return
+                version, wait = query
+                answer = await long_poll(
+                    state, worker, version, wait, functools.partial(slotted_session, state)
+                )
+            except ApiProblem as problem:  # shed (503 overloaded) or no database (503)
+                await problem_response(problem)(scope, _gone, answered.send)
+                return
+            await _answer_json(answered.send, answer.encoded)
+        finally:
+            if answered.status:  # else the route answered, and counted
+                state.metrics.count_api_answer(*WATCH_ROUTE, answered.status)
+
+
+def _watch_query(scope: Scope) -> tuple[str, float] | None:
+    """``version`` and ``wait`` of a long-poll's query, each at most once and nothing else,
+    ``wait`` plain seconds within the route's bounds; None to let the route parse it (as
+    Starlette decodes a query: percent-escapes as UTF-8, blanks kept)."""
+    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    given = dict(pairs)
+    if len(given) != len(pairs) or not given.keys() <= {"version", "wait"}:
+        return None
+    wait = given.get("wait", "25")
+    if _SECONDS.fullmatch(wait) is None or float(wait) > MAX_WAIT_S:
+        return None
+    return given.get("version", ""), float(wait)
+
+
+async def _answer_json(send: Send, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _gone() -> Message:
