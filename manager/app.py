@@ -37,6 +37,9 @@ from manager.settings import Settings
 from manager.webhooks.deliverer import WebhookDeliverer
 
 log = logging.getLogger("inferencekey.manager")
+# Connections of each serving process's pool for credential lookups (manager/db/direct.py):
+# a lookup holds one for a round trip, about a third of a millisecond.
+CREDENTIAL_LOOKUPS = 4
 
 
 async def _bootstrap(app: FastAPI, settings: Settings) -> None:
@@ -146,6 +149,12 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             acquire_timeout_s=settings.db_pool_timeout_s,
         )
         app.state.direct = direct
+        # Every request's credential lookup (one statement, before its admission slot): a few
+        # connections of their own, so a flood of lookups leaves the engine's to the work.
+        credential_lookups = DirectPool(
+            database_url, size=CREDENTIAL_LOOKUPS, acquire_timeout_s=settings.db_pool_timeout_s
+        )
+        app.state.credential_lookups = credential_lookups
         hub = NotificationHub(database_url)
         app.state.hub = hub
         app.state.assignment_cache = AssignmentCache()
@@ -154,6 +163,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         engines = [engine]
         try:
             await direct.start()
+            await credential_lookups.start()
             await _bootstrap(app, settings)
             await hub.start()
             await gateway.start(app.state.sessions, hub)
@@ -209,6 +219,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             await gateway.stop()
             await hub.stop()
             await direct.close()
+            await credential_lookups.close()
             for each in engines:
                 await each.dispose()
 

@@ -18,6 +18,7 @@ from inferencekey.validation import redact_token
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from manager.db.direct import DirectPool, Statement
 from manager.db.models import Token
 from manager.errors import (
     ProjectScopeMismatch,
@@ -140,14 +141,16 @@ def bearer_token(authorization: str | None) -> str | None:
 _CREDENTIAL = select(
     Token.id, Token.kind, Token.digest, Token.project_id, Token.scopes, Token.workload_grants
 ).where(Token.id == bindparam("token_id"), Token.revoked_at.is_(None))
+_CREDENTIAL_DIRECT = Statement(_CREDENTIAL)
 
 
 async def authenticate(
-    connection: AsyncConnection | AsyncSession, authorization: str | None
+    connection: AsyncConnection | AsyncSession | DirectPool, authorization: str | None
 ) -> Principal:
     """The caller behind an ``Authorization`` header; 401 when it cannot be authenticated
     (unknown, malformed, of a digest that does not match, or revoked). One statement: on a
-    connection in autocommit it is the lookup's only round trip."""
+    connection in autocommit, or on a direct pool (manager/db/direct.py, the serving path),
+    it is the lookup's only round trip."""
     token = bearer_token(authorization)
     if token is None:
         raise Unauthenticated("missing credentials: send Authorization: Bearer <token>")
@@ -155,12 +158,35 @@ async def authenticate(
     if parsed is None:
         raise Unauthenticated(f"malformed credential {redact_token(token)}")
     kind, token_id = parsed
-    row = (await connection.execute(_CREDENTIAL, {"token_id": token_id})).one_or_none()
+    values = {"token_id": token_id}
+    row: _StoredCredential | None
+    if isinstance(connection, DirectPool):
+        record = await connection.fetchrow(_CREDENTIAL_DIRECT, values)
+        row = None if record is None else _Credential(**record)
+    else:
+        row = (await connection.execute(_CREDENTIAL, values)).one_or_none()
     # Compare even when the id is unknown or revoked, so timing does not tell ids apart.
     stored = row.digest if row is not None and row.kind == kind.value else b"\0" * 32
     if not hmac.compare_digest(stored, token_digest(token)) or row is None:
         raise Unauthenticated()
     return Principal.from_row(row)
+
+
+class _StoredCredential(CredentialColumns, Protocol):
+    @property
+    def digest(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class _Credential:
+    """The columns of ``_CREDENTIAL`` as the direct pool returns them."""
+
+    id: str
+    kind: str
+    digest: bytes
+    project_id: str | None
+    scopes: list[str]
+    workload_grants: list[str]
 
 
 def require_kind(principal: Principal, kind: TokenKind, where: str) -> None:

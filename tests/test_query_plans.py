@@ -413,10 +413,9 @@ async def gateway_key_lookup(fleet: Fleet) -> None:
 
 
 async def control_plane_credential(fleet: Fleet) -> None:
-    """As manager/api/border.py looks a credential up: one statement in autocommit."""
-    async with fleet.engine.connect() as connection:
-        connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await authenticate(connection, f"Bearer {token_of('sdk', SDK_TOKEN_ID)}")
+    """As manager/api/border.py looks a credential up: one statement on a direct pool."""
+    principal = await authenticate(fleet.pool, f"Bearer {token_of('sdk', SDK_TOKEN_ID)}")
+    assert principal.token_id == SDK_TOKEN_ID
 
 
 async def dispatcher_claim(fleet: Fleet) -> None:

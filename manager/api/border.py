@@ -20,7 +20,6 @@ from inferencekey.validation import control_character_field, secret_field
 from manager.admission import Admission
 from manager.auth import Principal, authenticate
 from manager.auth_limiter import FailedAuthLimiter
-from manager.db.session import autocommit
 from manager.errors import MalformedJson, SecretInSpec, ValidationFailed
 
 # Postgres' bigint: no number at the border is larger.
@@ -185,8 +184,8 @@ async def authenticated(request: Request) -> Principal:
     limiter: FailedAuthLimiter = request.app.state.auth_limiter
 
     async def lookup() -> Principal:
-        async with autocommit(request.app.state.engine) as connection:
-            return await authenticate(connection, request.headers.get("authorization"))
+        pool = request.app.state.credential_lookups  # manager/db/direct.py
+        return await authenticate(pool, request.headers.get("authorization"))
 
     address = request.client.host if request.client else None
     principal = await limiter.authenticate(address, lookup())

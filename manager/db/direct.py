@@ -32,7 +32,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import make_url
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 
 from manager.errors import DatabaseUnavailable
 from manager.settings import asyncpg_url
@@ -80,11 +81,12 @@ def unavailable(cause: BaseException) -> DatabaseUnavailable | None:
 
 
 class Statement:
-    """A ``text()`` statement with named parameters, compiled once into asyncpg's numbered
-    ones (the same SQL the engine would send)."""
+    """A statement with named parameters (``text()`` or Core), compiled once into asyncpg's
+    numbered ones (the same SQL the engine would send)."""
 
-    def __init__(self, clause: TextClause) -> None:
+    def __init__(self, clause: ClauseElement) -> None:
         compiled = clause.compile(dialect=_DIALECT)
+        assert isinstance(compiled, SQLCompiler)
         self.sql = compiled.string
         self.names = tuple(compiled.positiontup or ())
 
