@@ -37,9 +37,6 @@ from manager.settings import Settings
 from manager.webhooks.deliverer import WebhookDeliverer
 
 log = logging.getLogger("inferencekey.manager")
-# Connections of each serving process's pool for credential lookups (manager/db/direct.py):
-# a lookup holds one for a round trip, about a third of a millisecond.
-CREDENTIAL_LOOKUPS = 4
 
 
 async def _bootstrap(app: FastAPI, settings: Settings) -> None:
@@ -152,7 +149,9 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         # Every request's credential lookup (one statement, before its admission slot): a few
         # connections of their own, so a flood of lookups leaves the engine's to the work.
         credential_lookups = DirectPool(
-            database_url, size=CREDENTIAL_LOOKUPS, acquire_timeout_s=settings.db_pool_timeout_s
+            database_url,
+            size=settings.db_credential_pool_size,
+            acquire_timeout_s=settings.db_pool_timeout_s,
         )
         app.state.credential_lookups = credential_lookups
         hub = NotificationHub(database_url)

@@ -118,6 +118,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_middleware(CrashBarrier)
 
 
+def log_unavailable(scope: Scope, problem: DatabaseUnavailable) -> None:
+    log.warning(
+        "database unavailable on %s %s: %s",
+        scope["method"],
+        scope["path"],
+        problem.message,
+        extra=ids(method=scope["method"], path=scope["path"]),
+    )
+
+
 class CrashBarrier:
     """Turns an unhandled error into the JSON 500 (or a 503 for an exhausted database) and
     stops it there. Starlette's own handler re-raises after answering, and uvicorn then resets
@@ -142,13 +152,7 @@ class CrashBarrier:
         except Exception as error:
             unavailable = database_unavailable(error)
             if unavailable is not None:
-                log.warning(
-                    "database unavailable on %s %s: %s",
-                    scope["method"],
-                    scope["path"],
-                    unavailable.message,
-                    extra=ids(method=scope["method"], path=scope["path"]),
-                )
+                log_unavailable(scope, unavailable)
             else:
                 log.exception(
                     "unhandled error on %s %s",

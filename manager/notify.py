@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -27,6 +28,10 @@ WEBHOOKS = "ik_webhooks"  # payload: a workload id with deliveries due now; wake
 WORKERS = "ik_workers"  # payload: a worker id whose liveness state the reconciler changed
 CHANNELS = (RECONCILE, ASSIGNMENTS, WORKLOAD_STATUS, TOKENS, JOBS, WEBHOOKS, WORKERS)
 ANY = "*"
+# The listening connection is asked a query this often, and closed when it does not answer in
+# time (NotificationHub._probe): the caches it keeps current trust it for minutes.
+PROBE_EVERY_S = 15.0
+PROBE_TIMEOUT_S = 5.0
 
 
 async def notify(session: AsyncSession, channel: str, payload: str) -> None:
@@ -92,8 +97,12 @@ class NotificationHub:
 
     async def _watch(self) -> None:
         # Reconnect if the listening connection drops; wake everyone so nothing waits on a gap.
+        probed_at = time.monotonic()
         while not self._closing:
             await asyncio.sleep(1.0)
+            if time.monotonic() - probed_at >= PROBE_EVERY_S:
+                probed_at = time.monotonic()
+                await self._probe()
             if self._connection is None or self._connection.is_closed():
                 log.warning("notification connection lost; reconnecting")
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
@@ -104,6 +113,19 @@ class NotificationHub:
                 for callbacks in list(self._callbacks.values()):
                     for callback in callbacks:
                         callback(ANY)
+
+    async def _probe(self) -> None:
+        """A connection that died without a word (a peer or path gone silent) would never be
+        seen closed, and every cache it keeps current would go stale: one that does not answer
+        a query within ``PROBE_TIMEOUT_S`` is closed here, and reconnected as a lost one."""
+        connection = self._connection
+        if connection is None or connection.is_closed():
+            return
+        try:
+            await connection.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("notification connection did not answer (%s); reconnecting", error)
+            connection.terminate()
 
     def on(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` on every notification of ``channel``, and with ``ANY``

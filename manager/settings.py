@@ -57,6 +57,7 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "db_pool_size": (int, 1),
     "db_max_overflow": (int, 0),
     "db_pool_timeout_s": (float, 0.1),
+    "db_credential_pool_size": (int, 1),
     "auth_failures_per_window": (int, 1),
     "auth_failure_window_s": (float, 0.1),
     "worker_not_ready_after_s": (float, 0.1),
@@ -179,6 +180,9 @@ class Settings:
     db_pool_size: int = 20
     db_max_overflow: int = 10
     db_pool_timeout_s: float = 5.0
+    # Connections of this process's pool for credential lookups (manager/db/direct.py): every
+    # request's one statement before its admission slot, each held for a round trip.
+    db_credential_pool_size: int = 4
     server_limits: ServerLimits = field(default_factory=ServerLimits.from_env)
     # HOST:PORT to serve /metrics on without a credential (on the main port it needs ik_admin_).
     metrics_address: str | None = None

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from manager.api.agent import AgentCredentials
+from manager.api.agent_fast import AgentFastPath
 from manager.notify import RECONCILE, plain_postgres_url
 from tests.support import (
     RunningManager,
@@ -285,6 +286,31 @@ def api_requests(
     return sum(float(row[len(line) :]) for row in text.splitlines() if row.startswith(line))
 
 
+class ToTheRoutes:
+    """Counts the agent requests that reach the FastAPI app behind agent_fast's layer (the
+    Manager runs in this process, tests/support.py): those the layer declined."""
+
+    def __init__(self, manager: RunningManager) -> None:
+        layer: Any = manager.server.config.app
+        while not isinstance(layer, AgentFastPath):
+            layer = layer.app
+        self.layer = layer
+        self.inner = layer.app
+        self.count = 0
+
+    def __enter__(self) -> ToTheRoutes:
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"].startswith("/api/agent/"):
+                self.count += 1
+            await self.inner(scope, receive, send)
+
+        self.layer.app = counted
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.layer.app = self.inner
+
+
 async def test_delta_heartbeats_answer_as_the_route_does_however_they_are_sent(
     manager: RunningManager, admin: httpx.Client
 ) -> None:
@@ -296,7 +322,9 @@ async def test_delta_heartbeats_answer_as_the_route_does_however_they_are_sent(
         first = await agent.post("/api/agent/heartbeat", json=full(gpu_inventory(), []))
         assert first.status_code == 200, first.text
         counted = api_requests(admin, "200")
-        delta = await agent.post("/api/agent/heartbeat", json=DELTA)
+        with ToTheRoutes(manager) as routed:
+            delta = await agent.post("/api/agent/heartbeat", json=DELTA)
+        assert routed.count == 0, "a cached credential's delta heartbeat went the route's way"
         assert (delta.status_code, delta.content) == (200, first.content)
         assert delta.headers["content-type"] == "application/json"
         assert api_requests(admin, "200") == counted + 1
@@ -309,11 +337,13 @@ async def test_delta_heartbeats_answer_as_the_route_does_however_they_are_sent(
             yield b'"http://127.0.0.1:9"}'
 
         for content in (padded, chunked()):
-            answer = await agent.post(
-                "/api/agent/heartbeat",
-                content=content,
-                headers={"content-type": "application/json"},
-            )
+            with ToTheRoutes(manager) as routed:
+                answer = await agent.post(
+                    "/api/agent/heartbeat",
+                    content=content,
+                    headers={"content-type": "application/json"},
+                )
+            assert routed.count == 1
             assert (answer.status_code, answer.content) == (200, first.content)
         for bad, code in (
             (b"{", "malformed_json"),
@@ -344,15 +374,17 @@ async def test_long_polls_answer_as_the_route_does_however_they_are_sent(
 
         before = counted()
         # The fast path's forms: stale or no version, wait absent or plain seconds; and the
-        # route's: an exponent, a duplicate, an unknown key, a body.
-        for params in (
-            {"version": "stale", "wait": "0"},
-            {"wait": "0.5"},
-            {"version": "x", "wait": "1e-3"},
-            [("version", "x"), ("version", "y"), ("wait", "0")],
-            {"version": "x", "wait": "0", "other": "1"},
+        # route's: an exponent, a duplicate, an unknown key.
+        for params, routes in (
+            ({"version": "stale", "wait": "0"}, 0),
+            ({"wait": "0.5"}, 0),
+            ({"version": "x", "wait": "1e-3"}, 1),
+            ([("version", "x"), ("version", "y"), ("wait", "0")], 1),
+            ({"version": "x", "wait": "0", "other": "1"}, 1),
         ):
-            answer = await agent.get("/api/agent/assignments", params=params)
+            with ToTheRoutes(manager) as routed:
+                answer = await agent.get("/api/agent/assignments", params=params)
+            assert routed.count == routes, params
             assert (answer.status_code, answer.content) == (200, first.content), params
             assert answer.headers["content-type"] == "application/json"
         assert counted() == before + 5

@@ -42,8 +42,8 @@ from manager.api.agent import (
 )
 from manager.api.border import parse_json_strictly
 from manager.auth import Principal, bearer_token, token_digest
-from manager.errors import ApiProblem
-from manager.http_errors import problem_response
+from manager.errors import ApiProblem, DatabaseUnavailable
+from manager.http_errors import database_unavailable, log_unavailable, problem_response
 from manager.metrics import AnswerStatus
 from manager.services.workers import AgentWorker
 
@@ -124,8 +124,8 @@ class AgentFastPath:
                 answer = await state.assignment_cache.answer(
                     worker, state.sessions, state.settings.heartbeat_interval_s
                 )
-            except ApiProblem as problem:  # shed: 503 overloaded, as the route would
-                await problem_response(problem)(scope, _gone, counted)
+            except Exception as error:
+                await _answer_failure(scope, error, answered)
                 return True
             await _answer_json(counted, answer.encoded)
             return True
@@ -159,13 +159,26 @@ class AgentFastPath:
                 answer = await long_poll(
                     state, worker, version, wait, functools.partial(slotted_session, state)
                 )
-            except ApiProblem as problem:  # shed (503 overloaded) or no database (503)
-                await problem_response(problem)(scope, _gone, answered.send)
+            except Exception as error:
+                await _answer_failure(scope, error, answered)
                 return
             await _answer_json(answered.send, answer.encoded)
         finally:
             if answered.status:  # else the route answered, and counted
                 state.metrics.count_api_answer(*WATCH_ROUTE, answered.status)
+
+
+async def _answer_failure(scope: Scope, error: Exception, answered: AnswerStatus) -> None:
+    """What the route's error handlers would answer: a problem's status (503 overloaded when
+    shed, 503 database_unavailable); any other error goes on to the CrashBarrier's 500 (and
+    its log), counted as a 500 here as the route's would be."""
+    problem = error if isinstance(error, ApiProblem) else database_unavailable(error)
+    if problem is None:
+        answered.status = 500
+        raise error
+    if isinstance(problem, DatabaseUnavailable) and problem is not error:
+        log_unavailable(scope, problem)
+    await problem_response(problem)(scope, _gone, answered.send)
 
 
 def _watch_query(scope: Scope) -> tuple[str, float] | None:

@@ -5,9 +5,11 @@ SQLAlchemy's async engine that statement cost about 0.6 ms of CPU under uvloop, 
 machine: the pool checks a connection out in a greenlet, makes it autocommit, builds an
 execution context and a result around the statement, and checks it back in. The statement
 itself, sent on an asyncpg pool of its own, cost about 0.12 ms. So the statements that run on
-every agent request go through a ``DirectPool``:
+every agent request, and every request's credential lookup, go through a ``DirectPool`` (two
+per serving process, manager/app.py):
 - the lease renewal;
-- a cached credential's standing.
+- a cached agent credential's standing;
+- a credential's lookup (manager/auth.py ``authenticate``).
 
 Everything else keeps the engine and its sessions.
 
@@ -26,6 +28,8 @@ Retry-After, as with the engine.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -39,9 +43,7 @@ from manager.errors import DatabaseUnavailable
 from manager.settings import asyncpg_url
 
 _DIALECT = asyncpg_dialect.dialect()
-# Options of SQLAlchemy's asyncpg dialect in a URL's query, not asyncpg's (the engine's
-# connect() drops them the same way).
-_DIALECT_OPTIONS = ("prepared_statement_cache_size", "prepared_statement_name_func")
+log = logging.getLogger("inferencekey.manager")
 
 # asyncpg's answers that mean "no connection to be had now", not "this statement is wrong".
 UNAVAILABLE = (
@@ -59,6 +61,10 @@ UNAVAILABLE = (
 # SQLSTATE classes of the same: connection exception, insufficient resources, operator
 # intervention (a shutdown, a terminated backend).
 UNAVAILABLE_CLASSES = ("08", "53", "57")
+# A database closed to connections (ALLOW_CONNECTIONS false) says so when one is opened.
+NOT_ACCEPTING = "55000"
+# An outage fails every request: its warning is logged once in this many seconds.
+WARN_EVERY_S = 10.0
 # Postgres aborted the transaction because of a concurrent one (deadlock_detected,
 # serialization_failure): the request may simply be sent again.
 CONFLICTS = ("40P01", "40001")
@@ -116,14 +122,19 @@ class DirectPool:
         on_connect: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     ) -> None:
         _, options = _DIALECT.create_connect_args(make_url(asyncpg_url(database_url)))
-        for name in _DIALECT_OPTIONS:
-            options.pop(name, None)
+        # The dialect's own options, as its connect() reads them: the statement cache's size
+        # (0 behind a pooler that cannot hold prepared statements) is asyncpg's here.
+        cache_size = options.pop("prepared_statement_cache_size", None)
+        if cache_size is not None:
+            options["statement_cache_size"] = int(cache_size)
+        options.pop("prepared_statement_name_func", None)
         self._options = options
         self._size = size
         self._idle_s = idle_s
         self._on_connect = on_connect
         self.acquire_timeout_s = acquire_timeout_s
         self._pool: asyncpg.Pool | None = None
+        self._warned_at = -WARN_EVERY_S
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -137,26 +148,36 @@ class DirectPool:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            await pool.close()
 
     async def fetchrow(
         self, statement: Statement, values: Mapping[str, Any]
     ) -> asyncpg.Record | None:
         """The statement's first row (None if it returned none), committed."""
-        if self._pool is None:
-            raise RuntimeError("DirectPool.fetchrow before start()")
+        pool = self._pool
+        if pool is None:  # not started, or closed: the process is stopping
+            raise DatabaseUnavailable("this Manager process is stopping; retry")
         try:
-            connection = await self._pool.acquire(timeout=self.acquire_timeout_s)
+            connection = await pool.acquire(timeout=self.acquire_timeout_s)
         except (asyncpg.PostgresError, *UNAVAILABLE) as error:
-            # None free in time, or a new one refused (the server down, full, shutting down,
-            # or the database closed to connections): never the request's fault.
-            raise DatabaseUnavailable("no database connection could be had; retry") from error
+            # None free in time, or a new one refused: the server down, full or shutting
+            # down, or the database closed to connections. Refused for another reason (a
+            # wrong password, no such database) it is a fault, answered 500 and logged.
+            problem = unavailable(error)
+            if problem is None and getattr(error, "sqlstate", None) == NOT_ACCEPTING:
+                problem = DatabaseUnavailable(
+                    "the database is not accepting connections now; retry"
+                )
+            if problem is None:
+                raise
+            self._warn(error)
+            raise problem from error
         try:
             return await connection.fetchrow(statement.sql, *statement.arguments(values))
         except BaseException as error:
             problem = unavailable(error) if isinstance(error, Exception) else None
-            if problem is not None or not isinstance(error, asyncpg.PostgresError):
+            if _broken(error, connection):
                 # Lost, broken or left half way (the server's unasked-for error on an idle
                 # connection, a cancellation): never to be used again. (One lost is already
                 # back in the pool, to be replaced.)
@@ -164,6 +185,32 @@ class DirectPool:
                     connection.terminate()
             if problem is None:
                 raise
+            self._warn(error)
             raise problem from error
         finally:
-            await self._pool.release(connection)
+            await pool.release(connection)
+
+    def _warn(self, error: BaseException) -> None:
+        """Say why a request was answered 503, once in ``WARN_EVERY_S`` (an outage fails every
+        request)."""
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(
+                "database unavailable to a direct pool (answered 503): %s: %s",
+                type(error).__name__,
+                error,
+            )
+
+
+def _broken(error: BaseException, connection: asyncpg.Connection) -> bool:
+    """Whether the connection may not serve again after this error of its statement. A clean
+    error of the server's (a deadlock, a serialization failure, a constraint) leaves it fine."""
+    if not isinstance(error, asyncpg.PostgresError):
+        return True
+    sqlstate = error.sqlstate or ""
+    if sqlstate[:2] == "08" or sqlstate.startswith("57P"):
+        return True
+    with contextlib.suppress(asyncpg.InterfaceError):
+        return connection.is_closed()
+    return True
