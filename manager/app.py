@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -215,12 +215,19 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             metrics.server.stop()
-            await gateway.stop()
-            await hub.stop()
-            await direct.close()
-            await credential_lookups.close()
-            for each in engines:
-                await each.dispose()
+            # Each closed even when one before it fails: no pool's connections are left open.
+            closers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                ("the gateway", gateway.stop),
+                ("the notification hub", hub.stop),
+                ("the agent requests' pool", direct.close),
+                ("the credential lookups' pool", credential_lookups.close),
+                *(("a database engine", each.dispose) for each in engines),
+            ]
+            for name, close in closers:
+                try:
+                    await close()
+                except Exception:
+                    log.exception("stopping %s failed", name)
 
     app = FastAPI(
         title="InferenceKey Manager",

@@ -425,6 +425,35 @@ async def test_a_revoked_agent_credential_is_refused_on_its_next_request(
         assert (refused.status_code, refused.json()["code"]) == (401, "invalid_credentials")
 
 
+async def test_a_revocation_whose_notice_never_came_is_refused_all_the_same(
+    manager: RunningManager, admin: httpx.Client
+) -> None:
+    """Revoked in the database with no NOTIFY (as if it were lost), the cached credential is
+    still refused on its next request of each kind: the fast path's own checks (the lease's
+    statement, the long-poll's standing) say so, not the notification."""
+    project = create_project(admin)["slug"]
+    for kind in ("heartbeat", "long-poll"):
+        token = new_worker(admin, project, f"unnoticed-{kind}")
+        token_id = token.split("_")[2]
+        async with httpx.AsyncClient(base_url=manager.url, headers=bearer(token)) as agent:
+            await heartbeat(agent, DELTA)  # its credential cached
+            connection = await asyncpg.connect(plain_postgres_url(manager.database_url))
+            try:
+                await connection.execute(
+                    "UPDATE tokens SET revoked_at = now() WHERE id = $1", token_id
+                )
+            finally:
+                await connection.close()
+            if kind == "heartbeat":
+                refused = await agent.post("/api/agent/heartbeat", json=DELTA)
+            else:
+                refused = await agent.get("/api/agent/assignments", params={"wait": 0})
+            assert (refused.status_code, refused.json()["code"]) == (
+                401,
+                "invalid_credentials",
+            ), refused.text
+
+
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningManager]:
     """A Manager that lets one agent request use the database at a time, and waits 20 ms for
