@@ -267,18 +267,18 @@ async def _check_unrevoked(request: Request, worker: workers.AgentWorker) -> Non
     in its own statement instead.)"""
     if getattr(request.state, "credential_checked", False):
         return
-    async with _slot(request):
-        standing = await tokens.unrevoked(request.app.state.direct, worker.token_id)
-    if not standing:
-        _protocol(request).credentials.evict(worker.token_id)
+    patient = getattr(request.state, "admitted", False)  # as _slot: the first slot waits
+    request.state.admitted = False
+    if not await still_stands(request.app.state, worker, patient=patient):
         raise Unauthenticated()
 
 
-async def still_stands(state: State, worker: workers.AgentWorker) -> bool:
-    """``_check_unrevoked`` for agent_fast, under an admission slot (503 overloaded when none
-    comes in time): False, and the cached credential forgotten, if it was revoked."""
+async def still_stands(state: State, worker: workers.AgentWorker, *, patient: bool = False) -> bool:
+    """Whether a cached credential still stands (the route's check, and agent_fast's), asked
+    under an admission slot (503 overloaded when none comes in time); if it was revoked,
+    False and the cached credential forgotten."""
     protocol = protocol_of(state)
-    async with protocol.admission.slot():
+    async with protocol.admission.slot(patient=patient):
         standing = await tokens.unrevoked(state.direct, worker.token_id)
     if not standing:
         protocol.credentials.evict(worker.token_id)

@@ -152,15 +152,17 @@ class AgentFastPath:
         answered = AnswerStatus(send)
         try:
             try:
-                if not await still_stands(state, worker):
-                    await self.app(scope, receive, send)  # revoked: the route says 401
-                    return
-                version, wait = query
-                answer = await long_poll(
-                    state, worker, version, wait, functools.partial(slotted_session, state)
-                )
+                stands = await still_stands(state, worker)
+                if stands:
+                    version, wait = query
+                    answer = await long_poll(
+                        state, worker, version, wait, functools.partial(slotted_session, state)
+                    )
             except Exception as error:
                 await _answer_failure(scope, error, answered)
+                return
+            if not stands:  # revoked: the route says 401 (and counts it)
+                await self.app(scope, receive, send)
                 return
             await _answer_json(answered.send, answer.encoded)
         finally:
