@@ -1,7 +1,7 @@
 """What one agent request costs the Manager: CPU per request, against a bare HTTP server's.
 
     python bench/agent_requests.py [--agents 200] [--rounds 20] [--concurrency 32] [--json out.json]
-                                   [--kinds delta,report,poll]
+                                   [--kinds delta,report,figures,poll]
 
 Starts, in child processes, a real Manager (no reconciler: only the requests are measured) on a
 fresh database of the local Postgres (``INFERENCEKEY_BENCH_DATABASE_SERVER``, default the tests'
@@ -13,6 +13,8 @@ times per agent, ``--concurrency`` in flight, to the Manager and to the peer in 
 
 - ``delta heartbeat``: nothing changed, the lease only (most of a steady fleet's traffic);
 - ``report, unchanged``: the full heartbeat every agent sends every minute (8 GPUs, no replica);
+- ``report, new figures``: the same with every GPU's utilisation and used memory changed, as a
+  real agent's is;
 - ``long-poll, answered``: an assignments request whose version is stale, answered at once.
 
 Prints per kind the Manager's CPU per request (its process, from /proc), its Postgres backends'
@@ -126,12 +128,21 @@ class Agents:
 
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = tokens
+        self.sent = 0
 
     def delta(self, n: int) -> tuple[str, str, dict[str, Any] | None]:
         return ("POST", "/api/agent/heartbeat", {"address": f"http://127.0.0.1:{20000 + n}"})
 
     def report(self, n: int) -> tuple[str, str, dict[str, Any] | None]:
         body = {"address": f"http://127.0.0.1:{20000 + n}", "inventory": inventory(n)}
+        return ("POST", "/api/agent/heartbeat", {**body, "replicas": []})
+
+    def figures(self, n: int) -> tuple[str, str, dict[str, Any] | None]:
+        self.sent += 1
+        body = {"address": f"http://127.0.0.1:{20000 + n}", "inventory": inventory(n)}
+        for gpu in body["inventory"]["gpus"]:  # a real GPU's figures move between reports
+            gpu["utilization_pct"] = (self.sent + gpu["index"]) % 101
+            gpu["memory_used_mb"] = 1000 + self.sent % 1000
         return ("POST", "/api/agent/heartbeat", {**body, "replicas": []})
 
     def poll(self, n: int) -> tuple[str, str, dict[str, Any] | None]:
@@ -142,6 +153,7 @@ class Agents:
 KINDS = {
     "delta": ("delta heartbeat", "delta"),
     "report": ("report, unchanged", "report"),
+    "figures": ("report, new figures", "figures"),
     "poll": ("long-poll, answered", "poll"),
 }
 

@@ -15,9 +15,11 @@ import asyncpg
 import httpx
 import pytest
 
+from ik_contracts.protocol import REPORTED_STATES
 from manager.api.agent import AgentCredentials
-from manager.api.agent_fast import AgentFastPath
+from manager.api.agent_fast import MAX_BODY, AgentFastPath
 from manager.notify import RECONCILE, plain_postgres_url
+from manager.services import workers
 from tests.support import (
     RunningManager,
     bearer,
@@ -226,6 +228,112 @@ async def test_replica_reports_notify_their_workload_and_a_finished_stop_frees_t
             await notices.heard(worker_id)  # its capacity was freed
 
 
+class LongWay:
+    """Counts the reports stored by ``workers.record_heartbeat`` (the session's long way) in
+    the Manager of this process, each still stored by it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        stored = workers.record_heartbeat
+
+        async def counted(*args: Any, **kwargs: Any) -> bool:
+            self.count += 1
+            return await stored(*args, **kwargs)
+
+        monkeypatch.setattr(workers, "record_heartbeat", counted)
+
+
+async def stored_rows(
+    manager: RunningManager, worker_id: str, replica_id: str
+) -> tuple[asyncpg.Record, asyncpg.Record, int]:
+    """The replica's row, the worker's first GPU's, and how many events its reports made."""
+    connection = await asyncpg.connect(plain_postgres_url(manager.database_url))
+    try:
+        replica = await connection.fetchrow("SELECT * FROM replicas WHERE id = $1", replica_id)
+        gpu = await connection.fetchrow(
+            "SELECT * FROM gpu_resources WHERE worker_id = $1 ORDER BY index LIMIT 1", worker_id
+        )
+        events = await connection.fetchval(
+            "SELECT count(*) FROM workload_events WHERE workload_id = $1 AND kind = ANY($2)"
+            " AND data ->> 'replica_id' = $3",
+            replica["workload_id"],
+            [f"replica_{state}" for state in REPORTED_STATES],
+            replica_id,
+        )
+        return replica, gpu, events
+    finally:
+        await connection.close()
+
+
+async def test_a_report_of_figures_only_is_stored_without_the_long_way(
+    own: RunningManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every agent's full report each minute, and a serving replica's engine load, change only
+    figures: stored in one or two statements on the direct pool (workers.record_figures), by
+    agent_fast's layer, with the same rows, no event and no reconcile notice. A report that
+    changes a state goes the long way, as before."""
+    with httpx.Client(base_url=own.url, headers=bearer(own.admin_token or "")) as admin:
+        project = create_project(admin)["slug"]
+        sdk_token = create_sdk_token(admin, project)
+        token = new_worker(admin, project, "figures")
+    async with (
+        httpx.AsyncClient(base_url=own.url, headers=bearer(token), timeout=30) as agent,
+        httpx.AsyncClient(base_url=own.url, headers=bearer(sdk_token)) as sdk,
+    ):
+        answer = await heartbeat(agent, full(gpu_inventory(), []))
+        created = await sdk.post(f"/api/projects/{project}/workloads", json=WORKLOAD)
+        assert created.status_code == 201, created.text
+        workload_id = created.json()["id"]
+        watched = await agent.get(
+            "/api/agent/assignments", params={"version": answer["version"], "wait": 20}
+        )
+        [assigned] = watched.json()["replicas"]
+        worker_id = watched.json()["worker_id"]
+        ready = {"id": assigned["id"], "state": "ready", "port": 41000, "log_tail": "loaded"}
+        long_way = LongWay(monkeypatch)
+        await heartbeat(agent, full(gpu_inventory(), [ready]))  # ready: the long way
+        assert long_way.count == 1
+        before, gpu_before, events_before = await stored_rows(own, worker_id, assigned["id"])
+        assert before["ready_at"] is not None
+
+        serving = {
+            **ready,
+            "log_tail": "loaded\nserved 3 requests",
+            "restarts": 0,
+            "engine_load": {"running": 3, "waiting": 1, "kv_cache_usage": 0.25},
+        }
+        busy = gpu_inventory(memory_used_mb=9000, utilization_pct=87)
+        async with listen(own) as notices:
+            with ToTheRoutes(own) as routed:
+                await heartbeat(agent, full(gpu_inventory(), [ready]))  # nothing new
+                await heartbeat(agent, full(busy, [serving]))
+                await heartbeat(agent, {**DELTA, "replicas": [{**serving, "restarts": 2}]})
+                await heartbeat(agent, {**DELTA, "inventory": busy})
+            assert (routed.count, long_way.count) == (0, 1)
+            after, gpu_after, events_after = await stored_rows(own, worker_id, assigned["id"])
+            assert (after["engine_running"], after["engine_waiting"]) == (3, 1)
+            assert after["kv_cache_usage"] == 0.25
+            assert (after["log_tail"], after["restarts"]) == (serving["log_tail"], 2)
+            assert (after["state"], after["reason"], after["port"]) == ("ready", None, 41000)
+            assert after["ready_at"] == before["ready_at"]
+            assert after["updated_at"] > before["updated_at"]
+            assert (gpu_after["memory_used_mb"], gpu_after["utilization_pct"]) == (9000, 87)
+            assert gpu_after["updated_at"] > gpu_before["updated_at"]
+            assert gpu_after["memory_total_mb"] == gpu_before["memory_total_mb"]
+            assert events_after == events_before
+
+            # A state that changes: the long way, its event and its workload's notice (the
+            # figures gave none).
+            failed = {**serving, "state": "failed", "reason": "engine exited"}
+            await heartbeat(agent, full(busy, [failed]))
+            assert long_way.count == 2
+            await notices.heard(workload_id)
+            await asyncio.sleep(0.1)
+            assert notices.payloads.count(workload_id) == 1, notices.payloads
+            assert worker_id not in notices.payloads
+            assert (await stored_rows(own, worker_id, assigned["id"]))[2] == events_before + 1
+
+
 async def test_a_delta_heartbeat_renews_the_lease_and_keeps_the_inventory(
     manager: RunningManager, admin: httpx.Client
 ) -> None:
@@ -330,7 +438,7 @@ async def test_delta_heartbeats_answer_as_the_route_does_however_they_are_sent(
         assert api_requests(admin, "200") == counted + 1
         # Past the fast path's size (padding), without a length (chunked), and with a field the
         # protocol does not know: the route's answers.
-        padded = (b'{"address": "http://127.0.0.1:9"' + b" " * 4096) + b"}"
+        padded = (b'{"address": "http://127.0.0.1:9"' + b" " * MAX_BODY) + b"}"
 
         async def chunked() -> AsyncIterator[bytes]:
             yield b'{"address": '

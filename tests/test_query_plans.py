@@ -344,6 +344,17 @@ async def agent_delta_heartbeat(fleet: Fleet) -> None:
     assert await workers.renew_lease(fleet.pool, HEARTBEAT_WORKER, None, utcnow())
 
 
+async def agent_report_of_figures(fleet: Fleet) -> None:
+    """A full report that changes nothing (every agent's, every minute), then one that changes
+    only figures (a GPU's utilisation, a replica's engine load): on the direct pool."""
+    body = fleet.heartbeat_body
+    assert await workers.record_figures(fleet.pool, HEARTBEAT_WORKER, body, utcnow())
+    gpus = [{**gpu, "utilization_pct": 10} for gpu in body["inventory"]["gpus"]]
+    replicas = [{**r, "engine_load": {"running": 2}} for r in body["replicas"]]
+    busier = {**body, "inventory": {**body["inventory"], "gpus": gpus}, "replicas": replicas}
+    assert await workers.record_figures(fleet.pool, HEARTBEAT_WORKER, busier, utcnow())
+
+
 async def agent_credential_standing(fleet: Fleet) -> None:
     """What a long-poll (or a package download) asks of a cached agent credential."""
     assert await tokens.unrevoked(fleet.pool, AGENT_TOKEN_ID)
@@ -539,6 +550,7 @@ class CodePath:
 CODE_PATHS = [
     CodePath("agent heartbeat", agent_heartbeat),
     CodePath("agent heartbeat, delta (direct pool)", agent_delta_heartbeat),
+    CodePath("agent heartbeat, a report of figures (direct pool)", agent_report_of_figures),
     CodePath("agent credential standing (direct pool)", agent_credential_standing),
     CodePath("agent heartbeats shed: their leases kept", shed_heartbeats_leases),
     CodePath("reconciler: full read", reconciler_full_read),

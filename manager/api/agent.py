@@ -412,6 +412,38 @@ async def renew_lease(
         raise
 
 
+async def record_report(
+    state: State,
+    protocol: AgentProtocol,
+    worker: workers.AgentWorker,
+    report: Heartbeat,
+    *,
+    patient: bool,
+) -> bool:
+    """A heartbeat's report (its inventory, its replicas or both; here and in agent_fast),
+    stored in the worker's turn and under an admission slot: by ``workers.record_figures`` on
+    the direct pool where it changes only figures (every agent's full report each minute, a
+    serving replica's engine load), else by ``workers.record_heartbeat`` in a session. False if
+    the worker's credential was revoked."""
+    body = report.model_dump()
+    try:
+        async with (
+            protocol.heartbeats.turn(worker.id, patient=patient),
+            protocol.admission.slot(patient=patient),
+        ):
+            now = utcnow()
+            recorded = await workers.record_figures(state.direct, worker.id, body, now)
+            if recorded is not None:
+                return recorded
+            async with state.sessions() as session:
+                renewed = await workers.record_heartbeat(session, worker.id, body, now)
+                await session.commit()
+            return renewed
+    except Overloaded:
+        protocol.shed_heartbeats.shed(worker.id)
+        raise
+
+
 @router.post("/heartbeat", response_model=Assignments)
 async def heartbeat(request: Request, body: Heartbeat) -> Response:
     """Renews the worker's lease and stores what changed (``inventory`` and ``replicas`` only
@@ -419,21 +451,11 @@ async def heartbeat(request: Request, body: Heartbeat) -> Response:
     worker = _caller(request)
     protocol = _protocol(request)
     patient = getattr(request.state, "admitted", False)  # its credential just looked up
+    state = request.app.state
     if body.inventory is None and body.replicas is None:  # nothing changed: the lease only
-        state = request.app.state
         renewed = await renew_lease(state, protocol, worker, body.address, patient=patient)
     else:
-        try:
-            async with (
-                protocol.heartbeats.turn(worker.id, patient=patient),
-                _database(request) as session,
-            ):
-                report = body.model_dump()
-                renewed = await workers.record_heartbeat(session, worker.id, report, utcnow())
-                await session.commit()
-        except Overloaded:
-            protocol.shed_heartbeats.shed(worker.id)
-            raise
+        renewed = await record_report(state, protocol, worker, body, patient=patient)
     if not renewed:  # revoked since the credential was cached
         _protocol(request).credentials.evict(worker.token_id)
         raise Unauthenticated()

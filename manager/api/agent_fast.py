@@ -1,21 +1,22 @@
 """The agent protocol's commonest requests, served without the FastAPI stack.
 
-A fleet's steady traffic is mostly two requests: a delta heartbeat (only ``address``: nothing
-changed) and a long-poll for the assignments, each from an agent whose credential this process
-has seen. Through FastAPI each cost about twice its own work in middleware, routing and
+A fleet's steady traffic is mostly three requests: a delta heartbeat (only ``address``: nothing
+changed), a heartbeat that reports (every agent's full report each minute, a replica's state or
+engine load) and a long-poll for the assignments, each from an agent whose credential this
+process has seen. Through FastAPI each cost about twice its own work in middleware, routing and
 dependency solving (py-spy, 1,000 agents). This layer answers exactly those cases itself, by the
 same steps as the routes (``agent.heartbeat``, ``agent.watch_assignments``): the credential
-cache and the failed-authentication limit, an admission slot, the one statement on the direct
-pool (the lease renewal; the credential's standing), the cached answer; the same bytes, status
-codes, errors and metrics. A heartbeat also waits for its worker's turn.
+cache and the failed-authentication limit, an admission slot, the statements on the direct
+pool (the lease renewal, a report's figures; the credential's standing), the cached answer; the
+same bytes, status codes, errors and metrics. A heartbeat also waits for its worker's turn.
 
 Whether to try is decided on the headers (and a long-poll's query), before any body is read:
 another route or method, a credential not cached, an address over its failed-authentication
 limit, a heartbeat body over ``MAX_BODY``, without a length or not ``application/json``, a
 long-poll with a body or with a query other than plain ``version`` and ``wait`` go on to the
-FastAPI app untouched. So do, with their body replayed, a body that is not a valid delta
-heartbeat (parsed as strictly as the route parses: no NaN, Infinity or deep nesting) and a
-credential revoked since it was cached. The routes there stay the ones documented (OpenAPI) and
+FastAPI app untouched. So do, with their body replayed, a body that is not a valid heartbeat
+(parsed as strictly as the route parses: no NaN, Infinity or deep nesting) and a credential
+revoked since it was cached. The routes there stay the ones documented (OpenAPI) and
 the ones that answer every case this layer declines.
 """
 
@@ -36,6 +37,7 @@ from manager.api.agent import (
     AgentProtocol,
     long_poll,
     protocol_of,
+    record_report,
     renew_lease,
     slotted_session,
     still_stands,
@@ -49,8 +51,9 @@ from manager.services.workers import AgentWorker
 
 PATH = "/api/agent/heartbeat"
 ROUTE = ("POST", PATH)
-# A delta heartbeat is ~50 bytes; one carrying a report goes the long way.
-MAX_BODY = 2048
+# A delta heartbeat is ~50 bytes, a full report of 8 GPUs and a few replicas a few KiB; a body
+# larger than this (thousands of model files, long log tails) goes the long way.
+MAX_BODY = 64 * 1024
 WATCH_PATH = "/api/agent/assignments"
 WATCH_ROUTE = ("GET", WATCH_PATH)
 # A long-poll's ``wait`` as this layer takes it: plain decimal seconds (else the route parses).
@@ -83,7 +86,7 @@ class AgentFastPath:
         if len(body) != length:  # the client went away before all of it came, or lied
             await self.app(scope, _gone, send)
             return
-        if not await self._delta_heartbeat(scope, known[1], body, send):
+        if not await self._heartbeat(scope, known[1], body, send):
             await self.app(scope, relay.replayed(body, receive), send)
 
     def _caller(self, scope: Scope) -> tuple[Principal, AgentWorker] | None:
@@ -101,10 +104,8 @@ class AgentFastPath:
             return None  # the route answers 429, as it answers every such request
         return known
 
-    async def _delta_heartbeat(
-        self, scope: Scope, worker: AgentWorker, body: bytes, send: Send
-    ) -> bool:
-        """Answer a delta heartbeat; False to let the route do it."""
+    async def _heartbeat(self, scope: Scope, worker: AgentWorker, body: bytes, send: Send) -> bool:
+        """Answer a heartbeat; False to let the route do it."""
         state = self.state
         protocol: AgentProtocol = protocol_of(state)
         try:
@@ -112,13 +113,17 @@ class AgentFastPath:
             report = Heartbeat.model_validate(parse_json_strictly(body))
         except (ApiProblem, ValidationError):
             return False  # the route answers it as it answers every such request
-        if report.inventory is not None or report.replicas is not None:
-            return False
         answered = AnswerStatus(send)
         counted = answered.send
         try:
             try:
-                if not await renew_lease(state, protocol, worker, report.address, patient=False):
+                if report.inventory is None and report.replicas is None:  # the lease only
+                    renewed = await renew_lease(
+                        state, protocol, worker, report.address, patient=False
+                    )
+                else:
+                    renewed = await record_report(state, protocol, worker, report, patient=False)
+                if not renewed:
                     protocol.credentials.evict(worker.token_id)  # revoked: the route says 401
                     return False
                 answer = await state.assignment_cache.answer(

@@ -179,15 +179,7 @@ async def _sync_gpus(
     for item in reported:
         uuid = str(item["uuid"])
         seen.add(uuid)
-        values = {
-            "index": int(item.get("index", 0)),
-            "name": str(item.get("name", "unknown GPU")),
-            "memory_total_mb": int(item.get("memory_total_mb", 0)),
-            "memory_used_mb": int(item.get("memory_used_mb", 0)),
-            "utilization_pct": int(item.get("utilization_pct", 0)),
-            "simulated": simulated,
-            "present": True,
-        }
+        values = _gpu_values(item, simulated)
         gpu = existing.get(uuid)
         if gpu is None:
             gpu = GpuResource(id=new_id("gpu"), worker_id=worker_id, uuid=uuid)
@@ -206,6 +198,34 @@ async def _sync_gpus(
             gpu.updated_at = now
             capacity_changed = True
     return capacity_changed
+
+
+def _gpu_values(item: dict[str, Any], simulated: bool) -> dict[str, Any]:
+    """A reported GPU as its row's columns."""
+    return {
+        "index": int(item.get("index", 0)),
+        "name": str(item.get("name", "unknown GPU")),
+        "memory_total_mb": int(item.get("memory_total_mb", 0)),
+        "memory_used_mb": int(item.get("memory_used_mb", 0)),
+        "utilization_pct": int(item.get("utilization_pct", 0)),
+        "simulated": simulated,
+        "present": True,
+    }
+
+
+def _observed(item: dict[str, Any]) -> dict[str, Any]:
+    """A reported replica as its row's observed columns."""
+    load = item.get("engine_load") or {}
+    return {
+        "state": item.get("state"),
+        "reason": item.get("reason"),
+        "log_tail": (item.get("log_tail") or "")[-LOG_TAIL_LIMIT:] or None,
+        "port": item.get("port"),
+        "restarts": int(item.get("restarts") or 0),
+        "engine_running": load.get("running"),
+        "engine_waiting": load.get("waiting"),
+        "kv_cache_usage": load.get("kv_cache_usage"),
+    }
 
 
 def _describe(replica: Replica, worker_name: str) -> str:
@@ -250,17 +270,7 @@ async def _apply_observed(
         if state != replica.state or reason != replica.reason:
             changes.workload_ids.add(replica.workload_id)
             await _record_transition(session, replica, worker_name, state, reason, item)
-        load = item.get("engine_load") or {}
-        observed = {
-            "state": state,
-            "reason": reason,
-            "log_tail": (item.get("log_tail") or "")[-LOG_TAIL_LIMIT:] or None,
-            "port": item.get("port"),
-            "restarts": int(item.get("restarts") or 0),
-            "engine_running": load.get("running"),
-            "engine_waiting": load.get("waiting"),
-            "kv_cache_usage": load.get("kv_cache_usage"),
-        }
+        observed = _observed(item)
         if any(getattr(replica, name) != value for name, value in observed.items()):
             for name, value in observed.items():
                 setattr(replica, name, value)
@@ -324,14 +334,10 @@ RETURNING previous.state, w.name,
 """
 # Without a report, on a connection that commits each statement: the reconciler is told of a
 # worker that was not ready or moved in the same statement, so no lease is renewed untold.
-RENEW_LEASE = text(
-    _RENEW.format(
-        inventory="",
-        capabilities=""",
+_TELL = """,
     CASE WHEN previous.state <> :ready OR previous.address IS DISTINCT FROM w.address
-         THEN pg_notify(:channel, w.id) END AS told""",
-    )
-)
+         THEN pg_notify(:channel, w.id) END AS told"""
+RENEW_LEASE = text(_RENEW.format(inventory="", capabilities=_TELL))
 RENEW_LEASE_WITH_INVENTORY = text(
     _RENEW.format(
         inventory=", inventory = CAST(:inventory AS JSONB), simulated = :simulated",
@@ -448,6 +454,196 @@ async def record_heartbeat(
         if changes.freed:
             payloads.add(worker_id)
     await _notify_reconcile(session, payloads)
+    return True
+
+
+# A report's quick path (``record_figures``): the lease renewed as by a delta heartbeat, and in
+# the same statement what the worker's rows hold of what a report may say, to compare it with.
+_GPU_COLUMNS = (
+    "uuid",
+    "index",
+    "name",
+    "memory_total_mb",
+    "memory_used_mb",
+    "utilization_pct",
+    "simulated",
+    "present",
+)
+_GPU_FIGURES = ("memory_used_mb", "utilization_pct")
+_REPLICA_COLUMNS = (
+    "id",
+    "state",
+    "reason",
+    "log_tail",
+    "port",
+    "restarts",
+    "engine_running",
+    "engine_waiting",
+    "kv_cache_usage",
+    "desired_state",
+)
+RENEW_LEASE_REPORTING = direct.Statement(
+    text(
+        _RENEW.format(
+            inventory="",
+            capabilities=_TELL
+            + f""",
+    CAST(previous.inventory AS TEXT) AS inventory, w.simulated,
+    (SELECT CAST(json_agg(json_build_array({", ".join(f"g.{c}" for c in _GPU_COLUMNS)})) AS TEXT)
+     FROM gpu_resources AS g WHERE g.worker_id = w.id) AS gpus,
+    (SELECT CAST(json_agg(json_build_array(
+         {", ".join(f"r.{c}" for c in _REPLICA_COLUMNS)}, r.ready_at IS NOT NULL)) AS TEXT)
+     FROM replicas AS r WHERE r.worker_id = w.id) AS replicas""",
+        )
+    )
+)
+# The figures of a report that changed only figures: the GPUs' used memory and utilisation,
+# the replicas' log tails, ports, restart counts and engine load. A replica's row is written
+# only while its state and reason are still what was compared (locked in id order, as
+# heartbeats and the reconciler lock replicas).
+WRITE_FIGURES = direct.Statement(
+    text("""
+WITH gpus AS (
+    UPDATE gpu_resources AS g
+    SET memory_used_mb = v.used, utilization_pct = v.utilization, updated_at = :now
+    FROM unnest(CAST(:gpu_uuids AS TEXT[]), CAST(:gpu_used AS INTEGER[]),
+                CAST(:gpu_utilization AS INTEGER[])) AS v(uuid, used, utilization)
+    WHERE g.worker_id = :worker_id AND g.uuid = v.uuid AND g.present
+    RETURNING g.id
+), locked AS (
+    SELECT id FROM replicas
+    WHERE id = ANY(CAST(:replica_ids AS TEXT[])) AND worker_id = :worker_id
+    ORDER BY id
+    FOR NO KEY UPDATE
+), written AS (
+    UPDATE replicas AS r
+    SET log_tail = v.log_tail, port = v.port, restarts = v.restarts,
+        engine_running = v.running, engine_waiting = v.waiting, kv_cache_usage = v.kv,
+        updated_at = :now
+    FROM unnest(CAST(:replica_ids AS TEXT[]), CAST(:states AS TEXT[]), CAST(:reasons AS TEXT[]),
+                CAST(:log_tails AS TEXT[]), CAST(:ports AS INTEGER[]),
+                CAST(:restarts AS INTEGER[]), CAST(:running AS INTEGER[]),
+                CAST(:waiting AS INTEGER[]), CAST(:kv AS DOUBLE PRECISION[]))
+         AS v(id, state, reason, log_tail, port, restarts, running, waiting, kv)
+    WHERE r.id = v.id AND r.id = ANY(ARRAY(SELECT id FROM locked))
+      AND r.state = v.state AND r.reason IS NOT DISTINCT FROM v.reason
+    RETURNING r.id
+)
+SELECT (SELECT count(*) FROM gpus) AS gpus, (SELECT count(*) FROM written) AS replicas
+""")
+)
+
+
+@dataclass
+class Figures:
+    """What a report changed, when it changed only figures: each GPU's (uuid, used memory,
+    utilisation), each replica's observed columns."""
+
+    gpus: list[tuple[str, int, int]] = field(default_factory=list)
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+
+
+def figures_only(stored: Any, body: dict[str, Any]) -> Figures | None:
+    """What the report ``body`` changes of the stored rows (``RENEW_LEASE_REPORTING``'s row),
+    if that is only figures; None if it changes anything ``record_heartbeat`` acts on (the
+    inventory, a GPU that came, went or changed, a replica's state or reason, a replica ready
+    for the first time or finished) or says something twice."""
+    figures = Figures()
+    inventory = body.get("inventory")
+    if inventory is not None:
+        lasting = dict(inventory)
+        reported_gpus = list(lasting.pop("gpus", None) or [])
+        simulated = lasting.get("source") == "simulated"
+        if simulated != stored["simulated"] or lasting != json.loads(stored["inventory"] or "null"):
+            return None
+        gpus = {
+            row[0]: dict(zip(_GPU_COLUMNS, row, strict=True))
+            for row in json.loads(stored["gpus"] or "[]")
+        }
+        seen: set[str] = set()
+        for item in reported_gpus:
+            uuid = str(item["uuid"])
+            gpu = gpus.get(uuid)
+            if gpu is None or uuid in seen:
+                return None
+            seen.add(uuid)
+            values = _gpu_values(item, simulated)
+            if any(
+                gpu[name] != value for name, value in values.items() if name not in _GPU_FIGURES
+            ):
+                return None
+            if any(gpu[name] != values[name] for name in _GPU_FIGURES):
+                figures.gpus.append((uuid, values["memory_used_mb"], values["utilization_pct"]))
+        if any(gpu["present"] and uuid not in seen for uuid, gpu in gpus.items()):
+            return None
+    reported = body.get("replicas")
+    if reported is not None:
+        replicas = {
+            row[0]: dict(zip((*_REPLICA_COLUMNS, "ready"), row, strict=True))
+            for row in json.loads(stored["replicas"] or "[]")
+        }
+        reported_ids: set[str] = set()
+        for item in reported:
+            replica = replicas.get(str(item.get("id")))
+            state = item.get("state")
+            if replica is None or state not in REPORTED_STATES:
+                continue  # as record_heartbeat: not this worker's, or not a state to store
+            if replica["id"] in reported_ids:
+                return None
+            reported_ids.add(replica["id"])
+            observed = _observed(item)
+            if state != replica["state"] or observed["reason"] != replica["reason"]:
+                return None
+            if state == ReplicaState.READY and not replica["ready"]:
+                return None
+            if any(replica[name] != value for name, value in observed.items()):
+                figures.replicas.append({"id": replica["id"], **observed})
+        if any(
+            replica["desired_state"] == DesiredState.STOP
+            and (replica["id"] not in reported_ids or replica["state"] == ReplicaState.STOPPED)
+            for replica in replicas.values()
+        ):
+            return None
+    return figures
+
+
+async def record_figures(
+    pool: direct.DirectPool, worker_id: str, body: dict[str, Any], now: datetime
+) -> bool | None:
+    """A report's quick path, on the direct pool (each statement commits by itself): the lease
+    renewed, and where the report changed only figures (``figures_only``), those written in one
+    statement. True if recorded; False if the worker's credential is revoked (nothing is
+    written); None if the report changes more, or its rows changed meanwhile: then
+    ``record_heartbeat`` stores it. A full report every minute from each agent, or a serving
+    replica's engine load, thus costs one or two statements and no ORM."""
+    stored = await pool.fetchrow(RENEW_LEASE_REPORTING, _lease(worker_id, body.get("address"), now))
+    if stored is None:
+        return False
+    figures = figures_only(stored, body)
+    if figures is None:
+        return None
+    if not figures.gpus and not figures.replicas:
+        return True
+    values: dict[str, Any] = {
+        "worker_id": worker_id,
+        "now": now,
+        "gpu_uuids": [uuid for uuid, _, _ in figures.gpus],
+        "gpu_used": [used for _, used, _ in figures.gpus],
+        "gpu_utilization": [utilization for _, _, utilization in figures.gpus],
+        "replica_ids": [r["id"] for r in figures.replicas],
+        "states": [str(r["state"]) for r in figures.replicas],
+        "reasons": [r["reason"] for r in figures.replicas],
+        "log_tails": [r["log_tail"] for r in figures.replicas],
+        "ports": [r["port"] for r in figures.replicas],
+        "restarts": [r["restarts"] for r in figures.replicas],
+        "running": [r["engine_running"] for r in figures.replicas],
+        "waiting": [r["engine_waiting"] for r in figures.replicas],
+        "kv": [r["kv_cache_usage"] for r in figures.replicas],
+    }
+    written = await pool.fetchrow(WRITE_FIGURES, values)
+    assert written is not None
+    if (written["gpus"], written["replicas"]) != (len(figures.gpus), len(figures.replicas)):
+        return None  # a row changed since it was read: the long way looks again
     return True
 
 
