@@ -13,7 +13,6 @@ one transaction of the pass that locks nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -30,11 +29,11 @@ from manager import placement, planning
 from manager.custom_backends import service as custom_backends
 from manager.db.models import GpuPrice, GpuResource, Project, Replica, Worker, Workload
 from manager.db.queries import one_of
+from manager.turns import Turns
 
 log = logging.getLogger("inferencekey.reconciler")
 
 WORKLOAD_PREFIX = "wl_"
-YIELD_EVERY = 1000  # rows turned into views between two chances for requests to run
 WORKER_PREFIX = "wrk_"
 
 
@@ -277,12 +276,13 @@ class Fleet:
         replicas = await session.execute(
             select(*REPLICA_COLUMNS).order_by(Replica.created_at, Replica.id)
         )
-        for count, row in enumerate(replicas):
+        turns = Turns()
+        for row in replicas:
             view = as_replica_view(row)
             fleet.replicas.setdefault(row.workload_id, []).append(view)
             fleet.replicas_on[view.worker_id][view.id] = view
-            if count % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # a fleet's rows are CPU: let requests in between
+            if turns.due():
+                await turns.give()  # a fleet's rows are CPU: let requests in between
         rows = list(
             await session.execute(
                 select(*WORKLOAD_COLUMNS)
@@ -292,10 +292,10 @@ class Fleet:
             )
         )
         choices = await custom_backend_choices(session, rows)
-        for count, row in enumerate(rows):
+        for row in rows:
             fleet._hold(as_workload_view(row, choices.get(row.id)))
-            if count % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+            if turns.due():
+                await turns.give()
         fleet._created_at = {row.id: row.created_at for row in rows}
         fleet._latest = (rows[-1].created_at, rows[-1].id) if rows else None
         fleet.shapes = {shape.id: shape for shape in await read_shapes(session, None)}
@@ -399,7 +399,7 @@ class Fleet:
         stale = (self._stale_claims | set(changed_workers)) & slot_of.keys()
         for worker_id in stale:
             slot = slot_of[worker_id]
-            slot.replicas_of = {}
+            slot.forget_replicas()
             for gpu in slot.gpus:
                 gpu.claimed_mb, gpu.whole_claimed, gpu.shared_claims = 0, False, 0
         planning.claim_existing(

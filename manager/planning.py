@@ -188,8 +188,7 @@ def claim_existing(
         worker = slot_of.get(replica.worker_id)
         if worker is None or worker.state == lost:
             continue
-        counts = worker.replicas_of
-        counts[replica.workload_id] = counts.get(replica.workload_id, 0) + 1
+        worker.add_replica(replica.workload_id)
         gpu_ids = replica.gpu_resource_ids
         if not gpu_ids:
             continue

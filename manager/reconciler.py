@@ -43,6 +43,7 @@ from manager.policies import DemandFigures
 from manager.services import events
 from manager.settings import Settings
 from manager.states import DesiredState, WorkerState
+from manager.turns import Turns
 
 log = logging.getLogger("inferencekey.reconciler")
 LEADER_LOCK_KEY = 0x1C_0000_0003
@@ -97,9 +98,6 @@ _WORSE: dict[str, int] = {WorkerState.READY: 0, WorkerState.NOT_READY: 1, Worker
 # Workloads whose actions one transaction writes: one commit for many (a burst of creates is
 # placed at the speed of the statements, not of the commits).
 WRITE_BATCH = 64
-
-# Workloads planned between two chances for the event loop to serve requests (~10-20 ms).
-YIELD_EVERY = 100
 
 # The shortest time from one pass's start to the next one's: a change waits at most this long
 # (plus a pass) to take effect, and a stream of changes costs at most a pass per gap.
@@ -383,9 +381,10 @@ class Reconciler:
         left out of later passes (a PATCH retries it); every other workload is still written."""
         plans: list[tuple[planning.WorkloadView, list[planning.Action]]] = []
         failed = False
-        for count, workload in enumerate(workloads, start=1):
-            if count % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # planning a fleet is CPU: let requests in between
+        turns = Turns()
+        for workload in workloads:
+            if turns.due():
+                await turns.give()  # planning a fleet is CPU: let requests in between
             if self._quarantined.get(workload.id) == workload.generation:
                 continue  # failed at this generation already; its phase says so
             try:

@@ -5,6 +5,8 @@ Pure functions over hand-built snapshots of workers, GPUs and claims; no databas
 
 from __future__ import annotations
 
+import random
+
 from ik_contracts.engines import engine_for
 from manager.placement import (
     SHARED_HEADROOM,
@@ -15,6 +17,7 @@ from manager.placement import (
     Placement,
     Unschedulable,
     WorkerSlot,
+    _spreading,
     claim,
     place,
 )
@@ -246,6 +249,35 @@ def test_a_new_workload_prefers_the_less_busy_worker() -> None:
     busy = next(w for w in workers if w.replica_total == 1)
     decision = placed(place(demand("vllm", "vllm serve m", workload_id="wl_new"), workers))
     assert decision.worker_id != busy.id
+
+
+def test_workers_are_tried_in_spreading_order_the_first_found_without_a_sort() -> None:
+    """placement._spreading gives the order of a full sort by (this workload's replicas, all
+    replicas, id), whichever worker is least loaded and whether or not it runs the workload."""
+    rng = random.Random(7)
+    for _ in range(200):
+        workers = [worker(f"wrk_{n:02d}", 1) for n in range(rng.randrange(1, 12))]
+        for slot in workers:
+            for _ in range(rng.randrange(4)):
+                slot.add_replica(rng.choice(["wl_a", "wl_b", "wl_c"]))
+        for workload_id in ("wl_a", "wl_new"):
+            expected = sorted(
+                workers, key=lambda w: (w.replicas_of.get(workload_id, 0), w.replica_total, w.id)
+            )
+            assert list(_spreading(workers, workload_id)) == expected
+    assert list(_spreading([], "wl_a")) == []
+
+
+def test_a_slot_keeps_its_replica_count() -> None:
+    slot = worker("wrk_a", 1)
+    slot.add_replica("wl_a")
+    slot.add_replica("wl_a")
+    slot.add_replica("wl_b")
+    assert (slot.replicas_of, slot.replica_total) == ({"wl_a": 2, "wl_b": 1}, 3)
+    slot.forget_replicas()
+    assert (slot.replicas_of, slot.replica_total) == ({}, 0)
+    given = WorkerSlot("wrk_b", "b", None, "ready", None, [], replicas_of={"wl_a": 2, "wl_b": 1})
+    assert given.replica_total == 3
 
 
 # --- which workers a project may use ---------------------------------------------------------

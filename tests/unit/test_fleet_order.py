@@ -84,7 +84,7 @@ def test_kept_slots_hold_what_the_replicas_hold_made_afresh_only_where_it_change
 
     # The next pass: the same objects; rep_1 gone, rep_2 there with a new state; a placement on
     # wrk_c claimed in this pass's slots (the plan's, as placement.claim makes it).
-    c.replicas_of["wl_3"] = 1
+    c.add_replica("wl_3")
     c.gpus[0].whole_claimed = True
     fleet.placed_on(["wrk_c"])
     second = a_pass({"wl_1": [], "wl_2": [dataclasses.replace(on_b, state="ready")]})
