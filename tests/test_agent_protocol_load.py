@@ -265,13 +265,14 @@ async def stored_rows(
         await connection.close()
 
 
-async def test_a_report_of_figures_only_is_stored_without_the_long_way(
+async def test_reports_of_figures_and_transitions_are_stored_without_the_long_way(
     own: RunningManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every agent's full report each minute, and a serving replica's engine load, change only
-    figures: stored in one or two statements on the direct pool (workers.record_figures), by
-    agent_fast's layer, with the same rows, no event and no reconcile notice. A report that
-    changes a state goes the long way, as before."""
+    """Every agent's full report each minute, a serving replica's engine load and a replica's
+    transitions are stored in one or two statements on the direct pool
+    (workers.record_report_quickly), by agent_fast's layer, with the rows, events and reconcile
+    notices of the long way: figures record no event and tell no one, a transition records its
+    event and tells its workload. A finished stop goes the long way."""
     with httpx.Client(base_url=own.url, headers=bearer(own.admin_token or "")) as admin:
         project = create_project(admin)["slug"]
         sdk_token = create_sdk_token(admin, project)
@@ -291,10 +292,17 @@ async def test_a_report_of_figures_only_is_stored_without_the_long_way(
         worker_id = watched.json()["worker_id"]
         ready = {"id": assigned["id"], "state": "ready", "port": 41000, "log_tail": "loaded"}
         long_way = LongWay(monkeypatch)
-        await heartbeat(agent, full(gpu_inventory(), [ready]))  # ready: the long way
-        assert long_way.count == 1
+        async with listen(own) as notices:
+            await heartbeat(agent, full(gpu_inventory(), [ready]))  # pending -> ready
+            await notices.heard(workload_id)
+        assert long_way.count == 0
         before, gpu_before, events_before = await stored_rows(own, worker_id, assigned["id"])
-        assert before["ready_at"] is not None
+        assert (before["state"], before["port"], before["ready_at"] is not None) == (
+            "ready",
+            41000,
+            True,
+        )
+        assert events_before == 1
 
         serving = {
             **ready,
@@ -309,7 +317,7 @@ async def test_a_report_of_figures_only_is_stored_without_the_long_way(
                 await heartbeat(agent, full(busy, [serving]))
                 await heartbeat(agent, {**DELTA, "replicas": [{**serving, "restarts": 2}]})
                 await heartbeat(agent, {**DELTA, "inventory": busy})
-            assert (routed.count, long_way.count) == (0, 1)
+            assert (routed.count, long_way.count) == (0, 0)
             after, gpu_after, events_after = await stored_rows(own, worker_id, assigned["id"])
             assert (after["engine_running"], after["engine_waiting"]) == (3, 1)
             assert after["kv_cache_usage"] == 0.25
@@ -322,11 +330,10 @@ async def test_a_report_of_figures_only_is_stored_without_the_long_way(
             assert gpu_after["memory_total_mb"] == gpu_before["memory_total_mb"]
             assert events_after == events_before
 
-            # A state that changes: the long way, its event and its workload's notice (the
-            # figures gave none).
+            # A state that changes: its event and its workload's notice (the figures gave none).
             failed = {**serving, "state": "failed", "reason": "engine exited"}
             await heartbeat(agent, full(busy, [failed]))
-            assert long_way.count == 2
+            assert long_way.count == 0
             await notices.heard(workload_id)
             await asyncio.sleep(0.1)
             assert notices.payloads.count(workload_id) == 1, notices.payloads

@@ -344,15 +344,19 @@ async def agent_delta_heartbeat(fleet: Fleet) -> None:
     assert await workers.renew_lease(fleet.pool, HEARTBEAT_WORKER, None, utcnow())
 
 
-async def agent_report_of_figures(fleet: Fleet) -> None:
-    """A full report that changes nothing (every agent's, every minute), then one that changes
-    only figures (a GPU's utilisation, a replica's engine load): on the direct pool."""
+async def agent_quick_report(fleet: Fleet) -> None:
+    """A full report that changes nothing (every agent's, every minute), one that changes only
+    figures (a GPU's utilisation, a replica's engine load), one with a replica ready: on the
+    direct pool."""
     body = fleet.heartbeat_body
-    assert await workers.record_figures(fleet.pool, HEARTBEAT_WORKER, body, utcnow())
+    assert await workers.record_report_quickly(fleet.pool, HEARTBEAT_WORKER, body, utcnow())
     gpus = [{**gpu, "utilization_pct": 10} for gpu in body["inventory"]["gpus"]]
     replicas = [{**r, "engine_load": {"running": 2}} for r in body["replicas"]]
     busier = {**body, "inventory": {**body["inventory"], "gpus": gpus}, "replicas": replicas}
-    assert await workers.record_figures(fleet.pool, HEARTBEAT_WORKER, busier, utcnow())
+    assert await workers.record_report_quickly(fleet.pool, HEARTBEAT_WORKER, busier, utcnow())
+    replicas[0] = {**replicas[0], "state": "ready", "reason": None}  # a transition, its event
+    ready = {**busier, "replicas": replicas}
+    assert await workers.record_report_quickly(fleet.pool, HEARTBEAT_WORKER, ready, utcnow())
 
 
 async def agent_credential_standing(fleet: Fleet) -> None:
@@ -550,7 +554,7 @@ class CodePath:
 CODE_PATHS = [
     CodePath("agent heartbeat", agent_heartbeat),
     CodePath("agent heartbeat, delta (direct pool)", agent_delta_heartbeat),
-    CodePath("agent heartbeat, a report of figures (direct pool)", agent_report_of_figures),
+    CodePath("agent heartbeat, a report written quickly (direct pool)", agent_quick_report),
     CodePath("agent credential standing (direct pool)", agent_credential_standing),
     CodePath("agent heartbeats shed: their leases kept", shed_heartbeats_leases),
     CodePath("reconciler: full read", reconciler_full_read),

@@ -421,10 +421,11 @@ async def record_report(
     patient: bool,
 ) -> bool:
     """A heartbeat's report (its inventory, its replicas or both; here and in agent_fast),
-    stored in the worker's turn and under an admission slot: by ``workers.record_figures`` on
-    the direct pool where it changes only figures (every agent's full report each minute, a
-    serving replica's engine load), else by ``workers.record_heartbeat`` in a session. False if
-    the worker's credential was revoked."""
+    stored in the worker's turn and under an admission slot: by
+    ``workers.record_report_quickly`` on the direct pool where one statement can write it
+    (every agent's full report each minute, a serving replica's engine load, a replica
+    starting, ready or failed), else by ``workers.record_heartbeat`` in a session. False if the
+    worker's credential was revoked."""
     body = report.model_dump()
     try:
         async with (
@@ -432,7 +433,7 @@ async def record_report(
             protocol.admission.slot(patient=patient),
         ):
             now = utcnow()
-            recorded = await workers.record_figures(state.direct, worker.id, body, now)
+            recorded = await workers.record_report_quickly(state.direct, worker.id, body, now)
             if recorded is not None:
                 return recorded
             async with state.sessions() as session:

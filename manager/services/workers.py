@@ -299,21 +299,23 @@ async def _record_transition(
     reason: str | None,
     item: dict[str, Any],
 ) -> None:
-    what = _describe(replica, worker_name)
-    if state == ReplicaState.READY:
-        message = f"{what} is ready on port {item.get('port')}"
-    elif state == ReplicaState.FAILED:
-        tail = (item.get("log_tail") or "").strip().splitlines()[-5:]
-        message = f"{what} failed: {reason or 'engine exited'}"
-        if tail:
-            message += "\n" + "\n".join(tail)
-    elif state == ReplicaState.STARTING:
-        message = f"{what} is starting: {reason or 'launching the engine'}"
-    else:
-        message = f"{what} stopped"
+    message = _transition_message(_describe(replica, worker_name), state, reason, item)
     await events.record(
         session, replica.workload_id, f"replica_{state}", message, {"replica_id": replica.id}
     )
+
+
+def _transition_message(what: str, state: str, reason: str | None, item: dict[str, Any]) -> str:
+    """The event's message of a replica's reported transition (``what``: ``_describe``)."""
+    if state == ReplicaState.READY:
+        return f"{what} is ready on port {item.get('port')}"
+    if state == ReplicaState.FAILED:
+        tail = (item.get("log_tail") or "").strip().splitlines()[-5:]
+        message = f"{what} failed: {reason or 'engine exited'}"
+        return message + "\n" + "\n".join(tail) if tail else message
+    if state == ReplicaState.STARTING:
+        return f"{what} is starting: {reason or 'launching the engine'}"
+    return f"{what} stopped"
 
 
 # The lease renewal every heartbeat makes, in one statement: lock the worker's row, mark it
@@ -457,7 +459,7 @@ async def record_heartbeat(
     return True
 
 
-# A report's quick path (``record_figures``): the lease renewed as by a delta heartbeat, and in
+# A report's quick path (``record_report_quickly``): the lease renewed as by a delta heartbeat, and in
 # the same statement what the worker's rows hold of what a report may say, to compare it with.
 _GPU_COLUMNS = (
     "uuid",
@@ -472,6 +474,8 @@ _GPU_COLUMNS = (
 _GPU_FIGURES = ("memory_used_mb", "utilization_pct")
 _REPLICA_COLUMNS = (
     "id",
+    "workload_id",
+    "worker_id",
     "state",
     "reason",
     "log_tail",
@@ -497,11 +501,13 @@ RENEW_LEASE_REPORTING = direct.Statement(
         )
     )
 )
-# The figures of a report that changed only figures: the GPUs' used memory and utilisation,
-# the replicas' log tails, ports, restart counts and engine load. A replica's row is written
-# only while its state and reason are still what was compared (locked in id order, as
-# heartbeats and the reconciler lock replicas).
-WRITE_FIGURES = direct.Statement(
+# What a report changed, when record_heartbeat's session is not needed for it: the GPUs' used
+# memory and utilisation; the replicas' observed columns, with their transitions (a state or a
+# reason that changed: its event recorded and its workload told, ``ready_at`` set when first
+# ready). A replica's row is written only while its state and reason are still those it was
+# compared with (locked in id order, as heartbeats and the reconciler lock replicas); all of it
+# in one statement, which commits it.
+WRITE_QUICK_CHANGES = direct.Statement(
     text("""
 WITH gpus AS (
     UPDATE gpu_resources AS g
@@ -515,40 +521,61 @@ WITH gpus AS (
     WHERE id = ANY(CAST(:replica_ids AS TEXT[])) AND worker_id = :worker_id
     ORDER BY id
     FOR NO KEY UPDATE
+), reported AS (
+    SELECT * FROM unnest(
+        CAST(:replica_ids AS TEXT[]), CAST(:was_states AS TEXT[]), CAST(:was_reasons AS TEXT[]),
+        CAST(:states AS TEXT[]), CAST(:reasons AS TEXT[]), CAST(:log_tails AS TEXT[]),
+        CAST(:ports AS INTEGER[]), CAST(:restarts AS INTEGER[]), CAST(:running AS INTEGER[]),
+        CAST(:waiting AS INTEGER[]), CAST(:kv AS DOUBLE PRECISION[]), CAST(:events AS TEXT[]))
+    AS v(id, was_state, was_reason, state, reason, log_tail, port, restarts, running, waiting,
+         kv, event)
 ), written AS (
     UPDATE replicas AS r
-    SET log_tail = v.log_tail, port = v.port, restarts = v.restarts,
-        engine_running = v.running, engine_waiting = v.waiting, kv_cache_usage = v.kv,
-        updated_at = :now
-    FROM unnest(CAST(:replica_ids AS TEXT[]), CAST(:states AS TEXT[]), CAST(:reasons AS TEXT[]),
-                CAST(:log_tails AS TEXT[]), CAST(:ports AS INTEGER[]),
-                CAST(:restarts AS INTEGER[]), CAST(:running AS INTEGER[]),
-                CAST(:waiting AS INTEGER[]), CAST(:kv AS DOUBLE PRECISION[]))
-         AS v(id, state, reason, log_tail, port, restarts, running, waiting, kv)
+    SET state = v.state, reason = v.reason, log_tail = v.log_tail, port = v.port,
+        restarts = v.restarts, engine_running = v.running, engine_waiting = v.waiting,
+        kv_cache_usage = v.kv, updated_at = :now,
+        ready_at = CASE WHEN v.state = :ready_state AND r.ready_at IS NULL THEN :now
+                        ELSE r.ready_at END
+    FROM reported AS v
     WHERE r.id = v.id AND r.id = ANY(ARRAY(SELECT id FROM locked))
-      AND r.state = v.state AND r.reason IS NOT DISTINCT FROM v.reason
-    RETURNING r.id
+      AND r.state = v.was_state AND r.reason IS NOT DISTINCT FROM v.was_reason
+    RETURNING r.id, r.workload_id, v.state, v.event
+), recorded AS (
+    INSERT INTO workload_events (workload_id, kind, message, data)
+    SELECT workload_id, 'replica_' || state, event, jsonb_build_object('replica_id', id)
+    FROM written WHERE event IS NOT NULL
+    ORDER BY id
+    RETURNING workload_id
+), told AS (
+    SELECT pg_notify(:channel, workload_id)
+    FROM (SELECT DISTINCT workload_id FROM recorded ORDER BY workload_id) AS t
 )
-SELECT (SELECT count(*) FROM gpus) AS gpus, (SELECT count(*) FROM written) AS replicas
+SELECT (SELECT count(*) FROM gpus) AS gpus, (SELECT count(*) FROM written) AS replicas,
+       (SELECT count(*) FROM told) AS told
 """)
 )
 
 
 @dataclass
-class Figures:
-    """What a report changed, when it changed only figures: each GPU's (uuid, used memory,
-    utilisation), each replica's observed columns."""
+class QuickChanges:
+    """What a report changed, when ``WRITE_QUICK_CHANGES`` can write it: each GPU's (uuid, used
+    memory, utilisation); each replica's observed columns, with what they were compared with
+    (``was_state``, ``was_reason``) and, for a transition, its event's message (``event``)."""
 
     gpus: list[tuple[str, int, int]] = field(default_factory=list)
     replicas: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def transitions(self) -> int:
+        return sum(r["event"] is not None for r in self.replicas)
 
-def figures_only(stored: Any, body: dict[str, Any]) -> Figures | None:
+
+def quick_changes(stored: Any, body: dict[str, Any]) -> QuickChanges | None:
     """What the report ``body`` changes of the stored rows (``RENEW_LEASE_REPORTING``'s row),
-    if that is only figures; None if it changes anything ``record_heartbeat`` acts on (the
-    inventory, a GPU that came, went or changed, a replica's state or reason, a replica ready
-    for the first time or finished) or says something twice."""
-    figures = Figures()
+    by ``record_heartbeat``'s rules, if one statement can write it; None if it changes the
+    inventory, a GPU that came, went or changed capacity, or finishes a stopped replica (its
+    row deleted), or says something twice: ``record_heartbeat`` stores those."""
+    changes = QuickChanges()
     inventory = body.get("inventory")
     if inventory is not None:
         lasting = dict(inventory)
@@ -573,7 +600,7 @@ def figures_only(stored: Any, body: dict[str, Any]) -> Figures | None:
             ):
                 return None
             if any(gpu[name] != values[name] for name in _GPU_FIGURES):
-                figures.gpus.append((uuid, values["memory_used_mb"], values["utilization_pct"]))
+                changes.gpus.append((uuid, values["memory_used_mb"], values["utilization_pct"]))
         if any(gpu["present"] and uuid not in seen for uuid, gpu in gpus.items()):
             return None
     reported = body.get("replicas")
@@ -592,57 +619,84 @@ def figures_only(stored: Any, body: dict[str, Any]) -> Figures | None:
                 return None
             reported_ids.add(replica["id"])
             observed = _observed(item)
-            if state != replica["state"] or observed["reason"] != replica["reason"]:
-                return None
-            if state == ReplicaState.READY and not replica["ready"]:
-                return None
-            if any(replica[name] != value for name, value in observed.items()):
-                figures.replicas.append({"id": replica["id"], **observed})
+            transition = state != replica["state"] or observed["reason"] != replica["reason"]
+            first_ready = state == ReplicaState.READY and not replica["ready"]  # ready_at set
+            if (
+                transition
+                or first_ready
+                or any(replica[name] != value for name, value in observed.items())
+            ):
+                event = None
+                if transition:
+                    what = f"replica {replica['id']} on {stored['name']} ({replica['worker_id']})"
+                    event = _transition_message(what, state, observed["reason"], item)
+                changes.replicas.append(
+                    {
+                        "id": replica["id"],
+                        "was_state": replica["state"],
+                        "was_reason": replica["reason"],
+                        "event": event,
+                        **observed,
+                    }
+                )
+        # A replica the Manager stopped is gone once the agent no longer runs it: its row is
+        # deleted the long way.
         if any(
             replica["desired_state"] == DesiredState.STOP
-            and (replica["id"] not in reported_ids or replica["state"] == ReplicaState.STOPPED)
+            and (
+                replica["id"] not in reported_ids
+                or replica["state"] == ReplicaState.STOPPED
+                or any(r["id"] == replica["id"] and r["state"] == ReplicaState.STOPPED
+                       for r in changes.replicas)
+            )
             for replica in replicas.values()
-        ):
+        ):  # fmt: skip
             return None
-    return figures
+    return changes
 
 
-async def record_figures(
+async def record_report_quickly(
     pool: direct.DirectPool, worker_id: str, body: dict[str, Any], now: datetime
 ) -> bool | None:
     """A report's quick path, on the direct pool (each statement commits by itself): the lease
-    renewed, and where the report changed only figures (``figures_only``), those written in one
-    statement. True if recorded; False if the worker's credential is revoked (nothing is
-    written); None if the report changes more, or its rows changed meanwhile: then
-    ``record_heartbeat`` stores it. A full report every minute from each agent, or a serving
-    replica's engine load, thus costs one or two statements and no ORM."""
+    renewed, and what the report changed (``quick_changes``) written in one statement. True if
+    recorded; False if the worker's credential is revoked (nothing is written); None if the
+    report changes more, or its rows changed meanwhile: then ``record_heartbeat`` stores it.
+    Every agent's full report each minute, a serving replica's engine load and a replica
+    starting or ready thus cost one or two statements and no ORM."""
     stored = await pool.fetchrow(RENEW_LEASE_REPORTING, _lease(worker_id, body.get("address"), now))
     if stored is None:
         return False
-    figures = figures_only(stored, body)
-    if figures is None:
+    changes = quick_changes(stored, body)
+    if changes is None:
         return None
-    if not figures.gpus and not figures.replicas:
+    if not changes.gpus and not changes.replicas:
         return True
+    replicas = changes.replicas
     values: dict[str, Any] = {
         "worker_id": worker_id,
         "now": now,
-        "gpu_uuids": [uuid for uuid, _, _ in figures.gpus],
-        "gpu_used": [used for _, used, _ in figures.gpus],
-        "gpu_utilization": [utilization for _, _, utilization in figures.gpus],
-        "replica_ids": [r["id"] for r in figures.replicas],
-        "states": [str(r["state"]) for r in figures.replicas],
-        "reasons": [r["reason"] for r in figures.replicas],
-        "log_tails": [r["log_tail"] for r in figures.replicas],
-        "ports": [r["port"] for r in figures.replicas],
-        "restarts": [r["restarts"] for r in figures.replicas],
-        "running": [r["engine_running"] for r in figures.replicas],
-        "waiting": [r["engine_waiting"] for r in figures.replicas],
-        "kv": [r["kv_cache_usage"] for r in figures.replicas],
+        "ready_state": ReplicaState.READY.value,
+        "channel": notify.RECONCILE,
+        "gpu_uuids": [uuid for uuid, _, _ in changes.gpus],
+        "gpu_used": [used for _, used, _ in changes.gpus],
+        "gpu_utilization": [utilization for _, _, utilization in changes.gpus],
+        "replica_ids": [r["id"] for r in replicas],
+        "was_states": [r["was_state"] for r in replicas],
+        "was_reasons": [r["was_reason"] for r in replicas],
+        "states": [str(r["state"]) for r in replicas],
+        "reasons": [r["reason"] for r in replicas],
+        "log_tails": [r["log_tail"] for r in replicas],
+        "ports": [r["port"] for r in replicas],
+        "restarts": [r["restarts"] for r in replicas],
+        "running": [r["engine_running"] for r in replicas],
+        "waiting": [r["engine_waiting"] for r in replicas],
+        "kv": [r["kv_cache_usage"] for r in replicas],
+        "events": [r["event"] for r in replicas],
     }
-    written = await pool.fetchrow(WRITE_FIGURES, values)
+    written = await pool.fetchrow(WRITE_QUICK_CHANGES, values)
     assert written is not None
-    if (written["gpus"], written["replicas"]) != (len(figures.gpus), len(figures.replicas)):
+    if (written["gpus"], written["replicas"]) != (len(changes.gpus), len(replicas)):
         return None  # a row changed since it was read: the long way looks again
     return True
 

@@ -1,5 +1,6 @@
-"""Which heartbeat reports change only figures (manager/services/workers.py ``figures_only``):
-those take the quick path, everything ``record_heartbeat`` acts on goes the long way."""
+"""Which heartbeat reports one statement can write (manager/services/workers.py
+``quick_changes``): figures and replicas' transitions take the quick path; a changed inventory
+or GPU, a finished stop, anything said twice go ``record_heartbeat``'s long way."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from ik_contracts.protocol import Heartbeat
-from manager.services.workers import figures_only
+from manager.services.workers import quick_changes
 
 LASTING = {
     "source": "simulated",
@@ -27,11 +28,20 @@ GPUS = [
     ["GPU-gone", 2, "NVIDIA L4", 23034, 0, 0, True, False],
 ]
 REPLICAS = [
-    # id, state, reason, log_tail, port, restarts, engine_running, engine_waiting,
-    # kv_cache_usage, desired_state, ready_at is set
-    ["rep_a", "ready", None, "loaded", 41000, 0, 2, 0, 0.25, "run", True],
-    ["rep_b", "starting", "loading", None, 41001, 1, None, None, None, "run", False],
-]
+    # id, workload_id, worker_id, state, reason, log_tail, port, restarts, engine_running,
+    # engine_waiting, kv_cache_usage, desired_state, ready_at is set
+    ["rep_a", "wl_a", "wrk_1", "ready", None, "loaded", 41000, 0, 2, 0, 0.25, "run", True],
+    ["rep_b", "wl_b", "wrk_1", "starting", "loading", None, 41001, 1, None, None, None, "run",
+     False],
+]  # fmt: skip
+
+
+def row(replica: list[Any], **changes: Any) -> list[Any]:
+    """A stored replica row with some columns changed."""
+    columns = ["id", "workload_id", "worker_id", "state", "reason", "log_tail", "port",
+               "restarts", "engine_running", "engine_waiting", "kv_cache_usage",
+               "desired_state", "ready"]  # fmt: skip
+    return [changes.get(name, value) for name, value in zip(columns, replica, strict=True)]
 
 
 def stored(**changes: Any) -> dict[str, Any]:
@@ -39,6 +49,7 @@ def stored(**changes: Any) -> dict[str, Any]:
     row = {
         "inventory": json.dumps(LASTING),
         "simulated": True,
+        "name": "gpu-host-0",
         "gpus": json.dumps(GPUS),
         "replicas": json.dumps(REPLICAS),
     }
@@ -92,7 +103,7 @@ def starting_b(**changes: Any) -> dict[str, Any]:
 
 
 def test_a_report_of_what_is_stored_changes_nothing() -> None:
-    figures = figures_only(stored(), report())
+    figures = quick_changes(stored(), report())
     assert figures is not None
     assert (figures.gpus, figures.replicas) == ([], [])
 
@@ -101,11 +112,11 @@ def test_inventory_only_and_replicas_only_reports_are_compared_by_what_they_carr
     inventory_only = {**report(), "replicas": None}
     replicas_only = {**report(), "inventory": None}
     for body in (inventory_only, replicas_only):
-        figures = figures_only(stored(), body)
+        figures = quick_changes(stored(), body)
         assert figures is not None and (figures.gpus, figures.replicas) == ([], [])
     # What is not carried is not compared: a replica's state that differs, unsent.
-    changed = stored(replicas=json.dumps([[*REPLICAS[0][:1], "failed", *REPLICAS[0][2:]]]))
-    assert figures_only(changed, inventory_only) is not None
+    changed = stored(replicas=json.dumps([row(REPLICAS[0], state="failed")]))
+    assert quick_changes(changed, inventory_only) is not None
 
 
 def test_figures_are_what_a_quick_report_writes() -> None:
@@ -116,12 +127,15 @@ def test_figures_are_what_a_quick_report_writes() -> None:
             starting_b(restarts=2),
         ],
     )
-    figures = figures_only(stored(), busier)
+    figures = quick_changes(stored(), busier)
     assert figures is not None
     assert figures.gpus == [("GPU-0", 9000, 87)]
     a, b = figures.replicas
     assert a == {
         "id": "rep_a",
+        "was_state": "ready",
+        "was_reason": None,
+        "event": None,
         "state": "ready",
         "reason": None,
         "log_tail": "served",
@@ -138,7 +152,7 @@ def test_a_replica_not_of_this_worker_or_in_no_storable_state_is_ignored_as_the_
     None
 ):
     body = report(replicas=[ready_a(), starting_b(), {"id": "rep_elsewhere", "state": "ready"}])
-    figures = figures_only(stored(), body)
+    figures = quick_changes(stored(), body)
     assert figures is not None and figures.replicas == []
 
 
@@ -155,36 +169,58 @@ def test_a_replica_not_of_this_worker_or_in_no_storable_state_is_ignored_as_the_
         pytest.param(report(gpus=[gpu_0(name="NVIDIA H100"), gpu_1()]), id="GPU name"),
         pytest.param(report(gpus=[gpu_0(index=5), gpu_1()]), id="GPU index"),
         pytest.param(report(gpus=[gpu_0(), gpu_1(), gpu_1()]), id="a GPU twice"),
-        pytest.param(report(replicas=[ready_a(state="failed"), starting_b()]), id="state"),
-        pytest.param(report(replicas=[ready_a(), starting_b(reason="pulling")]), id="reason"),
-        pytest.param(report(replicas=[ready_a(), starting_b(state="ready")]), id="ready at last"),
         pytest.param(report(replicas=[ready_a(), ready_a(), starting_b()]), id="a replica twice"),
     ],
 )
-def test_anything_the_long_way_acts_on_goes_the_long_way(body: dict[str, Any]) -> None:
-    assert figures_only(stored(), body) is None
+def test_anything_else_the_long_way_acts_on_goes_the_long_way(body: dict[str, Any]) -> None:
+    assert quick_changes(stored(), body) is None
 
 
-def test_a_replica_first_reported_ready_goes_the_long_way_whose_ready_at_it_is() -> None:
-    not_yet = stored(replicas=json.dumps([[*REPLICAS[0][:10], False], REPLICAS[1]]))
-    assert figures_only(not_yet, report()) is None
+def test_a_transition_is_written_quickly_with_its_event() -> None:
+    failed = ready_a(state="failed", reason="engine exited", log_tail="a\nb\nCUDA error")
+    changes = quick_changes(stored(), report(replicas=[failed, starting_b(reason="pulling")]))
+    assert changes is not None and changes.transitions == 2
+    a, b = changes.replicas
+    assert (a["was_state"], a["state"], a["reason"]) == ("ready", "failed", "engine exited")
+    assert a["event"] == (
+        "replica rep_a on gpu-host-0 (wrk_1) failed: engine exited\na\nb\nCUDA error"
+    )
+    assert (b["was_reason"], b["reason"]) == ("loading", "pulling")
+    assert b["event"] == "replica rep_b on gpu-host-0 (wrk_1) is starting: pulling"
+    ready = quick_changes(stored(), report(replicas=[ready_a(), starting_b(state="ready")]))
+    assert ready is not None
+    [b] = ready.replicas
+    assert b["event"] == "replica rep_b on gpu-host-0 (wrk_1) is ready on port 41001"
+
+
+def test_a_replica_first_reported_ready_is_written_for_its_ready_at() -> None:
+    not_yet = stored(replicas=json.dumps([row(REPLICAS[0], ready=False), REPLICAS[1]]))
+    changes = quick_changes(not_yet, report())
+    assert changes is not None
+    [a] = changes.replicas
+    assert (a["id"], a["state"], a["event"]) == ("rep_a", "ready", None)
 
 
 def test_a_stopped_replica_is_finished_the_long_way() -> None:
-    stopping = [[*REPLICAS[0][:9], "stop", True], REPLICAS[1]]
-    # Still running it: nothing finished yet, figures only.
-    assert figures_only(stored(replicas=json.dumps(stopping)), report()) is not None
-    # No longer reported, or reported stopped: its row goes, the long way.
-    gone = report(replicas=[starting_b()])
-    assert figures_only(stored(replicas=json.dumps(stopping)), gone) is None
-    stopped_row = [[*REPLICAS[0][:1], "stopped", *REPLICAS[0][2:9], "stop", True], REPLICAS[1]]
-    still = report(replicas=[ready_a(state="stopped"), starting_b()])
-    assert figures_only(stored(replicas=json.dumps(stopped_row)), still) is None
+    stopping = json.dumps([row(REPLICAS[0], desired_state="stop"), REPLICAS[1]])
+    # Still running it: nothing finished yet.
+    assert quick_changes(stored(replicas=stopping), report()) is not None
+    # No longer reported, reported stopped, or stopped already: its row goes, the long way.
+    assert quick_changes(stored(replicas=stopping), report(replicas=[starting_b()])) is None
+    now_stopped = report(replicas=[ready_a(state="stopped"), starting_b()])
+    assert quick_changes(stored(replicas=stopping), now_stopped) is None
+    stopped = json.dumps([row(REPLICAS[0], desired_state="stop", state="stopped"), REPLICAS[1]])
+    assert quick_changes(stored(replicas=stopped), now_stopped) is None
+    # A replica the agent stopped on its own, still wanted: a transition like any other.
+    changes = quick_changes(stored(), now_stopped)
+    assert changes is not None and changes.replicas[0]["event"] == (
+        "replica rep_a on gpu-host-0 (wrk_1) stopped"
+    )
 
 
 def test_a_worker_with_no_rows_yet_goes_the_long_way() -> None:
     fresh = stored(inventory=None, gpus=None, replicas=None)
-    assert figures_only(fresh, report()) is None
-    assert figures_only(fresh, {**report(gpus=[]), "replicas": []}) is None  # inventory unknown
-    figures = figures_only(fresh, {**report(), "inventory": None, "replicas": []})
+    assert quick_changes(fresh, report()) is None
+    assert quick_changes(fresh, {**report(gpus=[]), "replicas": []}) is None  # inventory unknown
+    figures = quick_changes(fresh, {**report(), "inventory": None, "replicas": []})
     assert figures is not None  # no replica stored, none reported: nothing to write
