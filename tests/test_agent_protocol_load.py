@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -281,7 +282,11 @@ async def test_reports_of_figures_and_transitions_are_stored_without_the_long_wa
         httpx.AsyncClient(base_url=own.url, headers=bearer(token), timeout=30) as agent,
         httpx.AsyncClient(base_url=own.url, headers=bearer(sdk_token)) as sdk,
     ):
+        long_way = LongWay(monkeypatch)
+        # A worker not ready yet (here: new) is made ready by the long way, in the transaction
+        # that stores its report: the reconciler never sees it ready without its GPUs.
         answer = await heartbeat(agent, full(gpu_inventory(), []))
+        assert long_way.count == 1
         created = await sdk.post(f"/api/projects/{project}/workloads", json=WORKLOAD)
         assert created.status_code == 201, created.text
         workload_id = created.json()["id"]
@@ -291,11 +296,23 @@ async def test_reports_of_figures_and_transitions_are_stored_without_the_long_wa
         [assigned] = watched.json()["replicas"]
         worker_id = watched.json()["worker_id"]
         ready = {"id": assigned["id"], "state": "ready", "port": 41000, "log_tail": "loaded"}
-        long_way = LongWay(monkeypatch)
         async with listen(own) as notices:
             await heartbeat(agent, full(gpu_inventory(), [ready]))  # pending -> ready
             await notices.heard(workload_id)
-        assert long_way.count == 0
+        assert long_way.count == 1
+        connection = await asyncpg.connect(plain_postgres_url(own.database_url))
+        try:
+            [event] = await connection.fetch(
+                "SELECT kind, message, data FROM workload_events"
+                " WHERE workload_id = $1 AND kind = 'replica_ready'",
+                workload_id,
+            )
+        finally:
+            await connection.close()
+        assert json.loads(event["data"]) == {"replica_id": assigned["id"]}
+        assert event["message"] == (
+            f"replica {assigned['id']} on figures ({worker_id}) is ready on port 41000"
+        )
         before, gpu_before, events_before = await stored_rows(own, worker_id, assigned["id"])
         assert (before["state"], before["port"], before["ready_at"] is not None) == (
             "ready",
@@ -317,7 +334,7 @@ async def test_reports_of_figures_and_transitions_are_stored_without_the_long_wa
                 await heartbeat(agent, full(busy, [serving]))
                 await heartbeat(agent, {**DELTA, "replicas": [{**serving, "restarts": 2}]})
                 await heartbeat(agent, {**DELTA, "inventory": busy})
-            assert (routed.count, long_way.count) == (0, 0)
+            assert (routed.count, long_way.count) == (0, 1)
             after, gpu_after, events_after = await stored_rows(own, worker_id, assigned["id"])
             assert (after["engine_running"], after["engine_waiting"]) == (3, 1)
             assert after["kv_cache_usage"] == 0.25
@@ -333,7 +350,7 @@ async def test_reports_of_figures_and_transitions_are_stored_without_the_long_wa
             # A state that changes: its event and its workload's notice (the figures gave none).
             failed = {**serving, "state": "failed", "reason": "engine exited"}
             await heartbeat(agent, full(busy, [failed]))
-            assert long_way.count == 0
+            assert long_way.count == 1
             await notices.heard(workload_id)
             await asyncio.sleep(0.1)
             assert notices.payloads.count(workload_id) == 1, notices.payloads

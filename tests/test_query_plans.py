@@ -347,8 +347,9 @@ async def agent_delta_heartbeat(fleet: Fleet) -> None:
 async def agent_quick_report(fleet: Fleet) -> None:
     """A full report that changes nothing (every agent's, every minute), one that changes only
     figures (a GPU's utilisation, a replica's engine load), one with a replica ready: on the
-    direct pool."""
-    body = fleet.heartbeat_body
+    direct pool. (At the address the delta heartbeat before it left: a moved worker goes the
+    long way.)"""
+    body = {**fleet.heartbeat_body, "address": None}
     assert await workers.record_report_quickly(fleet.pool, HEARTBEAT_WORKER, body, utcnow())
     gpus = [{**gpu, "utilization_pct": 10} for gpu in body["inventory"]["gpus"]]
     replicas = [{**r, "engine_load": {"running": 2}} for r in body["replicas"]]

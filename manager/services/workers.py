@@ -459,8 +459,8 @@ async def record_heartbeat(
     return True
 
 
-# A report's quick path (``record_report_quickly``): the lease renewed as by a delta heartbeat, and in
-# the same statement what the worker's rows hold of what a report may say, to compare it with.
+# A report's quick path (``record_report_quickly``): the lease renewed, and in the same
+# statement what the worker's rows hold of what the report says, to compare it with.
 _GPU_COLUMNS = (
     "uuid",
     "index",
@@ -486,20 +486,33 @@ _REPLICA_COLUMNS = (
     "kv_cache_usage",
     "desired_state",
 )
+# Only a worker that is ready at the same address: any other goes the long way, which stores
+# its report in the transaction that makes it ready (the reconciler never sees it ready without
+# what it reported). No row: not ready, moved, or its credential revoked.
 RENEW_LEASE_REPORTING = direct.Statement(
-    text(
-        _RENEW.format(
-            inventory="",
-            capabilities=_TELL
-            + f""",
-    CAST(previous.inventory AS TEXT) AS inventory, w.simulated,
-    (SELECT CAST(json_agg(json_build_array({", ".join(f"g.{c}" for c in _GPU_COLUMNS)})) AS TEXT)
-     FROM gpu_resources AS g WHERE g.worker_id = w.id) AS gpus,
-    (SELECT CAST(json_agg(json_build_array(
-         {", ".join(f"r.{c}" for c in _REPLICA_COLUMNS)}, r.ready_at IS NOT NULL)) AS TEXT)
-     FROM replicas AS r WHERE r.worker_id = w.id) AS replicas""",
-        )
-    )
+    text(f"""
+WITH previous AS (
+    SELECT id, state, address, inventory FROM workers WHERE id = :worker_id FOR NO KEY UPDATE
+)
+UPDATE workers AS w
+SET last_heartbeat_at = :now
+FROM previous
+WHERE w.id = previous.id
+  AND previous.state = :ready AND previous.address IS NOT DISTINCT FROM :address
+  AND EXISTS (SELECT 1 FROM tokens AS t WHERE t.id = w.token_id AND t.revoked_at IS NULL)
+RETURNING w.name, w.simulated,
+    CASE WHEN :with_inventory THEN previous.inventory = CAST(:inventory AS JSONB) END
+        AS same_inventory,
+    CASE WHEN :with_inventory THEN (
+        SELECT CAST(json_agg(json_build_array({", ".join(f"g.{c}" for c in _GPU_COLUMNS)}))
+                    AS TEXT)
+        FROM gpu_resources AS g WHERE g.worker_id = w.id) END AS gpus,
+    CASE WHEN :with_replicas THEN (
+        SELECT CAST(json_agg(json_build_array(
+                   {", ".join(f"r.{c}" for c in _REPLICA_COLUMNS)}, r.ready_at IS NOT NULL))
+                    AS TEXT)
+        FROM replicas AS r WHERE r.worker_id = w.id) END AS replicas
+""")
 )
 # What a report changed, when record_heartbeat's session is not needed for it: the GPUs' used
 # memory and utilisation; the replicas' observed columns, with their transitions (a state or a
@@ -509,16 +522,24 @@ RENEW_LEASE_REPORTING = direct.Statement(
 # in one statement, which commits it.
 WRITE_QUICK_CHANGES = direct.Statement(
     text("""
-WITH gpus AS (
+WITH worker AS (
+    SELECT id FROM workers WHERE id = :worker_id FOR NO KEY UPDATE
+), gpus_locked AS (
+    SELECT id FROM gpu_resources
+    WHERE worker_id = (SELECT id FROM worker) AND uuid = ANY(CAST(:gpu_uuids AS TEXT[]))
+      AND present
+    ORDER BY id
+    FOR NO KEY UPDATE
+), gpus AS (
     UPDATE gpu_resources AS g
     SET memory_used_mb = v.used, utilization_pct = v.utilization, updated_at = :now
     FROM unnest(CAST(:gpu_uuids AS TEXT[]), CAST(:gpu_used AS INTEGER[]),
                 CAST(:gpu_utilization AS INTEGER[])) AS v(uuid, used, utilization)
-    WHERE g.worker_id = :worker_id AND g.uuid = v.uuid AND g.present
+    WHERE g.id = ANY(ARRAY(SELECT id FROM gpus_locked)) AND g.uuid = v.uuid
     RETURNING g.id
 ), locked AS (
     SELECT id FROM replicas
-    WHERE id = ANY(CAST(:replica_ids AS TEXT[])) AND worker_id = :worker_id
+    WHERE id = ANY(CAST(:replica_ids AS TEXT[])) AND worker_id = (SELECT id FROM worker)
     ORDER BY id
     FOR NO KEY UPDATE
 ), reported AS (
@@ -526,25 +547,28 @@ WITH gpus AS (
         CAST(:replica_ids AS TEXT[]), CAST(:was_states AS TEXT[]), CAST(:was_reasons AS TEXT[]),
         CAST(:states AS TEXT[]), CAST(:reasons AS TEXT[]), CAST(:log_tails AS TEXT[]),
         CAST(:ports AS INTEGER[]), CAST(:restarts AS INTEGER[]), CAST(:running AS INTEGER[]),
-        CAST(:waiting AS INTEGER[]), CAST(:kv AS DOUBLE PRECISION[]), CAST(:events AS TEXT[]))
+        CAST(:waiting AS INTEGER[]), CAST(:kv AS DOUBLE PRECISION[]),
+        CAST(:observed AS BOOLEAN[]), CAST(:events AS TEXT[]))
+        WITH ORDINALITY
     AS v(id, was_state, was_reason, state, reason, log_tail, port, restarts, running, waiting,
-         kv, event)
+         kv, observed, event, said)
 ), written AS (
     UPDATE replicas AS r
     SET state = v.state, reason = v.reason, log_tail = v.log_tail, port = v.port,
         restarts = v.restarts, engine_running = v.running, engine_waiting = v.waiting,
-        kv_cache_usage = v.kv, updated_at = :now,
+        kv_cache_usage = v.kv,
+        updated_at = CASE WHEN v.observed THEN :now ELSE r.updated_at END,
         ready_at = CASE WHEN v.state = :ready_state AND r.ready_at IS NULL THEN :now
                         ELSE r.ready_at END
     FROM reported AS v
     WHERE r.id = v.id AND r.id = ANY(ARRAY(SELECT id FROM locked))
       AND r.state = v.was_state AND r.reason IS NOT DISTINCT FROM v.was_reason
-    RETURNING r.id, r.workload_id, v.state, v.event
+    RETURNING r.id, r.workload_id, v.state, v.event, v.said
 ), recorded AS (
     INSERT INTO workload_events (workload_id, kind, message, data)
     SELECT workload_id, 'replica_' || state, event, jsonb_build_object('replica_id', id)
     FROM written WHERE event IS NOT NULL
-    ORDER BY id
+    ORDER BY said
     RETURNING workload_id
 ), told AS (
     SELECT pg_notify(:channel, workload_id)
@@ -581,8 +605,8 @@ def quick_changes(stored: Any, body: dict[str, Any]) -> QuickChanges | None:
         lasting = dict(inventory)
         reported_gpus = list(lasting.pop("gpus", None) or [])
         simulated = lasting.get("source") == "simulated"
-        if simulated != stored["simulated"] or lasting != json.loads(stored["inventory"] or "null"):
-            return None
+        if not stored["same_inventory"] or simulated != stored["simulated"]:
+            return None  # compared in the statement, as JSONB
         gpus = {
             row[0]: dict(zip(_GPU_COLUMNS, row, strict=True))
             for row in json.loads(stored["gpus"] or "[]")
@@ -621,11 +645,8 @@ def quick_changes(stored: Any, body: dict[str, Any]) -> QuickChanges | None:
             observed = _observed(item)
             transition = state != replica["state"] or observed["reason"] != replica["reason"]
             first_ready = state == ReplicaState.READY and not replica["ready"]  # ready_at set
-            if (
-                transition
-                or first_ready
-                or any(replica[name] != value for name, value in observed.items())
-            ):
+            news = any(replica[name] != value for name, value in observed.items())
+            if transition or first_ready or news:
                 event = None
                 if transition:
                     what = f"replica {replica['id']} on {stored['name']} ({replica['worker_id']})"
@@ -635,6 +656,7 @@ def quick_changes(stored: Any, body: dict[str, Any]) -> QuickChanges | None:
                         "id": replica["id"],
                         "was_state": replica["state"],
                         "was_reason": replica["reason"],
+                        "news": news,  # updated_at: when the agent last said something new
                         "event": event,
                         **observed,
                     }
@@ -659,14 +681,23 @@ async def record_report_quickly(
     pool: direct.DirectPool, worker_id: str, body: dict[str, Any], now: datetime
 ) -> bool | None:
     """A report's quick path, on the direct pool (each statement commits by itself): the lease
-    renewed, and what the report changed (``quick_changes``) written in one statement. True if
-    recorded; False if the worker's credential is revoked (nothing is written); None if the
-    report changes more, or its rows changed meanwhile: then ``record_heartbeat`` stores it.
+    of a worker ready at the same address renewed, and what the report changed
+    (``quick_changes``) written in one statement. True if recorded; None if the worker is not
+    ready, moved or revoked, if the report changes more, or if its rows changed meanwhile: then
+    ``record_heartbeat`` stores it (or says the credential is revoked).
     Every agent's full report each minute, a serving replica's engine load and a replica
     starting or ready thus cost one or two statements and no ORM."""
-    stored = await pool.fetchrow(RENEW_LEASE_REPORTING, _lease(worker_id, body.get("address"), now))
+    inventory = body.get("inventory")
+    lasting = None if inventory is None else {k: v for k, v in inventory.items() if k != "gpus"}
+    lease = {
+        **_lease(worker_id, body.get("address"), now),
+        "with_inventory": inventory is not None,
+        "inventory": None if lasting is None else json.dumps(lasting),
+        "with_replicas": body.get("replicas") is not None,
+    }
+    stored = await pool.fetchrow(RENEW_LEASE_REPORTING, lease)
     if stored is None:
-        return False
+        return None  # not ready, moved or revoked: the long way says which
     changes = quick_changes(stored, body)
     if changes is None:
         return None
@@ -692,6 +723,7 @@ async def record_report_quickly(
         "running": [r["engine_running"] for r in replicas],
         "waiting": [r["engine_waiting"] for r in replicas],
         "kv": [r["kv_cache_usage"] for r in replicas],
+        "observed": [r["news"] for r in replicas],
         "events": [r["event"] for r in replicas],
     }
     written = await pool.fetchrow(WRITE_QUICK_CHANGES, values)

@@ -47,7 +47,7 @@ def row(replica: list[Any], **changes: Any) -> list[Any]:
 def stored(**changes: Any) -> dict[str, Any]:
     """What RENEW_LEASE_REPORTING returns of the worker's rows."""
     row = {
-        "inventory": json.dumps(LASTING),
+        "same_inventory": True,  # compared in the statement, as JSONB
         "simulated": True,
         "name": "gpu-host-0",
         "gpus": json.dumps(GPUS),
@@ -135,6 +135,7 @@ def test_figures_are_what_a_quick_report_writes() -> None:
         "id": "rep_a",
         "was_state": "ready",
         "was_reason": None,
+        "news": True,
         "event": None,
         "state": "ready",
         "reason": None,
@@ -159,9 +160,7 @@ def test_a_replica_not_of_this_worker_or_in_no_storable_state_is_ignored_as_the_
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(report(cuda_version="12.8"), id="inventory changed"),
         pytest.param(report(source="nvml"), id="no longer simulated"),
-        pytest.param(report(model_files={"other.gguf": 1}), id="model files changed"),
         pytest.param(report(gpus=[gpu_0()]), id="a GPU went"),
         pytest.param(report(gpus=[gpu_0(), gpu_1(), gpu_0(uuid="GPU-new")]), id="a GPU came"),
         pytest.param(report(gpus=[gpu_0(), gpu_1(), gpu_0(uuid="GPU-gone")]), id="a GPU back"),
@@ -198,7 +197,7 @@ def test_a_replica_first_reported_ready_is_written_for_its_ready_at() -> None:
     changes = quick_changes(not_yet, report())
     assert changes is not None
     [a] = changes.replicas
-    assert (a["id"], a["state"], a["event"]) == ("rep_a", "ready", None)
+    assert (a["id"], a["state"], a["event"], a["news"]) == ("rep_a", "ready", None, False)
 
 
 def test_a_stopped_replica_is_finished_the_long_way() -> None:
@@ -218,9 +217,14 @@ def test_a_stopped_replica_is_finished_the_long_way() -> None:
     )
 
 
-def test_a_worker_with_no_rows_yet_goes_the_long_way() -> None:
-    fresh = stored(inventory=None, gpus=None, replicas=None)
-    assert quick_changes(fresh, report()) is None
-    assert quick_changes(fresh, {**report(gpus=[]), "replicas": []}) is None  # inventory unknown
-    figures = quick_changes(fresh, {**report(), "inventory": None, "replicas": []})
-    assert figures is not None  # no replica stored, none reported: nothing to write
+def test_a_changed_inventory_goes_the_long_way() -> None:
+    assert quick_changes(stored(same_inventory=False), report()) is None
+    # Not carried, not compared.
+    assert quick_changes(stored(same_inventory=None), {**report(), "inventory": None}) is not None
+
+
+def test_a_worker_with_no_rows_yet_has_nothing_to_write() -> None:
+    fresh = stored(gpus=None, replicas=None)
+    assert quick_changes(fresh, report()) is None  # the GPUs it reports are not stored
+    changes = quick_changes(fresh, {**report(gpus=[]), "replicas": []})
+    assert changes is not None and (changes.gpus, changes.replicas) == ([], [])
