@@ -170,17 +170,26 @@ async def replica_row(manager: RunningManager, replica_id: str) -> asyncpg.Recor
         await connection.close()
 
 
+@contextlib.asynccontextmanager
+async def agent_and_sdk(
+    manager: RunningManager, worker_name: str
+) -> AsyncIterator[tuple[str, httpx.AsyncClient, httpx.AsyncClient]]:
+    """A new project's slug, a client of a new worker's agent in it, and one of its SDK token."""
+    with httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token or "")) as admin:
+        project = create_project(admin)["slug"]
+        sdk_token = create_sdk_token(admin, project)
+        token = new_worker(admin, project, worker_name)
+    async with (
+        httpx.AsyncClient(base_url=manager.url, headers=bearer(token), timeout=30) as agent,
+        httpx.AsyncClient(base_url=manager.url, headers=bearer(sdk_token)) as sdk,
+    ):
+        yield project, agent, sdk
+
+
 async def test_replica_reports_notify_their_workload_and_a_finished_stop_frees_the_worker(
     own: RunningManager,
 ) -> None:
-    with httpx.Client(base_url=own.url, headers=bearer(own.admin_token or "")) as admin:
-        project = create_project(admin)["slug"]
-        sdk_token = create_sdk_token(admin, project)
-        token = new_worker(admin, project, "cpu-box")
-    async with (
-        httpx.AsyncClient(base_url=own.url, headers=bearer(token), timeout=30) as agent,
-        httpx.AsyncClient(base_url=own.url, headers=bearer(sdk_token)) as sdk,
-    ):
+    async with agent_and_sdk(own, "cpu-box") as (project, agent, sdk):
         answer = await heartbeat(agent, full(CPU_ONLY, []))
         created = await sdk.post(f"/api/projects/{project}/workloads", json=WORKLOAD)
         assert created.status_code == 201, created.text
@@ -274,14 +283,7 @@ async def test_reports_of_figures_and_transitions_are_stored_without_the_long_wa
     (workers.record_report_quickly), by agent_fast's layer, with the rows, events and reconcile
     notices of the long way: figures record no event and tell no one, a transition records its
     event and tells its workload. A finished stop goes the long way."""
-    with httpx.Client(base_url=own.url, headers=bearer(own.admin_token or "")) as admin:
-        project = create_project(admin)["slug"]
-        sdk_token = create_sdk_token(admin, project)
-        token = new_worker(admin, project, "figures")
-    async with (
-        httpx.AsyncClient(base_url=own.url, headers=bearer(token), timeout=30) as agent,
-        httpx.AsyncClient(base_url=own.url, headers=bearer(sdk_token)) as sdk,
-    ):
+    async with agent_and_sdk(own, "figures") as (project, agent, sdk):
         long_way = LongWay(monkeypatch)
         # A worker not ready yet (here: new) is made ready by the long way, in the transaction
         # that stores its report: the reconciler never sees it ready without its GPUs.
