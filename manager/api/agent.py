@@ -412,6 +412,21 @@ async def renew_lease(
         raise
 
 
+async def store_heartbeat(
+    state: State,
+    protocol: AgentProtocol,
+    worker: workers.AgentWorker,
+    body: Heartbeat,
+    *,
+    patient: bool,
+) -> bool:
+    """What a heartbeat stores (here and in agent_fast): the lease alone when it reports nothing
+    new, else its report. False if the worker's credential was revoked."""
+    if body.inventory is None and body.replicas is None:
+        return await renew_lease(state, protocol, worker, body.address, patient=patient)
+    return await record_report(state, protocol, worker, body, patient=patient)
+
+
 async def record_report(
     state: State,
     protocol: AgentProtocol,
@@ -452,11 +467,7 @@ async def heartbeat(request: Request, body: Heartbeat) -> Response:
     worker = _caller(request)
     protocol = _protocol(request)
     patient = getattr(request.state, "admitted", False)  # its credential just looked up
-    state = request.app.state
-    if body.inventory is None and body.replicas is None:  # nothing changed: the lease only
-        renewed = await renew_lease(state, protocol, worker, body.address, patient=patient)
-    else:
-        renewed = await record_report(state, protocol, worker, body, patient=patient)
+    renewed = await store_heartbeat(request.app.state, protocol, worker, body, patient=patient)
     if not renewed:  # revoked since the credential was cached
         _protocol(request).credentials.evict(worker.token_id)
         raise Unauthenticated()

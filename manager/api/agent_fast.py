@@ -7,7 +7,7 @@ process has seen. Through FastAPI each cost about twice its own work in middlewa
 dependency solving (py-spy, 1,000 agents). This layer answers exactly those cases itself, by the
 same steps as the routes (``agent.heartbeat``, ``agent.watch_assignments``): the credential
 cache and the failed-authentication limit, an admission slot, the statements on the direct
-pool (the lease renewal, a report's figures; the credential's standing), the cached answer; the
+pool (the lease renewal, a report's changes; the credential's standing), the cached answer; the
 same bytes, status codes, errors and metrics. A heartbeat also waits for its worker's turn.
 
 Whether to try is decided on the headers (and a long-poll's query), before any body is read:
@@ -37,10 +37,9 @@ from manager.api.agent import (
     AgentProtocol,
     long_poll,
     protocol_of,
-    record_report,
-    renew_lease,
     slotted_session,
     still_stands,
+    store_heartbeat,
 )
 from manager.api.border import parse_json_strictly
 from manager.auth import Principal, bearer_token, token_digest
@@ -117,13 +116,7 @@ class AgentFastPath:
         counted = answered.send
         try:
             try:
-                if report.inventory is None and report.replicas is None:  # the lease only
-                    renewed = await renew_lease(
-                        state, protocol, worker, report.address, patient=False
-                    )
-                else:
-                    renewed = await record_report(state, protocol, worker, report, patient=False)
-                if not renewed:
+                if not await store_heartbeat(state, protocol, worker, report, patient=False):
                     protocol.credentials.evict(worker.token_id)  # revoked: the route says 401
                     return False
                 answer = await state.assignment_cache.answer(
