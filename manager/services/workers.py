@@ -228,8 +228,8 @@ def _observed(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _describe(replica: Replica, worker_name: str) -> str:
-    return f"replica {replica.id} on {worker_name} ({replica.worker_id})"
+def _describe(replica_id: str, worker_name: str, worker_id: str) -> str:
+    return f"replica {replica_id} on {worker_name} ({worker_id})"
 
 
 @dataclass
@@ -299,7 +299,9 @@ async def _record_transition(
     reason: str | None,
     item: dict[str, Any],
 ) -> None:
-    message = _transition_message(_describe(replica, worker_name), state, reason, item)
+    message = _transition_message(
+        _describe(replica.id, worker_name, replica.worker_id), state, reason, item
+    )
     await events.record(
         session, replica.workload_id, f"replica_{state}", message, {"replica_id": replica.id}
     )
@@ -336,10 +338,14 @@ RETURNING previous.state, w.name,
 """
 # Without a report, on a connection that commits each statement: the reconciler is told of a
 # worker that was not ready or moved in the same statement, so no lease is renewed untold.
-_TELL = """,
+RENEW_LEASE = text(
+    _RENEW.format(
+        inventory="",
+        capabilities=""",
     CASE WHEN previous.state <> :ready OR previous.address IS DISTINCT FROM w.address
-         THEN pg_notify(:channel, w.id) END AS told"""
-RENEW_LEASE = text(_RENEW.format(inventory="", capabilities=_TELL))
+         THEN pg_notify(:channel, w.id) END AS told""",
+    )
+)
 RENEW_LEASE_WITH_INVENTORY = text(
     _RENEW.format(
         inventory=", inventory = CAST(:inventory AS JSONB), simulated = :simulated",
@@ -633,15 +639,15 @@ def quick_changes(stored: Any, body: dict[str, Any]) -> QuickChanges | None:
             row[0]: dict(zip((*_REPLICA_COLUMNS, "ready"), row, strict=True))
             for row in json.loads(stored["replicas"] or "[]")
         }
-        reported_ids: set[str] = set()
+        reported_states: dict[str, str] = {}  # replica id -> the state reported
         for item in reported:
             replica = replicas.get(str(item.get("id")))
             state = item.get("state")
             if replica is None or state not in REPORTED_STATES:
                 continue  # as record_heartbeat: not this worker's, or not a state to store
-            if replica["id"] in reported_ids:
+            if replica["id"] in reported_states:
                 return None
-            reported_ids.add(replica["id"])
+            reported_states[replica["id"]] = state
             observed = _observed(item)
             transition = state != replica["state"] or observed["reason"] != replica["reason"]
             first_ready = state == ReplicaState.READY and not replica["ready"]  # ready_at set
@@ -649,7 +655,7 @@ def quick_changes(stored: Any, body: dict[str, Any]) -> QuickChanges | None:
             if transition or first_ready or news:
                 event = None
                 if transition:
-                    what = f"replica {replica['id']} on {stored['name']} ({replica['worker_id']})"
+                    what = _describe(replica["id"], stored["name"], replica["worker_id"])
                     event = _transition_message(what, state, observed["reason"], item)
                 changes.replicas.append(
                     {
@@ -665,14 +671,10 @@ def quick_changes(stored: Any, body: dict[str, Any]) -> QuickChanges | None:
         # deleted the long way.
         if any(
             replica["desired_state"] == DesiredState.STOP
-            and (
-                replica["id"] not in reported_ids
-                or replica["state"] == ReplicaState.STOPPED
-                or any(r["id"] == replica["id"] and r["state"] == ReplicaState.STOPPED
-                       for r in changes.replicas)
-            )
+            and ReplicaState.STOPPED
+            in (replica["state"], reported_states.get(replica["id"], ReplicaState.STOPPED))
             for replica in replicas.values()
-        ):  # fmt: skip
+        ):
             return None
     return changes
 
