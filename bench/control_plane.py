@@ -48,12 +48,14 @@ the last Manager to log that it leads).
 Each phase reports the Managers' CPU (``/proc/<pid>/stat``, their own processes only: the agents
 run in another) and RSS, each Manager's and their sum, which one leads, the CPU of the Postgres
 backends serving them (``pg_stat_activity`` pids read in ``/proc``), heartbeat latency as the
-agents timed it, and the reconcile passes of the Managers'
-``inferencekey_reconcile_pass_duration_seconds`` histograms (scraped from each one's
-``INFERENCEKEY_METRICS_ADDRESS`` twice a second). Every answer is counted by endpoint and status.
-The table puts the issue's targets beside the figures, and a last line per size says what bounded
-each phase (the machine's cores, a Manager's processes at their cores, or Postgres); ``--json``
-writes every figure.
+agents timed it, and from the Managers' histograms (scraped from each one's
+``INFERENCEKEY_METRICS_ADDRESS`` twice a second) the reconcile passes, the time a heartbeat and
+each timed API call spent in the Manager (from its first layer to the answer's last byte) and
+how late its event loop ran: what of the figures the clients saw is the Manager's, and what is
+the wait before a request is read or the simulated fleet's own lag. Every answer is counted by
+endpoint and status. The table puts the issue's targets beside the figures, and a last line per
+size says what bounded each phase (the machine's cores, a Manager's processes at their cores, or
+Postgres); ``--json`` writes every figure.
 ``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what
 is measured otherwise: e.g. the 2,048 connections of ``INFERENCEKEY_HTTP_MAX_CONNECTIONS``, which
 1,000 agents' two connections each come near). The Managers are stopped and the database dropped
@@ -152,12 +154,31 @@ POLL_S = 0.5
 LOOP_LAG_PERIOD_S = 0.05
 MONITOR_APP = "ik-bench-monitor"  # application_name of our own connections, left out of DB CPU
 RECONCILE_HISTOGRAM = "inferencekey_reconcile_pass_duration_seconds"
-# The monitor reads the Managers' metrics every MONITOR_PERIOD_S, and only the reconcile
-# histogram (prometheus_client's name[] filter): the whole page (a series per worker, and per
-# route and status) cost a Manager about 6% of a core at 1,000 agents when read twice a second,
-# in a thread holding the GIL while its event loop waited; Prometheus reads it every 15 s or so.
-RECONCILE_ONLY = "&".join(
-    f"name[]={RECONCILE_HISTOGRAM}{part}" for part in ("_bucket", "_count", "_sum")
+# Time spent in the Manager (from its first layer to the answer's last byte), and how late its
+# event loop ran: what of a figure seen by the fleet or the API client is the Manager's.
+HEARTBEAT_HISTOGRAM = "inferencekey_agent_heartbeat_duration_seconds"
+LOOP_LAG_HISTOGRAM = "inferencekey_event_loop_lag_seconds"
+API_HISTOGRAM = "inferencekey_api_request_duration_seconds"
+HISTOGRAM_KEYS = {
+    RECONCILE_HISTOGRAM: "reconcile",
+    HEARTBEAT_HISTOGRAM: "heartbeat",
+    LOOP_LAG_HISTOGRAM: "loop_lag",
+}
+# The API calls the steady phase times, by the route template the Manager labels them with.
+API_ROUTES = {
+    "list": ("GET", "/api/projects/{project}/workloads"),
+    "get": ("GET", "/api/workloads/{workload_ref}"),
+    "create": ("POST", "/api/projects/{project}/workloads"),
+    "patch": ("PATCH", "/api/workloads/{workload_ref}"),
+}
+# The monitor reads the Managers' metrics every MONITOR_PERIOD_S, and only these histograms
+# (prometheus_client's name[] filter): the whole page (a series per worker, and per route and
+# status) cost a Manager about 6% of a core at 1,000 agents when read twice a second, in a
+# thread holding the GIL while its event loop waited; Prometheus reads it every 15 s or so.
+HISTOGRAMS_ONLY = "&".join(
+    f"name[]={name}{part}"
+    for name in (*HISTOGRAM_KEYS, API_HISTOGRAM)
+    for part in ("_bucket", "_count", "_sum")
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -267,7 +288,12 @@ class ReconcileFigures:
 class ManagerSample:
     cpu_s: float  # its last reading once it is gone
     rss_mb: float  # 0 once it is gone
-    reconcile: HistogramValue | None
+    # "reconcile", "heartbeat", "loop_lag", and "METHOD /route" of the API's; empty once gone
+    histograms: dict[str, HistogramValue] = field(default_factory=dict)
+
+    @property
+    def reconcile(self) -> HistogramValue | None:
+        return self.histograms.get("reconcile")
 
 
 @dataclass
@@ -307,6 +333,11 @@ class PhaseFigures:
     heartbeat_ms: Latency
     agent_loop_lag_p99_ms: float | None
     reconcile: ReconcileFigures | None
+    # In the Managers, from their histograms (interpolated within a bucket): heartbeat p50 and
+    # p99, their event loops' lag p99, and the steady API calls' p99 by kind.
+    manager_heartbeat_ms: tuple[float | None, float | None] = (None, None)
+    manager_loop_lag_p99_ms: float | None = None
+    manager_api_p99_ms: dict[str, float | None] = field(default_factory=dict)
     errors: int
     workers_by_state: dict[str, int]
     managers: list[ManagerPhase] = field(default_factory=list)
@@ -760,21 +791,46 @@ def manager_rss_mb(pid: int) -> float:
     return sum(process_rss_mb(each) for each in manager_pids(pid))
 
 
-def reconcile_histogram(text: str) -> HistogramValue | None:
+def manager_histograms(text: str) -> dict[str, HistogramValue]:
+    """The histograms the bench reads, by key: ``HISTOGRAM_KEYS``' and, for the API's,
+    ``"METHOD /route"``."""
+    parts: dict[str, tuple[list[float], list[tuple[float, float]]]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != RECONCILE_HISTOGRAM:
+        name = HISTOGRAM_KEYS.get(family.name)
+        if name is None and family.name != API_HISTOGRAM:
             continue
-        count = total = 0.0
-        buckets = []
         for sample in family.samples:
+            key = name or f"{sample.labels['method']} {sample.labels['route']}"
+            totals, buckets = parts.setdefault(key, ([0.0, 0.0], []))
             if sample.name.endswith("_bucket"):
                 buckets.append((float(sample.labels["le"]), sample.value))
             elif sample.name.endswith("_count"):
-                count = sample.value
+                totals[0] = sample.value
             elif sample.name.endswith("_sum"):
-                total = sample.value
-        return HistogramValue(count, total, tuple(sorted(buckets)))
-    return None
+                totals[1] = sample.value
+    return {
+        key: HistogramValue(count, total, tuple(sorted(buckets)))
+        for key, ([count, total], buckets) in parts.items()
+    }
+
+
+def histogram_quantile(samples: list[Sample], key: str, q: float) -> float | None:
+    """The q-quantile of what histogram ``key`` of every Manager counted between the first and
+    the last of ``samples`` (a Manager killed meanwhile counts until its last scrape)."""
+    increase: list[tuple[float, float]] | None = None
+    for index in range(len(samples[0].managers) if samples else 0):
+        values = [h for s in samples if (h := s.managers[index].histograms.get(key)) is not None]
+        if not values:
+            continue
+        first, last = values[0], values[-1]
+        before = dict(first.buckets)
+        grown = [(le, cumulative - before.get(le, 0.0)) for le, cumulative in last.buckets]
+        increase = (
+            grown
+            if increase is None
+            else [(le, n + m) for (le, n), (_, m) in zip(increase, grown, strict=True)]
+        )
+    return _bucket_quantile(increase or [], q)
 
 
 def reconcile_figures(samples: list[Sample]) -> ReconcileFigures | None:
@@ -932,17 +988,17 @@ class Monitor:
 
     async def _sample_manager(self, index: int) -> ManagerSample:
         if index in self.gone:
-            return ManagerSample(self._cpu_s[index], 0.0, None)
+            return ManagerSample(self._cpu_s[index], 0.0)
         manager = self.managers[index]
-        reconcile = None
+        histograms = {}
         with contextlib.suppress(httpx.HTTPError, ValueError):
             response = await self._http.get(manager.metrics_url)
             if response.is_success:
-                reconcile = reconcile_histogram(response.text)
+                histograms = manager_histograms(response.text)
         cpu_s = manager_cpu_s(manager.pid)
         if cpu_s is not None:
             self._cpu_s[index] = cpu_s
-        return ManagerSample(self._cpu_s[index], manager_rss_mb(manager.pid), reconcile)
+        return ManagerSample(self._cpu_s[index], manager_rss_mb(manager.pid), histograms)
 
     async def leader(self) -> int | None:
         """The index of the Manager holding the reconciler's leader lock now, if one does."""
@@ -1173,7 +1229,7 @@ class Run:
                 name=name,
                 pid=self.servers.processes[name].pid,
                 base_url=base_url,
-                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics?{RECONCILE_ONLY}",
+                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics?{HISTOGRAMS_ONLY}",
                 log=self.servers.work_dir / f"{name}.log",
             )
         )
@@ -1259,6 +1315,15 @@ class Run:
             heartbeat_ms=Latency.of(self._heartbeats_ms[name]),
             agent_loop_lag_p99_ms=percentile(fleet["loop_lag_ms"], 0.99),
             reconcile=reconcile_figures(phase_samples),
+            manager_heartbeat_ms=(
+                _ms(histogram_quantile(phase_samples, "heartbeat", 0.5)),
+                _ms(histogram_quantile(phase_samples, "heartbeat", 0.99)),
+            ),
+            manager_loop_lag_p99_ms=_ms(histogram_quantile(phase_samples, "loop_lag", 0.99)),
+            manager_api_p99_ms={
+                kind: _ms(histogram_quantile(phase_samples, " ".join(route), 0.99))
+                for kind, route in API_ROUTES.items()
+            },
             errors=self.answers.errors() - errors_before + fleet_errors,
             workers_by_state=states,
             managers=[
@@ -1462,6 +1527,10 @@ class Run:
         figures["heartbeat_p50_ms"] = phase.heartbeat_ms.p50
         figures["heartbeat_p99_ms"] = phase.heartbeat_ms.p99
         figures["agent_loop_lag_p99_ms"] = phase.agent_loop_lag_p99_ms
+        figures["heartbeat_manager_p99_ms"] = phase.manager_heartbeat_ms[1]
+        figures["manager_loop_lag_p99_ms"] = phase.manager_loop_lag_p99_ms
+        for kind, ms in phase.manager_api_p99_ms.items():
+            figures[f"{kind}_manager_p99_ms"] = ms
         if phase.reconcile is not None:
             figures["reconcile_p50_s"] = phase.reconcile.p50_s
             figures["reconcile_max_s"] = phase.reconcile.max_s
@@ -1724,6 +1793,10 @@ class Run:
         result.manager_log = read_manager_log([manager.log for manager in self.managers])
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
 def _delta(start: float | None, end: float | None) -> float | None:
     return None if start is None or end is None else end - start
 
@@ -1804,18 +1877,23 @@ ROWS = (
     Row("create_to_ready_p99_s", "create to ready p99 (per workload)", "s"),
     Row("heartbeat_p50_ms", "heartbeat p50 (steady)", "ms"),
     Row("heartbeat_p99_ms", "heartbeat p99 (steady)", "ms", 50),
+    Row("heartbeat_manager_p99_ms", "  of which in the Manager, p99 (steady)", "ms"),
     Row("heartbeat_p99_busy_ms", "heartbeat p99 (create + converge)", "ms"),
     Row("reconcile_p50_s", "reconcile pass p50 (steady)", "s"),
     Row("reconcile_max_s", "reconcile pass max (steady)", "s", 1.0),
     Row("reconcile_max_run_s", "reconcile pass max (whole run)", "s"),
     Row("list_p50_ms", "list all workloads p50 (steady)", "ms"),
+    Row("list_manager_p99_ms", "  of which in the Manager, p99", "ms"),
     Row("list_p99_ms", "list all workloads p99 (steady)", "ms", 200),
     Row("list_mb", "list answer size", "MB"),
     Row("get_p50_ms", "get p50 (steady)", "ms"),
+    Row("get_manager_p99_ms", "  of which in the Manager, p99", "ms"),
     Row("get_p99_ms", "get p99 (steady)", "ms", 50),
     Row("create_p50_ms", "create p50 (steady)", "ms"),
+    Row("create_manager_p99_ms", "  of which in the Manager, p99", "ms"),
     Row("create_p99_ms", "create p99 (steady)", "ms", 50),
     Row("patch_p50_ms", "patch description p50 (steady)", "ms"),
+    Row("patch_manager_p99_ms", "  of which in the Manager, p99", "ms"),
     Row("patch_p99_ms", "patch description p99 (steady)", "ms"),
     Row("change_effect_p50_s", "change → effect p50 (steady: a replica written)", "s"),
     Row("change_effect_p99_s", "change → effect p99 (steady)", "s", 1.0),
@@ -1839,6 +1917,7 @@ ROWS = (
     Row("manager_cpu_cores_steady", "Manager CPU (steady)", "cores"),
     Row("db_cpu_cores_steady", "its Postgres backends' CPU (steady)", "cores"),
     Row("manager_rss_mb_max", "Manager RSS (largest at a phase end)", "MB"),
+    Row("manager_loop_lag_p99_ms", "Manager's event loop lag p99 (steady)", "ms"),
     Row("agent_loop_lag_p99_ms", "simulated agents' loop lag p99 (steady)", "ms"),
     Row("non_2xx", "non-2xx answers, all endpoints", "n"),
     Row("http_500", "  of which 500", "n"),
@@ -1939,7 +2018,8 @@ def _reconcile_exposed(result: SizeResult) -> bool:
 def phase_table(result: SizeResult) -> str:
     headers = (
         f"  {'phase':<10}{'wall s':>8}{'mgr CPU s':>10}{'cores':>7}{'RSS MB':>8}{'DB CPU s':>9}"
-        f"{'agents CPU s':>13}{'hb n':>7}{'hb p50':>8}{'hb p99':>8}{'hb max':>8}{'lag p99':>8}"
+        f"{'agents CPU s':>13}{'hb n':>7}{'hb p50':>8}{'hb p99':>8}{'hb max':>8}{'in mgr':>8}"
+        f"{'lag p99':>8}{'mgr lag':>8}"
         f"{'passes':>7}{'pass p50':>9}{'pass max':>9}{'max <=':>7}{'errors':>7}  workers"
     )
     lines = [headers]
@@ -1952,7 +2032,9 @@ def phase_table(result: SizeResult) -> str:
             f"{_number(p.db_cpu_s, 's'):>9}{_number(p.agents_cpu_s, 's'):>13}"
             f"{p.heartbeat_ms.count:>7}{_number(p.heartbeat_ms.p50, 'ms'):>8}"
             f"{_number(p.heartbeat_ms.p99, 'ms'):>8}{_number(p.heartbeat_ms.max, 'ms'):>8}"
+            f"{_number(p.manager_heartbeat_ms[1], 'ms'):>8}"
             f"{_number(p.agent_loop_lag_p99_ms, 'ms'):>8}"
+            f"{_number(p.manager_loop_lag_p99_ms, 'ms'):>8}"
             f"{(r.passes if r else '-')!s:>7}{_number(r.p50_s if r else None, 's'):>9}"
             f"{_number(r.max_s if r else None, 's'):>9}"
             f"{_number(r.max_bucket_le if r else None, 's'):>7}{p.errors:>7}  {workers}"

@@ -169,6 +169,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             background.append(
                 asyncio.create_task(metrics.keep_fresh(app.state.sessions), name="metrics")
             )
+            background.append(asyncio.create_task(metrics.time_the_loop(), name="loop-lag"))
             assert gateway.routes is not None and gateway.demand is not None
             dispatcher = JobDispatcher(
                 app.state.sessions,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,8 @@ from manager.states import WorkerState
 
 UNKNOWN = "-"
 REFRESH_S = 5.0
+LOOP_LAG_PERIOD_S = 0.1
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class ManagerMetrics:
@@ -62,6 +65,26 @@ class ManagerMetrics:
             "inferencekey_api_requests",
             "Control-plane requests answered, by route and status.",
             ["method", "route", "status"],
+            registry=registry,
+        )
+        self.api_duration = Histogram(
+            "inferencekey_api_request_duration_seconds",
+            "Control-plane requests, from the route's first layer to the last byte of the answer.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.heartbeat_duration = Histogram(
+            "inferencekey_agent_heartbeat_duration_seconds",
+            "Agent heartbeats, from the Manager's first layer to the last byte of the answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "inferencekey_event_loop_lag_seconds",
+            "How late this Manager's event loop ran a timer due every 0.1 s: the wait a request"
+            " has before it is read, and at each of its awaits.",
+            buckets=LOOP_LAG_BUCKETS,
             registry=registry,
         )
         # Read from the database: every process of a Manager shows the same.
@@ -105,6 +128,7 @@ class ManagerMetrics:
         )
         self.server = MetricsServer(registry)
         self._gateway_series: dict[tuple[str, str, str], GatewaySeries] = {}
+        self._api_durations: dict[tuple[str, str], Any] = {}
 
     def gateway_series(self, project: str, workload: str, route: str) -> GatewaySeries:
         """The gateway's series for one workload and route, looked up once: ``labels()`` on
@@ -113,6 +137,14 @@ class ManagerMetrics:
         series = self._gateway_series.get(key)
         if series is None:
             series = self._gateway_series[key] = GatewaySeries(self, project, workload, route)
+        return series
+
+    def api_duration_of(self, method: str, template: str) -> Any:
+        """The duration series of one route template, looked up once."""
+        key = (method, template)
+        series = self._api_durations.get(key)
+        if series is None:
+            series = self._api_durations[key] = self.api_duration.labels(method, template)
         return series
 
     def count_api_answer(self, method: str, template: str, status: int) -> None:
@@ -162,6 +194,16 @@ class ManagerMetrics:
                 await self.refresh(sessions)
             await asyncio.sleep(REFRESH_S)
 
+    async def time_the_loop(self) -> None:
+        """Observe how late the event loop runs a timer, every ``LOOP_LAG_PERIOD_S``: when it
+        is late, every request waits that long before it is read and at each of its awaits."""
+        loop = asyncio.get_running_loop()
+        observe = self.loop_lag.observe
+        while True:
+            due = loop.time() + LOOP_LAG_PERIOD_S
+            await asyncio.sleep(LOOP_LAG_PERIOD_S)
+            observe(max(0.0, loop.time() - due))
+
     def serve_separately(self, address: str) -> None:
         """Serve these metrics without a credential on ``HOST:PORT``."""
         host, _, port = address.rpartition(":")
@@ -201,12 +243,16 @@ class ApiRequestMetrics:
             await self.app(scope, receive, send)
             return
         answer = AnswerStatus(send)
+        started = time.perf_counter()
         try:
             await self.app(scope, receive, answer.send)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.count_api_answer(scope["method"], template, answer.status)
+            self.metrics.api_duration_of(scope["method"], template).observe(
+                time.perf_counter() - started
+            )
 
 
 class AnswerStatus:

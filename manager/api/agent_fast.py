@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
@@ -71,6 +72,14 @@ class AgentFastPath:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        try:
+            await self._any_heartbeat(scope, receive, send)
+        finally:
+            self.state.metrics.heartbeat_duration.observe(time.perf_counter() - started)
+
+    async def _any_heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A heartbeat, answered here where it can be, else by the route."""
         # Decided on the headers, before any body is read (as the route refuses an unknown
         # credential before it reads one).
         known = self._caller(scope)

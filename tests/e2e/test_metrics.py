@@ -99,6 +99,18 @@ def test_manager_and_agent_metrics_after_real_traffic(
         )
         >= 1
     )
+    assert (
+        value(
+            seen,
+            "inferencekey_api_request_duration_seconds_count",
+            method="POST",
+            route="/api/projects/{project}/workloads",
+        )
+        >= 1
+    )
+    # The agent's heartbeats, timed in the Manager; its event loop, timed every 0.1 s.
+    assert value(seen, "inferencekey_agent_heartbeat_duration_seconds_count") >= 1
+    assert value(seen, "inferencekey_event_loop_lag_seconds_count") >= 1
     assert value(seen, "inferencekey_replicas", state="ready") >= 1
     assert value(seen, "inferencekey_workers", state="ready") >= 1
     worker_id = agent.agent.worker_id or ""
