@@ -32,6 +32,7 @@ from ik_contracts.protocol import ReplicaState
 from manager import notify, placement, planning
 from manager.db.models import Replica, Worker, Workload
 from manager.db.queries import one_of
+from manager.db.statistics import PlannerStatistics
 from manager.fleet import ChangeLog, Fleet, WorkerRecord, is_settled, read_liveness, read_prices
 from manager.fleet import now as fleet_now
 from manager.gateway.demand import fresh_demand
@@ -130,6 +131,7 @@ class Reconciler:
         # not reach any Manager (all were down) come back before their replicas are re-placed.
         self._grace_from_first_pass = False
         self._grace_until: datetime | None = None
+        self._statistics = PlannerStatistics()
 
     async def run_forever(self) -> None:
         while True:
@@ -138,6 +140,7 @@ class Reconciler:
                     with self.hub.subscription(notify.RECONCILE) as wake:
                         started = time.monotonic()
                         if await self.reconcile_once():
+                            await self._keep_statistics_fresh()
                             await notify.wait_for(wake, self.settings.reconcile_interval_s)
                             # Changes coming in a stream (creates, patches, heartbeats that
                             # report new states) share passes: at most one per gap.
@@ -152,6 +155,17 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile pass failed; retrying")
                 await asyncio.sleep(self.settings.reconcile_interval_s)
+
+    async def _keep_statistics_fresh(self) -> None:
+        """The planner's statistics of the fleet's tables (manager/db/statistics.py), on the
+        leader lock's connection; a failure is logged and the passes go on."""
+        connection = self._leader_connection
+        if connection is None or connection.is_closed():
+            return
+        try:
+            await self._statistics.keep_fresh(connection)
+        except (asyncpg.PostgresError, OSError) as error:
+            log.warning("could not refresh the planner's statistics: %s", error)
 
     async def close(self) -> None:
         if self._leader_connection is not None and not self._leader_connection.is_closed():
