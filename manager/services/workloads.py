@@ -225,8 +225,12 @@ async def create_workload(
             f'a workload with slug "{fields["slug"]}" already exists in project "{project.slug}"',
             field="slug",
         )
-    await events.record(
-        session, workload.id, "created", f"created at generation 1 by {principal.display}"
+    await events.record_and_tell(
+        session,
+        workload.id,
+        "created",
+        f"created at generation 1 by {principal.display}",
+        notify.RECONCILE,
     )
     log.info(
         "created workload %s/%s by %s",
@@ -235,7 +239,6 @@ async def create_workload(
         principal.display,
         extra=ids(project=project.slug, workload=workload.slug, workload_id=workload.id),
     )
-    await notify.notify(session, notify.RECONCILE, workload.id)
     return workload, True
 
 
