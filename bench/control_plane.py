@@ -159,6 +159,7 @@ RECONCILE_HISTOGRAM = "inferencekey_reconcile_pass_duration_seconds"
 HEARTBEAT_HISTOGRAM = "inferencekey_agent_heartbeat_duration_seconds"
 LOOP_LAG_HISTOGRAM = "inferencekey_event_loop_lag_seconds"
 API_HISTOGRAM = "inferencekey_api_request_duration_seconds"
+GC_HISTOGRAM = "inferencekey_gc_pause_seconds"  # by generation: "gc 0", "gc 1", "gc 2"
 HISTOGRAM_KEYS = {
     RECONCILE_HISTOGRAM: "reconcile",
     HEARTBEAT_HISTOGRAM: "heartbeat",
@@ -177,7 +178,7 @@ API_ROUTES = {
 # thread holding the GIL while its event loop waited; Prometheus reads it every 15 s or so.
 HISTOGRAMS_ONLY = "&".join(
     f"name[]={name}{part}"
-    for name in (*HISTOGRAM_KEYS, API_HISTOGRAM)
+    for name in (*HISTOGRAM_KEYS, API_HISTOGRAM, GC_HISTOGRAM)
     for part in ("_bucket", "_count", "_sum")
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -340,6 +341,11 @@ class PhaseFigures:
     manager_heartbeat_ms: tuple[float | None, float | None] = (None, None)
     manager_loop_lag_p99_ms: float | None = None
     manager_api_p99_ms: dict[str, float | None] = field(default_factory=dict)
+    # The Managers' garbage collections in the phase: seconds in all of them, and how many
+    # full (generation 2) ones, with the longest's bucket bound.
+    gc_s: float | None = None
+    gc_full: int | None = None
+    gc_full_max_le_ms: float | None = None
     managers: list[ManagerPhase] = field(default_factory=list)
     leaders: list[str] = field(default_factory=list)  # in the order they led in the phase
 
@@ -797,10 +803,15 @@ def manager_histograms(text: str) -> dict[str, HistogramValue]:
     parts: dict[str, tuple[list[float], list[tuple[float, float]]]] = {}
     for family in text_string_to_metric_families(text):
         name = HISTOGRAM_KEYS.get(family.name)
-        if name is None and family.name != API_HISTOGRAM:
+        if name is None and family.name not in (API_HISTOGRAM, GC_HISTOGRAM):
             continue
         for sample in family.samples:
-            key = name or f"{sample.labels['method']} {sample.labels['route']}"
+            if name is not None:
+                key = name
+            elif family.name == GC_HISTOGRAM:
+                key = f"gc {sample.labels['generation']}"
+            else:
+                key = f"{sample.labels['method']} {sample.labels['route']}"
             totals, buckets = parts.setdefault(key, ([0.0, 0.0], []))
             if sample.name.endswith("_bucket"):
                 buckets.append((float(sample.labels["le"]), sample.value))
@@ -812,6 +823,41 @@ def manager_histograms(text: str) -> dict[str, HistogramValue]:
         key: HistogramValue(count, total, tuple(sorted(buckets)))
         for key, ([count, total], buckets) in parts.items()
     }
+
+
+def histogram_growth(samples: list[Sample], key: str) -> HistogramValue | None:
+    """What histogram ``key`` of every Manager counted between the first and the last of
+    ``samples``: count, seconds and cumulative buckets."""
+    count = total = 0.0
+    increase: dict[float, float] = {}
+    seen = False
+    for index in range(len(samples[0].managers) if samples else 0):
+        values = [h for s in samples if (h := s.managers[index].histograms.get(key)) is not None]
+        if not values:
+            continue
+        seen = True
+        first, last = values[0], values[-1]
+        count += last.count - first.count
+        total += last.total_s - first.total_s
+        before = dict(first.buckets)
+        for le, cumulative in last.buckets:
+            increase[le] = increase.get(le, 0.0) + cumulative - before.get(le, 0.0)
+    if not seen:
+        return None
+    return HistogramValue(count, total, tuple(sorted(increase.items())))
+
+
+def gc_figures(samples: list[Sample]) -> tuple[float | None, int | None, float | None]:
+    """Seconds in collections, full collections, and the longest full one's bucket bound (ms)."""
+    grown = [histogram_growth(samples, f"gc {generation}") for generation in range(3)]
+    if all(g is None for g in grown):
+        return None, None, None
+    seconds = sum(g.total_s for g in grown if g is not None)
+    full = grown[2]
+    if full is None or not full.count:
+        return seconds, 0, None
+    longest = next((le for le, n in full.buckets if n >= full.count), None)
+    return seconds, int(full.count), None if longest is None else longest * 1000
 
 
 def histogram_quantile(samples: list[Sample], key: str, q: float) -> float | None:
@@ -1334,6 +1380,7 @@ class Run:
             ],
             leaders=leaders,
         )
+        phase.gc_s, phase.gc_full, phase.gc_full_max_le_ms = gc_figures(phase_samples)
         self.result.phases.append(phase)
         self._phase = None
         return phase
@@ -1529,6 +1576,9 @@ class Run:
         figures["agent_loop_lag_p99_ms"] = phase.agent_loop_lag_p99_ms
         figures["heartbeat_manager_p99_ms"] = phase.manager_heartbeat_ms[1]
         figures["manager_loop_lag_p99_ms"] = phase.manager_loop_lag_p99_ms
+        figures["manager_gc_s_steady"] = phase.gc_s
+        figures["manager_gc_full_steady"] = None if phase.gc_full is None else float(phase.gc_full)
+        figures["manager_gc_full_max_ms_steady"] = phase.gc_full_max_le_ms
         for kind, ms in phase.manager_api_p99_ms.items():
             figures[f"{kind}_manager_p99_ms"] = ms
         if phase.reconcile is not None:
@@ -1918,6 +1968,9 @@ ROWS = (
     Row("db_cpu_cores_steady", "its Postgres backends' CPU (steady)", "cores"),
     Row("manager_rss_mb_max", "Manager RSS (largest at a phase end)", "MB"),
     Row("manager_loop_lag_p99_ms", "Manager's event loop lag p99 (steady)", "ms"),
+    Row("manager_gc_s_steady", "Manager's garbage collections (steady), in all", "s"),
+    Row("manager_gc_full_steady", "  of which full ones", "n"),
+    Row("manager_gc_full_max_ms_steady", "  the longest full one, at most", "ms"),
     Row("agent_loop_lag_p99_ms", "simulated agents' loop lag p99 (steady)", "ms"),
     Row("non_2xx", "non-2xx answers, all endpoints", "n"),
     Row("http_500", "  of which 500", "n"),
@@ -2019,7 +2072,7 @@ def phase_table(result: SizeResult) -> str:
     headers = (
         f"  {'phase':<10}{'wall s':>8}{'mgr CPU s':>10}{'cores':>7}{'RSS MB':>8}{'DB CPU s':>9}"
         f"{'agents CPU s':>13}{'hb n':>7}{'hb p50':>8}{'hb p99':>8}{'hb max':>8}{'in mgr':>8}"
-        f"{'lag p99':>8}{'mgr lag':>8}"
+        f"{'lag p99':>8}{'mgr lag':>8}{'gc s':>6}{'full gc':>8}{'<= ms':>7}"
         f"{'passes':>7}{'pass p50':>9}{'pass max':>9}{'max <=':>7}{'errors':>7}  workers"
     )
     lines = [headers]
@@ -2035,6 +2088,8 @@ def phase_table(result: SizeResult) -> str:
             f"{_number(p.manager_heartbeat_ms[1], 'ms'):>8}"
             f"{_number(p.agent_loop_lag_p99_ms, 'ms'):>8}"
             f"{_number(p.manager_loop_lag_p99_ms, 'ms'):>8}"
+            f"{_number(p.gc_s, 's'):>6}{_number(p.gc_full, 'n'):>8}"
+            f"{_number(p.gc_full_max_le_ms, 'n'):>7}"
             f"{(r.passes if r else '-')!s:>7}{_number(r.p50_s if r else None, 's'):>9}"
             f"{_number(r.max_s if r else None, 's'):>9}"
             f"{_number(r.max_bucket_le if r else None, 's'):>7}{p.errors:>7}  {workers}"

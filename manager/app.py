@@ -159,6 +159,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         app.state.assignment_cache = AssignmentCache()
         hub.on(notify.ASSIGNMENTS, app.state.assignment_cache.invalidate)
         background: list[asyncio.Task[None]] = []
+        stop_timing_the_collector: Callable[[], None] | None = None
         engines = [engine]
         try:
             await direct.start()
@@ -170,6 +171,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
                 asyncio.create_task(metrics.keep_fresh(app.state.sessions), name="metrics")
             )
             background.append(asyncio.create_task(metrics.time_the_loop(), name="loop-lag"))
+            stop_timing_the_collector = metrics.time_the_collector()
             assert gateway.routes is not None and gateway.demand is not None
             dispatcher = JobDispatcher(
                 app.state.sessions,
@@ -216,6 +218,8 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             metrics.server.stop()
+            if stop_timing_the_collector is not None:
+                stop_timing_the_collector()
             # Each closed even when one before it fails: no pool's connections are left open.
             closers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
                 ("the gateway", gateway.stop),

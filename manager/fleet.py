@@ -471,11 +471,28 @@ class Fleet:
         self._slots.clear()
         return True
 
-    def all_replicas(self) -> Iterable[planning.ReplicaView]:
-        return (replica for replicas in self.replicas.values() for replica in replicas)
-
     def workloads_on(self, worker_ids: set[str]) -> set[str]:
-        return {r.workload_id for r in self.all_replicas() if r.worker_id in worker_ids}
+        """The workloads with a replica on one of these workers (by ``replicas_on``: a scan of
+        every replica of the fleet was a fifth of an incremental pass at 10,000 workloads)."""
+        on = self.replicas_on
+        return {
+            replica.workload_id
+            for worker_id in worker_ids
+            if worker_id in on
+            for replica in on[worker_id].values()
+        }
+
+    def in_order(self, ids: set[str]) -> list[planning.WorkloadView]:
+        """The workloads of ``ids`` held, in the order a pass plans them (creation, then id):
+        a few are sorted, many are picked from the whole order (a pass that scanned all
+        10,000 for the few it plans spent more on that than on planning them)."""
+        workloads = self.workloads
+        if len(ids) * 8 >= len(workloads):
+            return [view for view in workloads.values() if view.id in ids]
+        created_at = self._created_at
+        held = [workload_id for workload_id in ids if workload_id in workloads]
+        held.sort(key=lambda workload_id: (created_at[workload_id], workload_id))
+        return [workloads[workload_id] for workload_id in held]
 
 
 def reads_demand(workload: planning.WorkloadView) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,6 +111,14 @@ class ManagerMetrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self.gc_pause = Histogram(
+            "inferencekey_gc_pause_seconds",
+            "Collections of Python's cyclic garbage collector in this process, by generation:"
+            " each holds the event loop for its whole length.",
+            ["generation"],
+            buckets=LOOP_LAG_BUCKETS,
+            registry=registry,
+        )
         self.reconcile_duration = Histogram(
             "inferencekey_reconcile_pass_duration_seconds",
             "Reconcile passes of the leading Manager.",
@@ -203,6 +213,22 @@ class ManagerMetrics:
             due = loop.time() + LOOP_LAG_PERIOD_S
             await asyncio.sleep(LOOP_LAG_PERIOD_S)
             observe(max(0.0, loop.time() - due))
+
+    def time_the_collector(self) -> Callable[[], None]:
+        """Observe each collection's length (``gc.callbacks``), until the function returned is
+        called."""
+        series = [self.gc_pause.labels(str(generation)) for generation in range(3)]
+        started = 0.0
+
+        def collection(phase: str, info: dict[str, int]) -> None:
+            nonlocal started
+            if phase == "start":
+                started = time.perf_counter()
+            else:
+                series[info["generation"]].observe(time.perf_counter() - started)
+
+        gc.callbacks.append(collection)
+        return lambda: gc.callbacks.remove(collection)
 
     def serve_separately(self, address: str) -> None:
         """Serve these metrics without a credential on ``HOST:PORT``."""

@@ -307,8 +307,7 @@ class Reconciler:
         if full:
             planned = list(fleet.workloads.values())
         else:
-            wanted = dirty | fleet.demand_readers | fleet.deleted
-            planned = [w for w in fleet.workloads.values() if w.id in wanted]
+            planned = fleet.in_order(dirty | fleet.demand_readers | fleet.deleted)
         snapshot = Snapshot(
             now=now,
             workers=liveness,

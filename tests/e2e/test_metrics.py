@@ -111,6 +111,8 @@ def test_manager_and_agent_metrics_after_real_traffic(
     # The agent's heartbeats, timed in the Manager; its event loop, timed every 0.1 s.
     assert value(seen, "inferencekey_agent_heartbeat_duration_seconds_count") >= 1
     assert value(seen, "inferencekey_event_loop_lag_seconds_count") >= 1
+    # The collection made once start-up is done, at least, is timed.
+    assert value(seen, "inferencekey_gc_pause_seconds_count", generation="2") >= 1
     assert value(seen, "inferencekey_replicas", state="ready") >= 1
     assert value(seen, "inferencekey_workers", state="ready") >= 1
     worker_id = agent.agent.worker_id or ""

@@ -104,3 +104,28 @@ def test_kept_slots_hold_what_the_replicas_hold_made_afresh_only_where_it_change
     fourth = a_pass({"wl_2": [on_b]}, changed=("wrk_b",))
     assert fourth[1].replicas_of == {"wl_2": 1}
     assert fourth[1].gpus[0].free_mb == A100_MB - 1000
+
+
+def test_a_pass_picks_its_workloads_in_the_full_order_and_finds_them_by_worker() -> None:
+    """``in_order`` gives what a scan of the whole order gives, for a few ids (sorted) and for
+    many (picked from the order); ``workloads_on`` what a scan of every replica gives."""
+    fleet = Fleet()
+    # Created in a shuffled order, some at the same instant (then by id).
+    created = [(at(n % 7), f"wl_{n:02d}") for n in range(40)]
+    fleet._insert_in_order([(when, id_, workload(id=id_)) for when, id_ in created])
+    for n, workload_id in enumerate(list(fleet.workloads)[::2]):
+        worker_id = f"wrk_{n % 5}"
+        view = replica(f"rep_{workload_id}", worker_id, of=fleet.workloads[workload_id])
+        fleet._replace_replicas({}, [view])
+        fleet.replicas[workload_id] = [view]
+
+    def scanned(ids: set[str]) -> list[str]:
+        return [view.id for view in fleet.workloads.values() if view.id in ids]
+
+    for ids in ({"wl_03"}, {"wl_39", "wl_00", "wl_07"}, {f"wl_{n:02d}" for n in range(0, 40, 3)},
+                {"wl_05", "wl_gone"}, set(fleet.workloads)):  # fmt: skip
+        assert [view.id for view in fleet.in_order(ids)] == scanned(ids)
+    for workers in ({"wrk_0"}, {"wrk_1", "wrk_3"}, {"wrk_9"}, set()):
+        assert fleet.workloads_on(workers) == {
+            r.workload_id for rs in fleet.replicas.values() for r in rs if r.worker_id in workers
+        }
