@@ -482,6 +482,17 @@ class Fleet:
             for replica in on[worker_id].values()
         }
 
+    def differing_from(self, kept: Fleet) -> set[str]:
+        """The workloads whose row or replicas differ from ``kept``'s (an older copy), or that it
+        did not hold: what a change no notification named touched."""
+        kept_workloads, kept_replicas = kept.workloads, kept.replicas
+        return {
+            workload_id
+            for workload_id, view in self.workloads.items()
+            if kept_workloads.get(workload_id) != view
+            or kept_replicas.get(workload_id, []) != self.replicas.get(workload_id, [])
+        }
+
     def in_order(self, ids: set[str]) -> list[planning.WorkloadView]:
         """The workloads of ``ids`` held, in the order a pass plans them (creation, then id):
         a few are sorted, many are picked from the whole order (a pass that scanned all

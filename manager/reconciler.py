@@ -247,8 +247,9 @@ class Reconciler:
                 if w.id in planned
                 or (not is_settled(w) and planning.wants_room(w, replicas.get(w.id, ()), slot_of))
             ]
-        seen = set(self._fleet.workloads)
-        self._quarantined = {k: v for k, v in self._quarantined.items() if k in seen}
+        if self._quarantined:  # rare: not a set of the fleet's 10,000 ids each pass for it
+            held = self._fleet.workloads
+            self._quarantined = {k: v for k, v in self._quarantined.items() if k in held}
         if await self._reconcile(snapshot, workloads):
             return True
         self._changes.note(notify.ANY)  # plan everything afresh
@@ -258,10 +259,12 @@ class Reconciler:
         """This pass's view, and whether room on the fleet changed since the last pass (so
         workloads still waiting for room are planned again).
 
-        Every ``reconcile_resync_s``, after the listening connection came back, and when this
-        Manager begins to lead, everything is read and every workload planned. In between, only
-        what notifications named since the last pass is read again, and planned with the
-        workloads whose policy looks at the clock or at demand."""
+        After the listening connection came back, after a pass failed and when this Manager
+        begins to lead, everything is read and every workload planned. Every
+        ``reconcile_resync_s`` everything is read, and planned where it differs from this
+        leader's copy (a change no notification named). In between, only what notifications
+        named since the last pass is read again, and planned with the workloads whose policy
+        looks at the clock or at demand."""
         changes = self._changes.take()
         full = (
             self._fleet is None
@@ -277,6 +280,9 @@ class Reconciler:
             # A worker named by a notification changed what it reports of its replicas or of
             # itself: its replicas' workloads are read and planned again too.
             dirty = set(changes.workloads)
+            # The resync alone (this leader's copy kept, nothing asked for everything): what it
+            # plans is what differs from the copy, as an incremental pass would.
+            kept = None if changes.everything else self._fleet
             if full:
                 self._fleet = None
                 fleet = await Fleet.read(session)
@@ -304,8 +310,13 @@ class Reconciler:
             demand = with_jobs(await fresh_demand(session), await queued_jobs(session))
             await session.commit()
         self._fleet = fleet
-        if full:
+        if full and kept is None:
             planned = list(fleet.workloads.values())
+        elif full:
+            assert kept is not None
+            planned = fleet.in_order(
+                fleet.differing_from(kept) | dirty | fleet.demand_readers | fleet.deleted
+            )
         else:
             planned = fleet.in_order(dirty | fleet.demand_readers | fleet.deleted)
         snapshot = Snapshot(

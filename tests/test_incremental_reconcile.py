@@ -177,6 +177,15 @@ def test_a_full_read_every_resync_finds_what_no_notification_named(tmp_path: Pat
             fleet.heartbeat()
             workload_id = fleet.create("one")
             wait_until(lambda: len(fleet.assigned_to("one")) == 1, 10, "never placed")
+            # Reported ready and settled first, and the passes after the reconciler's own write
+            # of that done (it re-reads what it wrote): no notice of the workload is left to
+            # come, so only the resync can find the change below.
+            wait_until(
+                lambda: bool(fleet.heartbeat()) and fleet.status(workload_id)["phase"] == "ready",
+                10,
+                "never ready",
+            )
+            time.sleep(5 * INTERVAL_S)
             fleet.sql(
                 "UPDATE workloads SET execution_policy_config = '{\"replicas\": 2}' WHERE id = $1",
                 workload_id,

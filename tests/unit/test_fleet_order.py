@@ -129,3 +129,25 @@ def test_a_pass_picks_its_workloads_in_the_full_order_and_finds_them_by_worker()
         assert fleet.workloads_on(workers) == {
             r.workload_id for rs in fleet.replicas.values() for r in rs if r.worker_id in workers
         }
+
+
+def test_a_resync_plans_what_differs_from_the_copy_it_kept() -> None:
+    """``differing_from``: a workload whose row or replicas changed behind the leader's back,
+    or that its copy did not hold; not one that is as it was."""
+    kept = Fleet()
+    kept._insert_in_order([(at(n), f"wl_{n}", workload(id=f"wl_{n}")) for n in range(4)])
+    for workload_id in ("wl_0", "wl_1"):
+        view = replica(f"rep_{workload_id}", "wrk_a", of=kept.workloads[workload_id])
+        kept._replace_replicas({}, [view])
+        kept.replicas[workload_id] = [view]
+
+    fresh = Fleet()  # as a full read builds it, from equal rows
+    fresh._insert_in_order([(at(n), f"wl_{n}", workload(id=f"wl_{n}")) for n in range(4)])
+    fresh.replicas = {workload_id: list(views) for workload_id, views in kept.replicas.items()}
+    assert fresh.differing_from(kept) == set()
+
+    fresh._hold(dataclasses.replace(fresh.workloads["wl_2"], generation=2))  # a row changed
+    fresh.replicas["wl_1"] = [dataclasses.replace(fresh.replicas["wl_1"][0], state="failed")]
+    del fresh.replicas["wl_0"]  # its replica went
+    fresh._insert_in_order([(at(9), "wl_9", workload(id="wl_9"))])  # new to the copy
+    assert fresh.differing_from(kept) == {"wl_0", "wl_1", "wl_2", "wl_9"}
