@@ -212,14 +212,14 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
             settle_collector()
             yield
         finally:
+            if stop_timing_the_collector is not None:
+                stop_timing_the_collector()
             for task in background:
                 task.cancel()
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             metrics.server.stop()
-            if stop_timing_the_collector is not None:
-                stop_timing_the_collector()
             # Each closed even when one before it fails: no pool's connections are left open.
             closers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
                 ("the gateway", gateway.stop),

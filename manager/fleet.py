@@ -13,6 +13,7 @@ one transaction of the pass that locks nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -490,7 +491,9 @@ class Fleet:
             workload_id
             for workload_id, view in self.workloads.items()
             if kept_workloads.get(workload_id) != view
-            or kept_replicas.get(workload_id, []) != self.replicas.get(workload_id, [])
+            or not _same_placed(
+                kept_replicas.get(workload_id, []), self.replicas.get(workload_id, [])
+            )
         }
 
     def in_order(self, ids: set[str]) -> list[planning.WorkloadView]:
@@ -504,6 +507,18 @@ class Fleet:
         held = [workload_id for workload_id in ids if workload_id in workloads]
         held.sort(key=lambda workload_id: (created_at[workload_id], workload_id))
         return [workloads[workload_id] for workload_id in held]
+
+
+def _same_placed(before: list[planning.ReplicaView], now: list[planning.ReplicaView]) -> bool:
+    """The same replicas but for their engine load, which heartbeats store without a notice and
+    only the policies planned on every pass read: a serving replica's load is no change for a
+    resync to plan."""
+    if before == now:
+        return True
+    return len(before) == len(now) and all(
+        a == dataclasses.replace(b, engine_requests=a.engine_requests)
+        for a, b in zip(before, now, strict=True)
+    )
 
 
 def reads_demand(workload: planning.WorkloadView) -> bool:

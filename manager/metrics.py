@@ -9,6 +9,7 @@ client can grow the series; the rest is labelled ``-``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import time
@@ -30,6 +31,7 @@ from manager.states import WorkerState
 UNKNOWN = "-"
 REFRESH_S = 5.0
 LOOP_LAG_PERIOD_S = 0.1
+_API_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -139,6 +141,8 @@ class ManagerMetrics:
         self.server = MetricsServer(registry)
         self._gateway_series: dict[tuple[str, str, str], GatewaySeries] = {}
         self._api_durations: dict[tuple[str, str], Any] = {}
+        self._gc_pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)
+        self._gc_series = [self.gc_pause.labels(str(generation)) for generation in range(3)]
 
     def gateway_series(self, project: str, workload: str, route: str) -> GatewaySeries:
         """The gateway's series for one workload and route, looked up once: ``labels()`` on
@@ -150,11 +154,12 @@ class ManagerMetrics:
         return series
 
     def api_duration_of(self, method: str, template: str) -> Any:
-        """The duration series of one route template, looked up once."""
-        key = (method, template)
+        """The duration series of one route template, looked up once (methods the API does
+        not serve as ``other``: no caller can grow the series with made-up ones)."""
+        key = (method if method in _API_METHODS else "other", template)
         series = self._api_durations.get(key)
         if series is None:
-            series = self._api_durations[key] = self.api_duration.labels(method, template)
+            series = self._api_durations[key] = self.api_duration.labels(*key)
         return series
 
     def count_api_answer(self, method: str, template: str, status: int) -> None:
@@ -213,11 +218,14 @@ class ManagerMetrics:
             due = loop.time() + LOOP_LAG_PERIOD_S
             await asyncio.sleep(LOOP_LAG_PERIOD_S)
             observe(max(0.0, loop.time() - due))
+            self._observe_gc_pauses()
 
     def time_the_collector(self) -> Callable[[], None]:
-        """Observe each collection's length (``gc.callbacks``), until the function returned is
-        called."""
-        series = [self.gc_pause.labels(str(generation)) for generation in range(3)]
+        """Time each collection (``gc.callbacks``) until the function returned is called; the
+        pauses are observed by ``time_the_loop``. The hook itself only appends to a deque: a
+        collection can start inside prometheus-client while it holds the lock of its values (a
+        Manager of several processes), and observing there would wait for that lock forever."""
+        pauses = self._gc_pauses
         started = 0.0
 
         def collection(phase: str, info: dict[str, int]) -> None:
@@ -225,10 +233,16 @@ class ManagerMetrics:
             if phase == "start":
                 started = time.perf_counter()
             else:
-                series[info["generation"]].observe(time.perf_counter() - started)
+                pauses.append((info["generation"], time.perf_counter() - started))
 
         gc.callbacks.append(collection)
         return lambda: gc.callbacks.remove(collection)
+
+    def _observe_gc_pauses(self) -> None:
+        pauses = self._gc_pauses
+        while pauses:
+            generation, seconds = pauses.popleft()
+            self._gc_series[generation].observe(seconds)
 
     def serve_separately(self, address: str) -> None:
         """Serve these metrics without a credential on ``HOST:PORT``."""

@@ -164,8 +164,8 @@ class Reconciler:
             return
         try:
             await self._statistics.keep_fresh(connection)
-        except (asyncpg.PostgresError, OSError) as error:
-            log.warning("could not refresh the planner's statistics: %s", error)
+        except Exception as error:  # asyncpg's, a timeout, a connection lost: the next pass says
+            log.warning("could not refresh the planner's statistics: %r", error)
 
     async def close(self) -> None:
         if self._leader_connection is not None and not self._leader_connection.is_closed():
@@ -307,6 +307,12 @@ class Reconciler:
                 dirty |= fleet.demand_readers
                 if await fleet.refresh_workloads(session, dirty):
                     capacity_changed = True
+            if full and kept is not None:
+                # As an incremental pass: liveness is judged against the last pass's, and the
+                # workloads on the workers a notice named are planned.
+                fleet.states = kept.states
+                if changes.workers:
+                    dirty |= fleet.workloads_on(changes.workers)
             demand = with_jobs(await fresh_demand(session), await queued_jobs(session))
             await session.commit()
         self._fleet = fleet

@@ -58,6 +58,23 @@ async def test_a_table_changed_by_more_than_its_share_is_analyzed_once(
         statistics._next_check = 0.0
         assert "projects" not in await statistics.keep_fresh(connection)
         assert await analyzed(connection, "projects") == first
+        # The share of live rows counts: 5 more projects in 35 are under 1 + half of them.
+        with httpx.Client(base_url=lone.url, headers=bearer(lone.admin_token or "")) as admin:
+            for _ in range(5):
+                create_project(admin)
+        halves = PlannerStatistics(min_changes=1, changed_share=0.5)
+        few = PlannerStatistics(min_changes=1, changed_share=0.0)
+        deadline = time.monotonic() + 20
+        while "projects" not in await few.keep_fresh(connection):  # the counts come in ~1 s
+            assert time.monotonic() < deadline, "the new projects were never counted"
+            few._next_check = 0.0
+            await asyncio.sleep(0.2)
+        # ``few`` analyzed them; the same changes again would not reach half the table either.
+        with httpx.Client(base_url=lone.url, headers=bearer(lone.admin_token or "")) as admin:
+            for _ in range(5):
+                create_project(admin)
+        await asyncio.sleep(1.5)  # Postgres counts them within a second
+        assert "projects" not in await halves.keep_fresh(connection)
         assert int(
             await connection.fetchval(
                 "SELECT count(*) FROM pg_stat_user_tables"

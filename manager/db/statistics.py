@@ -27,19 +27,27 @@ CHECK_EVERY_S = 10.0
 MIN_CHANGES = 50
 CHANGED_SHARE = 0.1
 
+# The share is a float8 parameter: left to Postgres, $3 would be typed bigint, and the driver
+# would send 0.1 as 0.
 STALE = """
 SELECT relname FROM pg_stat_user_tables
 WHERE relid = ANY(CAST($1 AS TEXT[])::regclass[])
-  AND n_mod_since_analyze >= $2 + $3 * GREATEST(n_live_tup, 0)
+  AND n_mod_since_analyze >= $2 + CAST($3 AS FLOAT8) * GREATEST(n_live_tup, 0)
 ORDER BY relname
 """
+# An ANALYZE skips a table another holds (a VACUUM, a migration) rather than wait, and gives up
+# after this long: the reconcile loop waits for it.
+ANALYZE_TIMEOUT_S = 30.0
 
 
 class PlannerStatistics:
     """Checks at most every ``CHECK_EVERY_S`` (``keep_fresh``)."""
 
-    def __init__(self, min_changes: int = MIN_CHANGES) -> None:
+    def __init__(
+        self, min_changes: int = MIN_CHANGES, changed_share: float = CHANGED_SHARE
+    ) -> None:
         self.min_changes = min_changes
+        self.changed_share = changed_share
         self._next_check = 0.0
 
     async def keep_fresh(self, connection: asyncpg.Connection) -> list[str]:
@@ -51,11 +59,11 @@ class PlannerStatistics:
         stale = [
             row["relname"]
             for row in await connection.fetch(
-                STALE, list(FLEET_TABLES), self.min_changes, CHANGED_SHARE
+                STALE, list(FLEET_TABLES), self.min_changes, self.changed_share
             )
         ]
-        for table in stale:  # a name of FLEET_TABLES, as pg_stat_user_tables spells it
-            await connection.execute(f'ANALYZE "{table}"')
-        if stale:
-            log.info("refreshed the planner's statistics of %s", ", ".join(stale))
+        if stale:  # names of FLEET_TABLES, as pg_stat_user_tables spells them
+            tables = ", ".join(f'"{table}"' for table in stale)
+            await connection.execute(f"ANALYZE (SKIP_LOCKED) {tables}", timeout=ANALYZE_TIMEOUT_S)
+            log.info("asked Postgres to refresh the planner's statistics of %s", ", ".join(stale))
         return stale

@@ -146,6 +146,10 @@ def test_a_resync_plans_what_differs_from_the_copy_it_kept() -> None:
     fresh.replicas = {workload_id: list(views) for workload_id, views in kept.replicas.items()}
     assert fresh.differing_from(kept) == set()
 
+    # A serving replica's engine load is stored without a notice: no change to plan.
+    fresh.replicas["wl_0"] = [dataclasses.replace(fresh.replicas["wl_0"][0], engine_requests=7)]
+    assert fresh.differing_from(kept) == set()
+
     fresh._hold(dataclasses.replace(fresh.workloads["wl_2"], generation=2))  # a row changed
     fresh.replicas["wl_1"] = [dataclasses.replace(fresh.replicas["wl_1"][0], state="failed")]
     del fresh.replicas["wl_0"]  # its replica went
