@@ -827,7 +827,9 @@ def manager_histograms(text: str) -> dict[str, HistogramValue]:
 
 def histogram_growth(samples: list[Sample], key: str) -> HistogramValue | None:
     """What histogram ``key`` of every Manager counted between the first and the last of
-    ``samples``: count, seconds and cumulative buckets."""
+    ``samples``: count, seconds and cumulative buckets. A series the phase's first scrape of a
+    Manager did not show (a route first called in the phase) counts from zero; where that scrape
+    failed, from the first one that shows it."""
     count = total = 0.0
     increase: dict[float, float] = {}
     seen = False
@@ -836,10 +838,12 @@ def histogram_growth(samples: list[Sample], key: str) -> HistogramValue | None:
         if not values:
             continue
         seen = True
-        first, last = values[0], values[-1]
-        count += last.count - first.count
-        total += last.total_s - first.total_s
-        before = dict(first.buckets)
+        at_start = samples[0].managers[index].histograms
+        first = values[0] if not at_start else at_start.get(key)
+        last = values[-1]
+        count += last.count - (first.count if first else 0.0)
+        total += last.total_s - (first.total_s if first else 0.0)
+        before = dict(first.buckets) if first else {}
         for le, cumulative in last.buckets:
             increase[le] = increase.get(le, 0.0) + cumulative - before.get(le, 0.0)
     if not seen:
@@ -863,20 +867,8 @@ def gc_figures(samples: list[Sample]) -> tuple[float | None, int | None, float |
 def histogram_quantile(samples: list[Sample], key: str, q: float) -> float | None:
     """The q-quantile of what histogram ``key`` of every Manager counted between the first and
     the last of ``samples`` (a Manager killed meanwhile counts until its last scrape)."""
-    increase: list[tuple[float, float]] | None = None
-    for index in range(len(samples[0].managers) if samples else 0):
-        values = [h for s in samples if (h := s.managers[index].histograms.get(key)) is not None]
-        if not values:
-            continue
-        first, last = values[0], values[-1]
-        before = dict(first.buckets)
-        grown = [(le, cumulative - before.get(le, 0.0)) for le, cumulative in last.buckets]
-        increase = (
-            grown
-            if increase is None
-            else [(le, n + m) for (le, n), (_, m) in zip(increase, grown, strict=True)]
-        )
-    return _bucket_quantile(increase or [], q)
+    grown = histogram_growth(samples, key)
+    return _bucket_quantile(list(grown.buckets) if grown else [], q)
 
 
 def reconcile_figures(samples: list[Sample]) -> ReconcileFigures | None:
