@@ -874,37 +874,23 @@ def histogram_quantile(samples: list[Sample], key: str, q: float) -> float | Non
 def reconcile_figures(samples: list[Sample]) -> ReconcileFigures | None:
     """The passes of every Manager in the phase (the leader's; a Manager killed in the phase
     counts until its last scrape)."""
-    passes, total_s = 0, 0.0
-    increase: list[tuple[float, float]] | None = None
+    grown = histogram_growth(samples, "reconcile")
+    if grown is None:
+        return None
     means: list[float] = []
     for index in range(len(samples[0].managers)):
         values = [h for s in samples if (h := s.managers[index].reconcile) is not None]
-        if not values:
-            continue
-        first, last = values[0], values[-1]
-        passes += int(last.count - first.count)
-        total_s += last.total_s - first.total_s
-        grown = [
-            (le, cumulative - before)
-            for (le, cumulative), (_, before) in zip(last.buckets, first.buckets, strict=True)
-        ]
-        increase = (
-            grown
-            if increase is None
-            else [(le, n + m) for (le, n), (_, m) in zip(increase, grown, strict=True)]
-        )
         means.extend(
             (b.total_s - a.total_s) / (b.count - a.count)
             for a, b in itertools.pairwise(values)
             if b.count > a.count
         )
-    if increase is None:
-        return None
+    passes, increase = int(grown.count), list(grown.buckets)
     under_1s = next((n for le, n in increase if le == 1.0), float(passes))
     return ReconcileFigures(
         passes=passes,
         p50_s=_bucket_quantile(increase, 0.5),
-        mean_s=total_s / passes if passes else None,
+        mean_s=grown.total_s / passes if passes else None,
         max_s=max(means) if means else None,
         max_bucket_le=next((le for le, n in increase if n >= passes), None) if passes else None,
         over_1s=int(passes - under_1s),
