@@ -29,6 +29,9 @@ Command = Callable[[argparse.Namespace], int]
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 # Open streams (SSE, long generations) must not keep a stopping Manager alive forever.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+# Connections the embedded database keeps beyond the Manager's own: `inferencekey admin` and
+# `status` commands, start-up checks, an operator's psql.
+CLI_CONNECTIONS = 10
 
 # --- inferencekey manager -------------------------------------------------------------------
 
@@ -62,7 +65,11 @@ def run_manager(args: argparse.Namespace) -> int:
     try:
         if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.data_dir)
-            settings.database_url = embedded.start()
+            settings.database_url = embedded.start(
+                max_connections=settings.database_connections() + CLI_CONNECTIONS
+            )
+        else:
+            _warn_if_too_few_connections(settings)
         if settings.processes > 1:
             return _serve_processes(settings, embedded, log_format(args.log_format))
         if settings.run_migrations:
@@ -88,6 +95,15 @@ def run_manager(args: argparse.Namespace) -> int:
             embedded.stop()
         signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
+
+
+def _warn_if_too_few_connections(settings: Settings) -> None:
+    from manager.db.migrate import too_few_connections
+
+    assert settings.database_url is not None
+    warning = too_few_connections(settings.database_url, settings.database_connections())
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _admin_token_taken(settings: Settings) -> bool:

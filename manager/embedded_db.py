@@ -22,6 +22,8 @@ import asyncpg
 
 DATABASE_NAME = "inferencekey"
 SUPERUSER = "postgres"
+# Postgres's own default; the server is started with more when the Manager's settings need more.
+DEFAULT_MAX_CONNECTIONS = 100
 _TOOLS = ("initdb", "pg_ctl", "postgres")
 # sun_path holds 108 bytes; the socket file is "<dir>/.s.PGSQL.<port>".
 _MAX_SOCKET_DIR_LENGTH = 107 - len("/.s.PGSQL.65535")
@@ -179,8 +181,12 @@ class EmbeddedPostgres:
         self._account: _Account | None = None
         self._running = False
 
-    def start(self) -> str:
-        """Initialise the cluster on first use, start it, and return its database URL."""
+    def start(self, max_connections: int | None = None) -> str:
+        """Initialise the cluster on first use, start it, and return its database URL.
+
+        ``max_connections``, when given, is what the server allows (Postgres's default, 100,
+        when more): the Manager passes what its settings may open plus room for the CLI.
+        """
         self.install = find_postgres_install(_cluster_major(self.cluster_dir))
         self._bin_dir = self.install.bin_dir
         self._account = _unprivileged_account()
@@ -197,7 +203,7 @@ class EmbeddedPostgres:
             "-l",
             str(self.log_file),
             "-o",
-            self._server_options(port),
+            self._server_options(port, max_connections),
             # Its own session, so a Ctrl-C at the terminal does not stop the database
             # before the Manager has finished shutting down.
             start_new_session=True,
@@ -220,13 +226,17 @@ class EmbeddedPostgres:
         atexit.unregister(self.stop)
         self._pg_ctl("stop", "-w", "-m", "fast")
 
-    def _server_options(self, port: int) -> str:
+    def _server_options(self, port: int, max_connections: int | None) -> str:
         # Passed at every start rather than written to postgresql.conf, so each start
-        # may pick a different port.
+        # may pick a different port (and settings with more processes, more connections).
         socket_dir = str(self.cluster_dir)
         if len(socket_dir) > _MAX_SOCKET_DIR_LENGTH:
             socket_dir = ""  # TCP only: the path is too long for a Unix socket
-        return f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{socket_dir}'"
+        options = f"-p {port} -c listen_addresses=127.0.0.1"
+        options += f" -c unix_socket_directories='{socket_dir}'"
+        if max_connections is not None and max_connections > DEFAULT_MAX_CONNECTIONS:
+            options += f" -c max_connections={max_connections}"
+        return options
 
     def _prepare_directories(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -203,6 +203,24 @@ class Settings:
     # The largest custom-backend package an upload may carry (POST .../custom-backends).
     custom_backend_max_bytes: int = 256 * 1024 * 1024
 
+    def database_connections(self) -> int:
+        """The most connections to the database this Manager opens, its processes together.
+
+        Each serving process: its pool (db_pool_size + db_max_overflow), the agent requests'
+        and the credential lookups' pools, and its LISTEN connection. The reconciler: a pool of
+        two and the leader lock's, plus a LISTEN connection of its own when it has its own
+        process (processes > 1). Start-up's migration closes its connection before these open.
+        """
+        serving = (
+            self.db_pool_size
+            + self.db_max_overflow
+            + self.agent_max_concurrent_db
+            + self.db_credential_pool_size
+            + 1
+        )
+        reconciler = (3 if self.processes == 1 else 4) if self.run_reconciler else 0
+        return self.processes * serving + reconciler
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Settings from ``INFERENCEKEY_*`` variables; non-None ``overrides`` win."""

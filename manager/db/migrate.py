@@ -68,6 +68,32 @@ def refuse_newer_schema(database_url: str) -> None:
     )
 
 
+def too_few_connections(database_url: str, needed: int) -> str | None:
+    """A warning when the database allows fewer connections than ``needed`` (what the
+    Manager's settings may open, Settings.database_connections), else None (blocking)."""
+    most, reserved = start_up_check(_connection_limits(database_url))
+    allowed = most - reserved
+    if needed <= allowed:
+        return None
+    return (
+        f"this Manager may open up to {needed} connections to the database, which allows "
+        f"{allowed} (max_connections {most}, less {reserved} reserved for superusers): under "
+        "load, requests would wait for a connection and be answered 503. Raise the server's "
+        "max_connections, or lower INFERENCEKEY_PROCESSES, INFERENCEKEY_DB_POOL_SIZE or "
+        "INFERENCEKEY_DB_MAX_OVERFLOW (other Managers on this database need theirs too)."
+    )
+
+
+async def _connection_limits(database_url: str) -> tuple[int, int]:
+    connection = await asyncpg.connect(plain_postgres_url(database_url))
+    try:
+        most = int(await connection.fetchval("SHOW max_connections"))
+        reserved = int(await connection.fetchval("SHOW superuser_reserved_connections"))
+        return most, reserved
+    finally:
+        await connection.close()
+
+
 def upgrade_to_head(database_url: str) -> None:
     """Bring the schema to the newest revision (blocking; runs its own event loop), after
     checking it is not newer than this Manager knows; then record who migrated it."""
