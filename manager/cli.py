@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -29,9 +30,9 @@ Command = Callable[[argparse.Namespace], int]
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 # Open streams (SSE, long generations) must not keep a stopping Manager alive forever.
 GRACEFUL_SHUTDOWN_SECONDS = 10
-# Connections the embedded database keeps beyond the Manager's own: `inferencekey admin` and
-# `status` commands, start-up checks, an operator's psql.
-CLI_CONNECTIONS = 10
+# Connections the embedded database allows beyond the Manager's own (when those are more than
+# Postgres's default 100): an operator's psql, a backup, a connection not yet reaped.
+SPARE_CONNECTIONS = 10
 
 # --- inferencekey manager -------------------------------------------------------------------
 
@@ -66,10 +67,10 @@ def run_manager(args: argparse.Namespace) -> int:
         if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.data_dir)
             settings.database_url = embedded.start(
-                max_connections=settings.database_connections() + CLI_CONNECTIONS
+                max_connections=settings.database_connections() + SPARE_CONNECTIONS
             )
-        else:
-            _warn_if_too_few_connections(settings)
+        # The embedded one too: its own postgresql.conf, or initdb on a small host, may say less.
+        _warn_if_too_few_connections(settings)
         if settings.processes > 1:
             return _serve_processes(settings, embedded, log_format(args.log_format))
         if settings.run_migrations:
@@ -103,7 +104,7 @@ def _warn_if_too_few_connections(settings: Settings) -> None:
     assert settings.database_url is not None
     warning = too_few_connections(settings.database_url, settings.database_connections())
     if warning is not None:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        logging.getLogger("inferencekey.manager").warning("%s", warning)
 
 
 def _admin_token_taken(settings: Settings) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -39,11 +41,19 @@ def test_the_connections_of_one_process_and_of_several() -> None:
     assert bigger.database_connections() == 50 + 2 + 4 + 1 + 3
 
 
-async def _limits(url: str) -> tuple[int, int]:
+async def _max_connections(url: str) -> int:
     connection = await asyncpg.connect(url)
     try:
-        most = int(await connection.fetchval("SHOW max_connections"))
-        return most, int(await connection.fetchval("SHOW superuser_reserved_connections"))
+        return int(await connection.fetchval("SHOW max_connections"))
+    finally:
+        await connection.close()
+
+
+async def _sql(url: str, *statements: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
     finally:
         await connection.close()
 
@@ -58,60 +68,87 @@ def database() -> Iterator[str]:
 def test_a_database_that_allows_too_few_is_named_with_the_settings_to_change(
     database: str,
 ) -> None:
-    most, reserved = asyncio.run(_limits(database))
-    allowed = most - reserved
-
-    assert too_few_connections(database, allowed) is None
-    warning = too_few_connections(database, allowed + 1)
+    # The tests connect as a superuser: the server's max_connections is the limit.
+    most = asyncio.run(_max_connections(database))
+    assert too_few_connections(database, most) is None
+    warning = too_few_connections(database, most + 1)
     assert warning is not None
-    assert f"up to {allowed + 1} connections" in warning
-    assert f"allows {allowed} (max_connections {most}, less {reserved}" in warning
-    assert "INFERENCEKEY_PROCESSES" in warning and "INFERENCEKEY_DB_POOL_SIZE" in warning
+    assert f"up to {most + 1} connections to the database, which allows it {most}" in warning
+    assert f"(max_connections {most})" in warning
+    for setting in ("PROCESSES", "DB_POOL_SIZE", "AGENT_MAX_CONCURRENT_DB"):
+        assert f"INFERENCEKEY_{setting}" in warning
+
+
+def test_a_roles_connection_limit_is_the_one_named(database: str) -> None:
+    role = f"ik_limited_{secrets.token_hex(4)}"
+    asyncio.run(_sql(database, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 5"))
+    try:
+        parts = urlsplit(database)
+        url = parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}").geturl()
+        assert too_few_connections(url, 5) is None
+        warning = too_few_connections(url, 6)
+        assert warning is not None and "allows it 5 (the role's CONNECTION LIMIT 5)" in warning
+    finally:
+        asyncio.run(_sql(database, f"DROP ROLE {role}"))
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
+def _start_manager(directory: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """``inferencekey manager`` on a free port, its output in ``directory``, once it answers."""
+    port = free_port()
+    stdout, stderr = directory / "stdout", directory / "stderr"
+    with stdout.open("wb") as out, stderr.open("wb") as errors:
+        manager = subprocess.Popen(
+            [sys.executable, "-m", "ik_command", "manager", "--port", str(port), *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=errors,
+        )
+
+    def healthy() -> bool:
+        assert manager.poll() is None, stderr.read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).is_success
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(healthy, 120, "the Manager never answered")
+    except BaseException:
+        _stop(manager)
+        raise
+    return manager
+
+
+def _env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCEKEY_")}
+    env.update({f"INFERENCEKEY_{name.upper()}": value for name, value in settings.items()})
+    return env
 
 
 def test_the_manager_warns_at_start_when_its_pools_outgrow_the_database(
     database: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCEKEY_")}
-    # One process whose pool alone is larger than the test server's 100 connections.
-    env["INFERENCEKEY_DB_POOL_SIZE"] = "100"
-    port = free_port()
-    stderr = tmp_path / "stderr"
-    with stderr.open("wb") as errors:
-        manager = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ik_command",
-                "manager",
-                "--port",
-                str(port),
-                "--database-url",
-                database,
-                "--data-dir",
-                str(tmp_path / "data"),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-        )
-    try:
-
-        def healthy() -> bool:
-            assert manager.poll() is None, stderr.read_text()
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).is_success
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, 60, "the Manager never answered")
-    finally:
-        manager.send_signal(signal.SIGTERM)
-        manager.wait(timeout=30)
-    said = stderr.read_text()
-    assert "warning: this Manager may open up to 126 connections" in said, said
-    assert "INFERENCEKEY_DB_POOL_SIZE" in said
+    most = asyncio.run(_max_connections(database))
+    # One process whose pool alone is all the server allows; its other connections are 26.
+    data_dir = str(tmp_path / "data")
+    manager = _start_manager(
+        tmp_path, _env(db_pool_size=str(most)), "--database-url", database, "--data-dir", data_dir
+    )
+    _stop(manager)
+    said = (tmp_path / "stderr").read_text()
+    assert f"this Manager may open up to {most + 26} connections" in said, said
+    assert "WARNING" in said
 
 
 @pytest.fixture
@@ -125,53 +162,30 @@ def private_dir() -> Iterator[Path]:
 def test_the_embedded_database_allows_what_it_is_started_with(private_dir: Path) -> None:
     embedded = EmbeddedPostgres(private_dir / "data")
     try:
-        most, _ = asyncio.run(_limits(embedded.start()))
-        assert most == DEFAULT_MAX_CONNECTIONS
+        assert asyncio.run(_max_connections(embedded.start())) == DEFAULT_MAX_CONNECTIONS
+        embedded.stop()
+        # Fewer than Postgres's default is not asked for.
+        url = embedded.start(max_connections=50)
+        assert asyncio.run(_max_connections(url)) == DEFAULT_MAX_CONNECTIONS
         embedded.stop()
         # Each start takes the number it is given: a restart with more processes gets more.
         url = embedded.start(max_connections=180)
-        assert asyncio.run(_limits(url))[0] == 180
-        assert too_few_connections(url, 170) is None
+        assert asyncio.run(_max_connections(url)) == 180
+        assert too_few_connections(url, 180) is None
     finally:
         embedded.stop()
 
 
-async def test_the_manager_starts_its_embedded_database_with_room_for_its_pools(
+def test_the_manager_starts_its_embedded_database_with_room_for_its_pools(
     private_dir: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCEKEY_")}
-    env["INFERENCEKEY_DB_POOL_SIZE"] = "100"
-    port = free_port()
-    stdout, stderr = private_dir / "stdout", private_dir / "stderr"
-    with stdout.open("wb") as out, stderr.open("wb") as errors:
-        manager = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ik_command",
-                "manager",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(private_dir / "data"),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=errors,
-        )
+    data_dir = str(private_dir / "data")
+    manager = _start_manager(private_dir, _env(db_pool_size="100"), "--data-dir", data_dir)
     try:
-
-        def listening() -> bool:
-            assert manager.poll() is None, stderr.read_text()
-            return "listening on" in stdout.read_text()
-
-        wait_until(listening, 120, "the Manager never said where it listens")
         # "... database postgresql://postgres@127.0.0.1:PORT/inferencekey (embedded ...)"
-        url = stdout.read_text().split(" database ", 1)[1].split()[0]
-        most, _ = await _limits(url)
+        url = (private_dir / "stdout").read_text().split(" database ", 1)[1].split()[0]
+        most = asyncio.run(_max_connections(url))
     finally:
-        manager.send_signal(signal.SIGTERM)
-        manager.wait(timeout=60)
-    assert most == 126 + 10, stdout.read_text()
-    assert "warning" not in stderr.read_text()
+        _stop(manager)
+    assert most == 126 + 10, (private_dir / "stdout").read_text()
+    assert "may open up to" not in (private_dir / "stderr").read_text()

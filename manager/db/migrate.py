@@ -69,29 +69,58 @@ def refuse_newer_schema(database_url: str) -> None:
 
 
 def too_few_connections(database_url: str, needed: int) -> str | None:
-    """A warning when the database allows fewer connections than ``needed`` (what the
-    Manager's settings may open, Settings.database_connections), else None (blocking)."""
-    most, reserved = start_up_check(_connection_limits(database_url))
-    allowed = most - reserved
+    """A warning when the database lets this Manager's role open fewer connections than
+    ``needed`` (what its settings may open, Settings.database_connections), else None; None too
+    where the limits cannot be read (a pooler, a Postgres-like server). Blocking."""
+    limits = start_up_check(_connection_limits(database_url))
+    if limits is None:
+        return None
+    allowed, why = limits
     if needed <= allowed:
         return None
     return (
-        f"this Manager may open up to {needed} connections to the database, which allows "
-        f"{allowed} (max_connections {most}, less {reserved} reserved for superusers): under "
-        "load, requests would wait for a connection and be answered 503. Raise the server's "
-        "max_connections, or lower INFERENCEKEY_PROCESSES, INFERENCEKEY_DB_POOL_SIZE or "
-        "INFERENCEKEY_DB_MAX_OVERFLOW (other Managers on this database need theirs too)."
+        f"this Manager may open up to {needed} connections to the database, which allows it "
+        f"{allowed} ({why}): under load, requests would wait for a connection and be answered "
+        "503. Raise that limit, or lower INFERENCEKEY_PROCESSES, INFERENCEKEY_DB_POOL_SIZE, "
+        "INFERENCEKEY_DB_MAX_OVERFLOW, INFERENCEKEY_AGENT_MAX_CONCURRENT_DB or "
+        "INFERENCEKEY_DB_CREDENTIAL_POOL_SIZE (other Managers on this database need theirs too)."
     )
 
 
-async def _connection_limits(database_url: str) -> tuple[int, int]:
+_LIMITS = """
+SELECT current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int,
+       coalesce(current_setting('reserved_connections', true)::int, 0),
+       r.rolsuper, r.rolconnlimit, d.datconnlimit
+FROM pg_roles r, pg_database d
+WHERE r.rolname = current_user AND d.datname = current_database()
+"""
+
+
+async def _connection_limits(database_url: str) -> tuple[int, str] | None:
+    """(connections this role may open, which limit says so), the smallest of the server's
+    (less its reserved slots, for a role that is not a superuser), the role's and the
+    database's own."""
     connection = await asyncpg.connect(plain_postgres_url(database_url))
     try:
-        most = int(await connection.fetchval("SHOW max_connections"))
-        reserved = int(await connection.fetchval("SHOW superuser_reserved_connections"))
-        return most, reserved
+        try:
+            row = await connection.fetchrow(_LIMITS)
+        except asyncpg.PostgresError:
+            return None
     finally:
         await connection.close()
+    if row is None:
+        return None
+    most, superuser_reserved, reserved, superuser, role_limit, database_limit = row
+    limits = [(most, f"max_connections {most}")]
+    if not superuser:
+        held_back = superuser_reserved + reserved
+        limits = [(most - held_back, f"max_connections {most}, less {held_back} reserved")]
+    if role_limit >= 0 and not superuser:
+        limits.append((role_limit, f"the role's CONNECTION LIMIT {role_limit}"))
+    if database_limit >= 0 and not superuser:
+        limits.append((database_limit, f"the database's CONNECTION LIMIT {database_limit}"))
+    return min(limits)
 
 
 def upgrade_to_head(database_url: str) -> None:
