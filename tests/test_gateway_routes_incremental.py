@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from manager.db.session import make_engine, make_sessionmaker
+from manager.gateway import routes as routes_module
 from manager.gateway.routes import RouteTable
 from tests.support import (
     RunningManager,
@@ -346,5 +347,46 @@ async def test_reads_of_what_changed_keep_targets_and_match_a_full_read(steady: 
         assert chat_id not in table.by_id
         assert not table.by_id and not table.workloads
         await same_as_a_full_read()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_full_read_in_pieces_keeps_the_routes_that_did_not_change(
+    steady: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = steady
+    await asyncio.to_thread(fleet.heartbeat)
+    chat_id = await asyncio.to_thread(fleet.create, "chat")
+    replica = await asyncio.to_thread(fleet.serving, "chat")
+    # A second ready replica of chat, so that its two rows come in two pieces.
+    await asyncio.to_thread(
+        fleet.sql,
+        "INSERT INTO replicas SELECT (jsonb_populate_record(r, jsonb_build_object("
+        "'id', $1 || '-bis'))).* FROM replicas r WHERE r.id = $1",
+        replica,
+    )
+    idle_id = await asyncio.to_thread(fleet.create, "idle", 0)
+    monkeypatch.setattr(routes_module, "READ_AT_ONCE", 1)  # a piece per row
+    engine = make_engine(fleet.manager.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        table = RouteTable(sessions)
+        await table.reload()
+        chat, idle = table.by_id[chat_id], table.by_id[idle_id]
+        targets = chat.replicas
+        assert sorted(t.id for t in targets) == [replica, f"{replica}-bis"]
+
+        await table.reload()
+        assert table.by_id[chat_id] is chat and table.by_id[idle_id] is idle
+        assert table.by_id[chat_id].replicas == targets
+        assert table.workloads[(chat.project_id, "chat")] is chat
+
+        await asyncio.to_thread(
+            fleet.sql, "UPDATE workloads SET phase_reason = 'changed' WHERE id = $1", idle_id
+        )
+        await table.reload()
+        assert table.by_id[chat_id] is chat
+        assert table.by_id[idle_id] is not idle and table.by_id[idle_id].reason == "changed"
+        assert table.workloads[(idle.project_id, "idle")] is table.by_id[idle_id]
     finally:
         await engine.dispose()

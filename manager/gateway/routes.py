@@ -42,6 +42,8 @@ EJECT_S = 5.0  # a replica that failed a request is skipped this long (or until 
 RESYNC_S = 30.0  # a full read at least this often (Settings.gateway_routes_resync_s)
 SETTLE_S = 0.02  # notifications heard within this are read together
 FULL_READ_ABOVE = 2_000  # named workloads past this (and a quarter of the table): read it all
+# Rows a full read fetches at a time from its cursor: only one piece of them is alive at once.
+READ_AT_ONCE = 1_000
 
 
 @dataclass
@@ -251,13 +253,28 @@ class RouteTable:
                 await asyncio.sleep(1.0)
 
     async def reload(self) -> None:
-        """Read every project and every live workload's route again."""
+        """Read every project and every live workload's route again.
+
+        The rows come from a cursor, a piece at a time, and a route that reads as the table has
+        it keeps its object: a resync of 10,000 routes neither holds all their rows at once nor
+        makes 10,000 long-lived objects anew for the collector to walk.
+        """
         self._changes.take()  # whatever was named so far, this read finds
+        routes: dict[str, WorkloadRoute] = {}
         async with self._sessions() as session:
             projects = (await session.execute(select(Project.id, Project.slug))).all()
-            rows = (await session.execute(ROUTE_ROWS.where(Workload.deleted_at.is_(None)))).all()
+            query = ROUTE_ROWS.where(Workload.deleted_at.is_(None))
+            connection = await session.connection()
+            result = await connection.stream(query.execution_options(yield_per=READ_AT_ONCE))
+            async for rows in result.partitions():
+                self._routes(rows, routes)
         self.projects = {slug: pid for pid, slug in projects} | {pid: pid for pid, _ in projects}
-        self.by_id = self._routes(rows)
+        kept = self.by_id
+        for workload_id, route in routes.items():
+            known = kept.get(workload_id)
+            if known is not None and _same_route(known, route):
+                routes[workload_id] = known
+        self.by_id = routes
         self.workloads = {(route.project_id, route.slug): route for route in self.by_id.values()}
         targets: dict[str, ReplicaTarget] = {}
         on_worker: dict[str, set[str]] = {}
@@ -303,9 +320,13 @@ class RouteTable:
             self._put(route)
         self._announce()
 
-    def _routes(self, rows: Iterable[RouteRow]) -> dict[str, WorkloadRoute]:
-        """Routes by workload id from ROUTE_ROWS' rows, keeping the targets the table has."""
-        routes: dict[str, WorkloadRoute] = {}
+    def _routes(
+        self, rows: Iterable[RouteRow], routes: dict[str, WorkloadRoute] | None = None
+    ) -> dict[str, WorkloadRoute]:
+        """Routes by workload id from ROUTE_ROWS' rows, keeping the targets the table has;
+        added to ``routes`` when given (a workload's rows may come in two pieces)."""
+        if routes is None:
+            routes = {}
         for (
             workload_id,
             project_id,
@@ -387,6 +408,25 @@ class RouteTable:
             return ReplicaTarget(replica_id, worker_id, host, port, secret)
         target.ejected_until = 0.0  # the Manager says it is ready again
         return target
+
+
+def _same_route(known: WorkloadRoute, read: WorkloadRoute) -> bool:
+    """Whether a route read again is the one the table has: the same fields and the very same
+    targets (RouteTable._target hands back the table's own for a replica that has not moved)."""
+    return (
+        known.project_id == read.project_id
+        and known.project_slug == read.project_slug
+        and known.slug == read.slug
+        and known.task_type == read.task_type
+        and known.phase == read.phase
+        and known.reason == read.reason
+        and known.asks_stream_usage == read.asks_stream_usage
+        and known.wakes == read.wakes
+        and known.endpoints_off == read.endpoints_off
+        and known.job_routes == read.job_routes
+        and len(known.replicas) == len(read.replicas)
+        and {id(target) for target in known.replicas} == {id(target) for target in read.replicas}
+    )
 
 
 @functools.lru_cache(maxsize=4096)  # a fleet has a few addresses, and each is read per replica
