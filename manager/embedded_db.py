@@ -184,8 +184,8 @@ class EmbeddedPostgres:
     def start(self, max_connections: int | None = None) -> str:
         """Initialise the cluster on first use, start it, and return its database URL.
 
-        ``max_connections``, when given, is what the server allows (Postgres's default, 100,
-        when more): the Manager passes what its settings may open plus room for the CLI.
+        ``max_connections``, when given and above Postgres's default of 100, is what the server
+        allows: the Manager passes what its settings may open and a few spare.
         """
         self.install = find_postgres_install(_cluster_major(self.cluster_dir))
         self._bin_dir = self.install.bin_dir

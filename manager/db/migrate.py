@@ -112,13 +112,13 @@ async def _connection_limits(database_url: str) -> tuple[int, str] | None:
     if row is None:
         return None
     most, superuser_reserved, reserved, superuser, role_limit, database_limit = row
-    limits = [(most, f"max_connections {most}")]
-    if not superuser:
-        held_back = superuser_reserved + reserved
-        limits = [(most - held_back, f"max_connections {most}, less {held_back} reserved")]
-    if role_limit >= 0 and not superuser:
+    if superuser:  # the reserved slots are its own, and no role or database limit holds it
+        return most, f"max_connections {most}"
+    held_back = superuser_reserved + reserved
+    limits = [(most - held_back, f"max_connections {most}, less {held_back} reserved")]
+    if role_limit >= 0:
         limits.append((role_limit, f"the role's CONNECTION LIMIT {role_limit}"))
-    if database_limit >= 0 and not superuser:
+    if database_limit >= 0:
         limits.append((database_limit, f"the database's CONNECTION LIMIT {database_limit}"))
     return min(limits)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -410,20 +411,15 @@ class RouteTable:
         return target
 
 
+# What a route is besides its targets (every field of WorkloadRoute, a new one included).
+_ROUTE_FIELDS = tuple(f.name for f in dataclasses.fields(WorkloadRoute) if f.name != "replicas")
+
+
 def _same_route(known: WorkloadRoute, read: WorkloadRoute) -> bool:
     """Whether a route read again is the one the table has: the same fields and the very same
     targets (RouteTable._target hands back the table's own for a replica that has not moved)."""
     return (
-        known.project_id == read.project_id
-        and known.project_slug == read.project_slug
-        and known.slug == read.slug
-        and known.task_type == read.task_type
-        and known.phase == read.phase
-        and known.reason == read.reason
-        and known.asks_stream_usage == read.asks_stream_usage
-        and known.wakes == read.wakes
-        and known.endpoints_off == read.endpoints_off
-        and known.job_routes == read.job_routes
+        all(getattr(known, name) == getattr(read, name) for name in _ROUTE_FIELDS)
         and len(known.replicas) == len(read.replicas)
         and {id(target) for target in known.replicas} == {id(target) for target in read.replicas}
     )
