@@ -160,6 +160,9 @@ HEARTBEAT_HISTOGRAM = "inferencekey_agent_heartbeat_duration_seconds"
 LOOP_LAG_HISTOGRAM = "inferencekey_event_loop_lag_seconds"
 API_HISTOGRAM = "inferencekey_api_request_duration_seconds"
 GC_HISTOGRAM = "inferencekey_gc_pause_seconds"  # by generation: "gc 0", "gc 1", "gc 2"
+# Waits for a turn (manager/admission.py), by kind: "wait agent", "wait heartbeat", "wait api".
+ADMISSION_HISTOGRAM = "inferencekey_admission_wait_seconds"
+ADMISSION_KINDS = ("agent", "heartbeat", "api")
 HISTOGRAM_KEYS = {
     RECONCILE_HISTOGRAM: "reconcile",
     HEARTBEAT_HISTOGRAM: "heartbeat",
@@ -178,7 +181,7 @@ API_ROUTES = {
 # thread holding the GIL while its event loop waited; Prometheus reads it every 15 s or so.
 HISTOGRAMS_ONLY = "&".join(
     f"name[]={name}{part}"
-    for name in (*HISTOGRAM_KEYS, API_HISTOGRAM, GC_HISTOGRAM)
+    for name in (*HISTOGRAM_KEYS, API_HISTOGRAM, GC_HISTOGRAM, ADMISSION_HISTOGRAM)
     for part in ("_bucket", "_count", "_sum")
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -346,6 +349,9 @@ class PhaseFigures:
     gc_s: float | None = None
     gc_full: int | None = None
     gc_full_max_le_ms: float | None = None
+    # Waits for a turn in the Managers, by kind (ADMISSION_KINDS): how many turns were taken
+    # or shed, and the wait's p50 and p99 (ms).
+    admission_waits: dict[str, tuple[int, float | None, float | None]] = field(default_factory=dict)
     managers: list[ManagerPhase] = field(default_factory=list)
     leaders: list[str] = field(default_factory=list)  # in the order they led in the phase
 
@@ -803,13 +809,15 @@ def manager_histograms(text: str) -> dict[str, HistogramValue]:
     parts: dict[str, tuple[list[float], list[tuple[float, float]]]] = {}
     for family in text_string_to_metric_families(text):
         name = HISTOGRAM_KEYS.get(family.name)
-        if name is None and family.name not in (API_HISTOGRAM, GC_HISTOGRAM):
+        if name is None and family.name not in (API_HISTOGRAM, GC_HISTOGRAM, ADMISSION_HISTOGRAM):
             continue
         for sample in family.samples:
             if name is not None:
                 key = name
             elif family.name == GC_HISTOGRAM:
                 key = f"gc {sample.labels['generation']}"
+            elif family.name == ADMISSION_HISTOGRAM:
+                key = f"wait {sample.labels['kind']}"
             else:
                 key = f"{sample.labels['method']} {sample.labels['route']}"
             totals, buckets = parts.setdefault(key, ([0.0, 0.0], []))
@@ -862,6 +870,20 @@ def gc_figures(samples: list[Sample]) -> tuple[float | None, int | None, float |
         return seconds, 0, None
     longest = next((le for le, n in full.buckets if n >= full.count), None)
     return seconds, int(full.count), None if longest is None else longest * 1000
+
+
+def admission_figures(samples: list[Sample]) -> dict[str, tuple[int, float | None, float | None]]:
+    """Per kind of turn: how many were taken (or shed) in the phase, the wait's p50 and p99."""
+    figures = {}
+    for kind in ADMISSION_KINDS:
+        grown = histogram_growth(samples, f"wait {kind}")
+        if grown is not None and grown.count:
+            figures[kind] = (
+                int(grown.count),
+                _ms(histogram_quantile(samples, f"wait {kind}", 0.5)),
+                _ms(histogram_quantile(samples, f"wait {kind}", 0.99)),
+            )
+    return figures
 
 
 def histogram_quantile(samples: list[Sample], key: str, q: float) -> float | None:
@@ -1359,6 +1381,7 @@ class Run:
             leaders=leaders,
         )
         phase.gc_s, phase.gc_full, phase.gc_full_max_le_ms = gc_figures(phase_samples)
+        phase.admission_waits = admission_figures(phase_samples)
         self.result.phases.append(phase)
         self._phase = None
         return phase
@@ -2075,6 +2098,23 @@ def phase_table(result: SizeResult) -> str:
     return "\n".join(lines)
 
 
+def admission_table(result: SizeResult) -> str:
+    """Per phase and kind of turn (an agent request's database slot, a heartbeat's worker turn,
+    a control-API request's turn): how many, and how long they waited."""
+    lines = [f"  {'phase':<10}" + "".join(f"{kind:>26}" for kind in ADMISSION_KINDS)]
+    for p in result.phases:
+        cells = []
+        for kind in ADMISSION_KINDS:
+            figures = p.admission_waits.get(kind)
+            if figures is None:
+                cells.append("-")
+                continue
+            count, p50, p99 = figures
+            cells.append(f"{count} {_number(p50, 'ms')} / {_number(p99, 'ms')}")
+        lines.append(f"  {p.name:<10}" + "".join(f"{c:>26}" for c in cells))
+    return "\n".join(lines)
+
+
 def managers_table(result: SizeResult) -> str:
     """Each Manager's CPU seconds, cores and RSS (MB, at the phase's end), and who led."""
     names = [m.name for m in result.phases[0].managers] if result.phases else []
@@ -2116,6 +2156,9 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
         if result.managers > 1:
             print("Each Manager: CPU s, cores, RSS at the phase's end; who held the leader lock")
             print(managers_table(result))
+        if any(p.admission_waits for p in result.phases):
+            print("Waits for a turn in the Managers (turns taken or shed; wait p50 / p99 in ms)")
+            print(admission_table(result))
         timed = [(p.name, p.db_exec_ms) for p in result.phases if p.db_exec_ms is not None]
         if timed:
             shown = ", ".join(f"{name} {ms:,.0f} ms" for name, ms in timed)

@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from manager.errors import Overloaded
 
 
 class Admission:
-    def __init__(self, limit: int, wait_s: float, retry_after_s: int, busy: str) -> None:
+    def __init__(
+        self,
+        limit: int,
+        wait_s: float,
+        retry_after_s: int,
+        busy: str,
+        waited: Callable[[float], None] | None = None,
+    ) -> None:
+        """``waited`` is told the seconds each turn was waited for (0 when it was free), shed
+        or not: ``inferencekey_admission_wait_seconds``."""
         self.wait_s = wait_s
         self.retry_after_s = retry_after_s
         self.busy = busy
         self._slots = asyncio.Semaphore(limit)
+        self._waited = waited or _untimed
 
     @contextlib.asynccontextmanager
     async def slot(self, *, patient: bool = False) -> AsyncIterator[None]:
@@ -34,15 +45,33 @@ class Admission:
             self._slots.release()
 
     async def take(
-        self, turn: asyncio.Lock | asyncio.Semaphore, *, patient: bool, busy: str
+        self,
+        turn: asyncio.Lock | asyncio.Semaphore,
+        *,
+        patient: bool,
+        busy: str,
+        waited: Callable[[float], None] | None = None,
     ) -> None:
         """Acquire ``turn``: at once if it is free, else within ``wait_s`` (a patient request
-        without a deadline), else 503 overloaded saying ``busy``, with Retry-After."""
-        if not turn.locked() or patient:
+        without a deadline), else 503 overloaded saying ``busy``, with Retry-After. The wait is
+        told to ``waited`` (by default this admission's)."""
+        told = waited or self._waited
+        if not turn.locked():
             await turn.acquire()
+            told(0.0)
             return
+        started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.wait_s):
+            if patient:
                 await turn.acquire()
+            else:
+                async with asyncio.timeout(self.wait_s):
+                    await turn.acquire()
         except TimeoutError:
             raise Overloaded(busy, retry_after_s=self.retry_after_s) from None
+        finally:
+            told(time.perf_counter() - started)
+
+
+def _untimed(seconds: float) -> None:
+    """Where no one times the turns."""

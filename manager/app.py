@@ -258,6 +258,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         settings.api_admission_wait_s,
         settings.agent_retry_after_s,
         busy="this Manager has more API requests than it can serve now; retry shortly",
+        waited=metrics.admission_wait.labels("api").observe,
     )
     app.add_middleware(
         BodyLimitMiddleware,

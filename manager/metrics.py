@@ -84,6 +84,15 @@ class ManagerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.admission_wait = Histogram(
+            "inferencekey_admission_wait_seconds",
+            "How long requests waited for a turn (manager/admission.py), answered or shed with"
+            " 503 overloaded: kind agent (an agent request's database slot), heartbeat (its"
+            " worker's previous heartbeat still served) and api (a control-API request).",
+            ["kind"],
+            buckets=LOOP_LAG_BUCKETS,
+            registry=registry,
+        )
         self.loop_lag = Histogram(
             "inferencekey_event_loop_lag_seconds",
             "How late this Manager's event loop ran a timer due every 0.1 s: the wait a request"

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from ik_contracts.http_server import uvicorn_options
 from manager.app import create_app
@@ -220,6 +221,22 @@ def revoke(admin: httpx.Client, token: str) -> None:
     token_id = token.split("_")[2]
     response = admin.delete(f"/api/admin/tokens/{token_id}")
     assert response.status_code == 200, response.text
+
+
+def histogram_buckets(metrics_text: str, name: str, **labels: str) -> dict[float, float]:
+    """The cumulative bucket counts (by ``le``, +Inf included) of histogram ``name``'s series
+    with ``labels`` in a /metrics page; empty if it has none."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket" and all(
+                sample.labels.get(key) == wanted for key, wanted in labels.items()
+            ):
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    return buckets
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.support import (
     bearer,
     create_project,
     create_sdk_token,
+    histogram_buckets,
     own_manager,
     revoke,
 )
@@ -404,6 +406,12 @@ async def test_one_workers_concurrent_heartbeats_all_succeed(
                 assert shed.json()["code"] == "overloaded"
                 assert int(shed.headers["retry-after"]) >= 1
             assert sum(a.status_code == 200 for a in answers) >= len(answers) // 2
+    # The heartbeats that waited for their worker's turn were timed as such.
+    turns = histogram_buckets(
+        admin.get("/metrics").text, "inferencekey_admission_wait_seconds", kind="heartbeat"
+    )
+    assert turns[math.inf] >= 5 * len(bodies)
+    assert turns[math.inf] - turns[0.001] >= 5  # at least one waited in each round
 
 
 def api_requests(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +15,14 @@ import httpx
 import pytest
 
 from manager.notify import plain_postgres_url
-from tests.support import RunningManager, bearer, create_project, create_sdk_token, own_manager
+from tests.support import (
+    RunningManager,
+    bearer,
+    create_project,
+    create_sdk_token,
+    histogram_buckets,
+    own_manager,
+)
 
 WORKLOAD = {
     "name": "Queued",
@@ -99,6 +107,15 @@ async def test_api_requests_past_the_limit_wait_then_are_shed_and_agents_are_not
         # The shed GET changed nothing and the Manager serves on.
         again = await client.get(f"/api/workloads/{workload_id}", headers=sdk)
         assert again.json()["description"] == "later"
+    # Each wait was timed: the shed GET's full second and the waiting one's part of it, beside
+    # the turns taken at once.
+    metrics = httpx.get(
+        f"{manager.url}/metrics", headers=bearer(manager.admin_token or ""), timeout=10
+    ).text
+    waits = histogram_buckets(metrics, "inferencekey_admission_wait_seconds", kind="api")
+    assert waits[0.001] >= 3  # the creates, the PATCH and the last GET: a free turn
+    assert waits[math.inf] - waits[0.5] >= 1  # the shed GET: its whole second
+    assert waits[math.inf] - waits[0.05] >= 2  # and the one that waited for the PATCH
 
 
 async def test_an_open_stream_gives_its_turn_back(one_at_a_time: RunningManager) -> None:

@@ -27,6 +27,7 @@ from manager.db.models import Worker
 from manager.db.session import autocommit
 from manager.errors import Overloaded, Unauthenticated
 from manager.http_errors import database_unavailable
+from manager.metrics import ManagerMetrics
 from manager.openapi import CUSTOM_BACKEND_PACKAGE_RESPONSES, ERROR_RESPONSES
 from manager.services import tokens, workers
 from manager.services.timefmt import utcnow
@@ -110,8 +111,9 @@ class OneAtATime:
     and sent again) each locked its row twice in one statement, and three of them deadlocked in
     Postgres."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, waited: Callable[[float], None] | None = None) -> None:
         self.admission = admission
+        self._waited = waited
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
@@ -120,7 +122,7 @@ class OneAtATime:
         self._turns[worker_id] = (lock, users + 1)
         try:
             busy = "this worker's previous heartbeat is still being served; retry shortly"
-            await self.admission.take(lock, patient=patient, busy=busy)
+            await self.admission.take(lock, patient=patient, busy=busy, waited=self._waited)
             try:
                 yield
             finally:
@@ -183,15 +185,19 @@ class AgentProtocol:
     and leaving none for the reconciler and the API. A long-poll holds a slot only while it
     reads, never while it waits."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: ManagerMetrics | None = None) -> None:
+        waits = metrics.admission_wait if metrics is not None else None
         self.admission = Admission(
             settings.agent_max_concurrent_db,
             settings.agent_admission_wait_s,
             settings.agent_retry_after_s,
             busy="this Manager has more agent requests than it can serve now; retry shortly",
+            waited=waits.labels("agent").observe if waits is not None else None,
         )
         self.credentials = AgentCredentials()
-        self.heartbeats = OneAtATime(self.admission)
+        self.heartbeats = OneAtATime(
+            self.admission, waits.labels("heartbeat").observe if waits is not None else None
+        )
         self.shed_heartbeats = ShedHeartbeats()
 
 
@@ -202,7 +208,7 @@ def _protocol(request: Request) -> AgentProtocol:
 def protocol_of(state: State) -> AgentProtocol:
     protocol: AgentProtocol | None = getattr(state, "agent_protocol", None)
     if protocol is None:
-        protocol = state.agent_protocol = AgentProtocol(state.settings)
+        protocol = state.agent_protocol = AgentProtocol(state.settings, state.metrics)
         state.hub.on(notify.TOKENS, protocol.credentials.evict)
     return protocol
 

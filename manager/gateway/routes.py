@@ -31,7 +31,7 @@ from ik_contracts.engines.custom import CustomBackendEngine
 from ik_contracts.protocol import ReplicaState
 from manager import notify
 from manager.db.models import Project, Replica, Worker, Workload
-from manager.db.queries import one_of
+from manager.db.queries import in_pieces, one_of
 from manager.fleet import ChangeLog
 from manager.states import DesiredState, WorkerState
 
@@ -265,9 +265,7 @@ class RouteTable:
         async with self._sessions() as session:
             projects = (await session.execute(select(Project.id, Project.slug))).all()
             query = ROUTE_ROWS.where(Workload.deleted_at.is_(None))
-            connection = await session.connection()
-            result = await connection.stream(query.execution_options(yield_per=READ_AT_ONCE))
-            async for rows in result.partitions():
+            async for rows in in_pieces(session, query, READ_AT_ONCE):
                 self._routes(rows, routes)
         self.projects = {slug: pid for pid, slug in projects} | {pid: pid for pid, _ in projects}
         kept = self.by_id

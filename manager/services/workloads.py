@@ -24,6 +24,7 @@ from manager import notify
 from manager.auth import Principal, Scope, require_scope
 from manager.custom_backends import service as custom_backends
 from manager.db.models import GpuResource, Project, Replica, Worker, Workload
+from manager.db.queries import in_pieces
 from manager.errors import (
     FieldNotPatchable,
     InvalidPolicyConfig,
@@ -341,10 +342,8 @@ async def list_workloads_json(
         # before the next is fetched (the loop turns meanwhile), so the list's objects never
         # pile up for the collector; all 10,000 rows at once made about one young collection
         # per list, and the older generations' collections walked what survived it.
-        connection = await session.connection()
-        result = await connection.stream(query.execution_options(yield_per=_WRITTEN_AT_ONCE))
         chunks = [b'{"workloads":[']
-        async for rows in result.partitions():
+        async for rows in in_pieces(session, query, _WRITTEN_AT_ONCE):
             if len(chunks) > 1:
                 chunks.append(b",")
             listed = [_listed(row, project.slug) for row in rows]
