@@ -33,6 +33,7 @@ from manager.notify import NotificationHub
 from manager.openapi import install_openapi
 from manager.reconciler import Reconciler, run_reconciler
 from manager.services import projects, tokens
+from manager.services import workloads as workloads_service
 from manager.settings import Settings
 from manager.webhooks.deliverer import WebhookDeliverer
 
@@ -252,6 +253,8 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
     app.state.auth_limiter = FailedAuthLimiter(
         settings.auth_failures_per_window, settings.auth_failure_window_s
     )
+    # What the plain list of workloads wrote, to write again only what changed.
+    app.state.listed_workloads = workloads_service.ListedWorkloads()
     # The control API's turns (manager.admission); the agent protocol has its own.
     app.state.api_admission = Admission(
         settings.api_max_concurrent,

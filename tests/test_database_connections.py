@@ -22,8 +22,19 @@ import pytest
 
 from manager.db.migrate import too_few_connections
 from manager.embedded_db import DEFAULT_MAX_CONNECTIONS, EmbeddedPostgres
+from manager.notify import plain_postgres_url
 from manager.settings import Settings
-from tests.support import create_database, drop_database, free_port, wait_until
+from tests.support import (
+    RunningManager,
+    bearer,
+    create_database,
+    create_project,
+    create_sdk_token,
+    drop_database,
+    free_port,
+    own_manager,
+    wait_until,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,3 +200,132 @@ def test_the_manager_starts_its_embedded_database_with_room_for_its_pools(
         _stop(manager)
     assert most == 126 + 10, (private_dir / "stdout").read_text()
     assert "may open up to" not in (private_dir / "stderr").read_text()
+
+
+# Every pool of one Manager process as small as it goes, with overflow: 1 + 2 engine, 2 agent
+# slots, 1 credential lookup, LISTEN, and the reconciler's 1 + 1 and its leader lock.
+SMALL_POOLS: dict[str, int] = {
+    "db_pool_size": 1,
+    "db_max_overflow": 2,
+    "agent_max_concurrent_db": 2,
+    "db_credential_pool_size": 1,
+}
+WORKLOAD = {
+    "name": "Held",
+    "slug": "held",
+    "backend": "llamacpp",
+    "model_name": "x",
+    "config": {"command": "llama-server -m /models/x.gguf"},
+    "execution_policy": "fixed",
+    "execution_policy_config": {"replicas": 1},
+}
+INVENTORY = {"source": "none", "hostname": "cpu-box", "gpus": []}
+
+
+async def _connections_of(manager: RunningManager, ours: set[int]) -> int:
+    """The connections to the Manager's database now, less the test's own."""
+    connection = await asyncpg.connect(plain_postgres_url(manager.database_url))
+    try:
+        return int(
+            await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> ALL($1::int[])",
+                [*ours, await connection.fetchval("SELECT pg_backend_pid()")],
+            )
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def small_pools(tmp_path: Path) -> Iterator[RunningManager]:
+    with own_manager(tmp_path, **SMALL_POOLS) as manager:
+        yield manager
+
+
+async def test_a_manager_with_every_pool_full_holds_the_connections_it_counts(
+    small_pools: RunningManager,
+) -> None:
+    """Requests held on rows locked by the test fill the engine's pool and its overflow and the
+    agents' pool; new credentials are looked up meanwhile; the reconciler, LISTEN and the leader
+    lock hold theirs. The most connections seen is what ``database_connections`` counts, less
+    the reconciler's second, which it keeps room for."""
+    manager = small_pools
+    counted = manager.settings.database_connections()
+    assert counted == 1 + 2 + 2 + 1 + 1 + 3
+    admin = httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token or ""))
+    with admin:
+        project = create_project(admin)["slug"]
+        sdk_tokens = [bearer(create_sdk_token(admin, project)) for _ in range(3)]
+        agents = []
+        for name in ("a", "b"):
+            made = admin.post("/api/admin/workers", json={"project": project, "name": name})
+            assert made.status_code == 201, made.text
+            agents.append((made.json()["id"], bearer(made.json()["token"])))
+    async with httpx.AsyncClient(base_url=manager.url, timeout=60) as client:
+        created = await client.post(
+            f"/api/projects/{project}/workloads", json=WORKLOAD, headers=sdk_tokens[0]
+        )
+        assert created.status_code == 201, created.text
+        workload_id = created.json()["id"]
+        beat = {"address": "http://127.0.0.1:9", "inventory": INVENTORY, "replicas": []}
+        for _, agent in agents:  # known from now on: the next ones skip the lookup
+            answered = await client.post("/api/agent/heartbeat", json=beat, headers=agent)
+            assert answered.status_code == 200, answered.text
+        locker = await asyncpg.connect(plain_postgres_url(manager.database_url))
+        ours = {await locker.fetchval("SELECT pg_backend_pid()")}
+        held: list[asyncio.Task[httpx.Response]] = []
+        peak = 0
+        try:
+            async with locker.transaction():
+                await locker.execute(
+                    "SELECT 1 FROM workloads WHERE id = $1 FOR UPDATE", workload_id
+                )
+                await locker.execute(
+                    "SELECT 1 FROM workers WHERE id = ANY($1::text[]) FOR UPDATE",
+                    [worker_id for worker_id, _ in agents],
+                )
+                # Three PATCHes wait on the workload's row, each on an engine connection.
+                held += [
+                    asyncio.create_task(
+                        client.patch(
+                            f"/api/workloads/{workload_id}",
+                            json={"description": f"held {n}"},
+                            headers=sdk_tokens[n],
+                        )
+                    )
+                    for n in range(3)
+                ]
+                # A heartbeat of each worker waits on its row, on an agent connection.
+                held += [
+                    asyncio.create_task(
+                        client.post(
+                            "/api/agent/heartbeat",
+                            json={"address": "http://127.0.0.1:9"},
+                            headers=agent,
+                        )
+                    )
+                    for _, agent in agents
+                ]
+                deadline = asyncio.get_running_loop().time() + 3
+                while asyncio.get_running_loop().time() < deadline:
+                    # A credential never seen: looked up (on the lookups' pool), 401.
+                    unknown = bearer(f"ik_sdk_{secrets.token_urlsafe(24)}")
+                    refused = await client.get(
+                        f"/api/projects/{project}/workloads", headers=unknown
+                    )
+                    assert refused.status_code == 401, refused.text
+                    peak = max(peak, await _connections_of(manager, ours))
+                    await asyncio.sleep(0.05)
+                assert not any(task.done() for task in held), [
+                    t.result().text for t in held if t.done()
+                ]
+        finally:
+            answers = await asyncio.gather(*held, return_exceptions=True)
+            await locker.close()
+        for answer in answers:
+            assert isinstance(answer, httpx.Response), answer
+            assert answer.status_code == 200, answer.text
+    # All but the reconciler's second: it works on one session at a time, and its pool's
+    # overflow of one is room the count keeps. A connection opened outside the count shows.
+    assert peak == counted - 1, (peak, counted)

@@ -40,6 +40,7 @@ LIST_ANSWER = (
     responses={status.HTTP_200_OK: {"description": LIST_ANSWER}},
 )
 async def list_workloads(
+    request: Request,
     project: str,
     owner: PathProject,
     caller: ControlReader,
@@ -48,7 +49,8 @@ async def list_workloads(
     after: str | None = Query(None, description=workloads.AFTER_HELP),
 ) -> Response:
     """The project's live workloads in creation order: all of them, or a page with ``limit``."""
-    body = await workloads.list_workloads_json(session, owner, limit, after)
+    listed = request.app.state.listed_workloads
+    body = await workloads.list_workloads_json(session, owner, limit, after, listed)
     return Response(body, media_type="application/json")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, TypeVarTuple, Unpack
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import Row, Select, String, any_, literal
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -20,8 +20,8 @@ def one_of(column: Any, values: Iterable[str]) -> ColumnElement[bool]:
 
 
 async def in_pieces(
-    session: AsyncSession, query: Select[Unpack[_Columns]], rows_at_once: int
-) -> AsyncIterator[Sequence[Row[Unpack[_Columns]]]]:
+    session: AsyncSession, query: Select[*_Columns], rows_at_once: int
+) -> AsyncIterator[Sequence[Row[*_Columns]]]:
     """The rows of ``query`` through a cursor in ``session``'s transaction, ``rows_at_once`` at
     a time: each piece can be used and dropped before the next is fetched, and the event loop
     turns between them, so a read of the whole fleet never holds all its rows (and what is made

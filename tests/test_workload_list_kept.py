@@ -1,0 +1,139 @@
+"""The plain list keeps each workload's JSON with its row's version (xmin), and writes again only
+the workloads new or changed since: the same bytes as a list written afresh, whatever changed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import select
+
+from manager.db.migrate import upgrade_to_head_async
+from manager.db.models import Project
+from manager.db.session import make_engine, make_sessionmaker
+from manager.services import workloads
+from tests.support import create_database, drop_database
+
+WORKLOADS = 40
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    url = create_database()
+    yield url
+    drop_database(url)
+
+
+def _insert(project_id: str, first: int, last: int) -> str:
+    return f"""
+        INSERT INTO workloads (id, project_id, slug, name, task_type, backend, model_name,
+            config, execution_policy, execution_policy_config, generation, desired_replicas,
+            ready_replicas, endpoints_off, phase, phase_reason, created_at)
+        SELECT 'wl_{project_id}_' || lpad(i::text, 6, '0'), '{project_id}', 'w-' || i,
+            'Workload ' || i, 'text2text', 'llamacpp', 'gemma',
+            '{{"command": "llama-server -c 512", "env": {{"B": "1", "A": "2"}}}}'::json,
+            'fixed', '{{"replicas": 1}}'::json, 1, 1, 0, '{{}}', 'pending', 'placing',
+            now() + i * interval '1 ms'
+        FROM generate_series({first}, {last}) i
+    """
+
+
+@pytest.fixture
+async def sql(database: str) -> AsyncIterator[asyncpg.Connection]:
+    await upgrade_to_head_async(database)
+    connection = await asyncpg.connect(database)
+    await connection.execute(
+        "INSERT INTO tenants (id, name) VALUES ('default', 'default') ON CONFLICT DO NOTHING;"
+        "INSERT INTO projects (id, tenant_id, slug, name) VALUES"
+        " ('pa', 'default', 'a', 'A'), ('pb', 'default', 'b', 'B');"
+        + _insert("pa", 1, WORKLOADS)
+        + ";"
+        + _insert("pb", 1, 3)
+    )
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+class Lists:
+    """Plain lists of a project, kept in one ``ListedWorkloads`` and written afresh, counting the
+    workloads written from their rows."""
+
+    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch, kept: int = 16) -> None:
+        self.engine = make_engine(url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.listed = workloads.ListedWorkloads(projects=kept)
+        self.written = 0
+        write = workloads._listed
+
+        def counted(row: Any, project_slug: str) -> dict[str, Any]:
+            self.written += 1
+            return write(row, project_slug)
+
+        monkeypatch.setattr(workloads, "_listed", counted)
+
+    async def both(self, project_id: str) -> tuple[bytes, int]:
+        """The kept list, checked against a fresh one; and how many rows it wrote."""
+        async with self.sessions() as session:
+            project = (
+                await session.execute(select(Project).where(Project.id == project_id))
+            ).scalar_one()
+            before = self.written
+            kept = await workloads.list_workloads_json(session, project, None, None, self.listed)
+            written = self.written - before
+            fresh = await workloads.list_workloads_json(session, project, None, None)
+        assert kept == fresh
+        return kept, written
+
+
+async def test_a_list_writes_again_only_what_changed_and_matches_a_fresh_one(
+    database: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lists = Lists(database, monkeypatch)
+    try:
+        first, written = await lists.both("pa")
+        assert written == WORKLOADS
+        again, written = await lists.both("pa")
+        assert (again, written) == (first, 0)
+        # What the reconciler writes (the status), what a PATCH writes (a spec field), a
+        # delete (hidden), a create, and an update that sets what was there: each a new version.
+        await sql.execute(
+            "UPDATE workloads SET phase = 'ready', phase_reason = '1/1 ready',"
+            " ready_replicas = 1 WHERE id = 'wl_pa_000003'"
+        )
+        await sql.execute(
+            "UPDATE workloads SET description = 'now with \"quotes\" and é',"
+            ' config = \'{"command": "llama-server -c 4096"}\', generation = 2'
+            " WHERE id = 'wl_pa_000007'"
+        )
+        await sql.execute("UPDATE workloads SET deleted_at = now() WHERE id = 'wl_pa_000010'")
+        await sql.execute(_insert("pa", WORKLOADS + 1, WORKLOADS + 1))
+        await sql.execute("UPDATE workloads SET name = name WHERE id = 'wl_pa_000020'")
+        changed, written = await lists.both("pa")
+        assert written == 4  # 3, 7, the new one and 20; 10 is gone
+        assert b'"wl_pa_000010"' not in changed
+        assert b"1/1 ready" in changed and b"-c 4096" in changed
+        assert changed.count(b'"id":"wl_pa_') == WORKLOADS
+        # Another project's list is its own; deleting every workload leaves an empty list.
+        other, written = await lists.both("pb")
+        assert (written, other.count(b'"id":"wl_pb_')) == (3, 3)
+        await sql.execute("UPDATE workloads SET deleted_at = now() WHERE project_id = 'pb'")
+        assert await lists.both("pb") == (b'{"workloads":[]}', 0)
+    finally:
+        await lists.engine.dispose()
+
+
+async def test_only_the_projects_listed_last_are_kept(
+    database: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lists = Lists(database, monkeypatch, kept=1)
+    try:
+        assert (await lists.both("pa"))[1] == WORKLOADS
+        assert (await lists.both("pb"))[1] == 3  # and project a is let go
+        assert (await lists.both("pb"))[1] == 0
+        assert (await lists.both("pa"))[1] == WORKLOADS
+    finally:
+        await lists.engine.dispose()
