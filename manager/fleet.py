@@ -483,18 +483,21 @@ class Fleet:
             for replica in on[worker_id].values()
         }
 
-    def differing_from(self, kept: Fleet) -> set[str]:
+    async def differing_from(self, kept: Fleet) -> set[str]:
         """The workloads whose row or replicas differ from ``kept``'s (an older copy), or that it
-        did not hold: what a change no notification named touched."""
-        kept_workloads, kept_replicas = kept.workloads, kept.replicas
-        return {
-            workload_id
-            for workload_id, view in self.workloads.items()
-            if kept_workloads.get(workload_id) != view
-            or not _same_placed(
-                kept_replicas.get(workload_id, []), self.replicas.get(workload_id, [])
-            )
-        }
+        did not hold: what a change no notification named touched. In turns: at 10,000
+        workloads the comparison held the event loop for up to 140 ms in one go."""
+        kept_workloads, kept_replicas, replicas = kept.workloads, kept.replicas, self.replicas
+        differing: set[str] = set()
+        turns = Turns()
+        for workload_id, view in self.workloads.items():
+            if kept_workloads.get(workload_id) != view or not _same_placed(
+                kept_replicas.get(workload_id, []), replicas.get(workload_id, [])
+            ):
+                differing.add(workload_id)
+            if turns.due():
+                await turns.give()
+        return differing
 
     def in_order(self, ids: set[str]) -> list[planning.WorkloadView]:
         """The workloads of ``ids`` held, in the order a pass plans them (creation, then id):

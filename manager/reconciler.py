@@ -321,7 +321,7 @@ class Reconciler:
         elif full:
             assert kept is not None
             planned = fleet.in_order(
-                fleet.differing_from(kept) | dirty | fleet.demand_readers | fleet.deleted
+                await fleet.differing_from(kept) | dirty | fleet.demand_readers | fleet.deleted
             )
         else:
             planned = fleet.in_order(dirty | fleet.demand_readers | fleet.deleted)

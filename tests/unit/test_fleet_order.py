@@ -3,6 +3,7 @@ id), however their notifications arrive: placement goes oldest first either way.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -144,14 +145,14 @@ def test_a_resync_plans_what_differs_from_the_copy_it_kept() -> None:
     fresh = Fleet()  # as a full read builds it, from equal rows
     fresh._insert_in_order([(at(n), f"wl_{n}", workload(id=f"wl_{n}")) for n in range(4)])
     fresh.replicas = {workload_id: list(views) for workload_id, views in kept.replicas.items()}
-    assert fresh.differing_from(kept) == set()
+    assert asyncio.run(fresh.differing_from(kept)) == set()
 
     # A serving replica's engine load is stored without a notice: no change to plan.
     fresh.replicas["wl_0"] = [dataclasses.replace(fresh.replicas["wl_0"][0], engine_requests=7)]
-    assert fresh.differing_from(kept) == set()
+    assert asyncio.run(fresh.differing_from(kept)) == set()
 
     fresh._hold(dataclasses.replace(fresh.workloads["wl_2"], generation=2))  # a row changed
     fresh.replicas["wl_1"] = [dataclasses.replace(fresh.replicas["wl_1"][0], state="failed")]
     del fresh.replicas["wl_0"]  # its replica went
     fresh._insert_in_order([(at(9), "wl_9", workload(id="wl_9"))])  # new to the copy
-    assert fresh.differing_from(kept) == {"wl_0", "wl_1", "wl_2", "wl_9"}
+    assert asyncio.run(fresh.differing_from(kept)) == {"wl_0", "wl_1", "wl_2", "wl_9"}
