@@ -26,8 +26,8 @@ class Admission:
         busy: str,
         waited: Callable[[float], None] | None = None,
     ) -> None:
-        """``waited`` is told the seconds each turn was waited for (0 when it was free), shed
-        or not: ``inferencekey_admission_wait_seconds``."""
+        """``waited`` is told the seconds each turn was waited for (about 0 when it was free),
+        shed or not: ``inferencekey_admission_wait_seconds``."""
         self.wait_s = wait_s
         self.retry_after_s = retry_after_s
         self.busy = busy
@@ -56,11 +56,15 @@ class Admission:
         without a deadline), else 503 overloaded saying ``busy``, with Retry-After. The wait is
         told to ``waited`` (by default this admission's)."""
         told = waited or self._waited
-        if not turn.locked():
-            await turn.acquire()
-            told(0.0)
-            return
         started = time.perf_counter()
+        if not turn.locked():
+            # Timed all the same: a lock released a moment ago reads free while its next waiter
+            # has yet to run, and acquire() then queues behind that waiter.
+            try:
+                await turn.acquire()
+            finally:
+                told(time.perf_counter() - started)
+            return
         try:
             if patient:
                 await turn.acquire()

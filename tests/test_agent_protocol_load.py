@@ -411,7 +411,7 @@ async def test_one_workers_concurrent_heartbeats_all_succeed(
         admin.get("/metrics").text, "inferencekey_admission_wait_seconds", kind="heartbeat"
     )
     assert turns[math.inf] >= 5 * len(bodies)
-    assert turns[math.inf] - turns[0.001] >= 5  # at least one waited in each round
+    assert turns[math.inf] - turns[0.001] >= 5  # some of the 32 of a round waited
 
 
 def api_requests(

@@ -97,7 +97,7 @@ async def test_api_requests_past_the_limit_wait_then_are_shed_and_agents_are_not
             assert beat.status_code == 200, beat.text
             # A request that comes while the turn is taken waits for it, within its wait.
             waiting = asyncio.create_task(client.get(f"/api/workloads/{workload_id}", headers=sdk))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
             assert not waiting.done()
         patched = await patch
         assert patched.status_code == 200, patched.text
@@ -115,7 +115,7 @@ async def test_api_requests_past_the_limit_wait_then_are_shed_and_agents_are_not
     waits = histogram_buckets(metrics, "inferencekey_admission_wait_seconds", kind="api")
     assert waits[0.001] >= 3  # the creates, the PATCH and the last GET: a free turn
     assert waits[math.inf] - waits[0.5] >= 1  # the shed GET: its whole second
-    assert waits[math.inf] - waits[0.05] >= 2  # and the one that waited for the PATCH
+    assert waits[math.inf] - waits[0.1] >= 2  # and the one that waited for the PATCH
 
 
 async def test_an_open_stream_gives_its_turn_back(one_at_a_time: RunningManager) -> None:

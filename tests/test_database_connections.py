@@ -223,13 +223,14 @@ INVENTORY = {"source": "none", "hostname": "cpu-box", "gpus": []}
 
 
 async def _connections_of(manager: RunningManager, ours: set[int]) -> int:
-    """The connections to the Manager's database now, less the test's own."""
+    """The clients' connections to the Manager's database now (no autovacuum or parallel
+    worker), less the test's own."""
     connection = await asyncpg.connect(plain_postgres_url(manager.database_url))
     try:
         return int(
             await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> ALL($1::int[])",
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend' AND pid <> ALL($1::int[])",
                 [*ours, await connection.fetchval("SELECT pg_backend_pid()")],
             )
         )

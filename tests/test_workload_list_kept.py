@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from inferencekey.wire import MAX_WORKLOAD_PAGE_SIZE
 from sqlalchemy import select
 
 from manager.db.migrate import upgrade_to_head_async
@@ -62,10 +63,10 @@ class Lists:
     """Plain lists of a project, kept in one ``ListedWorkloads`` and written afresh, counting the
     workloads written from their rows."""
 
-    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch, kept: int = 16) -> None:
+    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch, **keeping: Any) -> None:
         self.engine = make_engine(url)
         self.sessions = make_sessionmaker(self.engine)
-        self.listed = workloads.ListedWorkloads(projects=kept)
+        self.listed = workloads.ListedWorkloads(**keeping)
         self.written = 0
         write = workloads._listed
 
@@ -76,7 +77,8 @@ class Lists:
         monkeypatch.setattr(workloads, "_listed", counted)
 
     async def both(self, project_id: str) -> tuple[bytes, int]:
-        """The kept list, checked against a fresh one; and how many rows it wrote."""
+        """The kept list, checked against the same workloads read as one page (written by
+        the paged path, from one statement); and how many rows the list wrote."""
         async with self.sessions() as session:
             project = (
                 await session.execute(select(Project).where(Project.id == project_id))
@@ -84,8 +86,12 @@ class Lists:
             before = self.written
             kept = await workloads.list_workloads_json(session, project, None, None, self.listed)
             written = self.written - before
-            fresh = await workloads.list_workloads_json(session, project, None, None)
-        assert kept == fresh
+            page = await workloads.list_workloads_json(
+                session, project, MAX_WORKLOAD_PAGE_SIZE, None
+            )
+        # The same array, byte for byte: {"workloads":[...]} and {"workloads":[...],"next_...
+        assert page.endswith(b',"next_cursor":null}'), page[-60:]
+        assert kept == page[: -len(b',"next_cursor":null}')] + b"}"
         return kept, written
 
 
@@ -129,7 +135,7 @@ async def test_a_list_writes_again_only_what_changed_and_matches_a_fresh_one(
 async def test_only_the_projects_listed_last_are_kept(
     database: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lists = Lists(database, monkeypatch, kept=1)
+    lists = Lists(database, monkeypatch, projects=1)
     try:
         assert (await lists.both("pa"))[1] == WORKLOADS
         assert (await lists.both("pb"))[1] == 3  # and project a is let go
@@ -137,3 +143,53 @@ async def test_only_the_projects_listed_last_are_kept(
         assert (await lists.both("pa"))[1] == WORKLOADS
     finally:
         await lists.engine.dispose()
+
+
+async def test_a_change_between_the_two_reads_writes_the_list_afresh(
+    database: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids and versions come from one read, the changed rows from a second: a row changed
+    in between is not mixed into the first read's list; the list is written afresh, whole."""
+    lists = Lists(database, monkeypatch)
+    read_versions = workloads._ids_and_versions
+
+    async def then_changed(session: Any, project: Project) -> tuple[list[str], list[str]]:
+        read = await read_versions(session, project)
+        # Committed by another connection after the first read, before the second.
+        await sql.execute(
+            "UPDATE workloads SET phase = 'failed', phase_reason = 'between'"
+            " WHERE id IN ('wl_pa_000005', 'wl_pa_000006')"
+        )
+        return read
+
+    try:
+        assert (await lists.both("pa"))[1] == WORKLOADS
+        await sql.execute("UPDATE workloads SET description = 'first' WHERE id = 'wl_pa_000005'")
+        monkeypatch.setattr(workloads, "_ids_and_versions", then_changed)
+        listed, written = await lists.both("pa")
+        # 5 read again at another version than the first read saw: then all written afresh.
+        assert written == 1 + WORKLOADS
+        assert listed.count(b"between") == 2
+    finally:
+        await lists.engine.dispose()
+
+
+async def test_many_changes_a_lapse_of_time_or_too_many_bytes_write_the_list_afresh(
+    database: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lists = Lists(database, monkeypatch)
+    try:
+        assert (await lists.both("pa"))[1] == WORKLOADS
+        # More than a quarter changed: one ordered read writes them all.
+        await sql.execute("UPDATE workloads SET ready_replicas = 1 WHERE project_id = 'pa'")
+        assert (await lists.both("pa"))[1] == WORKLOADS
+        assert (await lists.both("pa"))[1] == 0
+    finally:
+        await lists.engine.dispose()
+    for keeping in ({"kept_s": 0.0}, {"max_bytes": 1024}):
+        lists = Lists(database, monkeypatch, **keeping)
+        try:
+            assert (await lists.both("pa"))[1] == WORKLOADS
+            assert (await lists.both("pa"))[1] == WORKLOADS, keeping
+        finally:
+            await lists.engine.dispose()

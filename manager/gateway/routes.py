@@ -45,7 +45,7 @@ RESYNC_S = 30.0  # a full read at least this often (Settings.gateway_routes_resy
 SETTLE_S = 0.02  # notifications heard within this are read together
 FULL_READ_ABOVE = 2_000  # named workloads past this (and a quarter of the table): read it all
 # Rows a full read fetches at a time from its cursor: only one piece of them is alive at once.
-READ_AT_ONCE = 1_000
+READ_AT_ONCE = 250
 
 
 @dataclass

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,23 +71,28 @@ LIMIT_HELP = (
 )
 AFTER_HELP = "the next_cursor of the previous page (with limit): the page after it"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# How many workloads the plain list reads and writes at a time (~7 ms of CPU), from a cursor:
-# a fetch (a round trip, so a turn of the event loop) per piece. Streamed 100 at a time, a list
-# of 10,000 waited for 100 turns of a busy Manager's loop and took 1-6 s; 1,000 at a time it
-# waits for about 11, as when all the rows came in one round trip and were written in pieces,
-# and only one piece's rows and dicts are alive at once: all 10,000 rows held for the whole
-# list made about one young collection per list, whose survivors the middle generation's
+# How many workloads the plain list reads and writes at a time (a few ms of CPU), from a
+# cursor: a fetch (a round trip, so a turn of the event loop) per piece. Streamed 100 at a time,
+# a list of 10,000 waited for 100 turns of a busy Manager's loop and took 1-6 s; 1,000 at a
+# time a piece held the loop for ~9 ms, and the requests meanwhile waited behind it at each of
+# their awaits. Only one piece's rows and dicts are alive at once: all 10,000 rows held for the
+# whole list made about one young collection per list, whose survivors the middle generation's
 # collections then walked (tens of ms each, the event loop held). A project far larger is
 # better read by pages (``limit``; the SDKs' iter_workloads).
-_WRITTEN_AT_ONCE = 1000
-# The plain list's first read, each live workload's id and row version: a few columns, read
-# this many at a time.
+_WRITTEN_AT_ONCE = 250
+# The plain list's first read, each live workload's id and row version: two columns, read this
+# many at a time.
 _VERSIONS_AT_ONCE = 1000
 # A row's version: Postgres's xmin, the transaction that wrote this version of the row. Every
 # UPDATE writes a new version, so the same xmin is the same row as written then.
 _ROW_VERSION = literal_column("workloads.xmin::text", Text)
-# The projects whose workloads' JSON a process keeps (the ones listed last).
+# What a process keeps of the plain lists (ListedWorkloads): the projects listed last, up to
+# so many and so many bytes of JSON in all, each written afresh at least this often.
 LISTED_PROJECTS_KEPT = 16
+LISTED_BYTES_KEPT = 64 * 1024 * 1024
+LISTED_KEPT_S = 300.0
+# Past this share of a project's workloads new or changed, one ordered read writes them all.
+_REWRITTEN_PAST = 0.25
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,256}")
 _WORKLOAD_ID = re.compile(r"wl_[A-Za-z0-9_-]{1,125}")
 
@@ -324,32 +331,54 @@ async def delete_workload(session: AsyncSession, principal: Principal, workload:
     await session.flush()
 
 
+@dataclass
+class _Kept:
+    versions: dict[str, str]  # workload id -> its row's version when written
+    bodies: dict[str, bytes]  # workload id -> its JSON, in creation order
+    size: int  # bytes of JSON
+    written_at: float  # when the list was last written afresh (time.monotonic)
+
+
 class ListedWorkloads:
     """Each workload's JSON as the plain list writes it, and the row version it was written
-    from, for the ``LISTED_PROJECTS_KEPT`` projects listed last: one process's, kept from one
-    plain list to the next (``app.state.listed_workloads``). A list then reads every live
-    workload's id and version, and the full rows only of those new or changed since: at 10,000
-    workloads a list wrote every row anew in about 86 ms of CPU on the event loop, and most of
-    them had not changed. The bytes kept are exactly those a fresh write makes."""
+    from, for the projects listed last (``LISTED_PROJECTS_KEPT``, ``LISTED_BYTES_KEPT``): one
+    process's, kept from one plain list to the next (``app.state.listed_workloads``). A list
+    then reads every live workload's id and version, and the full rows only of those new or
+    changed since: at 10,000 workloads a list wrote every row anew in about 86 ms of CPU on the
+    event loop, and most of them had not changed. The bytes kept are exactly those a fresh
+    write makes. Plain dicts of strings and bytes: the collector does not track them, however
+    many they hold."""
 
-    def __init__(self, projects: int = LISTED_PROJECTS_KEPT) -> None:
+    def __init__(
+        self,
+        projects: int = LISTED_PROJECTS_KEPT,
+        max_bytes: int = LISTED_BYTES_KEPT,
+        kept_s: float = LISTED_KEPT_S,
+    ) -> None:
         self._projects = projects
-        # (project id, slug) -> (workload id -> version, workload id -> JSON). Plain dicts of
-        # strings and bytes: the collector does not track them, however many they hold.
-        self._kept: OrderedDict[tuple[str, str], tuple[dict[str, str], dict[str, bytes]]] = (
-            OrderedDict()
-        )
+        self._max_bytes = max_bytes
+        self._kept_s = kept_s
+        self._kept: OrderedDict[tuple[str, str], _Kept] = OrderedDict()  # (project id, slug)
 
-    def of(self, project: Project) -> tuple[dict[str, str], dict[str, bytes]]:
+    def of(self, project: Project) -> _Kept | None:
+        """What is kept of ``project``, unless it was written afresh ``kept_s`` ago: a version
+        is a transaction id, which Postgres reuses after wraparound and which runs backwards
+        after a restore or a failover to a replica behind, so no copy is trusted for long."""
         kept = self._kept.get((project.id, project.slug))
-        return kept if kept is not None else ({}, {})
+        if kept is None or time.monotonic() - kept.written_at > self._kept_s:
+            return None
+        return kept
 
-    def keep(self, project: Project, versions: dict[str, str], bodies: dict[str, bytes]) -> None:
+    def keep(self, project: Project, kept: _Kept) -> None:
         key = (project.id, project.slug)
-        self._kept[key] = (versions, bodies)
-        self._kept.move_to_end(key)
-        while len(self._kept) > self._projects:
-            self._kept.popitem(last=False)
+        self._kept.pop(key, None)
+        if kept.size > self._max_bytes:
+            return  # written afresh each time
+        self._kept[key] = kept
+        total = sum(each.size for each in self._kept.values())
+        while len(self._kept) > self._projects or total > self._max_bytes:
+            _, dropped = self._kept.popitem(last=False)
+            total -= dropped.size
 
 
 async def _ids_and_versions(session: AsyncSession, project: Project) -> tuple[list[str], list[str]]:
@@ -369,49 +398,88 @@ async def _ids_and_versions(session: AsyncSession, project: Project) -> tuple[li
     return ids, versions
 
 
+def _listed_bytes(rows: Sequence[Any], project_slug: str) -> list[tuple[str, str, bytes]]:
+    """Id, version and JSON of each of the rows of (_LISTED_COLUMNS, _ROW_VERSION)."""
+    return [
+        (row[0], str(row[-1]), to_json(_listed(row[:-1], project_slug), inf_nan_mode="null"))
+        for row in rows
+    ]
+
+
+def _joined(bodies: dict[str, bytes]) -> bytes:
+    return b'{"workloads":[' + b",".join(bodies.values()) + b"]}"
+
+
+async def _written_afresh(
+    session: AsyncSession, project: Project, listed: ListedWorkloads
+) -> bytes:
+    """Every live workload of ``project`` written from its row, in one ordered read (one
+    snapshot), and kept."""
+    query = (
+        select(*_LISTED_COLUMNS, _ROW_VERSION)
+        .where(Workload.project_id == project.id, Workload.deleted_at.is_(None))
+        .order_by(Workload.created_at, Workload.id)
+    )
+    versions: dict[str, str] = {}
+    bodies: dict[str, bytes] = {}
+    size = 0
+    async for rows in in_pieces(session, query, _WRITTEN_AT_ONCE):
+        for workload_id, version, body in _listed_bytes(rows, project.slug):
+            versions[workload_id] = version
+            bodies[workload_id] = body
+            size += len(body)
+    listed.keep(project, _Kept(versions, bodies, size, time.monotonic()))
+    return _joined(bodies)
+
+
 async def _plain_list(session: AsyncSession, project: Project, listed: ListedWorkloads) -> bytes:
     """``{"workloads": [...]}``, every live workload of ``project`` in creation order, each
-    written from its row only when ``listed`` has no JSON of its current version."""
+    written from its row only when ``listed`` has no JSON of its current version.
+
+    The ids and versions come from one read and the changed rows from a second: the list is
+    the first read's snapshot only if every changed row is read again at the version the first
+    read saw. When one changed or went meanwhile, or when many changed, the list is written
+    afresh from one ordered read.
+    """
+    kept = listed.of(project)
+    if kept is None:
+        return await _written_afresh(session, project, listed)
     ids, versions = await _ids_and_versions(session, project)
-    kept_versions, kept_bodies = listed.of(project)
     stale = [
         workload_id
         for workload_id, version in zip(ids, versions, strict=True)
-        if kept_versions.get(workload_id) != version
+        if kept.versions.get(workload_id) != version
     ]
-    fresh_versions: dict[str, str] = {}
-    fresh_bodies: dict[str, bytes] = {}
+    if len(stale) > len(ids) * _REWRITTEN_PAST:
+        return await _written_afresh(session, project, listed)
+    wanted = dict(zip(ids, versions, strict=True))
+    fresh: dict[str, bytes] = {}
+    connection = await session.connection()
     for start in range(0, len(stale), _WRITTEN_AT_ONCE):
-        # Read and written a piece at a time: each piece's rows and dicts die before the next
-        # is read (the loop turns meanwhile), so they never pile up for the collector.
+        # A piece at a time: each piece's rows and dicts die before the next is read.
         piece = (
-            await session.execute(
+            await connection.execute(
                 select(*_LISTED_COLUMNS, _ROW_VERSION).where(
                     one_of(Workload.id, stale[start : start + _WRITTEN_AT_ONCE]),
                     Workload.deleted_at.is_(None),
                 )
             )
         ).all()
-        for row in piece:
-            fresh_versions[row[0]] = str(row[-1])
-            fresh_bodies[row[0]] = to_json(_listed(row[:-1], project.slug), inf_nan_mode="null")
+        for workload_id, version, body in _listed_bytes(piece, project.slug):
+            if wanted[workload_id] != version:
+                return await _written_afresh(session, project, listed)
+            fresh[workload_id] = body
         del piece
-    # A workload changed between the two reads is written as it is now; one deleted since the
-    # first is left out.
-    now_versions: dict[str, str] = {}
-    now_bodies: dict[str, bytes] = {}
-    for workload_id, version in zip(ids, versions, strict=True):
-        body = fresh_bodies.get(workload_id)
-        if body is not None:
-            version = fresh_versions[workload_id]
-        elif kept_versions.get(workload_id) == version:
-            body = kept_bodies[workload_id]
-        else:
-            continue
-        now_versions[workload_id] = version
-        now_bodies[workload_id] = body
-    listed.keep(project, now_versions, now_bodies)
-    return b'{"workloads":[' + b",".join(now_bodies.values()) + b"]}"
+    if len(fresh) != len(stale):  # deleted since the first read
+        return await _written_afresh(session, project, listed)
+    bodies: dict[str, bytes] = {}
+    size = 0
+    for workload_id in ids:
+        body = fresh.get(workload_id) or kept.bodies[workload_id]
+        bodies[workload_id] = body
+        size += len(body)
+    listed.keep(project, _Kept(wanted, bodies, size, kept.written_at))
+    return _joined(bodies)
 
 
 async def list_workloads_json(
