@@ -54,8 +54,10 @@ each timed API call spent in the Manager (from its first layer to the answer's l
 how late its event loop ran: what of the figures the clients saw is the Manager's, and what is
 the wait before a request is read or the simulated fleet's own lag. Every answer is counted by
 endpoint and status. The table puts the issue's targets beside the figures, and a last line per
-size says what bounded each phase (the machine's cores, a Manager's processes at their cores, or
-Postgres); ``--json`` writes every figure.
+size says what bounded each phase (the machine's cores, a Manager's processes at their cores,
+Postgres, or the agents' database slots or the API's turns, from how long they were waited for;
+else how long turns were waited for and how late the event loop ran); ``--json`` writes every
+figure.
 ``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what
 is measured otherwise: e.g. the 2,048 connections of ``INFERENCEKEY_HTTP_MAX_CONNECTIONS``, which
 1,000 agents' two connections each come near). The Managers are stopped and the database dropped
@@ -2003,12 +2005,16 @@ def verdict(row: Row, figures: dict[str, float | None]) -> str | None:
 
 # A process this busy (in cores) is what the phase waits for.
 SATURATED = 0.85
+# A kind of turn whose p99 wait is this long bounds its phase (manager/admission.py).
+TURNS_BOUND_MS = 250.0
 
 
 def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
     """What the phase was bound by: the machine's cores all busy (the Manager, Postgres and the
     simulated fleet share them), a Manager at its processes' cores (each process's event loop
-    runs on one), or Postgres at a core; else nothing saturated (latency)."""
+    runs on one), Postgres at a core, or the agents' database slots or the API's turns (their
+    waits' p99 past ``TURNS_BOUND_MS``); else nothing saturated (latency: how long turns were
+    waited for, and how late the loop ran)."""
     if not phase.wall_s:
         return "-"
     busiest = max(
@@ -2027,7 +2033,16 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
         return f"Manager process ({busiest:.2f} of {held})"
     if database >= SATURATED:
         return f"Postgres ({database:.2f} cores)"
-    return f"not CPU (Manager {busiest:.2f}, all {total:.2f} of {cores} cores)"
+    cpu = f"Manager {busiest:.2f}, all {total:.2f} of {cores} cores"
+    for kind, what in (("agent", "the agents' database slots"), ("api", "the API's turns")):
+        waits = phase.admission_waits.get(kind)
+        if waits is not None and (waits[2] or 0.0) >= TURNS_BOUND_MS:
+            return f"{what} (waited {waits[2]:,.0f} ms at p99; not CPU: {cpu})"
+    waited = max((w[2] or 0.0 for w in phase.admission_waits.values()), default=None)
+    turns = "" if waited is None else f"; turns waited {waited:,.0f} ms at p99 at most"
+    lag = phase.manager_loop_lag_p99_ms
+    loop = "" if lag is None else f"; the event loop {lag:,.0f} ms late at p99"
+    return f"not CPU ({cpu}{turns}{loop})"
 
 
 def summary_table(results: list[SizeResult]) -> str:
@@ -2176,7 +2191,8 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
     print(summary_table(results))
     print()
     print("What bounds each phase (the first saturated of: the machine's cores shared with the")
-    print("simulated fleet, a Manager's processes' cores, Postgres)")
+    print("simulated fleet, a Manager's processes' cores, Postgres, the agents' database slots,")
+    print("the API's turns)")
     for result in results:
         bounds = "; ".join(
             f"{phase.name} {bound_of(phase, result.processes)}" for phase in result.phases
