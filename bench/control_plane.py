@@ -135,6 +135,10 @@ ENGINE_PORTS_START = 41000  # the agent's default engine range
 # What the agent waits before it has the Manager's answer, and its retries (the agent's own).
 AGENT_DEFAULT_INTERVAL_S = DEFAULT_HEARTBEAT_INTERVAL_S
 ENGINE_LOAD_S = 1.0  # a simulated engine's load time, from its "starting" report to ready
+# In the steady phase one more agent, alone in a process of its own as a real agent is on its
+# machine, sends worker 0's delta heartbeat this often: the heartbeat's latency without the
+# simulated fleet's own event loop in it (a thousand agents share that one).
+LONE_AGENT_PERIOD_S = 0.2
 AGENT_HEARTBEAT_BACKOFF_CAP_S = HEARTBEAT_BACKOFF_CAP_S
 AGENT_WATCH_RETRY_S = WATCH_RETRY_S
 AGENT_WATCH_BACKOFF_CAP_S = WATCH_BACKOFF_CAP_S
@@ -447,7 +451,7 @@ class SimulatedAgent:
     ) -> None:
         self.record = record
         self.inventory = simulated_inventory(index)
-        self.address = f"http://127.0.0.1:{20000 + index}"
+        self.address = agent_address(index)
         # As the agent builds its client (worker_agent/agent.py, Agent.__init__). One TLS context
         # for all: each client would otherwise load the CA bundle again.
         self.http = httpx.AsyncClient(
@@ -696,6 +700,72 @@ def _receive(connection: Connection) -> object:
         return connection.recv()
     except (EOFError, OSError):
         return None  # the driver is gone: stop
+
+
+def agent_address(index: int) -> str:
+    return f"http://127.0.0.1:{20000 + index}"
+
+
+def run_lone_agent(base_url: str, token: str, seconds: float, connection: Connection) -> None:
+    """Child process: agent 0's delta heartbeat (its lease renewed, nothing changed) every
+    ``LONE_AGENT_PERIOD_S`` for ``seconds``, as the agent sends it; sends back the milliseconds
+    each answered one took."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    connection.send(asyncio.run(_lone_agent(base_url, token, seconds)))
+
+
+async def _lone_agent(base_url: str, token: str, seconds: float) -> list[float]:
+    body = {"agent_version": AGENT_VERSION, "address": agent_address(0)}
+    timings: list[float] = []
+    async with httpx.AsyncClient(
+        base_url=base_url,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "User-Agent": f"inferencekey-agent/{AGENT_VERSION}",
+        },
+        timeout=10.0,
+        trust_env=False,
+    ) as http:
+        stop_at = time.monotonic() + seconds
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            with contextlib.suppress(httpx.HTTPError):
+                response = await http.post("/api/agent/heartbeat", json=body)
+                if response.is_success:
+                    timings.append((time.monotonic() - started) * 1000)
+            await asyncio.sleep(max(0.0, LONE_AGENT_PERIOD_S - (time.monotonic() - started)))
+    return timings
+
+
+class LoneAgent:
+    """The driver's handle on the lone agent's process (``run_lone_agent``)."""
+
+    def __init__(self, base_url: str, token: str, seconds: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(
+            target=run_lone_agent,
+            args=(base_url, token, seconds, child_end),
+            name="lone-agent",
+            daemon=True,
+        )
+        self.process.start()
+        child_end.close()
+
+    def timings(self, timeout_s: float) -> list[float]:
+        """Its heartbeats' milliseconds, once it is done; empty if it did not answer."""
+        try:
+            if not self.connection.poll(timeout_s):
+                return []
+            answer = self.connection.recv()
+        except (EOFError, OSError):
+            return []
+        finally:
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+            self.connection.close()
+        return list(answer)
 
 
 def run_fleet(
@@ -1234,6 +1304,7 @@ class Run:
         self.acknowledged: dict[str, float] = {}
         self.answers = Answers()
         self.fleet: Fleet | None = None
+        self.tokens: list[str] = []
         self.monitor: Monitor | None = None
         self.pool: asyncpg.Pool | None = None
         self.api: ControlApi | None = None
@@ -1499,6 +1570,11 @@ class Run:
         rolled_ids = ids[-ROLLING_PROBE_WORKLOADS:]
         effects = EffectWatch(self.pool)
         watching = asyncio.create_task(effects.run())
+        lone = (
+            LoneAgent(self.managers[0].base_url, self.tokens[0], self.settings.steady_s)
+            if self.tokens
+            else None
+        )
 
         async def timed(kind: str, method: str, path: str, body: dict[str, Any] | None) -> None:
             sent = time.monotonic()
@@ -1551,6 +1627,7 @@ class Run:
             else:
                 await asyncio.sleep(self.settings.steady_s)
             phase = await self.end()
+            lone_ms = [] if lone is None else await asyncio.to_thread(lone.timings, 30.0)
             # The last changes' effects, so that the slow ones are not left out of the figure.
             await effects.drain(10.0)
         finally:
@@ -1578,6 +1655,8 @@ class Run:
         figures["heartbeat_p99_ms"] = phase.heartbeat_ms.p99
         figures["agent_loop_lag_p99_ms"] = phase.agent_loop_lag_p99_ms
         figures["heartbeat_manager_p99_ms"] = phase.manager_heartbeat_ms[1]
+        figures["heartbeat_lone_p50_ms"] = percentile(lone_ms, 0.5)
+        figures["heartbeat_lone_p99_ms"] = percentile(lone_ms, 0.99)
         figures["manager_loop_lag_p99_ms"] = phase.manager_loop_lag_p99_ms
         figures["manager_gc_s_steady"] = phase.gc_s
         figures["manager_gc_full_steady"] = None if phase.gc_full is None else float(phase.gc_full)
@@ -1766,6 +1845,7 @@ class Run:
         monitoring: asyncio.Task[None] | None = None
         try:
             sdk_token, tokens = await self.make_fleet_credentials(base_urls[0], admin_token)
+            self.tokens = tokens
             self.pool = await asyncpg.create_pool(
                 database_url,
                 min_size=1,
@@ -1931,6 +2011,8 @@ ROWS = (
     Row("heartbeat_p50_ms", "heartbeat p50 (steady)", "ms"),
     Row("heartbeat_p99_ms", "heartbeat p99 (steady)", "ms", 50),
     Row("heartbeat_manager_p99_ms", "  of which in the Manager, p99 (in its bucket)", "ms"),
+    Row("heartbeat_lone_p50_ms", "  one agent alone in its process: p50 (steady)", "ms"),
+    Row("heartbeat_lone_p99_ms", "  one agent alone in its process: p99 (steady)", "ms", 50),
     Row("heartbeat_p99_busy_ms", "heartbeat p99 (create + converge)", "ms"),
     Row("reconcile_p50_s", "reconcile pass p50 (steady)", "s"),
     Row("reconcile_max_s", "reconcile pass max (steady)", "s", 1.0),
