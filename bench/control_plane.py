@@ -737,20 +737,26 @@ async def _lone_agent(base_url: str, token: str, seconds: float) -> list[float]:
     return timings
 
 
+def spawned(
+    target: Callable[..., None], args: tuple[Any, ...], name: str
+) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    """``target(*args, connection)`` started in a new interpreter (spawn: nothing of the
+    driver's state, its event loop included, is inherited), and the driver's end of the pipe."""
+    context = multiprocessing.get_context("spawn")
+    connection, child_end = context.Pipe()
+    process = context.Process(target=target, args=(*args, child_end), name=name, daemon=True)
+    process.start()
+    child_end.close()
+    return process, connection
+
+
 class LoneAgent:
     """The driver's handle on the lone agent's process (``run_lone_agent``)."""
 
     def __init__(self, base_url: str, token: str, seconds: float) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.connection, child_end = context.Pipe()
-        self.process = context.Process(
-            target=run_lone_agent,
-            args=(base_url, token, seconds, child_end),
-            name="lone-agent",
-            daemon=True,
+        self.process, self.connection = spawned(
+            run_lone_agent, (base_url, token, seconds), "lone-agent"
         )
-        self.process.start()
-        child_end.close()
 
     def timings(self, timeout_s: float) -> list[float]:
         """Its heartbeats' milliseconds, once it is done; empty if it did not answer."""
@@ -781,16 +787,9 @@ class Fleet:
     """The driver's handle on the agents' process."""
 
     def __init__(self, base_urls: list[str], tokens: list[str], interval_hint_s: float) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.connection, child_end = context.Pipe()
-        self.process = context.Process(
-            target=run_fleet,
-            args=(base_urls, tokens, interval_hint_s, child_end),
-            name="simulated-agents",
-            daemon=True,
+        self.process, self.connection = spawned(
+            run_fleet, (base_urls, tokens, interval_hint_s), "simulated-agents"
         )
-        self.process.start()
-        child_end.close()
 
     @property
     def pid(self) -> int | None:

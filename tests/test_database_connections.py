@@ -35,6 +35,7 @@ from tests.support import (
     own_manager,
     wait_until,
 )
+from tests.test_api_admission import INVENTORY, WORKLOAD
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,16 +211,6 @@ SMALL_POOLS: dict[str, int] = {
     "agent_max_concurrent_db": 2,
     "db_credential_pool_size": 1,
 }
-WORKLOAD = {
-    "name": "Held",
-    "slug": "held",
-    "backend": "llamacpp",
-    "model_name": "x",
-    "config": {"command": "llama-server -m /models/x.gguf"},
-    "execution_policy": "fixed",
-    "execution_policy_config": {"replicas": 1},
-}
-INVENTORY = {"source": "none", "hostname": "cpu-box", "gpus": []}
 
 
 async def _connections_of(manager: RunningManager, ours: set[int]) -> int:
