@@ -139,6 +139,10 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         )
         app.state.engine = engine
         app.state.sessions = make_sessionmaker(engine)
+        # Read-only requests' sessions (api/deps.py ReadSession): the same pool, no transaction.
+        app.state.read_sessions = make_sessionmaker(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         # The agent requests' one-statement steps (manager/db/direct.py); every statement on it
         # runs under one of their admission slots, so it needs no more connections than those.
         direct = DirectPool(

@@ -33,6 +33,18 @@ async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
 Session = Annotated[AsyncSession, Depends(db_session)]
 
 
+async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """For a request that only reads, a few statements: each commits by itself, with no BEGIN
+    before them and no ROLLBACK after (two round trips of five for a GET of a workload, and at
+    each the request waits for a turn of a busy event loop). Not for a cursor
+    (``queries.in_pieces``): Postgres keeps one only within a transaction."""
+    async with request.app.state.read_sessions() as session:
+        yield session
+
+
+ReadSession = Annotated[AsyncSession, Depends(read_session)]
+
+
 def caller_of_kind(kind: TokenKind, where: str) -> Callable[..., Awaitable[Principal]]:
     async def dependency(request: Request) -> Principal:
         principal = await authenticated(request)
@@ -73,15 +85,24 @@ async def _path_project(project: str, caller: ControlCaller, session: Session) -
     return named
 
 
-async def _own_project(caller: ControlCaller, session: Session) -> Project:
+async def _own(caller: Principal, session: AsyncSession) -> Project:
     own = await session.get(Project, caller.project_id) if caller.project_id else None
     require_project(caller, own.id if own else None, caller.project_id or "?")
     assert own is not None
     return own
 
 
+async def _own_project(caller: ControlCaller, session: Session) -> Project:
+    return await _own(caller, session)
+
+
+async def _own_project_read(caller: ControlCaller, session: ReadSession) -> Project:
+    return await _own(caller, session)
+
+
 PathProject = Annotated[Project, Depends(_path_project)]
 OwnProject = Annotated[Project, Depends(_own_project)]
+ReadOwnProject = Annotated[Project, Depends(_own_project_read)]  # with a ReadSession
 
 
 def _workload_limits(request: Request) -> WorkloadLimits:

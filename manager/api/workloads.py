@@ -24,7 +24,16 @@ from manager.wire import (
     WorkloadEventList,
 )
 
-from .deps import ControlReader, ControlWriter, Limits, OwnProject, PathProject, Session
+from .deps import (
+    ControlReader,
+    ControlWriter,
+    Limits,
+    OwnProject,
+    PathProject,
+    ReadOwnProject,
+    ReadSession,
+    Session,
+)
 
 router = APIRouter(prefix="/api", route_class=BorderRoute, responses=ERROR_RESPONSES)
 KEEPALIVE_S = 15
@@ -96,7 +105,7 @@ async def create_workload(
 
 @router.get("/workloads/{workload_ref}")
 async def get_workload(
-    workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
+    workload_ref: str, owner: ReadOwnProject, caller: ControlReader, session: ReadSession
 ) -> WorkloadView:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
     return workloads.workload_view(workload, owner)

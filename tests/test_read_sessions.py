@@ -1,0 +1,88 @@
+"""A GET of a workload reads in autocommit: its statements commit by themselves, with no BEGIN
+before them and no ROLLBACK after (two round trips fewer, each a turn of a busy event loop);
+a write still runs in a transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event
+
+from tests.support import (
+    RunningManager,
+    bearer,
+    create_project,
+    create_sdk_token,
+    own_manager,
+)
+from tests.test_api_admission import WORKLOAD
+
+
+def _fastapi(manager: RunningManager) -> FastAPI:
+    layer: Any = manager.server.config.app
+    while not isinstance(layer, FastAPI):
+        layer = layer.app
+    return layer
+
+
+class Transactions:
+    """The BEGIN and ROLLBACK / COMMIT statements the Manager's engine sends for HTTP requests
+    (asyncpg's query logger on each pooled connection; a connection counts while a request's
+    task holds it, not the background tasks' reads that share the pool)."""
+
+    def __init__(self, manager: RunningManager) -> None:
+        self.sent: list[str] = []
+        self._logged: set[int] = set()
+        self._for_request: dict[int, bool] = {}
+        engine = _fastapi(manager).state.engine.sync_engine
+
+        @event.listens_for(engine, "checkout")
+        def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            raw = dbapi_connection.driver_connection
+            task = asyncio.current_task()
+            name = task.get_coro().__qualname__ if task is not None else ""  # type: ignore[union-attr]
+            self._for_request[id(raw)] = "run_asgi" in name  # uvicorn's request cycle
+            if id(raw) not in self._logged:
+                self._logged.add(id(raw))
+                raw.add_query_logger(functools.partial(self._log, id(raw)))
+
+    def _log(self, connection: int, record: Any) -> None:
+        # Called soon after the statement (call_soon), before the connection can change hands.
+        word = record.query.split()[0].rstrip(";").upper()
+        if word in ("BEGIN", "ROLLBACK", "COMMIT") and self._for_request.get(connection):
+            self.sent.append(word)
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[RunningManager]:
+    with own_manager(tmp_path) as running:
+        yield running
+
+
+def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) -> None:
+    with httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token or "")) as admin:
+        project = create_project(admin)["slug"]
+        sdk = bearer(create_sdk_token(admin, project))
+    with httpx.Client(base_url=manager.url, headers=sdk, timeout=30) as client:
+        created = client.post(f"/api/projects/{project}/workloads", json=WORKLOAD)
+        assert created.status_code == 201, created.text
+        workload = created.json()
+        transactions = Transactions(manager)
+        for ref in (workload["id"], workload["slug"]):
+            got = client.get(f"/api/workloads/{ref}")
+            assert got.status_code == 200, got.text
+            assert (got.json()["id"], got.json()["slug"]) == (workload["id"], workload["slug"])
+        missing = client.get("/api/workloads/no-such-workload")
+        assert missing.status_code == 404, missing.text
+        assert transactions.sent == []
+        patched = client.patch(f"/api/workloads/{workload['id']}", json={"description": "x"})
+        assert patched.status_code == 200, patched.text
+        assert "BEGIN" in transactions.sent and "COMMIT" in transactions.sent
+        assert client.get(f"/api/workloads/{workload['id']}").json()["description"] == "x"
