@@ -57,16 +57,10 @@ class Admission:
         told to ``waited`` (by default this admission's)."""
         told = waited or self._waited
         started = time.perf_counter()
-        if not turn.locked():
-            # Timed all the same: a lock released a moment ago reads free while its next waiter
-            # has yet to run, and acquire() then queues behind that waiter.
-            try:
-                await turn.acquire()
-            finally:
-                told(time.perf_counter() - started)
-            return
         try:
-            if patient:
+            # A turn that reads free is timed all the same: a lock released a moment ago reads
+            # free while its next waiter has yet to run, and acquire() then queues behind it.
+            if patient or not turn.locked():
                 await turn.acquire()
             else:
                 async with asyncio.timeout(self.wait_s):
