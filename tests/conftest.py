@@ -146,6 +146,16 @@ def database_url() -> Iterator[str]:
     drop_database(url)
 
 
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A new, empty database of the tests' server for one test, dropped after it."""
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
 @pytest.fixture(scope="session")
 def manager(
     database_url: str, tmp_path_factory: pytest.TempPathFactory

@@ -27,10 +27,8 @@ from manager.settings import Settings
 from tests.support import (
     RunningManager,
     bearer,
-    create_database,
     create_project,
     create_sdk_token,
-    drop_database,
     free_port,
     own_manager,
     wait_until,
@@ -68,13 +66,6 @@ async def _sql(url: str, *statements: str) -> None:
             await connection.execute(statement)
     finally:
         await connection.close()
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    url = create_database()
-    yield url
-    drop_database(url)
 
 
 def test_a_database_that_allows_too_few_is_named_with_the_settings_to_change(

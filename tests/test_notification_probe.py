@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -16,21 +15,11 @@ import pytest
 
 from manager import notify
 from manager.notify import NotificationHub, plain_postgres_url
-from tests.support import create_database, drop_database
 
 LISTENING = """
 SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'LISTEN%'
 """
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    url = create_database()
-    try:
-        yield url
-    finally:
-        drop_database(url)
 
 
 async def until(condition: object, what: str, within_s: float = 10.0) -> None:

@@ -3,7 +3,7 @@ the workloads new or changed since: the same bytes as a list written afresh, wha
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -15,16 +15,8 @@ from manager.db.migrate import upgrade_to_head_async
 from manager.db.models import Project
 from manager.db.session import make_engine, make_sessionmaker
 from manager.services import workloads
-from tests.support import create_database, drop_database
 
 WORKLOADS = 40
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    url = create_database()
-    yield url
-    drop_database(url)
 
 
 def _insert(project_id: str, first: int, last: int) -> str:

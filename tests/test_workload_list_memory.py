@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -16,17 +16,9 @@ from manager.db.migrate import upgrade_to_head_async
 from manager.db.models import Project
 from manager.db.session import make_engine, make_sessionmaker
 from manager.services import workloads
-from tests.support import create_database, drop_database
 
 WORKLOADS = 3000
 PIECE = 100
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    url = create_database()
-    yield url
-    drop_database(url)
 
 
 @pytest.fixture
