@@ -10,7 +10,8 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -19,7 +20,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from manager.db.direct import DirectPool, Statement
-from manager.db.models import Token
+from manager.db.models import Project, Token
 from manager.errors import (
     ProjectScopeMismatch,
     ScopeInsufficient,
@@ -112,19 +113,24 @@ class Principal:
     project_id: str | None
     scopes: frozenset[str]
     workload_grants: frozenset[str]
+    # The credential's project as the lookup read it with the credential, in the same
+    # statement: a control-API request needs no read of its own for it. None for a
+    # credential of no project, and for the gateway's keys (manager/gateway/keys.py).
+    project: Project | None = field(default=None, compare=False, repr=False)
 
     @property
     def display(self) -> str:
         return display_token(self.kind.value, self.token_id)
 
     @classmethod
-    def from_row(cls, row: CredentialColumns) -> Principal:
+    def from_row(cls, row: CredentialColumns, project: Project | None = None) -> Principal:
         return cls(
             token_id=row.id,
             kind=TokenKind(row.kind),
             project_id=row.project_id,
             scopes=frozenset(row.scopes or ()),
             workload_grants=frozenset(row.workload_grants or ()),
+            project=project,
         )
 
 
@@ -137,10 +143,24 @@ def bearer_token(authorization: str | None) -> str | None:
     return value.strip() or None
 
 
-# What authentication reads of a credential: plain columns, no entity in a session.
-_CREDENTIAL = select(
-    Token.id, Token.kind, Token.digest, Token.project_id, Token.scopes, Token.workload_grants
-).where(Token.id == bindparam("token_id"), Token.revoked_at.is_(None))
+# What authentication reads of a credential, and of its project: plain columns, no entity in
+# a session. Projects are never renamed or deleted, so what a request reads here holds for it.
+_CREDENTIAL = (
+    select(
+        Token.id,
+        Token.kind,
+        Token.digest,
+        Token.project_id,
+        Token.scopes,
+        Token.workload_grants,
+        Project.tenant_id.label("project_tenant_id"),
+        Project.slug.label("project_slug"),
+        Project.name.label("project_name"),
+        Project.created_at.label("project_created_at"),
+    )
+    .outerjoin(Project, Project.id == Token.project_id)
+    .where(Token.id == bindparam("token_id"), Token.revoked_at.is_(None))
+)
 _CREDENTIAL_DIRECT = Statement(_CREDENTIAL)
 
 
@@ -169,12 +189,34 @@ async def authenticate(
     stored = row.digest if row is not None and row.kind == kind.value else b"\0" * 32
     if not hmac.compare_digest(stored, token_digest(token)) or row is None:
         raise Unauthenticated()
-    return Principal.from_row(row)
+    return Principal.from_row(row, _project_of(row))
+
+
+def _project_of(row: _StoredCredential) -> Project | None:
+    """The credential's project, made from the columns read with it (an entity of no
+    session: what the routes read of a project, nothing they could write back)."""
+    if row.project_id is None:
+        return None
+    return Project(
+        id=row.project_id,
+        tenant_id=row.project_tenant_id,
+        slug=row.project_slug,
+        name=row.project_name,
+        created_at=row.project_created_at,
+    )
 
 
 class _StoredCredential(CredentialColumns, Protocol):
     @property
     def digest(self) -> bytes: ...
+    @property
+    def project_tenant_id(self) -> str | None: ...
+    @property
+    def project_slug(self) -> str | None: ...
+    @property
+    def project_name(self) -> str | None: ...
+    @property
+    def project_created_at(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -187,6 +229,10 @@ class _Credential:
     project_id: str | None
     scopes: list[str]
     workload_grants: list[str]
+    project_tenant_id: str | None
+    project_slug: str | None
+    project_name: str | None
+    project_created_at: datetime | None
 
 
 def require_kind(principal: Principal, kind: TokenKind, where: str) -> None:

@@ -1,6 +1,7 @@
 """A GET of a workload reads in autocommit: its statements commit by themselves, with no BEGIN
 before them and no ROLLBACK after (two round trips fewer, each a turn of a busy event loop);
-a write still runs in a transaction."""
+a write still runs in a transaction. And no control-API request reads its project on its own:
+the credential's lookup reads it in the same statement."""
 
 from __future__ import annotations
 
@@ -32,13 +33,22 @@ def _fastapi(manager: RunningManager) -> FastAPI:
     return layer
 
 
-class Transactions:
-    """The BEGIN and ROLLBACK / COMMIT statements the Manager's engine sends for HTTP requests
-    (asyncpg's query logger on each pooled connection; a connection counts while a request's
-    task holds it, not the background tasks' reads that share the pool)."""
+def _in_request() -> bool:
+    task = asyncio.current_task()
+    name = task.get_coro().__qualname__ if task is not None else ""  # type: ignore[union-attr]
+    return "run_asgi" in name  # uvicorn's request cycle
+
+
+class Statements:
+    """What the Manager's engine sends for HTTP requests, not for the background tasks that
+    share its pool: the statements (SQLAlchemy's cursor events, which see those of the
+    autocommit sessions too), and BEGIN, COMMIT and ROLLBACK (asyncpg's query logger on each
+    pooled connection, counted while a request's task holds it). The credential's lookup goes
+    through a pool of its own (manager/db/direct.py) and is not among them."""
 
     def __init__(self, manager: RunningManager) -> None:
         self.sent: list[str] = []
+        self.transactions: list[str] = []
         self._logged: set[int] = set()
         self._for_request: dict[int, bool] = {}
         engine = _fastapi(manager).state.engine.sync_engine
@@ -46,18 +56,24 @@ class Transactions:
         @event.listens_for(engine, "checkout")
         def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             raw = dbapi_connection.driver_connection
-            task = asyncio.current_task()
-            name = task.get_coro().__qualname__ if task is not None else ""  # type: ignore[union-attr]
-            self._for_request[id(raw)] = "run_asgi" in name  # uvicorn's request cycle
+            self._for_request[id(raw)] = _in_request()
             if id(raw) not in self._logged:
                 self._logged.add(id(raw))
                 raw.add_query_logger(functools.partial(self._log, id(raw)))
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def on_statement(*args: Any) -> None:
+            if _in_request():
+                self.sent.append(args[2])
 
     def _log(self, connection: int, record: Any) -> None:
         # Called soon after the statement (call_soon), before the connection can change hands.
         word = record.query.split()[0].rstrip(";").upper()
         if word in ("BEGIN", "ROLLBACK", "COMMIT") and self._for_request.get(connection):
-            self.sent.append(word)
+            self.transactions.append(word)
+
+    def reading(self, table: str) -> list[str]:
+        return [query for query in self.sent if f"FROM {table}" in query]
 
 
 @pytest.fixture
@@ -71,18 +87,26 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
         project = create_project(admin)["slug"]
         sdk = bearer(create_sdk_token(admin, project))
     with httpx.Client(base_url=manager.url, headers=sdk, timeout=30) as client:
+        statements = Statements(manager)
         created = client.post(f"/api/projects/{project}/workloads", json=WORKLOAD)
         assert created.status_code == 201, created.text
         workload = created.json()
-        transactions = Transactions(manager)
+        assert created.json()["project_slug"] == project
+        assert statements.transactions == ["BEGIN", "COMMIT"]
+        statements.sent.clear()
+        statements.transactions.clear()
         for ref in (workload["id"], workload["slug"]):
             got = client.get(f"/api/workloads/{ref}")
             assert got.status_code == 200, got.text
             assert (got.json()["id"], got.json()["slug"]) == (workload["id"], workload["slug"])
         missing = client.get("/api/workloads/no-such-workload")
         assert missing.status_code == 404, missing.text
-        assert transactions.sent == []
+        assert statements.transactions == []
+        assert len(statements.sent) == 3  # one a GET: the workload's row
         patched = client.patch(f"/api/workloads/{workload['id']}", json={"description": "x"})
         assert patched.status_code == 200, patched.text
-        assert "BEGIN" in transactions.sent and "COMMIT" in transactions.sent
+        assert "BEGIN" in statements.transactions and "COMMIT" in statements.transactions
         assert client.get(f"/api/workloads/{workload['id']}").json()["description"] == "x"
+        listed = client.get(f"/api/projects/{project}/workloads")
+        assert [w["id"] for w in listed.json()["workloads"]] == [workload["id"]]
+        assert statements.reading("projects") == []

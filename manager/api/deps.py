@@ -76,33 +76,26 @@ ControlReader = Annotated[Principal, Depends(_reader)]
 ControlWriter = Annotated[Principal, Depends(_writer)]
 
 
-async def _path_project(project: str, caller: ControlCaller, session: Session) -> Project:
-    """The caller's own project, named in the path by slug or id; 403 for any other."""
-    own = await session.get(Project, caller.project_id) if caller.project_id else None
+async def _path_project(project: str, caller: ControlCaller) -> Project:
+    """The caller's own project, named in the path by slug or id; 403 for any other. Read with
+    the credential (``Principal.project``): no statement of its own."""
+    own = caller.project
     named = own if own is not None and project in (own.slug, own.id) else None
     require_project(caller, named.id if named else None, project)
     assert named is not None
     return named
 
 
-async def _own(caller: Principal, session: AsyncSession) -> Project:
-    own = await session.get(Project, caller.project_id) if caller.project_id else None
+async def _own_project(caller: ControlCaller) -> Project:
+    """The caller's own project, read with the credential; 403 for a credential of none."""
+    own = caller.project
     require_project(caller, own.id if own else None, caller.project_id or "?")
     assert own is not None
     return own
 
 
-async def _own_project(caller: ControlCaller, session: Session) -> Project:
-    return await _own(caller, session)
-
-
-async def _own_project_read(caller: ControlCaller, session: ReadSession) -> Project:
-    return await _own(caller, session)
-
-
 PathProject = Annotated[Project, Depends(_path_project)]
 OwnProject = Annotated[Project, Depends(_own_project)]
-ReadOwnProject = Annotated[Project, Depends(_own_project_read)]  # with a ReadSession
 
 
 def _workload_limits(request: Request) -> WorkloadLimits:

@@ -30,7 +30,6 @@ from .deps import (
     Limits,
     OwnProject,
     PathProject,
-    ReadOwnProject,
     ReadSession,
     Session,
 )
@@ -105,7 +104,7 @@ async def create_workload(
 
 @router.get("/workloads/{workload_ref}")
 async def get_workload(
-    workload_ref: str, owner: ReadOwnProject, caller: ControlReader, session: ReadSession
+    workload_ref: str, owner: OwnProject, caller: ControlReader, session: ReadSession
 ) -> WorkloadView:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
     return workloads.workload_view(workload, owner)
@@ -121,7 +120,7 @@ async def update_workload(
     limits: Limits,
 ) -> WorkloadView:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=True)
-    workload = await workloads.update_workload(session, caller, workload, body, limits)
+    workload = await workloads.update_workload(session, caller, owner, workload, body, limits)
     await session.commit()
     return workloads.workload_view(workload, owner)
 
@@ -140,7 +139,7 @@ async def delete_workload(
 
 @router.get("/workloads/{workload_ref}/endpoints")
 async def get_endpoint_toggles(
-    workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
+    workload_ref: str, owner: OwnProject, caller: ControlReader, session: ReadSession
 ) -> EndpointToggles:
     """Which of the workload's routes, and whether its async jobs, are served."""
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
@@ -164,7 +163,7 @@ async def update_endpoint_toggles(
 
 @router.get("/workloads/{workload_ref}/events")
 async def list_workload_events(
-    workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
+    workload_ref: str, owner: OwnProject, caller: ControlReader, session: ReadSession
 ) -> WorkloadEventList:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
     rows = await events.list_events(session, workload.id)
@@ -182,7 +181,7 @@ async def readiness_events(
     owner: PathProject,
     caller: ControlReader,
     request: Request,
-    session: Session,
+    session: ReadSession,
 ) -> EventSourceResponse:
     """SSE of ``{phase, message, elapsed_ms, step?}``: a snapshot now, then each change."""
     workload = await workloads.find_workload(
@@ -205,7 +204,7 @@ async def replica_logs(
     owner: OwnProject,
     caller: ControlReader,
     request: Request,
-    session: Session,
+    session: ReadSession,
 ) -> StreamingResponse:
     """The engine's log: the last ``tail`` lines (default 100), then, with ``follow=1``, what
     it writes next, as plain text until the client goes."""
@@ -237,7 +236,7 @@ def _log_query(request: Request) -> tuple[int, bool]:
 
 @router.get("/workloads/{workload_ref}/replicas")
 async def list_workload_replicas(
-    workload_ref: str, owner: OwnProject, caller: ControlReader, session: Session
+    workload_ref: str, owner: OwnProject, caller: ControlReader, session: ReadSession
 ) -> ReplicaList:
     workload = await workloads.find_workload(session, caller, owner, workload_ref, for_update=False)
     rows = await workloads.list_replicas(session, workload.id)

@@ -274,11 +274,13 @@ async def _live_by_slug(
 async def update_workload(
     session: AsyncSession,
     principal: Principal,
+    project: Project,
     workload: Workload,
     request: UpdateWorkloadRequest,
     limits: WorkloadLimits,
 ) -> Workload:
-    """Merge the given fields into the stored spec, validate the result, bump the generation."""
+    """Merge the given fields into the stored spec of ``project``'s ``workload``, validate the
+    result, bump the generation."""
     given = {name: getattr(request, name) for name in request.model_fields_set}
     _require_write(principal, given)
     if "task_type" in given and given["task_type"] != workload.task_type:
@@ -288,8 +290,6 @@ async def update_workload(
             field="task_type",
         )
     merged = _spec_of(workload) | given
-    project = await session.get(Project, workload.project_id)
-    assert project is not None
     custom = await custom_backend_rules(session, project, merged["backend"])
     validate_workload(merged, limits, **custom)
     if any(name in given for name in (*ASSIGNMENT_FIELDS, *POOL_FIELDS)):
