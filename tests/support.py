@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import uvicorn
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from ik_contracts.http_server import uvicorn_options
@@ -111,6 +112,14 @@ class RunningManager:
             )
             self.server.force_exit = True
             self.thread.join(timeout=15)
+
+
+def fastapi_app(manager: RunningManager) -> FastAPI:
+    """The FastAPI application inside a running Manager's middleware."""
+    layer: Any = manager.server.config.app
+    while not isinstance(layer, FastAPI):
+        layer = layer.app
+    return layer
 
 
 def start_manager(settings: Settings) -> RunningManager:

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import event
 
 from tests.support import (
@@ -21,16 +20,10 @@ from tests.support import (
     bearer,
     create_project,
     create_sdk_token,
+    fastapi_app,
     own_manager,
 )
 from tests.test_api_admission import WORKLOAD
-
-
-def _fastapi(manager: RunningManager) -> FastAPI:
-    layer: Any = manager.server.config.app
-    while not isinstance(layer, FastAPI):
-        layer = layer.app
-    return layer
 
 
 def _in_request() -> bool:
@@ -51,7 +44,7 @@ class Statements:
         self.transactions: list[str] = []
         self._logged: set[int] = set()
         self._for_request: dict[int, bool] = {}
-        engine = _fastapi(manager).state.engine.sync_engine
+        engine = fastapi_app(manager).state.engine.sync_engine
 
         @event.listens_for(engine, "checkout")
         def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:

@@ -98,7 +98,7 @@ PathProject = Annotated[Project, Depends(_path_project)]
 OwnProject = Annotated[Project, Depends(_own_project)]
 
 
-def _workload_limits(request: Request) -> WorkloadLimits:
+async def _workload_limits(request: Request) -> WorkloadLimits:
     settings = request.app.state.settings
     return WorkloadLimits(max_replicas=settings.max_replicas_per_workload)
 

@@ -38,7 +38,7 @@ STATUS_HELP = "only deliveries in this state: pending, delivered, terminal or sk
 LIMIT_HELP = "at most this many, newest first (default 50, at most 500)"
 
 
-def _rules(request: Request) -> UrlRules:
+async def _rules(request: Request) -> UrlRules:
     return UrlRules.of(request.app.state.settings)
 
 
