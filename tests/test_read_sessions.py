@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.support import (
     fastapi_app,
     own_manager,
 )
+from tests.test_agent_protocol_load import listen
 from tests.test_api_admission import WORKLOAD
 
 
@@ -65,6 +67,17 @@ class Statements:
         if word in ("BEGIN", "ROLLBACK", "COMMIT") and self._for_request.get(connection):
             self.transactions.append(word)
 
+    def settled(self) -> Statements:
+        """Once nothing more is heard for 0.2 s: the query logger is called soon after a
+        statement, on the Manager's loop, and may be called after the answer has come back."""
+        heard, quiet_since = (-1, -1), time.monotonic()
+        while time.monotonic() - quiet_since < 0.2:
+            now = (len(self.sent), len(self.transactions))
+            if now != heard:
+                heard, quiet_since = now, time.monotonic()
+            time.sleep(0.02)
+        return self
+
     def reading(self, table: str) -> list[str]:
         return [query for query in self.sent if f"FROM {table}" in query]
 
@@ -85,7 +98,7 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
         assert created.status_code == 201, created.text
         workload = created.json()
         assert created.json()["project_slug"] == project
-        assert statements.transactions == ["BEGIN", "COMMIT"]
+        assert statements.settled().transactions == ["BEGIN", "COMMIT"]
         statements.sent.clear()
         statements.transactions.clear()
         for ref in (workload["id"], workload["slug"]):
@@ -94,12 +107,44 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
             assert (got.json()["id"], got.json()["slug"]) == (workload["id"], workload["slug"])
         missing = client.get("/api/workloads/no-such-workload")
         assert missing.status_code == 404, missing.text
-        assert statements.transactions == []
+        assert statements.settled().transactions == []
         assert len(statements.sent) == 3  # one a GET: the workload's row
         patched = client.patch(f"/api/workloads/{workload['id']}", json={"description": "x"})
         assert patched.status_code == 200, patched.text
-        assert "BEGIN" in statements.transactions and "COMMIT" in statements.transactions
+        assert "BEGIN" in statements.settled().transactions
+        assert "COMMIT" in statements.transactions
         assert client.get(f"/api/workloads/{workload['id']}").json()["description"] == "x"
         listed = client.get(f"/api/projects/{project}/workloads")
         assert [w["id"] for w in listed.json()["workloads"]] == [workload["id"]]
-        assert statements.reading("projects") == []
+        assert statements.settled().reading("projects") == []
+
+
+async def test_a_create_is_one_statement_with_its_event_and_its_notice(
+    manager: RunningManager,
+) -> None:
+    """The workload, its "created" event and the reconciler's notice go in one statement; a
+    create refused for its slug writes none of them."""
+    async with httpx.AsyncClient(base_url=manager.url, timeout=30) as client:
+        admin = bearer(manager.admin_token or "")
+        made = await client.post(
+            "/api/admin/projects", json={"slug": "one-statement"}, headers=admin
+        )
+        assert made.status_code == 201, made.text
+        token = await client.post(
+            "/api/admin/tokens", json={"project": "one-statement"}, headers=admin
+        )
+        client.headers.update(bearer(token.json()["token"]))
+        statements = Statements(manager)
+        async with listen(manager) as notices:
+            created = await client.post("/api/projects/one-statement/workloads", json=WORKLOAD)
+            assert created.status_code == 201, created.text
+            workload_id = created.json()["id"]
+            await notices.heard(workload_id)
+            await asyncio.to_thread(statements.settled)
+            assert len(statements.sent) == 1
+            assert statements.transactions == ["BEGIN", "COMMIT"]
+            other = {**WORKLOAD, "description": "another spec under the same slug"}
+            refused = await client.post("/api/projects/one-statement/workloads", json=other)
+            assert refused.status_code == 409, refused.text
+            events = (await client.get(f"/api/workloads/{workload_id}/events")).json()["events"]
+            assert [e["kind"] for e in events].count("created") == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from manager import wire
@@ -23,36 +23,10 @@ async def record(
     session.add(WorkloadEvent(workload_id=workload_id, kind=kind, message=message, data=data))
 
 
-_EVENTS = WorkloadEvent.__table__
-assert isinstance(_EVENTS, Table)
-# One event written and its workload's id told on ``channel``, in one round trip and without the
-# session's unit of work (a create's event flushed by the ORM was a tenth of its CPU).
-_RECORD_AND_TELL = (
-    insert(_EVENTS)
-    .values(
-        workload_id=bindparam("event_workload"),
-        kind=bindparam("event_kind"),
-        message=bindparam("event_message"),
-    )
-    .returning(func.pg_notify(bindparam("channel"), _EVENTS.c.workload_id))
-)
-
-
-async def record_and_tell(
-    session: AsyncSession, workload_id: str, kind: str, message: str, channel: str
-) -> None:
-    """``record`` an event with no data, and ``NOTIFY channel`` the workload's id, in the
-    session's transaction (both take effect at its commit)."""
-    connection = await session.connection()
-    await connection.execute(
-        _RECORD_AND_TELL,
-        {
-            "event_workload": workload_id,
-            "event_kind": kind,
-            "event_message": message,
-            "channel": channel,
-        },
-    )
+# The events' table, for a statement that records an event as one of its parts (a create).
+_table = WorkloadEvent.__table__
+assert isinstance(_table, Table)
+EVENTS: Table = _table
 
 
 async def list_events(
