@@ -2,6 +2,7 @@
 
     python bench/agent_requests.py [--agents 200] [--rounds 20] [--concurrency 32] [--json out.json]
                                    [--kinds delta,report,figures,poll]
+    python bench/agent_requests.py --kinds create,get    # the control API's, for comparison
 
 Starts, in child processes, a real Manager (no reconciler: only the requests are measured) on a
 fresh database of the local Postgres (``INFERENCEKEY_BENCH_DATABASE_SERVER``, default the tests'
@@ -16,6 +17,13 @@ times per agent, ``--concurrency`` in flight, to the Manager and to the peer in 
 - ``report, new figures``: the same with every GPU's utilisation and used memory changed, as a
   real agent's is;
 - ``long-poll, answered``: an assignments request whose version is stale, answered at once.
+
+And, with ``--kinds``, two control-API requests with the project's SDK token (not run by
+default):
+
+- ``create a workload``: a new fixed-policy workload each (bench/control_plane.py's body); with
+  no reconciler, nothing reacts to it;
+- ``get a workload``: one of the workloads made before the rounds (one per agent).
 
 Prints per kind the Manager's CPU per request (its process, from /proc), its Postgres backends'
 CPU per request, the peer's CPU per request and the ratio of the two processes. Drops its
@@ -42,7 +50,7 @@ import asyncpg
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_plane import process_cpu_s
+from control_plane import process_cpu_s, workload_body
 from heartbeat_during_reconcile import (
     free_port,
     fresh_database,
@@ -123,12 +131,21 @@ def inventory(index: int) -> dict[str, Any]:
     }
 
 
-class Agents:
-    """The registered workers' credentials and what each sends."""
+# The control API's paths, called with the project's SDK token; the others with agent tokens.
+CONTROL_PATHS = ("/api/projects/", "/api/workloads/")
 
-    def __init__(self, tokens: list[str]) -> None:
+
+class Agents:
+    """The registered workers' credentials and what each sends; the project's SDK token."""
+
+    def __init__(self, tokens: list[str], sdk_token: str) -> None:
         self.tokens = tokens
+        self.sdk_token = sdk_token
         self.sent = 0
+        self.created = 0
+
+    def token(self, n: int, path: str) -> str:
+        return self.sdk_token if path.startswith(CONTROL_PATHS) else self.tokens[n]
 
     def delta(self, n: int) -> tuple[str, str, dict[str, Any] | None]:
         return ("POST", "/api/agent/heartbeat", {"address": f"http://127.0.0.1:{20000 + n}"})
@@ -148,6 +165,18 @@ class Agents:
     def poll(self, n: int) -> tuple[str, str, dict[str, Any] | None]:
         return ("GET", "/api/agent/assignments?version=stale&wait=0", None)
 
+    def create(self, n: int) -> tuple[str, str, dict[str, Any] | None]:
+        self.created += 1
+        return ("POST", f"/api/projects/{PROJECT}/workloads", workload_body(f"c-{self.created}"))
+
+    def get(self, n: int) -> tuple[str, str, dict[str, Any] | None]:
+        return ("GET", f"/api/workloads/{_kept(n)}", None)
+
+
+def _kept(n: int) -> str:
+    """The slug of the workload made for agent ``n`` before the rounds (for ``get``)."""
+    return f"kept-{n}"
+
 
 # Each kind of request by its --kinds name: its label and the method of Agents that sends it.
 KINDS = {
@@ -155,28 +184,42 @@ KINDS = {
     "report": ("report, unchanged", "report"),
     "figures": ("report, new figures", "figures"),
     "poll": ("long-poll, answered", "poll"),
+    "create": ("create a workload", "create"),
+    "get": ("get a workload", "get"),
 }
+# What runs without --kinds: the agent protocol's requests.
+DEFAULT_KINDS = ("delta", "report", "figures", "poll")
+PROJECT = "bench"
 
 
 async def register(base_url: str, admin_token: str, agents: int) -> Agents:
     admin = {"Authorization": f"Bearer {admin_token}"}
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        created = await client.post("/api/admin/projects", json={"slug": "bench"}, headers=admin)
+        created = await client.post("/api/admin/projects", json={"slug": PROJECT}, headers=admin)
         created.raise_for_status()
+        sdk = await client.post("/api/admin/tokens", json={"project": PROJECT}, headers=admin)
+        sdk.raise_for_status()
+        sdk_token = sdk.json()["token"]
         tokens = []
         for n in range(agents):
             worker = await client.post(
-                "/api/admin/workers", json={"project": "bench", "name": f"w{n}"}, headers=admin
+                "/api/admin/workers", json={"project": PROJECT, "name": f"w{n}"}, headers=admin
             )
             worker.raise_for_status()
             tokens.append(worker.json()["token"])
-        registered = Agents(tokens)
+        registered = Agents(tokens, sdk_token)
         for n, token in enumerate(tokens):
             method, path, body = registered.report(n)
             answer = await client.request(
                 method, path, json=body, headers={"Authorization": f"Bearer {token}"}
             )
             answer.raise_for_status()
+            kept = await client.post(
+                f"/api/projects/{PROJECT}/workloads",
+                json=workload_body(_kept(n)),
+                headers={"Authorization": f"Bearer {sdk_token}"},
+            )
+            kept.raise_for_status()
         return registered
 
 
@@ -207,7 +250,7 @@ async def send_all(
                         method,
                         path,
                         json=body,
-                        headers={"Authorization": f"Bearer {agents.tokens[n]}"},
+                        headers={"Authorization": f"Bearer {agents.token(n, path)}"},
                     )
                 except httpx.TransportError as error:
                     failures.append(
@@ -216,7 +259,7 @@ async def send_all(
                     )
                     continue
                 done[0] += 1
-                if answer.status_code != 200:
+                if not answer.is_success:
                     failures.append(f"{answer.status_code} {answer.text[:200]}")
 
         started = time.monotonic()
@@ -340,7 +383,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--kinds",
-        default=",".join(KINDS),
+        default=",".join(DEFAULT_KINDS),
         help="which requests to send, of " + ", ".join(KINDS) + " (to profile one alone)",
     )
     args = parser.parse_args()
