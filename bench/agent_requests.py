@@ -192,7 +192,9 @@ DEFAULT_KINDS = ("delta", "report", "figures", "poll")
 PROJECT = "bench"
 
 
-async def register(base_url: str, admin_token: str, agents: int) -> Agents:
+async def register(base_url: str, admin_token: str, agents: int, kept: bool) -> Agents:
+    """The workers, each after its first full heartbeat; with ``kept``, a workload per agent
+    for ``get``."""
     admin = {"Authorization": f"Bearer {admin_token}"}
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
         created = await client.post("/api/admin/projects", json={"slug": PROJECT}, headers=admin)
@@ -214,12 +216,14 @@ async def register(base_url: str, admin_token: str, agents: int) -> Agents:
                 method, path, json=body, headers={"Authorization": f"Bearer {token}"}
             )
             answer.raise_for_status()
-            kept = await client.post(
+            if not kept:
+                continue
+            made = await client.post(
                 f"/api/projects/{PROJECT}/workloads",
                 json=workload_body(_kept(n)),
                 headers={"Authorization": f"Bearer {sdk_token}"},
             )
-            kept.raise_for_status()
+            made.raise_for_status()
         return registered
 
 
@@ -313,7 +317,7 @@ async def measure(
     database_url: str,
     admin_token: str,
 ) -> list[Figure]:
-    agents = await register(manager_url, admin_token, args.agents)
+    agents = await register(manager_url, admin_token, args.agents, "get" in args.kinds)
     database = database_url.rsplit("/", 1)[1]
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     kinds: list[tuple[str, Callable[[int], tuple[str, str, dict[str, Any] | None]]]] = [

@@ -189,13 +189,14 @@ async def authenticate(
     stored = row.digest if row is not None and row.kind == kind.value else b"\0" * 32
     if not hmac.compare_digest(stored, token_digest(token)) or row is None:
         raise Unauthenticated()
-    return Principal.from_row(row, _project_of(row))
+    return Principal.from_row(row, _project_of(row, kind))
 
 
-def _project_of(row: _StoredCredential) -> Project | None:
-    """The credential's project, made from the columns read with it (an entity of no
-    session: what the routes read of a project, nothing they could write back)."""
-    if row.project_id is None:
+def _project_of(row: _StoredCredential, kind: TokenKind) -> Project | None:
+    """An SDK credential's project (the control API's routes read it), made from the columns
+    read with it: an entity of no session, nothing the routes could write back. None for the
+    other kinds (an agent's credential is kept in a cache, and needs none)."""
+    if kind is not TokenKind.SDK or row.project_id is None:
         return None
     return Project(
         id=row.project_id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,10 @@ def _in_request() -> bool:
     task = asyncio.current_task()
     name = task.get_coro().__qualname__ if task is not None else ""  # type: ignore[union-attr]
     return "run_asgi" in name  # uvicorn's request cycle
+
+
+def _committed(statements: Statements) -> bool:
+    return "COMMIT" in statements.transactions
 
 
 class Statements:
@@ -67,9 +71,16 @@ class Statements:
         if word in ("BEGIN", "ROLLBACK", "COMMIT") and self._for_request.get(connection):
             self.transactions.append(word)
 
+    def until(self, heard: Callable[[Statements], bool], timeout_s: float = 5.0) -> Statements:
+        """Once ``heard`` holds: the query logger is called soon after a statement, on the
+        Manager's loop, and may be called after the answer has come back."""
+        deadline = time.monotonic() + timeout_s
+        while not heard(self) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self
+
     def settled(self) -> Statements:
-        """Once nothing more is heard for 0.2 s: the query logger is called soon after a
-        statement, on the Manager's loop, and may be called after the answer has come back."""
+        """Once nothing more is heard for 0.2 s (for what must not be heard)."""
         heard, quiet_since = (-1, -1), time.monotonic()
         while time.monotonic() - quiet_since < 0.2:
             now = (len(self.sent), len(self.transactions))
@@ -98,7 +109,7 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
         assert created.status_code == 201, created.text
         workload = created.json()
         assert created.json()["project_slug"] == project
-        assert statements.settled().transactions == ["BEGIN", "COMMIT"]
+        assert statements.until(_committed).transactions == ["BEGIN", "COMMIT"]
         statements.sent.clear()
         statements.transactions.clear()
         for ref in (workload["id"], workload["slug"]):
@@ -111,8 +122,7 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
         assert len(statements.sent) == 3  # one a GET: the workload's row
         patched = client.patch(f"/api/workloads/{workload['id']}", json={"description": "x"})
         assert patched.status_code == 200, patched.text
-        assert "BEGIN" in statements.settled().transactions
-        assert "COMMIT" in statements.transactions
+        assert "BEGIN" in statements.until(_committed).transactions
         assert client.get(f"/api/workloads/{workload['id']}").json()["description"] == "x"
         listed = client.get(f"/api/projects/{project}/workloads")
         assert [w["id"] for w in listed.json()["workloads"]] == [workload["id"]]
@@ -140,7 +150,7 @@ async def test_a_create_is_one_statement_with_its_event_and_its_notice(
             assert created.status_code == 201, created.text
             workload_id = created.json()["id"]
             await notices.heard(workload_id)
-            await asyncio.to_thread(statements.settled)
+            await asyncio.to_thread(statements.until, _committed)
             assert len(statements.sent) == 1
             assert statements.transactions == ["BEGIN", "COMMIT"]
             other = {**WORKLOAD, "description": "another spec under the same slug"}
@@ -148,3 +158,5 @@ async def test_a_create_is_one_statement_with_its_event_and_its_notice(
             assert refused.status_code == 409, refused.text
             events = (await client.get(f"/api/workloads/{workload_id}/events")).json()["events"]
             assert [e["kind"] for e in events].count("created") == 1
+            await asyncio.sleep(0.5)  # a notice of the refused create would have come by now
+            assert set(notices.payloads) == {workload_id}  # the one workload's, nothing else

@@ -35,8 +35,9 @@ Session = Annotated[AsyncSession, Depends(db_session)]
 
 async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
     """For a request that only reads, a few statements: each commits by itself, with no BEGIN
-    before them and no ROLLBACK after (two round trips of five for a GET of a workload, and at
-    each the request waits for a turn of a busy event loop). Not for a cursor
+    before them and no ROLLBACK after (two round trips fewer: a GET of a workload is two in all,
+    the credential and the workload, and at each the request waits for a turn of a busy event
+    loop). Not for a cursor
     (``queries.in_pieces``): Postgres keeps one only within a transaction."""
     async with request.app.state.read_sessions() as session:
         yield session

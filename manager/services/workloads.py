@@ -99,9 +99,10 @@ _WORKLOAD_ID = re.compile(r"wl_[A-Za-z0-9_-]{1,125}")
 
 _WORKLOADS = Workload.__table__
 assert isinstance(_WORKLOADS, Table)
-# What a create writes: the request's fields and the Manager's own.
+# What a create writes: the spec as the client wrote it and the Manager's own columns.
 _CREATED_COLUMNS = (
-    *CreateWorkloadRequest.model_fields,
+    *SPEC_FIELDS,
+    "slug",
     "id",
     "project_id",
     "generation",
@@ -111,6 +112,8 @@ _CREATED_COLUMNS = (
     "phase",
     "phase_reason",
 )
+# A field the request gained must gain a column here too, or a create would drop it unseen.
+assert set(CreateWorkloadRequest.model_fields) == {*SPEC_FIELDS, "slug"}
 # A create in one statement and one round trip: the workload inserted unless a live one holds its
 # slug (ON CONFLICT DO NOTHING: no row then), its "created" event recorded and the reconciler told
 # (pg_notify at commit), all or nothing. The row comes back whole, server defaults included. The
@@ -130,7 +133,7 @@ _TOLD = (
     insert(events.EVENTS)
     .from_select(
         ["workload_id", "kind", "message"],
-        select(_INSERTED.c.id, literal("created"), bindparam("event_message")),
+        select(_INSERTED.c.id, literal("created"), bindparam("event_message", type_=Text)),
     )
     .returning(
         events.EVENTS.c.workload_id,
