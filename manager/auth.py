@@ -113,9 +113,10 @@ class Principal:
     project_id: str | None
     scopes: frozenset[str]
     workload_grants: frozenset[str]
-    # The credential's project as the lookup read it with the credential, in the same
+    # An SDK credential's project as the lookup read it with the credential, in the same
     # statement: a control-API request needs no read of its own for it. None for a
-    # credential of no project, and for the gateway's keys (manager/gateway/keys.py).
+    # credential of no project or of another kind, and for the gateway's keys
+    # (manager/gateway/keys.py).
     project: Project | None = field(default=None, compare=False, repr=False)
 
     @property
