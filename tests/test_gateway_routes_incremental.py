@@ -154,6 +154,18 @@ class Fleet:
         wait_until(lambda: self.call(slug) == (200, placed[0]), 10, f"{slug} never routed")
         return str(placed[0])
 
+    def settled(self, phases: dict[str, str]) -> None:
+        """Wait until each workload is in its phase, then for two reconcile passes more."""
+        wait_until(
+            lambda: all(
+                self.api.get(f"/api/workloads/{workload_id}").json()["status"]["phase"] == phase
+                for workload_id, phase in phases.items()
+            ),
+            10,
+            f"never settled in {phases}",
+        )
+        time.sleep(2 * self.manager.settings.reconcile_interval_s)
+
     def close(self) -> None:
         for client in (self.admin, self.api, self.data, self.agent):
             client.close()
@@ -358,7 +370,11 @@ async def test_a_full_read_in_pieces_keeps_the_routes_that_did_not_change(
     await asyncio.to_thread(fleet.heartbeat)
     chat_id = await asyncio.to_thread(fleet.create, "chat")
     replica = await asyncio.to_thread(fleet.serving, "chat")
-    # A second ready replica of chat, so that its two rows come in two pieces.
+    # Settled first, so that no pass the heartbeats asked for plans chat after the row below
+    # (it would stop the replica too many), and none writes a route's row between the reads.
+    await asyncio.to_thread(fleet.settled, {chat_id: "ready"})
+    # A second ready replica of chat, so that its two rows come in two pieces (written behind
+    # the Manager's back: no notice, and no full read for an hour).
     await asyncio.to_thread(
         fleet.sql,
         "INSERT INTO replicas SELECT (jsonb_populate_record(r, jsonb_build_object("
@@ -366,6 +382,7 @@ async def test_a_full_read_in_pieces_keeps_the_routes_that_did_not_change(
         replica,
     )
     idle_id = await asyncio.to_thread(fleet.create, "idle", 0)
+    await asyncio.to_thread(fleet.settled, {idle_id: "stopped"})
     monkeypatch.setattr(routes_module, "READ_AT_ONCE", 1)  # a piece per row
     engine = make_engine(fleet.manager.database_url)
     try:
