@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from tests.support import (
     create_sdk_token,
     fastapi_app,
     own_manager,
+    wait_until,
 )
 from tests.test_agent_protocol_load import listen
 from tests.test_api_admission import WORKLOAD
@@ -32,10 +33,6 @@ def _in_request() -> bool:
     task = asyncio.current_task()
     name = task.get_coro().__qualname__ if task is not None else ""  # type: ignore[union-attr]
     return "run_asgi" in name  # uvicorn's request cycle
-
-
-def _committed(statements: Statements) -> bool:
-    return "COMMIT" in statements.transactions
 
 
 class Statements:
@@ -71,12 +68,10 @@ class Statements:
         if word in ("BEGIN", "ROLLBACK", "COMMIT") and self._for_request.get(connection):
             self.transactions.append(word)
 
-    def until(self, heard: Callable[[Statements], bool], timeout_s: float = 5.0) -> Statements:
-        """Once ``heard`` holds: the query logger is called soon after a statement, on the
+    def committed(self) -> Statements:
+        """Once a COMMIT is heard: the query logger is called soon after a statement, on the
         Manager's loop, and may be called after the answer has come back."""
-        deadline = time.monotonic() + timeout_s
-        while not heard(self) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: "COMMIT" in self.transactions, 5, "no COMMIT heard", interval=0.02)
         return self
 
     def settled(self) -> Statements:
@@ -109,7 +104,7 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
         assert created.status_code == 201, created.text
         workload = created.json()
         assert created.json()["project_slug"] == project
-        assert statements.until(_committed).transactions == ["BEGIN", "COMMIT"]
+        assert statements.committed().transactions == ["BEGIN", "COMMIT"]
         statements.sent.clear()
         statements.transactions.clear()
         for ref in (workload["id"], workload["slug"]):
@@ -122,7 +117,7 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
         assert len(statements.sent) == 3  # one a GET: the workload's row
         patched = client.patch(f"/api/workloads/{workload['id']}", json={"description": "x"})
         assert patched.status_code == 200, patched.text
-        assert "BEGIN" in statements.until(_committed).transactions
+        assert "BEGIN" in statements.committed().transactions
         assert client.get(f"/api/workloads/{workload['id']}").json()["description"] == "x"
         listed = client.get(f"/api/projects/{project}/workloads")
         assert [w["id"] for w in listed.json()["workloads"]] == [workload["id"]]
@@ -150,7 +145,7 @@ async def test_a_create_is_one_statement_with_its_event_and_its_notice(
             assert created.status_code == 201, created.text
             workload_id = created.json()["id"]
             await notices.heard(workload_id)
-            await asyncio.to_thread(statements.until, _committed)
+            await asyncio.to_thread(statements.committed)
             assert len(statements.sent) == 1
             assert statements.transactions == ["BEGIN", "COMMIT"]
             other = {**WORKLOAD, "description": "another spec under the same slug"}
