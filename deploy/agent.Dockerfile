@@ -27,7 +27,7 @@
 #   INFERENCEKEY_AGENT_LISTEN          the agent's proxy address, default 0.0.0.0:8090
 #   INFERENCEKEY_AGENT_ADVERTISE_URL   the URL the Manager reaches the agent at, default
 #                                      http://<host name>:<listen port>
-#   INFERENCEKEY_AGENT_PORT_RANGE      host ports for engines, default 41000-41999
+#   INFERENCEKEY_AGENT_PORT_RANGE      host ports for engines, default 28000-28999
 #   INFERENCEKEY_MODEL_DIR             model files, default /models
 #   INFERENCEKEY_AGENT_STATE_DIR       the agent's state, default /var/lib/inferencekey-agent here
 #   INFERENCEKEY_ENGINE_IMAGES         per-backend images, e.g. vllm=vllm/vllm-openai:v0.6.3,...

@@ -203,7 +203,8 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
                 metrics.serve_separately(settings.metrics_address)
             if settings.run_reconciler:
                 # Connections of its own: no flood of requests can starve the reconcile loop
-                # of the pool (it uses one at a time; its leader lock holds another outside).
+                # of the pool (a pass uses one at a time, the resync's read beside it the other;
+                # its leader lock holds another outside).
                 reconcile_engine = make_engine(
                     database_url, pool_size=1, max_overflow=1, pool_timeout_s=60.0
                 )

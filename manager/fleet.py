@@ -69,25 +69,47 @@ class Changes:
     workers: set[str] = field(default_factory=set)
     everything: bool = False
 
+    def add(self, payload: str) -> None:
+        if payload.startswith(WORKLOAD_PREFIX):
+            self.workloads.add(payload)
+        elif payload.startswith(WORKER_PREFIX):
+            self.workers.add(payload)
+        else:  # ANY after a reconnect (anything may have been missed), or a payload unknown
+            self.everything = True
+
+    def merge(self, other: Changes) -> None:
+        self.workloads |= other.workloads
+        self.workers |= other.workers
+        self.everything = self.everything or other.everything
+
 
 class ChangeLog:
     """Collects ``ik_reconcile`` payloads between passes (a callback of the notification hub,
-    so nothing that arrives while a pass runs is lost: it is taken by the next one)."""
+    so nothing that arrives while a pass runs is lost: it is taken by the next one).
+
+    A watch (`watch`) collects too, untouched by `take`: everything noted from its start on,
+    over as many passes as it lasts (the resync's read, which runs beside them)."""
 
     def __init__(self) -> None:
         self._pending = Changes(everything=True)
+        self._watches: list[Changes] = []
 
     def note(self, payload: str) -> None:
-        if payload.startswith(WORKLOAD_PREFIX):
-            self._pending.workloads.add(payload)
-        elif payload.startswith(WORKER_PREFIX):
-            self._pending.workers.add(payload)
-        else:  # ANY after a reconnect (anything may have been missed), or a payload unknown
-            self._pending.everything = True
+        self._pending.add(payload)
+        for watch in self._watches:
+            watch.add(payload)
 
     def take(self) -> Changes:
         taken, self._pending = self._pending, Changes()
         return taken
+
+    def watch(self) -> Changes:
+        watch = Changes()
+        self._watches.append(watch)
+        return watch
+
+    def unwatch(self, watch: Changes) -> None:
+        self._watches = [each for each in self._watches if each is not watch]
 
 
 def as_workload_view(

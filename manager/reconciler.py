@@ -2,8 +2,9 @@
 
 One Manager process leads at a time (a Postgres advisory lock held on its own connection); the
 others wait to take over. Passes are level-triggered over the leader's copy of the fleet
-(`manager.fleet`): each re-reads what notifications named since the last one, and everything
-every ``reconcile_resync_s``, so a pass never depends on having seen an earlier event.
+(`manager.fleet`): each re-reads what notifications named since the last one; everything is read
+every ``reconcile_resync_s`` (beside the passes), so a pass never depends on having seen an
+earlier event.
 
 A pass holds no row lock while it reads or decides ("Locking" in docs/DESIGN.md): it reads in one
 transaction that locks nothing, asks `manager.planning` what each workload needs, and writes the
@@ -33,7 +34,15 @@ from manager import notify, placement, planning
 from manager.db.models import Replica, Worker, Workload
 from manager.db.queries import one_of
 from manager.db.statistics import PlannerStatistics
-from manager.fleet import ChangeLog, Fleet, WorkerRecord, is_settled, read_liveness, read_prices
+from manager.fleet import (
+    ChangeLog,
+    Changes,
+    Fleet,
+    WorkerRecord,
+    is_settled,
+    read_liveness,
+    read_prices,
+)
 from manager.fleet import now as fleet_now
 from manager.gateway.demand import fresh_demand
 from manager.http_errors import database_unavailable
@@ -105,6 +114,15 @@ WRITE_BATCH = 64
 MIN_PASS_GAP_S = 0.25
 
 
+@dataclass(frozen=True)
+class Resync:
+    """The periodic full read, running beside the passes, and what was noted since it began.
+    Its task gives the fleet it read and the workloads that differ from the copy kept."""
+
+    since: Changes
+    task: asyncio.Task[tuple[Fleet, set[str]]]
+
+
 class Reconciler:
     def __init__(
         self,
@@ -126,6 +144,9 @@ class Reconciler:
         hub.on(notify.RECONCILE, self._changes.note)
         self._fleet: Fleet | None = None
         self._fleet_read_at = 0.0
+        # The resync's full read while it runs beside the passes, with what was noted since it
+        # began (`_resynced`).
+        self._resync: Resync | None = None
         # Set when this Manager begins to lead: until then (a not-ready period after its first
         # pass) no worker is judged worse than the state it finds, so that agents that could
         # not reach any Manager (all were down) come back before their replicas are re-placed.
@@ -168,6 +189,7 @@ class Reconciler:
             log.warning("could not refresh the planner's statistics: %r", error)
 
     async def close(self) -> None:
+        self._forget_fleet()
         if self._leader_connection is not None and not self._leader_connection.is_closed():
             await self._leader_connection.close()
 
@@ -181,7 +203,7 @@ class Reconciler:
                 log.warning("lost the leader lock's connection; no longer leading")
                 self._leader_connection.terminate()
                 self._leader_connection = None
-        self._fleet = None  # never led, or lost the lock with its connection: read it all again
+        self._forget_fleet()  # never led, or lost the lock with its connection: read it all
         self._quarantined.clear()  # a new leader gives every workload another try
         assert self.settings.database_url
         connection = await asyncpg.connect(notify.plain_postgres_url(self.settings.database_url))
@@ -205,7 +227,7 @@ class Reconciler:
         try:
             return await self._pass()
         except BaseException:
-            self._fleet = None  # it may be half refreshed: read it all at the next pass
+            self._forget_fleet()  # it may be half refreshed: read it all at the next pass
             raise
         finally:
             if self.metrics is not None:
@@ -261,37 +283,35 @@ class Reconciler:
 
         After the listening connection came back, after a pass failed and when this Manager
         begins to lead, everything is read and every workload planned. Every
-        ``reconcile_resync_s`` everything is read, and planned where it differs from this
-        leader's copy (a change no notification named). In between, only what notifications
-        named since the last pass is read again, and planned with the workloads whose policy
-        looks at the clock or at demand."""
+        ``reconcile_resync_s`` everything is read beside the passes (`_resynced`), and the
+        first pass after that read ends plans what differs from this leader's copy (a change no
+        notification named). Otherwise only what notifications named since the last pass is
+        read again, and planned with the workloads whose policy looks at the clock or at
+        demand."""
         changes = self._changes.take()
-        full = (
-            self._fleet is None
-            or changes.everything
-            or time.monotonic() - self._fleet_read_at >= self.settings.reconcile_resync_s
-        )
+        full = self._fleet is None or changes.everything
+        resynced = None if full else self._resynced(changes)
         async with self.sessions() as session:
             # One consistent view; plain reads take no row locks, so no writer waits for this.
             await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             now = await fleet_now(session)
             liveness = await read_liveness(session)
-            capacity_changed = full
+            capacity_changed = full or resynced is not None
             # A worker named by a notification changed what it reports of its replicas or of
             # itself: its replicas' workloads are read and planned again too.
             dirty = set(changes.workloads)
-            # The resync alone (this leader's copy kept, nothing asked for everything): what it
-            # plans is what differs from the copy, as an incremental pass would.
-            kept = None if changes.everything else self._fleet
             if full:
-                self._fleet = None
+                self._forget_fleet()
                 fleet = await Fleet.read(session)
                 self._fleet_read_at = time.monotonic()
                 if self.metrics is not None:
                     self.metrics.reconcile_full_reads.inc()
             else:
-                assert self._fleet is not None
-                fleet = self._fleet
+                kept = self._fleet
+                assert kept is not None
+                # The resync's copy is as the database was when its read began; what was noted
+                # since then (in ``changes`` now) is read again into it here, as into the kept one.
+                fleet = kept if resynced is None else resynced[0]
                 known = set(fleet.shapes)
                 present = {w.id for w in liveness}
                 workers = (changes.workers & present) | (present - known)
@@ -299,7 +319,7 @@ class Reconciler:
                     del fleet.shapes[gone]
                 reshaped = bool(workers) and await fleet.refresh_workers(session, workers)
                 repriced = fleet.set_prices(await read_prices(session))
-                capacity_changed = reshaped or bool(known - present) or repriced
+                capacity_changed |= reshaped or bool(known - present) or repriced
                 if changes.workers:
                     dirty |= fleet.workloads_on(changes.workers)
                 # Policies that read demand read their replicas' engine load too, which
@@ -307,22 +327,15 @@ class Reconciler:
                 dirty |= fleet.demand_readers
                 if await fleet.refresh_workloads(session, dirty):
                     capacity_changed = True
-            if full and kept is not None:
-                # As an incremental pass: liveness is judged against the last pass's, and the
-                # workloads on the workers a notice named are planned.
-                fleet.states = kept.states
-                if changes.workers:
-                    dirty |= fleet.workloads_on(changes.workers)
+                if resynced is not None:
+                    # As an incremental pass: liveness is judged against the last pass's.
+                    fleet.states = kept.states
+                    dirty |= resynced[1]
             demand = with_jobs(await fresh_demand(session), await queued_jobs(session))
             await session.commit()
         self._fleet = fleet
-        if full and kept is None:
+        if full:
             planned = list(fleet.workloads.values())
-        elif full:
-            assert kept is not None
-            planned = fleet.in_order(
-                await fleet.differing_from(kept) | dirty | fleet.demand_readers | fleet.deleted
-            )
         else:
             planned = fleet.in_order(dirty | fleet.demand_readers | fleet.deleted)
         snapshot = Snapshot(
@@ -334,6 +347,63 @@ class Reconciler:
             demand=demand,
         )
         return snapshot, capacity_changed
+
+    def _resynced(self, changes: Changes) -> tuple[Fleet, set[str]] | None:
+        """The resync's read when it has ended, with what was noted since it began merged into
+        ``changes``; None while it runs, or when none does (one is begun when it is due).
+
+        The read runs in a task of its own beside the passes: at 10,000 workloads it takes a
+        second or more of a busy loop's time, and passes that waited for it left the changes
+        that came meanwhile waiting too. It reads in one `REPEATABLE READ` transaction; every
+        change committed after its view was taken is noted after the watch began (a notice
+        comes after its commit; the reconciler notes its own writes, and a pass writes only
+        after the read began, as passes run one at a time), so reading what the watch holds
+        into the new copy makes it current."""
+        resync = self._resync
+        if resync is None:
+            if time.monotonic() - self._fleet_read_at >= self.settings.reconcile_resync_s:
+                self._fleet_read_at = time.monotonic()
+                since = self._changes.watch()
+                self._resync = Resync(since, asyncio.create_task(self._read_all()))
+            return None
+        if not resync.task.done():
+            return None
+        self._drop_resync()
+        try:
+            read = resync.task.result()
+        except Exception as error:  # the database, mostly: the next one is due at once
+            log.warning("the resync's read failed (%r); reading again", error)
+            self._fleet_read_at = 0.0
+            return None
+        changes.merge(resync.since)
+        if self.metrics is not None:
+            self.metrics.reconcile_full_reads.inc()
+        return read
+
+    async def _read_all(self) -> tuple[Fleet, set[str]]:
+        """Everything, read afresh, and the workloads that differ from the leader's copy."""
+        async with self.sessions() as session:
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            fleet = await Fleet.read(session)
+            await session.commit()
+        kept = self._fleet
+        assert kept is not None  # dropping the copy cancels this task
+        return fleet, await fleet.differing_from(kept)
+
+    def _drop_resync(self) -> None:
+        resync, self._resync = self._resync, None
+        if resync is None:
+            return
+        self._changes.unwatch(resync.since)
+        if not resync.task.done():
+            resync.task.cancel()
+        elif not resync.task.cancelled():
+            resync.task.exception()  # taken: `_resynced` says what it was; nobody else needs it
+
+    def _forget_fleet(self) -> None:
+        """Read everything at the next pass: no copy kept, no resync running."""
+        self._fleet = None
+        self._drop_resync()
 
     async def _update_liveness(self, snapshot: Snapshot) -> set[str]:
         """Judge each worker by its last heartbeat; the ids of those whose state changed."""

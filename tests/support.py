@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ik_contracts.http_server import uvicorn_options
 from manager.app import create_app
 from manager.settings import Settings
+from worker_agent.config import DEFAULT_PORT_RANGE
 
 # Where tests may create and drop databases (CI: Postgres at 127.0.0.1:5432, trust auth).
 SERVER_URL = os.environ.get(
@@ -33,12 +34,13 @@ SERVER_URL = os.environ.get(
 
 
 def free_port() -> int:
-    """A free loopback port outside the agent's default engine range (41000-41999)."""
+    """A free loopback port outside the agent's default engine range."""
+    low, high = DEFAULT_PORT_RANGE
     while True:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
-        if not 41000 <= port <= 41999:
+        if not low <= port <= high:
             return port
 
 

@@ -820,8 +820,8 @@ def test_agent_bad_port_range_in_the_environment_names_the_variable() -> None:
 
 
 def test_agent_listen_port_inside_the_engine_port_range_is_refused() -> None:
-    with pytest.raises(AgentConfigError, match="listen port 41500 lies inside"):
-        _config("--listen", "0.0.0.0:41500", **_minimal_env())
+    with pytest.raises(AgentConfigError, match="listen port 28500 lies inside"):
+        _config("--listen", "0.0.0.0:28500", **_minimal_env())
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ from worker_agent.heartbeats import (
     was_shed,
 )
 from worker_agent.metrics import AgentMetrics
-from worker_agent.ports import PortAllocator
+from worker_agent.ports import PortAllocator, ephemeral_overlap
 from worker_agent.proxy import AgentProxy
 from worker_agent.replicas import LocalReplica
 from worker_agent.runtimes.base import LaunchError, LaunchSpec, RunningEngine, Runtime
@@ -148,6 +148,8 @@ class Agent:
             redact_token(self.config.token),
             self.config.runtime,
         )
+        if overlap := ephemeral_overlap(*self.config.port_range):
+            log.warning("%s", overlap)
         upstream = UpstreamClient()
         proxy = uvicorn.Server(
             uvicorn.Config(

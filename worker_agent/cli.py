@@ -263,7 +263,7 @@ def _port_range(value: str, source: str) -> tuple[int, int]:
     if not (match and 1 <= low < high <= 65535):
         raise AgentConfigError(
             f"{source} must be LOW-HIGH with 1 <= LOW < HIGH <= 65535 "
-            f"(e.g. 41000-41999), got {value!r}"
+            f"(e.g. 28000-28999), got {value!r}"
         )
     return low, high
 
@@ -336,7 +336,7 @@ def add_agent_command(commands: Any) -> None:
     )
     option("state_dir", "where the agent keeps its state and engine logs", metavar="DIR")
     option("model_dir", "model files, reported to the Manager (default /models)", metavar="DIR")
-    option("port_range", "ports for engines (default 41000-41999)", metavar="LOW-HIGH")
+    option("port_range", "ports for engines (default 28000-28999)", metavar="LOW-HIGH")
     option(
         "simulate_gpus",
         "report these GPUs instead of NVML's, e.g. '2xNVIDIA A100-SXM4-80GB' (tests, demos)",

@@ -14,6 +14,12 @@ def default_state_dir() -> Path:
     return Path(base) / "inferencekey-agent"
 
 
+# Engine ports: below Linux's ephemeral ports (32768-60999), from which the kernel picks the local
+# port of every outgoing connection (a port found free there could be taken by one before the
+# engine binds it), and below Kubernetes' node ports (30000-32767).
+DEFAULT_PORT_RANGE = (28000, 28999)
+
+
 @dataclass
 class AgentConfig:
     """Everything one agent process is configured with."""
@@ -27,7 +33,7 @@ class AgentConfig:
     advertise_url: str | None = None
     state_dir: Path = field(default_factory=default_state_dir)
     model_dir: Path = Path("/models")
-    port_range: tuple[int, int] = (41000, 41999)
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
     simulate_gpus: str | None = None
     simulate_cuda_version: str | None = None  # default: gpus.SIMULATED_CUDA_VERSION
     # Operator overrides: backend -> image, and engine binary name -> path (process runtime).

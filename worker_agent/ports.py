@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 
 class PortsExhausted(RuntimeError):
     pass
+
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_overlap(start: int, end: int, source: Path = EPHEMERAL_RANGE) -> str | None:
+    """Why ``start``-``end`` is a poor range for engines, or None: the part of it the kernel may
+    give any outgoing connection as its local port (Linux's ``ip_local_port_range``), where a
+    port the agent found free can be taken before its engine binds it."""
+    try:
+        low, high = (int(each) for each in source.read_text().split())
+    except (OSError, ValueError):
+        return None  # not Linux, or unreadable: nothing to say
+    if end < low or start > high:
+        return None
+    return (
+        f"engine ports {start}-{end} overlap the kernel's ephemeral ports {low}-{high} "
+        f"({source}): an outgoing connection can take an engine's port before the engine "
+        "binds it, and that engine then fails to start (and is restarted on another port); "
+        "choose a range outside it"
+    )
 
 
 class PortAllocator:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from worker_agent.ports import PortAllocator, PortsExhausted
+from worker_agent.config import DEFAULT_PORT_RANGE
+from worker_agent.ports import PortAllocator, PortsExhausted, ephemeral_overlap
 
 
 @pytest.fixture
@@ -62,3 +64,24 @@ def test_a_port_taken_meanwhile_is_traded_for_a_free_one_at_relaunch() -> None:
     allocator.reserve(port)  # would be a no-op had still_free kept it
     allocator.release(port)
     assert allocator.still_free(replacement) == replacement
+
+
+def test_the_default_range_lies_below_linuxs_ephemeral_ports(tmp_path: Path) -> None:
+    linux_default = tmp_path / "ip_local_port_range"
+    linux_default.write_text("32768\t60999\n")
+    assert ephemeral_overlap(*DEFAULT_PORT_RANGE, source=linux_default) is None
+    # And below this machine's, whatever it was set to.
+    assert ephemeral_overlap(*DEFAULT_PORT_RANGE) is None
+
+
+def test_a_range_among_the_ephemeral_ports_is_named_with_the_kernels_range(
+    tmp_path: Path,
+) -> None:
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text("32768\t60999\n")
+    said = ephemeral_overlap(41000, 41999, source=ranges)
+    assert said is not None
+    assert "41000-41999" in said and "32768-60999" in said
+    assert ephemeral_overlap(30000, 32768, source=ranges) is not None  # its edge counts
+    assert ephemeral_overlap(61000, 61999, source=ranges) is None
+    assert ephemeral_overlap(41000, 41999, source=tmp_path / "absent") is None
