@@ -101,6 +101,7 @@ from ik_contracts.protocol import MAX_WAIT_S, Assignments, Heartbeat, ReplicaSta
 from manager.app import settle_collector
 from manager.reconciler import LEADER_LOCK_KEY
 from worker_agent import __version__ as AGENT_VERSION
+from worker_agent.config import DEFAULT_PORT_RANGE
 from worker_agent.gpus import SimulatedInventory
 from worker_agent.heartbeats import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
@@ -131,7 +132,7 @@ MODEL_FILE = "/models/qwen2.5-7b-instruct-q4_k_m.gguf"
 MODEL_FILE_BYTES = 4_683_073_536
 COMMAND = f"llama-server -m {MODEL_FILE} --ctx-size 4096"
 CHANGED_COMMAND = f"llama-server -m {MODEL_FILE} --ctx-size 8192"
-ENGINE_PORTS_START = 41000  # the agent's default engine range
+ENGINE_PORTS_START = DEFAULT_PORT_RANGE[0]  # the agent's default engine range
 # What the agent waits before it has the Manager's answer, and its retries (the agent's own).
 AGENT_DEFAULT_INTERVAL_S = DEFAULT_HEARTBEAT_INTERVAL_S
 ENGINE_LOAD_S = 1.0  # a simulated engine's load time, from its "starting" report to ready

@@ -46,6 +46,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from worker_agent.config import DEFAULT_PORT_RANGE
+
 BENCH_DIR = Path(__file__).resolve().parent
 MODEL = "bench-model"
 CHAT_PATH = "/v1/chat/completions"
@@ -202,13 +204,14 @@ def _signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> N
 
 
 def free_port() -> int:
-    """A free loopback port outside the agent's default engine range (41000-41999), which the
-    agent refuses as its own listen port."""
+    """A free loopback port outside the agent's default engine range, which the agent refuses as
+    its own listen port."""
+    low, high = DEFAULT_PORT_RANGE
     while True:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
-        if not 41000 <= port <= 41999:
+        if not low <= port <= high:
             return port
 
 

@@ -147,6 +147,7 @@ class Reconciler:
         # The resync's full read while it runs beside the passes, with what was noted since it
         # began (`_resynced`).
         self._resync: Resync | None = None
+        self._dropped: set[asyncio.Task[tuple[Fleet, set[str]]]] = set()  # cancelled, not ended
         # Set when this Manager begins to lead: until then (a not-ready period after its first
         # pass) no worker is judged worse than the state it finds, so that agents that could
         # not reach any Manager (all were down) come back before their replicas are re-placed.
@@ -190,6 +191,8 @@ class Reconciler:
 
     async def close(self) -> None:
         self._forget_fleet()
+        # A resync's read cancelled: its session is closed before the engine is disposed.
+        await asyncio.gather(*self._dropped, return_exceptions=True)
         if self._leader_connection is not None and not self._leader_connection.is_closed():
             await self._leader_connection.close()
 
@@ -291,6 +294,8 @@ class Reconciler:
         changes = self._changes.take()
         full = self._fleet is None or changes.everything
         resynced = None if full else self._resynced(changes)
+        if changes.everything:  # the resync's watch heard it (a pass would have first)
+            full, resynced = True, None
         async with self.sessions() as session:
             # One consistent view; plain reads take no row locks, so no writer waits for this.
             await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
@@ -364,21 +369,22 @@ class Reconciler:
             if time.monotonic() - self._fleet_read_at >= self.settings.reconcile_resync_s:
                 self._fleet_read_at = time.monotonic()
                 since = self._changes.watch()
-                self._resync = Resync(since, asyncio.create_task(self._read_all()))
+                task = asyncio.create_task(self._read_all(), name="reconcile-resync")
+                task.add_done_callback(_retrieved)
+                self._resync = Resync(since, task)
             return None
         if not resync.task.done():
             return None
         self._drop_resync()
-        try:
-            read = resync.task.result()
-        except Exception as error:  # the database, mostly: the next one is due at once
-            log.warning("the resync's read failed (%r); reading again", error)
-            self._fleet_read_at = 0.0
+        error = None if resync.task.cancelled() else resync.task.exception()
+        if resync.task.cancelled() or error is not None:  # the database, mostly
+            log.warning("the resync's read failed (%r); reading again", error or "cancelled")
+            self._fleet_read_at = 0.0  # due again at once
             return None
         changes.merge(resync.since)
         if self.metrics is not None:
             self.metrics.reconcile_full_reads.inc()
-        return read
+        return resync.task.result()
 
     async def _read_all(self) -> tuple[Fleet, set[str]]:
         """Everything, read afresh, and the workloads that differ from the leader's copy."""
@@ -397,8 +403,8 @@ class Reconciler:
         self._changes.unwatch(resync.since)
         if not resync.task.done():
             resync.task.cancel()
-        elif not resync.task.cancelled():
-            resync.task.exception()  # taken: `_resynced` says what it was; nobody else needs it
+            self._dropped.add(resync.task)
+            resync.task.add_done_callback(self._dropped.discard)
 
     def _forget_fleet(self) -> None:
         """Read everything at the next pass: no copy kept, no resync running."""
@@ -752,6 +758,13 @@ class Reconciler:
         )
         for notice in action.notices:
             await events.record(session, workload.id, "command_adjusted", notice)
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Take a task's outcome, so an error of a read no pass took is not reported as lost; the
+    pass that takes it says what it was."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def run_reconciler(reconciler: Reconciler) -> None:

@@ -40,7 +40,7 @@ from tests.support import (
     free_port,
     own_manager,
 )
-from worker_agent.config import AgentConfig
+from worker_agent.config import DEFAULT_PORT_RANGE, AgentConfig
 from worker_agent.runtimes.base import LaunchSpec
 from worker_agent.runtimes.docker import DockerRuntime, container_name
 
@@ -72,12 +72,13 @@ _agents_started = itertools.count()
 
 
 def next_engine_ports() -> tuple[int, int]:
-    """A block of the agents' engine range (41000-41999) of its own for each agent a test starts
-    (and for each pytest-xdist worker): two agents on this one host must not both hand out a
-    port whose engine has not bound it yet."""
+    """A block of the agents' default engine range of its own for each agent a test starts (and
+    for each pytest-xdist worker): two agents on this one host must not both hand out a port
+    whose engine has not bound it yet."""
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    block = (worker * 7 + next(_agents_started)) % 20
-    return 41000 + 50 * block, 41000 + 50 * block + 49
+    low, high = DEFAULT_PORT_RANGE
+    block = (worker * 7 + next(_agents_started)) % ((high - low + 1) // 50)
+    return low + 50 * block, low + 50 * block + 49
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,6 +9,7 @@ a `Reconciler` pass by pass, and holds the resync's read after its view is taken
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from manager.notify import NotificationHub, plain_postgres_url
 from manager.reconciler import Reconciler
 from tests.support import RunningManager, bearer, create_project, create_sdk_token, own_manager
 
-RESYNC_S = 1.0
 HEARTBEAT = {
     "inventory": {
         "source": "simulated",
@@ -70,7 +70,7 @@ class Setup:
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
     """A Manager with no reconciler (the test drives one), a project, and a worker."""
-    with own_manager(tmp_path, run_reconciler=False, reconcile_resync_s=RESYNC_S) as manager:
+    with own_manager(tmp_path, run_reconciler=False) as manager:
         with httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token or "")) as admin:
             project = create_project(admin)["slug"]
             sdk = bearer(create_sdk_token(admin, project))
@@ -84,10 +84,13 @@ async def test_passes_go_on_while_the_resync_reads_and_its_copy_misses_nothing(
 ) -> None:
     manager, project, sdk, agent = setup.manager, setup.project, setup.sdk, setup.agent
     database = await asyncpg.connect(plain_postgres_url(manager.database_url))
-    engine = make_engine(manager.database_url)
+    # The reconciler's pool as the Manager makes it: a pass and the resync's read, one each.
+    engine = make_engine(manager.database_url, pool_size=1, max_overflow=1, pool_timeout_s=5)
     hub = NotificationHub(manager.database_url)
     await hub.start()
-    reconciler = Reconciler(make_sessionmaker(engine), hub, manager.settings)
+    # No resync until the test makes one due.
+    settings = dataclasses.replace(manager.settings, reconcile_resync_s=3600.0)
+    reconciler = Reconciler(make_sessionmaker(engine), hub, settings)
     client = httpx.AsyncClient(base_url=manager.url, timeout=30)
 
     async def create(slug: str) -> str:
@@ -152,9 +155,10 @@ async def test_passes_go_on_while_the_resync_reads_and_its_copy_misses_nothing(
             return await read(session)
 
         monkeypatch.setattr(Fleet, "read", read_when_released)
-        await asyncio.sleep(RESYNC_S)  # due: the next pass begins it, and does not wait
+        settings.reconcile_resync_s = 0.0  # due: the next pass begins it, and does not wait
         await a_pass()
         await asyncio.wait_for(taken.wait(), 10)
+        settings.reconcile_resync_s = 3600.0  # and no other after it
 
         # While it reads, passes go on: a new workload takes the second GPU.
         second = await create("second")
