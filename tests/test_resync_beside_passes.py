@@ -27,29 +27,7 @@ from manager.fleet import Fleet
 from manager.notify import NotificationHub, plain_postgres_url
 from manager.reconciler import Reconciler
 from tests.support import RunningManager, bearer, create_project, create_sdk_token, own_manager
-
-HEARTBEAT = {
-    "inventory": {
-        "source": "simulated",
-        "gpus": [
-            {"index": i, "uuid": f"GPU-resync-{i}", "name": "NVIDIA A100", "memory_total_mb": 81920}
-            for i in range(2)
-        ],
-    },
-    "replicas": [],
-}
-
-
-def workload(slug: str) -> dict[str, Any]:
-    return {
-        "name": slug,
-        "slug": slug,
-        "backend": "vllm",  # a whole GPU per replica
-        "model_name": "m",
-        "config": {"command": "vllm serve m"},
-        "execution_policy": "fixed",
-        "execution_policy_config": {"replicas": 1},
-    }
+from tests.test_incremental_reconcile import inventory, workload
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> None:
@@ -118,7 +96,9 @@ async def test_passes_go_on_while_the_resync_reads_and_its_copy_misses_nothing(
     async def a_pass() -> None:
         """A heartbeat that reports every replica assigned ready, then a reconcile pass."""
         answer = await client.post(
-            "/api/agent/heartbeat", json=HEARTBEAT | {"replicas": reported}, headers=agent
+            "/api/agent/heartbeat",
+            json={"inventory": inventory(2), "replicas": reported},
+            headers=agent,
         )
         assert answer.status_code == 200, answer.text
         reported[:] = [
