@@ -160,6 +160,20 @@ async def test_passes_go_on_while_the_resync_reads_and_its_copy_misses_nothing(
             held = await gpus(first) + await gpus(second)
             assert len(held) == 2, held
             assert len({gpu for each in held for gpu in each}) == 2, held
+
+        # A resync held again, then the reconciler closed (as at shutdown): the read is
+        # cancelled and its transaction gone before close returns.
+        taken.clear()
+        release.clear()
+        settings.reconcile_resync_s = 0.0
+        await a_pass()
+        await asyncio.wait_for(taken.wait(), 10)
+        await asyncio.wait_for(reconciler.close(), 10)
+        in_transaction = await database.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+        )
+        assert in_transaction == 0
     finally:
         await client.aclose()
         await hub.stop()
