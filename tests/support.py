@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import secrets
 import socket
@@ -313,4 +314,20 @@ def wait_until(check: Any, timeout: float, message: str, interval: float = 0.2) 
         if last:
             return last
         time.sleep(interval)
+    raise AssertionError(f"{message} (last: {last!r})")
+
+
+async def wait_until_async(
+    check: Callable[[], Any], timeout: float, message: str, interval: float = 0.05
+) -> Any:
+    """`wait_until` on the event loop: ``check()`` may return an awaitable, which is awaited."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
     raise AssertionError(f"{message} (last: {last!r})")

@@ -4,10 +4,8 @@ and assignment caches trust it for minutes (manager/notify.py, NotificationHub._
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import asyncpg
@@ -15,18 +13,12 @@ import pytest
 
 from manager import notify
 from manager.notify import NotificationHub, plain_postgres_url
+from tests.support import wait_until_async
 
 LISTENING = """
 SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'LISTEN%'
 """
-
-
-async def until(condition: object, what: str, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not callable(condition) or not condition():
-        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_silent_listening_connection_is_replaced_and_the_caches_told(
@@ -51,12 +43,16 @@ async def test_a_silent_listening_connection_is_replaced_and_the_caches_told(
         except PermissionError:
             pytest.skip("this user may not pause Postgres's backends")
         try:
-            await until(lambda: notify.ANY in heard, "the hub saw the silence and reconnected")
+            await wait_until_async(
+                lambda: notify.ANY in heard, 10, "the hub saw the silence and reconnected"
+            )
         finally:
             os.kill(backend, signal.SIGCONT)
         # Heard again, on the new connection.
         await other.execute("SELECT pg_notify($1, 'wrk_after')", notify.ASSIGNMENTS)
-        await until(lambda: "wrk_after" in heard, "a notification on the new connection")
+        await wait_until_async(
+            lambda: "wrk_after" in heard, 10, "a notification on the new connection"
+        )
     finally:
         await other.close()
         await hub.stop()

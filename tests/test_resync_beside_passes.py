@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,15 @@ from manager.db.session import make_engine, make_sessionmaker
 from manager.fleet import Fleet
 from manager.notify import NotificationHub, plain_postgres_url
 from manager.reconciler import Reconciler
-from tests.support import RunningManager, bearer, create_project, create_sdk_token, own_manager
+from tests.support import (
+    RunningManager,
+    bearer,
+    create_project,
+    create_sdk_token,
+    own_manager,
+    wait_until_async,
+)
 from tests.test_incremental_reconcile import inventory, workload
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -115,7 +114,7 @@ async def test_passes_go_on_while_the_resync_reads_and_its_copy_misses_nothing(
     try:
         await a_pass()
         first = await create("first")
-        await until(lambda: ready(first), "first was never ready")
+        await wait_until_async(lambda: ready(first), 10, "first was never ready")
         for _ in range(3):  # the passes that read back what the last ones wrote
             await a_pass()
         # Written behind the Manager's back: no notice names it, so only a resync finds it.
@@ -142,7 +141,9 @@ async def test_passes_go_on_while_the_resync_reads_and_its_copy_misses_nothing(
 
         # While it reads, passes go on: a new workload takes the second GPU.
         second = await create("second")
-        await until(lambda: ready(second), "no pass placed a workload during the resync")
+        await wait_until_async(
+            lambda: ready(second), 10, "no pass placed a workload during the resync"
+        )
         assert await desired(first) == 1, "the unnamed change was read before the resync"
 
         release.set()
@@ -151,7 +152,7 @@ async def test_passes_go_on_while_the_resync_reads_and_its_copy_misses_nothing(
             await a_pass()
             return await desired(first) == 2
 
-        await until(found, "the resync never found the unnamed change")
+        await wait_until_async(found, 10, "the resync never found the unnamed change")
         # Its copy was brought up to date before a pass planned from it: the second
         # workload's replica, placed after the resync's view was taken, holds its GPU, so the
         # first finds no room for its second replica.
