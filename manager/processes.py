@@ -269,7 +269,9 @@ def gathered_registry(directory: str) -> Any:
     """A registry of every process's series in ``directory``, summed as each metric says."""
     from prometheus_client import CollectorRegistry, multiprocess
 
-    registry = CollectorRegistry()
+    # A collector of the processes' files has no names of its own to describe: without this,
+    # a scrape that asks for some series by name (``/metrics?name[]=...``) got none at all.
+    registry = CollectorRegistry(support_collectors_without_names=True)
     multiprocess.MultiProcessCollector(registry, path=directory)
     return registry
 
