@@ -55,6 +55,7 @@ def run_manager(args: argparse.Namespace) -> int:
             database_url=args.database_url,
             data_dir=args.data_dir,
             processes=args.processes,
+            reconciler_process=args.reconciler_process,
         )
         if settings.admin_token is not None:
             configured_admin_token_id(settings.admin_token)
@@ -71,7 +72,7 @@ def run_manager(args: argparse.Namespace) -> int:
             )
         # The embedded one too: its own postgresql.conf, or initdb on a small host, may say less.
         _warn_if_too_few_connections(settings)
-        if settings.processes > 1:
+        if settings.supervised:
             return _serve_processes(settings, embedded, log_format(args.log_format))
         if settings.run_migrations:
             refuse_newer_schema(settings.database_url)
@@ -145,7 +146,8 @@ def _say_listening(
 
 
 def _serve_processes(settings: Settings, embedded: EmbeddedPostgres | None, fmt: str) -> int:
-    """``--processes N``: migrate once here, then N processes on one socket (processes.py)."""
+    """``--processes N`` (or ``--reconciler-process``): migrate once here, then N serving
+    processes on one socket and the reconciler's own (processes.py)."""
     from manager.db.migrate import upgrade_to_head
     from manager.processes import Supervisor, listening_socket
 
@@ -153,7 +155,9 @@ def _serve_processes(settings: Settings, embedded: EmbeddedPostgres | None, fmt:
     if settings.run_migrations:
         upgrade_to_head(settings.database_url)
     sock = listening_socket(settings.host, settings.port)
-    _say_listening(settings, embedded, f" ({settings.processes} processes)")
+    serving = "1 process" if settings.processes == 1 else f"{settings.processes} processes"
+    reconciler = " and the reconciler's own" if settings.run_reconciler else ""
+    _say_listening(settings, embedded, f" ({serving}{reconciler})")
     supervisor = Supervisor(
         serve_one_process,
         reconcile_in_a_process,
@@ -858,7 +862,14 @@ def add_manager_command(commands: Any) -> None:
         "--processes",
         type=_at_least_one,
         help="processes serving the port, to use more than one core (default 1; "
-        "INFERENCEKEY_PROCESSES)",
+        "INFERENCEKEY_PROCESSES); with 2 or more the reconciler runs in a process of its own",
+    )
+    manager.add_argument(
+        "--reconciler-process",
+        action="store_true",
+        default=None,
+        help="run the reconciler in a process of its own beside the one serving process, for a "
+        "fleet of hundreds of agents on 2 cores or more (INFERENCEKEY_RECONCILER_PROCESS)",
     )
     add_log_format_option(manager)
     manager.set_defaults(command=run_manager)

@@ -127,6 +127,10 @@ class Settings:
     run_migrations: bool = True
     # Processes serving one port (manager/processes.py): one per core the Manager may use.
     processes: int = 1
+    # The reconciler in a process of its own beside one serving process (with processes > 1 it
+    # always has one): its passes then take no turn of the loop that answers the agents and the
+    # API. For a fleet of hundreds of agents on a machine of two cores or more.
+    reconciler_process: bool = False
     # The agent protocol at fleet scale (docs/DESIGN.md): an agent heartbeats every
     # heartbeat_interval_s, and at once when a replica changes state (assignments reach it by
     # long-poll, not by heartbeat). A worker silent for worker_not_ready_after_s (three
@@ -209,7 +213,7 @@ class Settings:
         Each serving process: its pool (db_pool_size + db_max_overflow), the agent requests'
         and the credential lookups' pools, and its LISTEN connection. The reconciler: a pool of
         two and the leader lock's, plus a LISTEN connection of its own when it has its own
-        process (processes > 1). Start-up's migration closes its connection before these open.
+        process (``supervised``). Start-up's migration closes its connection before these open.
         """
         serving = (
             self.db_pool_size
@@ -218,8 +222,14 @@ class Settings:
             + self.db_credential_pool_size
             + 1
         )
-        reconciler = (3 if self.processes == 1 else 4) if self.run_reconciler else 0
+        reconciler = (4 if self.supervised else 3) if self.run_reconciler else 0
         return self.processes * serving + reconciler
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the Manager runs as processes under a supervisor (manager/processes.py):
+        more than one serving process, or the reconciler in a process of its own."""
+        return self.processes > 1 or (self.reconciler_process and self.run_reconciler)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -241,6 +251,8 @@ class Settings:
             )
         if allow := _env("INFERENCEKEY_WEBHOOK_ALLOW_PRIVATE"):
             values["webhook_allow_private"] = _flag("INFERENCEKEY_WEBHOOK_ALLOW_PRIVATE", allow)
+        if own := _env("INFERENCEKEY_RECONCILER_PROCESS"):
+            values["reconciler_process"] = _flag("INFERENCEKEY_RECONCILER_PROCESS", own)
         if delays := _env("INFERENCEKEY_WEBHOOK_RETRY_DELAYS_S"):
             values["webhook_retry_delays_s"] = retry_delays(
                 "INFERENCEKEY_WEBHOOK_RETRY_DELAYS_S", delays

@@ -47,6 +47,11 @@ def test_the_connections_of_one_process_and_of_several() -> None:
     # Several processes: each serves with its own, and the reconciler's process listens too.
     assert Settings(processes=3).database_connections() == 3 * serving + 4
     assert Settings(run_reconciler=False).database_connections() == serving
+    # One serving process and the reconciler's own, which listens too.
+    assert Settings(reconciler_process=True).database_connections() == serving + 4
+    assert Settings(reconciler_process=True, run_reconciler=False).database_connections() == (
+        serving
+    )
     bigger = Settings(db_pool_size=50, db_max_overflow=0, agent_max_concurrent_db=2)
     assert bigger.database_connections() == 50 + 2 + 4 + 1 + 3
 

@@ -131,7 +131,7 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
     # Two serving processes and the reconciler's own.
     wait_until(lambda: len(children(manager.process.pid)) == 3, 30, "three processes")
     first = children(manager.process.pid)
-    assert "(2 processes)" in manager.text()
+    assert "(2 processes and the reconciler's own)" in manager.text()
     roles = started_roles(manager.text())
     assert set(roles) == {"serving process 0", "serving process 1", "reconciler process"}
     assert set(roles.values()) == first
@@ -164,6 +164,15 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
 
     wait_until(lambda: metric(gathered(), "inferencekey_reconcile_leader") == 1, 30, "one leader")
     answered = metric(gathered(), "inferencekey_api_requests_total")
+    # A scrape of some series by name gets those, gathered too (the bench reads only its own).
+    named = httpx.get(
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        params={"name[]": ["inferencekey_reconcile_leader", "inferencekey_api_requests_total"]},
+        timeout=5,
+    ).text
+    assert metric(named, "inferencekey_reconcile_leader") == 1, named
+    assert metric(named, "inferencekey_api_requests_total") >= answered, named
+    assert "inferencekey_event_loop_lag_seconds" not in named, named
     assert answered >= 20 + 3, gathered()
     # /metrics on the main port, from whichever process answers, shows the same gathering.
     main_port = admin.get("/metrics")
@@ -212,6 +221,47 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
 
 
+def test_the_reconciler_in_a_process_of_its_own_beside_one_serving_process(
+    start: object, own_database: str
+) -> None:
+    admin_token = new_admin_token()
+    metrics_port = free_port()
+    manager = start(  # type: ignore[operator]
+        "--database-url",
+        own_database,
+        INFERENCEKEY_RECONCILER_PROCESS="yes",
+        INFERENCEKEY_ADMIN_TOKEN=admin_token,
+        INFERENCEKEY_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
+        INFERENCEKEY_RECONCILE_INTERVAL_S="0.2",
+    )
+    wait_until(lambda: serving(manager), 90, "the Manager never answered")
+    wait_until(lambda: len(children(manager.process.pid)) == 2, 30, "two processes")
+    assert "(1 process and the reconciler's own)" in manager.text()
+    roles = started_roles(manager.text())
+    assert set(roles) == {"serving process 0", "reconciler process"}
+    assert set(roles.values()) == children(manager.process.pid)
+
+    # The serving process takes the API; the reconciler's process plans what it wrote.
+    admin = httpx.Client(base_url=manager.url, headers=bearer(admin_token), timeout=10)
+    project = admin.post("/api/admin/projects", json={"slug": "apart"}).json()["slug"]
+    token = admin.post("/api/admin/tokens", json={"project": project}).json()["token"]
+    sdk = httpx.Client(base_url=manager.url, headers=bearer(token), timeout=10)
+    created = sdk.post(f"/api/projects/{project}/workloads", json={**WORKLOAD, "slug": "apart"})
+    assert created.status_code == 201, created.text
+    wait_until(
+        lambda: "no worker" in sdk.get("/api/workloads/apart").text,
+        30,
+        "the reconciler process planned the workload",
+    )
+    gathered = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert metric(gathered, "inferencekey_reconcile_leader") == 1, gathered
+    admin.close()
+    sdk.close()
+
+    manager.process.send_signal(signal.SIGTERM)
+    assert manager.process.wait(timeout=30) == 0, manager.text()[-3000:]
+
+
 def test_processes_that_cannot_start_stop_the_manager_with_their_reason(
     start: object, own_database: str
 ) -> None:
@@ -240,3 +290,9 @@ def test_processes_must_be_a_whole_number_of_at_least_one(start: object) -> None
     manager = start("--processes", "0")  # type: ignore[operator]
     assert manager.process.wait(timeout=30) == 2
     assert "--processes: at least 1, got 0" in manager.text()
+
+
+def test_a_reconciler_process_setting_must_say_yes_or_no(start: object) -> None:
+    manager = start(INFERENCEKEY_RECONCILER_PROCESS="sometimes")  # type: ignore[operator]
+    assert manager.process.wait(timeout=30) == 2
+    assert "INFERENCEKEY_RECONCILER_PROCESS" in manager.text(), manager.text()
