@@ -1,6 +1,6 @@
 """A GET of a workload reads in autocommit: its statements commit by themselves, with no BEGIN
-before them and no ROLLBACK after (two round trips fewer, each a turn of a busy event loop);
-a write still runs in a transaction. And no control-API request reads its project on its own:
+before them and no ROLLBACK after (two round trips fewer, each a turn of a busy event loop). So
+does a create on a built-in backend, one statement; a patch still runs in a transaction. And no control-API request reads its project on its own:
 the credential's lookup reads it in the same statement."""
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def manager(tmp_path: Path) -> Iterator[RunningManager]:
         yield running
 
 
-def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) -> None:
+def test_a_get_and_a_create_send_no_transaction_and_a_patch_does(manager: RunningManager) -> None:
     with httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token or "")) as admin:
         project = create_project(admin)["slug"]
         sdk = bearer(create_sdk_token(admin, project))
@@ -104,7 +104,7 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
         assert created.status_code == 201, created.text
         workload = created.json()
         assert created.json()["project_slug"] == project
-        assert statements.committed().transactions == ["BEGIN", "COMMIT"]
+        assert statements.settled().transactions == []  # one statement, committed by itself
         statements.sent.clear()
         statements.transactions.clear()
         for ref in (workload["id"], workload["slug"]):
@@ -127,8 +127,8 @@ def test_a_get_sends_no_transaction_and_a_patch_does(manager: RunningManager) ->
 async def test_a_create_is_one_statement_with_its_event_and_its_notice(
     manager: RunningManager,
 ) -> None:
-    """The workload, its "created" event and the reconciler's notice go in one statement; a
-    create refused for its slug writes none of them."""
+    """The workload, its "created" event and the reconciler's notice go in one statement, which
+    commits by itself; a create refused for its slug writes none of them."""
     async with httpx.AsyncClient(base_url=manager.url, timeout=30) as client:
         admin = bearer(manager.admin_token or "")
         made = await client.post(
@@ -145,9 +145,10 @@ async def test_a_create_is_one_statement_with_its_event_and_its_notice(
             assert created.status_code == 201, created.text
             workload_id = created.json()["id"]
             await notices.heard(workload_id)
-            await asyncio.to_thread(statements.committed)
+            # The one statement commits by itself (a built-in backend): no BEGIN, no COMMIT.
+            await asyncio.to_thread(statements.settled)
             assert len(statements.sent) == 1
-            assert statements.transactions == ["BEGIN", "COMMIT"]
+            assert statements.transactions == []
             other = {**WORKLOAD, "description": "another spec under the same slug"}
             refused = await client.post("/api/projects/one-statement/workloads", json=other)
             assert refused.status_code == 409, refused.text

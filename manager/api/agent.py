@@ -228,6 +228,14 @@ async def _database(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+@contextlib.asynccontextmanager
+async def _reading(request: Request) -> AsyncIterator[AsyncSession]:
+    """As ``_database``, for reads only: each statement commits by itself, with no BEGIN
+    before them and no ROLLBACK after."""
+    async with _slot(request), request.app.state.read_sessions() as session:
+        yield session
+
+
 async def _identify(request: Request) -> None:
     """Who is calling, before the body is read: from the credential cache when it knows the
     credential; else looked up (under an admission slot), answered 401 or 403 as on every route
@@ -389,10 +397,15 @@ async def _answer(
     request: Request, worker: workers.AgentWorker, *, admitted: bool = False
 ) -> Answer:
     """``admitted``: the request already wrote what it reported; its answer is read without
-    waiting for an admission slot, so a committed heartbeat is never answered 503."""
+    waiting for an admission slot, so a committed heartbeat is never answered 503.
+
+    The answer is read in autocommit: its statements (the replicas, the GPUs' ids, custom
+    backends' versions) see a snapshot each, as they would in a transaction at READ COMMITTED,
+    and it saves the BEGIN and ROLLBACK round trips, 4% of the serving process's CPU under a
+    fleet's burst of creates (py-spy, 1,000 agents)."""
     state = request.app.state
     cache: AssignmentCache = state.assignment_cache
-    sessions = state.sessions if admitted else functools.partial(_database, request)
+    sessions = state.read_sessions if admitted else functools.partial(_reading, request)
     return await cache.answer(worker, sessions, state.settings.heartbeat_interval_s)
 
 
