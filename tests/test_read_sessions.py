@@ -1,7 +1,8 @@
 """A GET of a workload reads in autocommit: its statements commit by themselves, with no BEGIN
 before them and no ROLLBACK after (two round trips fewer, each a turn of a busy event loop). So
-does a create on a built-in backend, one statement; a patch still runs in a transaction. And no control-API request reads its project on its own:
-the credential's lookup reads it in the same statement."""
+does a create on a built-in backend, one statement; a patch still runs in a transaction. And no
+control-API request reads its project on its own: the credential's lookup reads it in the same
+statement."""
 
 from __future__ import annotations
 
