@@ -37,6 +37,18 @@ SPARE_CONNECTIONS = 10
 # --- inferencekey manager -------------------------------------------------------------------
 
 
+def manager_settings(args: argparse.Namespace) -> Settings:
+    """The Manager's settings: ``INFERENCEKEY_*`` variables, and the flags given over them."""
+    return Settings.from_env(
+        host=args.host,
+        port=args.port,
+        database_url=args.database_url,
+        data_dir=args.data_dir,
+        processes=args.processes,
+        reconciler_process=args.reconciler_process,
+    )
+
+
 def run_manager(args: argparse.Namespace) -> int:
     # Here, not at the top: `inferencekey admin` need not load Alembic.
     from manager.db.migrate import DatabaseUnreachable, SchemaTooNew, refuse_newer_schema
@@ -49,14 +61,7 @@ def run_manager(args: argparse.Namespace) -> int:
     if not _configure_logging(args):
         return 2
     try:
-        settings = Settings.from_env(
-            host=args.host,
-            port=args.port,
-            database_url=args.database_url,
-            data_dir=args.data_dir,
-            processes=args.processes,
-            reconciler_process=args.reconciler_process,
-        )
+        settings = manager_settings(args)
         if settings.admin_token is not None:
             configured_admin_token_id(settings.admin_token)
     except ValueError as error:  # a malformed INFERENCEKEY_* variable: a usage error
@@ -866,7 +871,7 @@ def add_manager_command(commands: Any) -> None:
     )
     manager.add_argument(
         "--reconciler-process",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="run the reconciler in a process of its own beside the one serving process, for a "
         "fleet of hundreds of agents on 2 cores or more (INFERENCEKEY_RECONCILER_PROCESS)",

@@ -27,6 +27,7 @@ from ik_command import main
 from ik_command import parse_args as parse_cli
 from ik_contracts.engines import BUILTIN_BACKENDS, ENGINES
 from manager.db.migrate import upgrade_to_head
+from manager.settings import Settings
 from tests.support import create_database, drop_database, new_admin_token, run_sql
 from tests.webhook_receiver import receiving, terminal_delivery
 from worker_agent.cli import AGENT_ENV, AgentConfigError, agent_config_from_args
@@ -974,3 +975,25 @@ def test_manager_with_an_admin_token_whose_id_another_credential_holds_says_so(
             started.wait(timeout=30)
     finally:
         drop_database(url)
+
+
+def test_the_reconciler_process_comes_from_the_flag_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from manager.cli import manager_settings
+
+    def settings(*flags: str, environ: str | None = None) -> Settings:
+        if environ is None:
+            monkeypatch.delenv("INFERENCEKEY_RECONCILER_PROCESS", raising=False)
+        else:
+            monkeypatch.setenv("INFERENCEKEY_RECONCILER_PROCESS", environ)
+        return manager_settings(parse_cli(["manager", *flags]))
+
+    assert not settings().reconciler_process
+    assert not settings().supervised
+    assert settings("--reconciler-process").supervised
+    assert settings(environ="yes").reconciler_process
+    assert not settings("--no-reconciler-process", environ="yes").reconciler_process
+    assert settings("--reconciler-process", environ="no").reconciler_process
+    # With several serving processes the reconciler has its own anyway.
+    assert settings("--processes", "2", "--no-reconciler-process").supervised

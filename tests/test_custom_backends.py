@@ -31,6 +31,7 @@ from tests.support import (
     create_sdk_token,
     own_manager,
 )
+from tests.test_read_sessions import Statements
 
 ENTRYPOINT = "echo_backend:Echo"
 SOURCE = """
@@ -584,6 +585,23 @@ def test_a_workload_may_name_a_custom_backend_of_its_task_type(
     mismatch = create(api, project, workload_spec(name, task_type="text2text"))
     assert mismatch.status_code == 400 and mismatch.json()["code"] == "backend_not_allowed"
     assert "'forecast'" in mismatch.json()["message"]
+
+
+def test_a_create_on_a_custom_backend_keeps_its_transaction(
+    manager: RunningManager, api: httpx.Client, project: TestProject, tmp_path: Path
+) -> None:
+    """Its backend's row stays locked until the workload is written (a built-in backend's
+    create is one statement in autocommit: tests/test_read_sessions.py)."""
+    name = unique_name()
+    published(manager, build(tmp_path, name))
+    statements = Statements(manager)
+    try:
+        created = create(api, project, workload_spec(name))
+        assert created.status_code == 201, created.text
+        assert statements.committed().transactions == ["BEGIN", "COMMIT"]
+        assert any("FOR KEY SHARE" in query for query in statements.sent), statements.sent
+    finally:
+        statements.close()
 
 
 def test_a_custom_backend_without_a_task_type_serves_any(

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.support import (
 )
 from tests.test_agent_protocol_load import listen
 from tests.test_api_admission import WORKLOAD
+from tests.test_assignments_long_poll import CPU_ONLY
 
 
 def _in_request() -> bool:
@@ -46,22 +48,33 @@ class Statements:
     def __init__(self, manager: RunningManager) -> None:
         self.sent: list[str] = []
         self.transactions: list[str] = []
-        self._logged: set[int] = set()
+        self._logged: dict[int, tuple[Any, Any]] = {}  # id -> the connection, its logger
         self._for_request: dict[int, bool] = {}
         engine = fastapi_app(manager).state.engine.sync_engine
 
-        @event.listens_for(engine, "checkout")
         def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             raw = dbapi_connection.driver_connection
             self._for_request[id(raw)] = _in_request()
             if id(raw) not in self._logged:
-                self._logged.add(id(raw))
-                raw.add_query_logger(functools.partial(self._log, id(raw)))
+                logger = functools.partial(self._log, id(raw))
+                self._logged[id(raw)] = (raw, logger)
+                raw.add_query_logger(logger)
 
-        @event.listens_for(engine, "before_cursor_execute")
         def on_statement(*args: Any) -> None:
             if _in_request():
                 self.sent.append(args[2])
+
+        self._listeners = [(engine, "checkout", on_checkout)]
+        self._listeners.append((engine, "before_cursor_execute", on_statement))
+        for target, name, listener in self._listeners:
+            event.listen(target, name, listener)
+
+    def close(self) -> None:
+        """Stop watching: for a Manager other tests go on using."""
+        for target, name, listener in self._listeners:
+            event.remove(target, name, listener)
+        for raw, logger in self._logged.values():
+            raw.remove_query_logger(logger)
 
     def _log(self, connection: int, record: Any) -> None:
         # Called soon after the statement (call_soon), before the connection can change hands.
@@ -157,3 +170,46 @@ async def test_a_create_is_one_statement_with_its_event_and_its_notice(
             assert [e["kind"] for e in events].count("created") == 1
             await asyncio.sleep(0.5)  # a notice of the refused create would have come by now
             assert set(notices.payloads) == {workload_id}  # the one workload's, nothing else
+
+
+def test_an_agents_assignments_are_read_with_no_transaction(manager: RunningManager) -> None:
+    """Whether a long-poll or a heartbeat reads a worker's answer, its statements commit by
+    themselves: no BEGIN, no ROLLBACK."""
+    with httpx.Client(base_url=manager.url, headers=bearer(manager.admin_token or "")) as admin:
+        project = create_project(admin)["slug"]
+        sdk = bearer(create_sdk_token(admin, project))
+        made = admin.post("/api/admin/workers", json={"project": project, "name": "cpu-box"})
+        assert made.status_code == 201, made.text
+    agent = httpx.Client(base_url=manager.url, headers=bearer(made.json()["token"]), timeout=40)
+    client = httpx.Client(base_url=manager.url, headers=sdk, timeout=30)
+    body = {"agent_version": "test", "address": "http://127.0.0.1:9", "inventory": CPU_ONLY}
+
+    def heartbeat() -> dict[str, Any]:
+        answered = agent.post("/api/agent/heartbeat", json=body)
+        assert answered.status_code == 200, answered.text
+        return answered.json()
+
+    def placed(slug: str) -> bool:
+        replicas = client.get(f"/api/workloads/{slug}/replicas")
+        assert replicas.status_code == 200, replicas.text
+        return bool(replicas.json()["replicas"])
+
+    with agent, client:
+        first = heartbeat()  # registers the inventory, in a transaction of its own
+        statements = Statements(manager)
+        with ThreadPoolExecutor(1) as pool:
+            stale = {"version": first["version"], "wait": 20}
+            waiting = pool.submit(agent.get, "/api/agent/assignments", params=stale)
+            created = client.post(f"/api/projects/{project}/workloads", json=WORKLOAD)
+            assert created.status_code == 201, created.text
+            polled = waiting.result(timeout=30)
+        assert polled.status_code == 200, polled.text
+        assert len(polled.json()["replicas"]) == 1  # read by the long-poll
+        # A change no long-poll waits for: the next heartbeat reads the answer.
+        other = {**WORKLOAD, "slug": "second", "name": "second"}
+        assert client.post(f"/api/projects/{project}/workloads", json=other).status_code == 201
+        wait_until(lambda: placed("second"), 30, "the second workload placed")
+        assert len(heartbeat()["replicas"]) == 2
+        settled = statements.settled()
+        assert len(settled.reading("replicas")) >= 2, settled.sent
+        assert settled.transactions == []

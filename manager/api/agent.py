@@ -300,9 +300,9 @@ async def still_stands(state: State, worker: workers.AgentWorker, *, patient: bo
 
 
 @contextlib.asynccontextmanager
-async def slotted_session(state: State) -> AsyncIterator[AsyncSession]:
-    """``_database`` for agent_fast: a short session under an admission slot."""
-    async with protocol_of(state).admission.slot(), state.sessions() as session:
+async def slotted_reading(state: State) -> AsyncIterator[AsyncSession]:
+    """``_reading`` for agent_fast: a short session in autocommit under an admission slot."""
+    async with protocol_of(state).admission.slot(), state.read_sessions() as session:
         yield session
 
 
@@ -371,7 +371,13 @@ class AssignmentCache:
         sessions: Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]],
         heartbeat_interval_s: float,
     ) -> Answer:
-        """The worker's answer, read with a session of ``sessions`` when none is cached."""
+        """The worker's answer, read with a session of ``sessions`` when none is cached.
+
+        Its callers' sessions are in autocommit (``read_sessions``): the answer's statements
+        (the replicas, the GPUs' ids, custom backends' versions) see a snapshot each, as they
+        did in a transaction at READ COMMITTED, without the BEGIN and ROLLBACK round trips
+        around them, 4% of the serving process's CPU under a fleet's burst of creates (py-spy,
+        1,000 agents)."""
         now = time.monotonic()
         cached = self._answers.get(worker.id)
         if cached is not None and now - cached[0] < self.MAX_AGE_S:
@@ -399,10 +405,7 @@ async def _answer(
     """``admitted``: the request already wrote what it reported; its answer is read without
     waiting for an admission slot, so a committed heartbeat is never answered 503.
 
-    The answer is read in autocommit: its statements (the replicas, the GPUs' ids, custom
-    backends' versions) see a snapshot each, as they would in a transaction at READ COMMITTED,
-    and it saves the BEGIN and ROLLBACK round trips, 4% of the serving process's CPU under a
-    fleet's burst of creates (py-spy, 1,000 agents)."""
+    The answer is read in autocommit, as everywhere (``AssignmentCache.answer``)."""
     state = request.app.state
     cache: AssignmentCache = state.assignment_cache
     sessions = state.read_sessions if admitted else functools.partial(_reading, request)
@@ -502,7 +505,7 @@ async def watch_assignments(
     """Answers as soon as the desired set differs from ``version``, or after ``wait`` seconds."""
     worker = _caller(request)
     await _check_unrevoked(request, worker)
-    sessions = functools.partial(_database, request)
+    sessions = functools.partial(_reading, request)
     return (await long_poll(request.app.state, worker, version, wait, sessions)).response()
 
 

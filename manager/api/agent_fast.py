@@ -38,7 +38,7 @@ from manager.api.agent import (
     AgentProtocol,
     long_poll,
     protocol_of,
-    slotted_session,
+    slotted_reading,
     still_stands,
     store_heartbeat,
 )
@@ -129,7 +129,7 @@ class AgentFastPath:
                     protocol.credentials.evict(worker.token_id)  # revoked: the route says 401
                     return False
                 answer = await state.assignment_cache.answer(
-                    worker, state.sessions, state.settings.heartbeat_interval_s
+                    worker, state.read_sessions, state.settings.heartbeat_interval_s
                 )
             except Exception as error:
                 await _answer_failure(scope, error, answered)
@@ -163,7 +163,7 @@ class AgentFastPath:
                 if stands:
                     version, wait = query
                     answer = await long_poll(
-                        state, worker, version, wait, functools.partial(slotted_session, state)
+                        state, worker, version, wait, functools.partial(slotted_reading, state)
                     )
             except Exception as error:
                 await _answer_failure(scope, error, answered)

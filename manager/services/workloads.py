@@ -248,16 +248,17 @@ async def create_workload(
     fields = request.model_dump()
     _require_write(principal, fields)
     fields["slug"] = canonical_slug(request.slug if request.slug is not None else request.name)
+    custom = await custom_backend_rules(session, project, request.backend)
+    validate_workload(fields, limits, **custom)
     if request.backend in BUILTIN_BACKENDS:
         # One statement (_CREATE) writes the workload, its event and its notice, and commits by
         # itself: no BEGIN and COMMIT round trips around it. Under a fleet's burst of creates
         # (py-spy, 1,000 agents) those two were 11% of the serving process's CPU, each round
-        # trip a write to Postgres and a wait for a turn of the loop. The checks before it only
-        # read, as in a transaction at READ COMMITTED. A custom backend's create keeps its
-        # transaction: its backend's row stays share-locked until the workload is written.
+        # trip a write to Postgres and a wait for a turn of the loop. The checks of pins and
+        # pools only read, a snapshot each, as in a transaction at READ COMMITTED. A custom
+        # backend's create keeps its transaction: its backend's row stays key-share-locked
+        # until the workload is written.
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    custom = await custom_backend_rules(session, project, request.backend)
-    validate_workload(fields, limits, **custom)
     await check_pins(session, project, fields)
     await check_pool(session, project, fields)
     row = dict(
