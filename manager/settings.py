@@ -228,7 +228,10 @@ class Settings:
     @property
     def supervised(self) -> bool:
         """Whether the Manager runs as processes under a supervisor (manager/processes.py):
-        more than one serving process, or the reconciler in a process of its own."""
+        more than one serving process, or the reconciler in a process of its own. For the
+        parent to read: a child's settings are the supervisor's with ``run_reconciler``
+        changed, so they may say either; a child knows it is supervised by
+        ``processes.metrics_directory()``."""
         return self.processes > 1 or (self.reconciler_process and self.run_reconciler)
 
     @classmethod
