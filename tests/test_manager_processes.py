@@ -21,6 +21,8 @@ from manager.db.migrate import upgrade_to_head
 from tests.support import (
     bearer,
     create_database,
+    create_project,
+    create_sdk_token,
     drop_database,
     free_port,
     new_admin_token,
@@ -139,8 +141,8 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
     # Both processes answer on the one port: each new connection is accepted by one of them,
     # and the API works through whichever it is.
     admin = httpx.Client(base_url=manager.url, headers=bearer(admin_token), timeout=10)
-    project = admin.post("/api/admin/projects", json={"slug": "split"}).json()["slug"]
-    token = admin.post("/api/admin/tokens", json={"project": project}).json()["token"]
+    project = create_project(admin, "split")["slug"]
+    token = create_sdk_token(admin, project)
     for n in range(20):
         with httpx.Client(base_url=manager.url, headers=bearer(token), timeout=10) as fresh:
             created = fresh.post(
@@ -242,21 +244,19 @@ def test_the_reconciler_in_a_process_of_its_own_beside_one_serving_process(
     assert set(roles.values()) == children(manager.process.pid)
 
     # The serving process takes the API; the reconciler's process plans what it wrote.
-    admin = httpx.Client(base_url=manager.url, headers=bearer(admin_token), timeout=10)
-    project = admin.post("/api/admin/projects", json={"slug": "apart"}).json()["slug"]
-    token = admin.post("/api/admin/tokens", json={"project": project}).json()["token"]
-    sdk = httpx.Client(base_url=manager.url, headers=bearer(token), timeout=10)
-    created = sdk.post(f"/api/projects/{project}/workloads", json={**WORKLOAD, "slug": "apart"})
-    assert created.status_code == 201, created.text
-    wait_until(
-        lambda: "no worker" in sdk.get("/api/workloads/apart").text,
-        30,
-        "the reconciler process planned the workload",
-    )
+    with httpx.Client(base_url=manager.url, headers=bearer(admin_token), timeout=10) as admin:
+        project = create_project(admin, "apart")["slug"]
+        token = create_sdk_token(admin, project)
+    with httpx.Client(base_url=manager.url, headers=bearer(token), timeout=10) as sdk:
+        created = sdk.post(f"/api/projects/{project}/workloads", json={**WORKLOAD, "slug": "apart"})
+        assert created.status_code == 201, created.text
+        wait_until(
+            lambda: "no worker" in sdk.get("/api/workloads/apart").text,
+            30,
+            "the reconciler process planned the workload",
+        )
     gathered = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     assert metric(gathered, "inferencekey_reconcile_leader") == 1, gathered
-    admin.close()
-    sdk.close()
 
     manager.process.send_signal(signal.SIGTERM)
     assert manager.process.wait(timeout=30) == 0, manager.text()[-3000:]
