@@ -194,8 +194,8 @@ def test_a_replica_is_routed_once_ready_and_no_longer_once_its_worker_is_not_rea
     fleet.heartbeat()
     fleet.create("chat")
     # The workload (and its project, both created after the gateway's one full read) is known
-    # as soon as its creation is heard: no ready replica yet, rather than no such workload.
-    wait_until(lambda: fleet.call("chat") == (503, "no_ready_replica"), PROMPTLY_S, "not known")
+    # at once, heard or not: no ready replica yet, rather than no such workload.
+    assert fleet.call("chat") == (503, "no_ready_replica")
 
     [replica] = wait_until(
         lambda: [r["id"] for r in fleet.heartbeat() if r["workload_slug"] == "chat"],
@@ -405,5 +405,48 @@ async def test_a_full_read_in_pieces_keeps_the_routes_that_did_not_change(
         assert table.by_id[chat_id] is chat
         assert table.by_id[idle_id] is not idle and table.by_id[idle_id].reason == "changed"
         assert table.workloads[(idle.project_id, "idle")] is table.by_id[idle_id]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_workload_the_table_has_not_heard_of_is_read_before_it_is_called_absent(
+    steady: Fleet,
+) -> None:
+    fleet = steady
+    engine = make_engine(fleet.manager.database_url)
+    try:
+        table = RouteTable(make_sessionmaker(engine))  # not started: it hears nothing
+        await table.reload()
+        project_id = table.projects[fleet.project]
+
+        # Created after the table's read: found in the database, and kept in the table.
+        late_id = await asyncio.to_thread(fleet.create, "late", 0)
+        route = await table.find(project_id, "late")
+        assert route is not None and route.id == late_id and route.replicas == []
+        assert table.workloads[(project_id, "late")] is route and table.by_id[late_id] is route
+
+        # Absent, then created: answered absent from memory until a notification is heard
+        # (no query per request for a name that does not exist)...
+        assert await table.find(project_id, "soon") is None
+        soon_id = await asyncio.to_thread(fleet.create, "soon", 0)
+        assert await table.find(project_id, "soon") is None
+        table.changed(soon_id)
+        route = await table.find(project_id, "soon")
+        assert route is not None and route.id == soon_id
+
+        # ...or until MISSING_S has passed.
+        assert await table.find(project_id, "later") is None
+        later_id = await asyncio.to_thread(fleet.create, "later", 0)
+        await asyncio.sleep(routes_module.MISSING_S)
+        route = await table.find(project_id, "later")
+        assert route is not None and route.id == later_id
+
+        # Another project's workload of that name is not this project's; a deleted one is gone.
+        assert await table.find("proj_someone_else", "late") is None
+        await asyncio.to_thread(
+            fleet.sql, "UPDATE workloads SET deleted_at = now() WHERE id = $1", later_id
+        )
+        await table.reload()
+        assert await table.find(project_id, "later") is None
     finally:
         await engine.dispose()

@@ -175,7 +175,8 @@ class GatewayMiddleware:
         granted = ALL_WORKLOADS in principal.workload_grants
         if not granted and workload not in principal.workload_grants:
             raise ScopeInsufficient(f'this key is not granted workload "{project}/{workload}"')
-        route = gateway.routes.workloads.get((own_project, workload))
+        key = (own_project, workload)
+        route = gateway.routes.workloads.get(key) or await gateway.routes.find(*key)
         if route is None:
             raise WorkloadNotFound(f'workload "{workload}" not found in project "{project}"')
         return principal, route

@@ -46,6 +46,12 @@ SETTLE_S = 0.02  # notifications heard within this are read together
 FULL_READ_ABOVE = 2_000  # named workloads past this (and a quarter of the table): read it all
 # Rows a full read fetches at a time from its cursor: only one piece of them is alive at once.
 READ_AT_ONCE = 250
+# A workload the table does not have, read in the database and not found there, is answered
+# "not found" from memory this long, unless a notification is heard meanwhile.
+MISSING_S = 1.0
+MISSING_KEPT = 10_000  # names kept absent at most (then forgotten all at once)
+# Reads of unknown names at once: a flood of made-up names queues here instead of taking the pool.
+MAX_CONCURRENT_MISSES = 4
 
 
 @dataclass
@@ -201,11 +207,55 @@ class RouteTable:
         self._dirty = asyncio.Event()
         self._reloaded = asyncio.Event()  # set (and replaced) after every reload
         self._task: asyncio.Task[None] | None = None
+        self._missing: dict[tuple[str, str], float] = {}  # (project id, slug) -> read absent at
+        self._heard = 0  # notifications heard so far: a read absent across one proves nothing
+        self._misses = asyncio.Semaphore(MAX_CONCURRENT_MISSES)
 
     def changed(self, payload: str = notify.ANY) -> None:
         """A notification's callback: a workload or worker id, or ``ANY`` (read everything)."""
         self._changes.note(payload)
         self._dirty.set()
+        self._heard += 1
+        self._missing.clear()
+
+    async def find(self, project_id: str, slug: str) -> WorkloadRoute | None:
+        """The route of a project's live workload, or None.
+
+        A workload the table does not know is read from the database before it is called
+        absent: one created a moment ago is answered at once, not only once its notification
+        has been read (``ensure`` and then a request is the first thing a user does). A name
+        found absent is answered from memory for ``MISSING_S``, or until a notification is
+        heard, so requests for a name that does not exist do not each cost a query; a few such
+        reads run at once."""
+        key = (project_id, slug)
+        route = self.workloads.get(key)
+        if route is not None:
+            return route
+        absent_at = self._missing.get(key)
+        if absent_at is not None and time.monotonic() - absent_at < MISSING_S:
+            return None
+        heard = self._heard
+        async with self._misses, self._sessions() as session:
+            rows = (
+                await session.execute(
+                    ROUTE_ROWS.where(
+                        Workload.project_id == project_id,
+                        Workload.slug == slug,
+                        Workload.deleted_at.is_(None),
+                    )
+                )
+            ).all()
+        if not rows:
+            if heard == self._heard:
+                if len(self._missing) >= MISSING_KEPT:
+                    self._missing.clear()
+                self._missing[key] = time.monotonic()
+            return None
+        route = self.workloads.get(key)  # a reload meanwhile may have read it already
+        if route is None:
+            for route in self._routes(rows).values():
+                self._put(route)
+        return route
 
     async def next_reload(self, timeout: float) -> None:
         """Return after the next reload, or after ``timeout`` seconds."""
