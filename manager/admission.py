@@ -5,16 +5,30 @@ to its kind's wait; then it is answered 503 ``overloaded`` with Retry-After. Two
 process: the agent protocol (``AgentProtocol.admission``) and the control API
 (``app.state.api_admission``), each with its own slots, so that a flood of one cannot take
 every turn of the event loop from the other.
+
+Shedding is logged, at most once a minute per kind with how many were shed since the last line:
+an operator whose agents see 503s finds why in the Manager's log, not only in its metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
 from manager.errors import Overloaded
+
+log = logging.getLogger("inferencekey.admission")
+
+SHED_LOGGED_EVERY_S = 60.0
+# What a shedding process can be given more of (README: "The control plane under a fleet").
+MORE_ROOM = (
+    "this Manager process is at its limit; to give it more room, see the README's "
+    '"The control plane under a fleet" (INFERENCEKEY_RECONCILER_PROCESS, '
+    "INFERENCEKEY_PROCESSES, more Managers on one database)"
+)
 
 
 class Admission:
@@ -25,14 +39,22 @@ class Admission:
         retry_after_s: int,
         busy: str,
         waited: Callable[[float], None] | None = None,
+        *,
+        kind: str,
+        logged_every_s: float = SHED_LOGGED_EVERY_S,
     ) -> None:
         """``waited`` is told the seconds each turn was waited for (about 0 when it was free),
-        shed or not: ``inferencekey_admission_wait_seconds``."""
+        shed or not: ``inferencekey_admission_wait_seconds``. ``kind`` names the requests in
+        the log line that says they were shed (at most one each ``logged_every_s``)."""
         self.wait_s = wait_s
         self.retry_after_s = retry_after_s
         self.busy = busy
+        self.kind = kind
         self._slots = asyncio.Semaphore(limit)
         self._waited = waited or _untimed
+        self._logged_every_s = logged_every_s
+        self._shed = 0  # since the last line
+        self._logged_at: float | None = None
 
     @contextlib.asynccontextmanager
     async def slot(self, *, patient: bool = False) -> AsyncIterator[None]:
@@ -66,9 +88,26 @@ class Admission:
                 async with asyncio.timeout(self.wait_s):
                     await turn.acquire()
         except TimeoutError:
+            self._shed_one()
             raise Overloaded(busy, retry_after_s=self.retry_after_s) from None
         finally:
             told(time.perf_counter() - started)
+
+    def _shed_one(self) -> None:
+        self._shed += 1
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < self._logged_every_s:
+            return
+        since = "" if self._logged_at is None else f" in the last {now - self._logged_at:,.0f} s"
+        log.warning(
+            "shed %d %s%s with 503 overloaded, each after waiting %g s for a turn: %s",
+            self._shed,
+            self.kind,
+            since,
+            self.wait_s,
+            MORE_ROOM,
+        )
+        self._shed, self._logged_at = 0, now
 
 
 def _untimed(seconds: float) -> None:

@@ -267,6 +267,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         settings.agent_retry_after_s,
         busy="this Manager has more API requests than it can serve now; retry shortly",
         waited=metrics.admission_wait.labels("api").observe,
+        kind="control-API requests",
     )
     app.add_middleware(
         BodyLimitMiddleware,

@@ -423,6 +423,17 @@ async def gateway_route_table_named(fleet: Fleet) -> None:
     )
 
 
+async def gateway_route_read_on_a_miss(fleet: Fleet) -> None:
+    """A request for a workload the route table has not heard of: that one workload is read
+    (here one the table dropped, as if created after its last read)."""
+    assert fleet.routes is not None
+    workload_id = padded("wl", 33)
+    route = fleet.routes.by_id[workload_id]
+    fleet.routes._drop(workload_id)
+    found = await fleet.routes.find(route.project_id, route.slug)
+    assert found is not None and found.id == workload_id
+
+
 async def gateway_key_lookup(fleet: Fleet) -> None:
     keys = KeyCache(fleet.sessions)
     await keys.authenticate(f"Bearer {token_of('live', LIVE_KEY_ID)}")
@@ -563,6 +574,7 @@ CODE_PATHS = [
     CodePath("reconciler: a pass", reconciler_pass),
     CodePath("gateway: route table load", gateway_route_table),
     CodePath("gateway: route table read of what changed", gateway_route_table_named),
+    CodePath("gateway: a route read on a miss", gateway_route_read_on_a_miss),
     CodePath("gateway: ik_live_ key lookup", gateway_key_lookup),
     CodePath("control plane: credential check", control_plane_credential),
     CodePath("job dispatcher: claim", dispatcher_claim),

@@ -193,6 +193,7 @@ class AgentProtocol:
             settings.agent_retry_after_s,
             busy="this Manager has more agent requests than it can serve now; retry shortly",
             waited=waits.labels("agent").observe if waits is not None else None,
+            kind="agent requests",
         )
         self.credentials = AgentCredentials()
         self.heartbeats = OneAtATime(
