@@ -6,8 +6,9 @@ process: the agent protocol (``AgentProtocol.admission``) and the control API
 (``app.state.api_admission``), each with its own slots, so that a flood of one cannot take
 every turn of the event loop from the other.
 
-Shedding is logged, at most once a minute per kind with how many were shed since the last line:
-an operator whose agents see 503s finds why in the Manager's log, not only in its metrics.
+Shedding is logged by each process, at the first shed of a kind and then once a minute at most,
+with how many of that kind were shed in it: an operator whose agents see 503s finds why in the
+Manager's log, not only in its metrics.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Admission:
     ) -> None:
         """``waited`` is told the seconds each turn was waited for (about 0 when it was free),
         shed or not: ``inferencekey_admission_wait_seconds``. ``kind`` names the requests in
-        the log line that says they were shed (at most one each ``logged_every_s``)."""
+        the log line that says they were shed (at most one of a kind each ``logged_every_s``)."""
         self.wait_s = wait_s
         self.retry_after_s = retry_after_s
         self.busy = busy
@@ -53,8 +54,9 @@ class Admission:
         self._slots = asyncio.Semaphore(limit)
         self._waited = waited or _untimed
         self._logged_every_s = logged_every_s
-        self._shed = 0  # since the last line
-        self._logged_at: float | None = None
+        self._shed: dict[str, int] = {}  # by kind: shed since its last line
+        self._logged_at: dict[str, float] = {}  # by kind: when its last line was written
+        self._flushing: set[str] = set()  # kinds whose next line is due by a timer
 
     @contextlib.asynccontextmanager
     async def slot(self, *, patient: bool = False) -> AsyncIterator[None]:
@@ -73,10 +75,12 @@ class Admission:
         patient: bool,
         busy: str,
         waited: Callable[[float], None] | None = None,
+        kind: str | None = None,
     ) -> None:
         """Acquire ``turn``: at once if it is free, else within ``wait_s`` (a patient request
         without a deadline), else 503 overloaded saying ``busy``, with Retry-After. The wait is
-        told to ``waited`` (by default this admission's)."""
+        told to ``waited`` (by default this admission's); a shed is logged as of ``kind`` (by
+        default this admission's)."""
         told = waited or self._waited
         started = time.perf_counter()
         try:
@@ -88,26 +92,39 @@ class Admission:
                 async with asyncio.timeout(self.wait_s):
                     await turn.acquire()
         except TimeoutError:
-            self._shed_one()
+            self._shed_one(kind or self.kind)
             raise Overloaded(busy, retry_after_s=self.retry_after_s) from None
         finally:
             told(time.perf_counter() - started)
 
-    def _shed_one(self) -> None:
-        self._shed += 1
-        now = time.monotonic()
-        if self._logged_at is not None and now - self._logged_at < self._logged_every_s:
+    def _shed_one(self, kind: str) -> None:
+        """Count a shed: logged at once if no line of its kind was written in the last
+        ``logged_every_s``, else with the others of that time, when it ends."""
+        self._shed[kind] = self._shed.get(kind, 0) + 1
+        logged_at = self._logged_at.get(kind)
+        if logged_at is None or time.monotonic() - logged_at >= self._logged_every_s:
+            self._log_shed(kind)
+        elif kind not in self._flushing:
+            self._flushing.add(kind)
+            due = logged_at + self._logged_every_s - time.monotonic()
+            asyncio.get_running_loop().call_later(due, self._log_shed, kind)
+
+    def _log_shed(self, kind: str) -> None:
+        self._flushing.discard(kind)
+        shed, now = self._shed.pop(kind, 0), time.monotonic()
+        if not shed:
             return
-        since = "" if self._logged_at is None else f" in the last {now - self._logged_at:,.0f} s"
+        logged_at = self._logged_at.get(kind)
+        since = "" if logged_at is None else f" in the last {now - logged_at:,.0f} s"
         log.warning(
             "shed %d %s%s with 503 overloaded, each after waiting %g s for a turn: %s",
-            self._shed,
-            self.kind,
+            shed,
+            kind,
             since,
             self.wait_s,
             MORE_ROOM,
         )
-        self._shed, self._logged_at = 0, now
+        self._logged_at[kind] = now
 
 
 def _untimed(seconds: float) -> None:

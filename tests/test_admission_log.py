@@ -40,16 +40,28 @@ async def test_shedding_is_logged_at_once_then_once_a_period_with_the_count(
         assert "INFERENCEKEY_RECONCILER_PROCESS" in first
         assert "The control plane under a fleet" in first
 
-        await asyncio.sleep(PERIOD_S)
-        await shed(admission, 2)
+        # The two shed since are written when the period ends, though no shed comes after it.
+        await asyncio.sleep(PERIOD_S / 2)
+        assert len(lines()) == 1
+        await asyncio.sleep(PERIOD_S / 2 + 0.1)
         assert len(lines()) == 2
-        # The two shed within the period after the first line, and the one that wrote this.
-        assert lines()[1].startswith("shed 3 agent requests in the last ")
+        assert lines()[1].startswith("shed 2 agent requests in the last ")
+
+        # A period with no shed writes nothing; the next shed is written at once.
+        await asyncio.sleep(PERIOD_S + 0.1)
+        assert len(lines()) == 2
+        await shed(admission, 1)
+        assert len(lines()) == 3 and lines()[2].startswith("shed 1 agent requests in the last ")
+
+        # Another kind of turn, shed under its own name, counts apart.
+        lock = asyncio.Lock()
+        await lock.acquire()
+        with pytest.raises(Overloaded):
+            await admission.take(lock, patient=False, busy="busy", kind="duplicate heartbeats")
+        assert lines()[3].startswith("shed 1 duplicate heartbeats with 503 overloaded")
 
     # A request that finds its turn is not shed, and writes nothing.
     async with admission.slot():
         pass
-    await asyncio.sleep(PERIOD_S)
-    async with admission.slot():
-        pass
-    assert len(lines()) == 2
+    await asyncio.sleep(PERIOD_S + 0.1)
+    assert len(lines()) == 4

@@ -410,12 +410,13 @@ async def test_a_full_read_in_pieces_keeps_the_routes_that_did_not_change(
 
 
 async def test_a_workload_the_table_has_not_heard_of_is_read_before_it_is_called_absent(
-    steady: Fleet,
+    steady: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fleet = steady
     engine = make_engine(fleet.manager.database_url)
     try:
-        table = RouteTable(make_sessionmaker(engine))  # not started: it hears nothing
+        sessions = make_sessionmaker(engine)
+        table = RouteTable(sessions)  # not started: it hears nothing but what the test tells it
         await table.reload()
         project_id = table.projects[fleet.project]
 
@@ -424,20 +425,26 @@ async def test_a_workload_the_table_has_not_heard_of_is_read_before_it_is_called
         route = await table.find(project_id, "late")
         assert route is not None and route.id == late_id and route.replicas == []
         assert table.workloads[(project_id, "late")] is route and table.by_id[late_id] is route
+        assert not table._changes.take().workloads  # read with nothing heard meanwhile
 
-        # Absent, then created: answered absent from memory until a notification is heard
-        # (no query per request for a name that does not exist)...
+        # Absent, then created: answered absent from memory (no query per request for a name
+        # that does not exist) until a workload's notification is heard; a worker's notification
+        # cannot make a name exist, and leaves it absent.
+        monkeypatch.setattr(routes_module, "MISSING_S", 3600.0)
         assert await table.find(project_id, "soon") is None
         soon_id = await asyncio.to_thread(fleet.create, "soon", 0)
+        assert await table.find(project_id, "soon") is None
+        table.changed(fleet.worker_id)
         assert await table.find(project_id, "soon") is None
         table.changed(soon_id)
         route = await table.find(project_id, "soon")
         assert route is not None and route.id == soon_id
 
         # ...or until MISSING_S has passed.
+        monkeypatch.setattr(routes_module, "MISSING_S", 0.2)
         assert await table.find(project_id, "later") is None
         later_id = await asyncio.to_thread(fleet.create, "later", 0)
-        await asyncio.sleep(routes_module.MISSING_S)
+        await asyncio.sleep(0.2)
         route = await table.find(project_id, "later")
         assert route is not None and route.id == later_id
 
@@ -448,5 +455,19 @@ async def test_a_workload_the_table_has_not_heard_of_is_read_before_it_is_called
         )
         await table.reload()
         assert await table.find(project_id, "later") is None
+
+        # A notification heard while the one workload was read may have changed it after the
+        # read: the route is answered, and read again by the table's next read of what changed.
+        table._changes.take()
+        heard_meanwhile = RouteTable(sessions)
+
+        def reading() -> Any:
+            heard_meanwhile.changed(fleet.worker_id)  # heard as the read begins
+            return sessions()
+
+        heard_meanwhile._sessions = reading  # type: ignore[assignment]
+        found = await heard_meanwhile.find(project_id, "late")
+        assert found is not None and found.id == late_id
+        assert late_id in heard_meanwhile._changes.take().workloads
     finally:
         await engine.dispose()

@@ -122,7 +122,13 @@ class OneAtATime:
         self._turns[worker_id] = (lock, users + 1)
         try:
             busy = "this worker's previous heartbeat is still being served; retry shortly"
-            await self.admission.take(lock, patient=patient, busy=busy, waited=self._waited)
+            await self.admission.take(
+                lock,
+                patient=patient,
+                busy=busy,
+                waited=self._waited,
+                kind="heartbeats whose worker's previous heartbeat was still being served",
+            )
             try:
                 yield
             finally:

@@ -393,7 +393,8 @@ class GatewayMiddleware:
         key = (route.project_id, route.slug)
         while (left := deadline - time.monotonic()) > 0:
             await gateway.routes.next_reload(left)
-            fresh = gateway.routes.workloads.get(key)
+            # A route read on a miss and left out by a full read begun before it: read again.
+            fresh = gateway.routes.workloads.get(key) or await gateway.routes.find(*key)
             if fresh is None or fresh.id != route.id:
                 return route  # deleted meanwhile: answered as no ready replica
             route = fresh

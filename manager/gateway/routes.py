@@ -1,9 +1,10 @@
 """Where a data-plane request may go: which routes a task type serves, and the ready replicas.
 
-The table is kept in memory, so a request never waits on the database. It is read in full at
-start and every ``gateway_routes_resync_s``; in between, a notification naming a workload or a
-worker (a phase, an assignment, a replica state, a worker's liveness) has just the routes it may
-change read again.
+The table is kept in memory, so a request for a workload it has never waits on the database. It
+is read in full at start and every ``gateway_routes_resync_s``; in between, a notification naming
+a workload or a worker (a phase, an assignment, a replica state, a worker's liveness) has just the
+routes it may change read again. A request for a workload the table lacks has that one read
+(``RouteTable.find``): it may have been created a moment ago.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ik_contracts.protocol import ReplicaState
 from manager import notify
 from manager.db.models import Project, Replica, Worker, Workload
 from manager.db.queries import in_pieces, one_of
-from manager.fleet import ChangeLog
+from manager.fleet import WORKLOAD_PREFIX, ChangeLog
 from manager.states import DesiredState, WorkerState
 from manager.turns import Turns
 
@@ -191,7 +192,8 @@ class RouteTable:
     """Every live workload's route, read in full at start, after the listening connection came
     back, and every ``resync_s`` (a safety net for a change no notification named); in between,
     only the routes that notifications named: a workload's (``wl_…``) or those a worker's
-    (``wrk_…``) change may touch. The ids heard within ``SETTLE_S`` are read in one query."""
+    (``wrk_…``) change may touch. The ids heard within ``SETTLE_S`` are read in one query. A
+    workload the table lacks is read when a request names it (``find``)."""
 
     def __init__(
         self, sessions: async_sessionmaker[AsyncSession], resync_s: float = RESYNC_S
@@ -208,7 +210,10 @@ class RouteTable:
         self._reloaded = asyncio.Event()  # set (and replaced) after every reload
         self._task: asyncio.Task[None] | None = None
         self._missing: dict[tuple[str, str], float] = {}  # (project id, slug) -> read absent at
-        self._heard = 0  # notifications heard so far: a read absent across one proves nothing
+        # Notifications heard so far: any of them (a read across one may be out of date), and
+        # those that may make a name exist (a workload's, or everything).
+        self._heard = 0
+        self._heard_workloads = 0
         self._misses = asyncio.Semaphore(MAX_CONCURRENT_MISSES)
 
     def changed(self, payload: str = notify.ANY) -> None:
@@ -216,7 +221,9 @@ class RouteTable:
         self._changes.note(payload)
         self._dirty.set()
         self._heard += 1
-        self._missing.clear()
+        if payload == notify.ANY or payload.startswith(WORKLOAD_PREFIX):
+            self._heard_workloads += 1
+            self._missing.clear()
 
     async def find(self, project_id: str, slug: str) -> WorkloadRoute | None:
         """The route of a project's live workload, or None.
@@ -224,38 +231,49 @@ class RouteTable:
         A workload the table does not know is read from the database before it is called
         absent: one created a moment ago is answered at once, not only once its notification
         has been read (``ensure`` and then a request is the first thing a user does). A name
-        found absent is answered from memory for ``MISSING_S``, or until a notification is
-        heard, so requests for a name that does not exist do not each cost a query; a few such
-        reads run at once."""
+        found absent is answered from memory for ``MISSING_S``, or until a workload's
+        notification is heard, so requests for a name that does not exist do not each cost a
+        query; a few such reads run at once, and a request that waited for its turn looks in
+        the table and in the names found absent again first."""
         key = (project_id, slug)
         route = self.workloads.get(key)
-        if route is not None:
+        if route is not None or self._known_absent(key):
             return route
-        absent_at = self._missing.get(key)
-        if absent_at is not None and time.monotonic() - absent_at < MISSING_S:
-            return None
-        heard = self._heard
-        async with self._misses, self._sessions() as session:
-            rows = (
-                await session.execute(
-                    ROUTE_ROWS.where(
-                        Workload.project_id == project_id,
-                        Workload.slug == slug,
-                        Workload.deleted_at.is_(None),
+        async with self._misses:
+            route = self.workloads.get(key)
+            if route is not None or self._known_absent(key):
+                return route
+            heard, heard_workloads = self._heard, self._heard_workloads
+            async with self._sessions() as session:
+                rows = (
+                    await session.execute(
+                        ROUTE_ROWS.where(
+                            Workload.project_id == project_id,
+                            Workload.slug == slug,
+                            Workload.deleted_at.is_(None),
+                        )
                     )
-                )
-            ).all()
+                ).all()
         if not rows:
-            if heard == self._heard:
+            if heard_workloads == self._heard_workloads:
                 if len(self._missing) >= MISSING_KEPT:
                     self._missing.clear()
                 self._missing[key] = time.monotonic()
             return None
-        route = self.workloads.get(key)  # a reload meanwhile may have read it already
+        route = self.workloads.get(key)  # a read of the table's own meanwhile found it
         if route is None:
-            for route in self._routes(rows).values():
-                self._put(route)
+            [route] = self._routes(rows).values()
+            self._put(route)
+            if heard != self._heard:
+                # A notification came during the read, and may have changed this route after
+                # it was read: the table's next read of what changed reads it again.
+                self._changes.note(route.id)
+                self._dirty.set()
         return route
+
+    def _known_absent(self, key: tuple[str, str]) -> bool:
+        absent_at = self._missing.get(key)
+        return absent_at is not None and time.monotonic() - absent_at < MISSING_S
 
     async def next_reload(self, timeout: float) -> None:
         """Return after the next reload, or after ``timeout`` seconds."""
@@ -320,7 +338,8 @@ class RouteTable:
                 self._routes(rows, routes)
         # The new table is made aside, in turns (at 10,000 routes this held the event loop for
         # about 100 ms in one go), and takes the old one's place at once: requests meanwhile
-        # find the old table, whole. (Only this task writes the table.)
+        # find the old table, whole. (Only this task and ``find`` write the table; a route
+        # ``find`` put meanwhile and this read did not see is read again by the next miss.)
         turns = Turns()
         kept = self.by_id
         workloads: dict[tuple[str, str], WorkloadRoute] = {}
