@@ -48,7 +48,7 @@ FULL_READ_ABOVE = 2_000  # named workloads past this (and a quarter of the table
 # Rows a full read fetches at a time from its cursor: only one piece of them is alive at once.
 READ_AT_ONCE = 250
 # A workload the table does not have, read in the database and not found there, is answered
-# "not found" from memory this long, unless a notification is heard meanwhile.
+# "not found" from memory this long, unless a workload's notification is heard meanwhile.
 MISSING_S = 1.0
 MISSING_KEPT = 10_000  # names kept absent at most (then forgotten all at once)
 # Reads of unknown names at once: a flood of made-up names queues here instead of taking the pool.
