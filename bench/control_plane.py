@@ -2188,6 +2188,7 @@ def missed_targets(result: SizeResult) -> list[str]:
     more than that, what it measured (the fleet's own lag; the list written alone)."""
     figures = result.figures
     phases = {phase.name: phase for phase in result.phases}
+    lone = figures.get("heartbeat_lone_p99_ms")
     lines = []
     for row in ROWS:
         if verdict(row, figures) != "MISSED":
@@ -2196,7 +2197,6 @@ def missed_targets(result: SizeResult) -> list[str]:
         what = f"{row.label.strip()} {value}" + ("" if row.unit == "n" else f" {row.unit}")
         phase = phases.get(TARGET_PHASES.get(row.key, ""))
         bound = "" if phase is None else f"; {phase.name}: {bound_of(phase, result.processes)}"
-        lone = figures.get("heartbeat_lone_p99_ms")
         if row.key == "heartbeat_p99_ms" and lone is not None and lone <= (row.target or 0):
             lag = _number(figures.get("agent_loop_lag_p99_ms"), "ms")
             lines.append(
