@@ -21,8 +21,9 @@ Then, in phases:
 - ``create``: W fixed-policy llama.cpp workloads through the control API, 32 in flight: the
   latency of each create and the sustained rate;
 - ``converge``: from the burst's end until every workload is ready (polled in the database);
-- ``steady``: S seconds in which one client each times the full list, a get, a create and a
-  patch (a description change) at a fixed pace, and a rolling probe patches one workload's
+- ``steady``: S seconds in which one client each times the full list, a page of 1,000 (walking
+  the list a page at a time), a get, a create and a patch (a description change) at a fixed
+  pace, and a rolling probe patches one workload's
   command every 0.5 s (round the last workloads in turn). "Change → effect" is the time from
   sending a probe's patch, or a create of the sampler, until the reconciler acted on it: a
   replica row of the workload at the change's generation (``replicas.generation``), polled in
@@ -39,7 +40,8 @@ Then, in phases:
   until the deleted workloads have no replica left;
 - after the phases, the fleet stopped: every live workload's row is made a new version behind
   the Managers' backs (a plain UPDATE), then each serving Manager lists the workloads twice,
-  written afresh and as kept: the list's own cost, beside its steady p99 under the fleet.
+  written afresh and as kept: the list's own cost, beside its steady p99 under the fleet; and
+  every page is read in turn, as the SDK's ``iter_workloads`` does.
 
 ``--managers K`` starts K Managers on the one database, each with its own port and metrics
 address; agent i talks to Manager i % K (then to the others in turn, should it fail), and the
@@ -98,7 +100,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 from gateway import BenchError, Servers, free_port, wait_until_ready
-from inferencekey.wire import CreateWorkloadRequest, UpdateWorkloadRequest
+from inferencekey.wire import MAX_WORKLOAD_PAGE_SIZE, CreateWorkloadRequest, UpdateWorkloadRequest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ik_contracts.engines import engine_for
@@ -152,7 +154,17 @@ CREATE_CONCURRENCY = 32
 ADMIN_CONCURRENCY = 16
 # The steady state's sampler: one client per operation, one request at a time, at this pace.
 # "rolling" patches a workload's command: the probe of "change → effect", with the creates.
-SAMPLE_PERIODS_S = {"list": 1.0, "get": 0.1, "create": 0.5, "patch": 0.2, "rolling": 0.5}
+# "page" walks the list a page of PAGE_SIZE at a time (the API's and SDK's paginated listing),
+# one page a turn, from the first again after the last.
+SAMPLE_PERIODS_S = {
+    "list": 1.0,
+    "page": 1.0,
+    "get": 0.1,
+    "create": 0.5,
+    "patch": 0.2,
+    "rolling": 0.5,
+}
+PAGE_SIZE = MAX_WORKLOAD_PAGE_SIZE
 ROLLING_PROBE_WORKLOADS = 20  # the last ones, out of the way of the change phase's first ones
 EFFECT_POLL_S = 0.02
 # The handover: creates through the surviving Managers at this pace, the kill after a while of
@@ -1573,6 +1585,7 @@ class Run:
         edits = itertools.count()
         rolls = itertools.count()
         rolled_ids = ids[-ROLLING_PROBE_WORKLOADS:]
+        cursor: list[str | None] = [None]  # the next page's, None: the first
         effects = EffectWatch(self.pool)
         watching = asyncio.create_task(effects.run())
         lone = (
@@ -1588,6 +1601,8 @@ class Run:
                 timings[kind].append(ms)
                 if kind == "list":
                     list_bytes.append(len(response.content))
+                elif kind == "page":
+                    cursor[0] = response.json()["next_cursor"]
                 elif kind in ("create", "rolling"):
                     workload = response.json()
                     effects.expect(kind, workload["id"], int(workload["generation"]), sent)
@@ -1600,8 +1615,14 @@ class Run:
             path = f"/api/workloads/{rolled_ids[n % len(rolled_ids)]}"
             return timed("rolling", "PATCH", path, body.model_dump(exclude_none=True))
 
+        def page() -> Awaitable[None]:
+            after = "" if cursor[0] is None else f"&after={cursor[0]}"
+            path = f"/api/projects/{PROJECT}/workloads?limit={PAGE_SIZE}{after}"
+            return timed("page", "GET", path, None)
+
         operations: dict[str, Callable[[], Awaitable[None]]] = {
             "list": lambda: timed("list", "GET", f"/api/projects/{PROJECT}/workloads", None),
+            "page": page,
             "get": lambda: timed("get", "GET", f"/api/workloads/{random.choice(ids)}", None),
             "create": lambda: timed(
                 "create",
@@ -1919,6 +1940,23 @@ class Run:
         figures = self.result.figures
         figures["list_alone_afresh_ms"] = max(timed["afresh"], default=None)
         figures["list_alone_kept_ms"] = min(timed["kept"], default=None)
+        figures["pages_alone_ms"] = await self._every_page(path)
+
+    async def _every_page(self, path: str) -> float | None:
+        """Milliseconds to read every page of PAGE_SIZE in turn, as the SDK's ``iter_workloads``
+        does (None if a page failed)."""
+        assert self.samples_api is not None
+        after: str | None = None
+        total_ms = 0.0
+        while True:
+            query = f"?limit={PAGE_SIZE}" + ("" if after is None else f"&after={after}")
+            response, ms = await self.samples_api.call("pages alone", "GET", path + query)
+            if response is None or not response.is_success:
+                return None
+            total_ms += ms
+            after = response.json()["next_cursor"]
+            if after is None:
+                return total_ms
 
     async def close(self) -> None:
         if self.fleet is not None:
@@ -2059,11 +2097,14 @@ ROWS = (
     Row("reconcile_max_s", "reconcile pass max (steady)", "s", 1.0),
     Row("reconcile_max_run_s", "reconcile pass max (whole run)", "s"),
     Row("list_p50_ms", "list all workloads p50 (steady)", "ms"),
-    Row("list_manager_p99_ms", "  of which in the Manager, p99 (in its bucket)", "ms"),
+    Row("list_manager_p99_ms", "  in the Manager, p99 (its bucket, pages too)", "ms"),
     Row("list_p99_ms", "list all workloads p99 (steady)", "ms", 200),
     Row("list_alone_afresh_ms", "  the fleet stopped: a list written afresh", "ms"),
     Row("list_alone_kept_ms", "  the fleet stopped: a list as kept", "ms"),
     Row("list_mb", "list answer size", "MB"),
+    Row("page_p50_ms", f"a page of {PAGE_SIZE:,} p50 (steady)", "ms"),
+    Row("page_p99_ms", f"a page of {PAGE_SIZE:,} p99 (steady)", "ms", 200),
+    Row("pages_alone_ms", "  the fleet stopped: every page, in turn", "ms"),
     Row("get_p50_ms", "get p50 (steady)", "ms"),
     Row("get_manager_p99_ms", "  of which in the Manager, p99 (in its bucket)", "ms"),
     Row("get_p99_ms", "get p99 (steady)", "ms", 50),
@@ -2177,6 +2218,7 @@ TARGET_PHASES = {
     "heartbeat_lone_p99_ms": "steady",
     "reconcile_max_s": "steady",
     "list_p99_ms": "steady",
+    "page_p99_ms": "steady",
     "get_p99_ms": "steady",
     "create_p99_ms": "steady",
     "change_effect_p99_s": "steady",
