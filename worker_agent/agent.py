@@ -46,6 +46,7 @@ from worker_agent.hardening import forbid_dumping
 from worker_agent.heartbeats import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     HEARTBEAT_BACKOFF_CAP_S,
+    MANAGER_CONNECTION_LIMITS,
     WATCH_BACKOFF_CAP_S,
     WATCH_RETRY_S,
     Backoff,
@@ -117,6 +118,7 @@ class Agent:
                 "User-Agent": f"inferencekey-agent/{__version__}",
             },
             timeout=httpx.Timeout(10.0, read=MAX_WAIT_S + 10.0),
+            limits=MANAGER_CONNECTION_LIMITS,
         )
         self._engine_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, read=5.0))
         self.custom_backends = CustomBackendStore(

@@ -3,7 +3,9 @@
 It answers heartbeats and the assignments long-poll with the replicas the test sets, serves
 custom-backend packages by version id, and keeps what the agent reported, so a test can run a
 real agent without a database. It can shed requests as an overloaded Manager does (503 with
-Retry-After), and it records when each heartbeat and long-poll arrived.
+Retry-After), and it records when each heartbeat and long-poll arrived, and from which
+connection (with ``keep_alive``, HTTP/1.1 connections stay open between requests, as the
+Manager's do).
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ PACKAGE_PATH = re.compile(r"/api/agent/custom-backends/([^/]+)/package\Z")
 
 
 class ScriptedManager:
-    def __init__(self, token: str, gateway_secret: str = "gateway-secret-0123456789") -> None:
+    def __init__(
+        self,
+        token: str,
+        gateway_secret: str = "gateway-secret-0123456789",
+        *,
+        keep_alive: bool = False,
+    ) -> None:
         self.token = token
+        self.keep_alive = keep_alive
+        self.heartbeat_interval_s = 0.2  # what the answers name
+        self.connections: set[int] = set()  # the client ports requests came from
         self.gateway_secret = gateway_secret
         self.worker_id = "wrk_scripted"
         self.packages: dict[str, bytes] = {}
@@ -68,7 +79,7 @@ class ScriptedManager:
         return {
             "worker_id": self.worker_id,
             "version": str(self._version),
-            "heartbeat_interval_s": 0.2,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
             "replicas": self._replicas,
             "gateway_secret": self.gateway_secret,
         }
@@ -77,8 +88,15 @@ class ScriptedManager:
         manager = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if manager.keep_alive else "HTTP/1.0"
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def parse_request(self) -> bool:
+                with manager._lock:
+                    manager.connections.add(self.client_address[1])
+                return super().parse_request()
 
             def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 with contextlib.suppress(ConnectionError):  # an agent stopping mid-long-poll

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from ik_contracts.http_server import ServerLimits
+from manager.settings import Settings
 from tests.agent.scripted_manager import ScriptedManager
 from tests.support import RunningAgent, free_port, wait_until
 from worker_agent.config import AgentConfig
+from worker_agent.heartbeats import MANAGER_KEEPALIVE_S
 
 TOKEN = "ik_agent_0000000a_" + "b" * 64
 FLEET = 4
@@ -101,3 +104,25 @@ def test_a_failed_heartbeat_is_retried_before_the_next_interval_would_come(
         agent.stop()
     # Before the first answer the interval is 2 s: waits of at most 2 s, then 4 s.
     assert manager.heartbeats[2][0] - started <= 2.0 + 4.0 + 1.0
+
+
+def test_heartbeats_an_interval_apart_keep_their_connection_to_the_manager(tmp_path: Path) -> None:
+    """At httpx's default idle expiry (5 s) each heartbeat of a 10 s interval opened a new
+    connection, which an overloaded Manager left in its listen queue, neither served nor shed,
+    until workers lapsed. The agent keeps its connection longer than an interval (and shorter
+    than the Manager's keep-alive, so the agent is the one to close it)."""
+    assert Settings().heartbeat_interval_s < MANAGER_KEEPALIVE_S
+    assert ServerLimits().keepalive_timeout_s > MANAGER_KEEPALIVE_S
+    manager = ScriptedManager(TOKEN, keep_alive=True)
+    manager.heartbeat_interval_s = 6.0  # past httpx's default expiry
+    [agent] = start_agents([manager], tmp_path)
+    try:
+        wait_until(lambda: len(manager.heartbeats) >= 3, 30, "a heartbeat an interval later")
+    finally:
+        agent.stop()
+        manager.stop()
+    # The second comes at the default interval (2 s), the third at the one the answers name.
+    second, third = (arrived for arrived, _ in manager.heartbeats[1:3])
+    assert third - second >= 5.5
+    # One connection for the heartbeats and one for the long-polls, each kept throughout.
+    assert len(manager.connections) == 2, manager.connections
