@@ -56,7 +56,7 @@ class Admission:
         self._logged_every_s = logged_every_s
         self._shed: dict[str, int] = {}  # by kind: shed since its last line
         self._logged_at: dict[str, float] = {}  # by kind: when its last line was written
-        self._flushing: set[str] = set()  # kinds whose next line is due by a timer
+        self._due: dict[str, asyncio.TimerHandle] = {}  # kinds whose next line a timer writes
 
     @contextlib.asynccontextmanager
     async def slot(self, *, patient: bool = False) -> AsyncIterator[None]:
@@ -104,13 +104,15 @@ class Admission:
         logged_at = self._logged_at.get(kind)
         if logged_at is None or time.monotonic() - logged_at >= self._logged_every_s:
             self._log_shed(kind)
-        elif kind not in self._flushing:
-            self._flushing.add(kind)
+        elif kind not in self._due:
             due = logged_at + self._logged_every_s - time.monotonic()
-            asyncio.get_running_loop().call_later(due, self._log_shed, kind)
+            self._due[kind] = asyncio.get_running_loop().call_later(due, self._log_shed, kind)
 
     def _log_shed(self, kind: str) -> None:
-        self._flushing.discard(kind)
+        """Write the line of ``kind``'s sheds since its last one; a line written by a shed that
+        came after the period ended, before its timer ran, takes the timer's place."""
+        if (timer := self._due.pop(kind, None)) is not None:
+            timer.cancel()
         shed, now = self._shed.pop(kind, 0), time.monotonic()
         if not shed:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -65,3 +66,31 @@ async def test_shedding_is_logged_at_once_then_once_a_period_with_the_count(
         pass
     await asyncio.sleep(PERIOD_S + 0.1)
     assert len(lines()) == 4
+
+
+async def test_a_shed_after_the_period_before_its_timer_runs_writes_the_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A busy loop runs the period's timer late. A shed that comes first writes the period's
+    line, and the timer then writes nothing: it used to write a second line, "in the last 0 s",
+    with the sheds that came between. Sheds are counted here as a request's timeout counts
+    them, back to back in one turn of the loop, as they come on a loop that runs late."""
+    admission = Admission(
+        1, 0.01, 2, busy="busy now", kind="agent requests", logged_every_s=PERIOD_S
+    )
+    caplog.set_level(logging.WARNING, logger="inferencekey.admission")
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "inferencekey.admission"]
+
+    kind = "agent requests"
+    admission._shed_one(kind)  # written at once
+    admission._shed_one(kind)  # due by the period's timer
+    time.sleep(PERIOD_S + 0.05)  # the loop held past the period: the timer is late
+    admission._shed_one(kind)  # past the period: written at once, with the one before
+    admission._shed_one(kind)  # in the new period
+    assert len(lines()) == 2 and lines()[1].startswith("shed 2 agent requests in the last ")
+    await asyncio.sleep(0.05)  # the late timer's turn
+    assert len(lines()) == 2, lines()
+    await asyncio.sleep(PERIOD_S)
+    assert len(lines()) == 3 and lines()[2].startswith("shed 1 agent requests in the last ")
