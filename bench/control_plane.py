@@ -2295,8 +2295,8 @@ def missed_targets(result: SizeResult) -> list[str]:
             kept = _number(figures.get("list_alone_kept_ms"), "ms")
             lines.append(
                 f"{what}: the slowest list is one written afresh, {alone} ms with the fleet "
-                f"stopped ({kept} ms as kept); the rest is its pieces waiting for the serving "
-                f"process's core, shared with the fleet's requests{bound}"
+                f"stopped ({kept} ms as kept); the rest is its pieces waiting for turns of the "
+                f"serving process's event loop, shared with the fleet's requests{bound}"
             )
         else:
             lines.append(f"{what}{bound}")
