@@ -897,11 +897,14 @@ def manager_cpu_s(pid: int) -> float | None:
 
 
 def busiest_process_cores(start: Sample, end: Sample) -> float | None:
-    """The CPU (cores) of the busiest single Manager process between two samples: of the
-    processes alive at both."""
+    """The CPU (cores) of the busiest single Manager process between two samples; None where a
+    live Manager's processes changed between them (a child restarted): then only the sum is
+    known. A Manager gone by the end (killed) is left out."""
     wall_s = end.t - start.t
     busiest = None
     for before, after in zip(start.managers, end.managers, strict=True):
+        if after.process_cpu_s and set(after.process_cpu_s) != set(before.process_cpu_s):
+            return None  # a process came or went: its share is not known (the sum is)
         for pid, cpu_s in after.process_cpu_s.items():
             if pid in before.process_cpu_s and wall_s > 0:
                 cores = (cpu_s - before.process_cpu_s[pid]) / wall_s
@@ -1985,6 +1988,7 @@ class Run:
         ``iter_workloads(page_size=1000)`` does (None if a page failed)."""
         assert self.samples_api is not None
         after: str | None = None
+        seen: set[str] = set()
         total_ms = 0.0
         while True:
             query = f"?limit={PAGE_SIZE}" + ("" if after is None else f"&after={after}")
@@ -1992,9 +1996,15 @@ class Run:
             if response is None or not response.is_success:
                 return None
             total_ms += ms
-            cursor = next_cursor(response)
-            if cursor is None or cursor == after:  # the last page (or a cursor that loops)
-                return total_ms if cursor is None else None
+            try:
+                cursor = response.json()["next_cursor"]
+            except (ValueError, KeyError, TypeError):
+                return None  # not a page
+            if cursor is None:
+                return total_ms  # the last page
+            if not isinstance(cursor, str) or cursor in seen:
+                return None  # a cursor that loops
+            seen.add(cursor)
             after = cursor
 
     async def close(self) -> None:
@@ -2237,7 +2247,11 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
     if processes == 1 and one is not None:
         # One serving process, perhaps beside the reconciler's own: is one of them at its core?
         if one >= SATURATED:
-            others = "" if busiest - one < 0.01 else f"; all its processes {busiest:.2f}"
+            others = (
+                f"; all its processes {busiest:.2f}"
+                if len(phase.managers) <= 1 and busiest - one >= 0.01
+                else ""
+            )
             return f"Manager process ({one:.2f} of its one core{others})"
     elif busiest >= SATURATED * processes:
         held = "its one core" if processes == 1 else f"its {processes} processes' cores"

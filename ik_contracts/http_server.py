@@ -40,10 +40,11 @@ class ServerLimits:
     max_headers: int = 100
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    # Longer than the idle expiry of the clients we ship (httpx, the agent's and the Python
-    # SDK's: 5 s; Node's fetch, the TypeScript SDK's: 4 s), so that they close an idle
-    # connection before the server does. At 5 s (uvicorn's default) bench/agent_requests.py lost a
-    # heartbeat with no answer (ReadError) in 5 of 18 runs; at 15 s or 60 s in none of 16. A
+    # Longer than the idle expiry of the clients we ship (httpx, the Python SDK's: 5 s; the
+    # agent's: 12 s, worker_agent.heartbeats.MANAGER_KEEPALIVE_S; Node's fetch, the TypeScript
+    # SDK's: 4 s), so that they close an idle connection before the server does. At 5 s
+    # (uvicorn's default) bench/agent_requests.py lost a heartbeat with no answer (ReadError)
+    # in 5 of 18 runs; at 15 s or 60 s in none of 16. A
     # client that keeps idle connections longer (urllib3, curl, a proxy) still meets a server
     # closing one now and then, and must retry (the gateway's client to the agents does, once).
     keepalive_timeout_s: float = 15.0
