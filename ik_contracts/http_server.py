@@ -41,7 +41,7 @@ class ServerLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     # Longer than the idle expiry of the clients we ship (httpx, the Python SDK's: 5 s; the
-    # agent's: 12 s, worker_agent.heartbeats.MANAGER_KEEPALIVE_S; Node's fetch, the TypeScript
+    # agent's: 12 s, ik_contracts.protocol.AGENT_KEEPALIVE_S; Node's fetch, the TypeScript
     # SDK's: 4 s), so that they close an idle connection before the server does. At 5 s
     # (uvicorn's default) bench/agent_requests.py lost a heartbeat with no answer (ReadError)
     # in 5 of 18 runs; at 15 s or 60 s in none of 16. A

@@ -10,6 +10,15 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 MAX_WAIT_S = 30.0
 MAX_LOG_TAIL_CHARS = 64 * 1024
+# How long an agent keeps an idle connection to the Manager open. Longer than the Manager's
+# heartbeat interval (10 s), so that each heartbeat goes on the connection the last one left: at
+# httpx's default (5 s) every heartbeat opened a new one, an accept and a new protocol on the
+# Manager, and under overload a wait in its listen queue, where a request is neither served nor
+# shed (bench/control_plane.py found heartbeats 31-41 s late there and workers lapsing). Shorter
+# than the Manager's keep-alive (ik_contracts.http_server.ServerLimits: 15 s), so that the agent
+# closes an idle connection first and never sends on one the server is closing. The Manager
+# warns at start when its settings break either (manager.settings.agent_connection_warnings).
+AGENT_KEEPALIVE_S = 12.0
 
 
 class ReplicaState(StrEnum):

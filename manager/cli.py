@@ -23,7 +23,7 @@ import httpx
 
 from ik_contracts.logs import add_log_format_option, configure_logging, log_format
 from manager.embedded_db import EmbeddedPostgres
-from manager.settings import Settings, default_data_dir, port_number
+from manager.settings import Settings, agent_connection_warnings, default_data_dir, port_number
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -77,6 +77,8 @@ def run_manager(args: argparse.Namespace) -> int:
             )
         # The embedded one too: its own postgresql.conf, or initdb on a small host, may say less.
         _warn_if_too_few_connections(settings)
+        for warning in agent_connection_warnings(settings):
+            logging.getLogger("inferencekey.manager").warning("%s", warning)
         if settings.supervised:
             return _serve_processes(settings, embedded, log_format(args.log_format))
         if settings.run_migrations:

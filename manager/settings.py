@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ik_contracts.http_server import ServerLimits
+from ik_contracts.protocol import AGENT_KEEPALIVE_S
 
 
 def default_data_dir() -> Path:
@@ -267,6 +268,30 @@ class Settings:
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"]))
         return cls(**values)  # type: ignore[arg-type]
+
+
+def agent_connection_warnings(settings: Settings) -> list[str]:
+    """What in ``settings`` breaks the agents' kept connection (AGENT_KEEPALIVE_S): a heartbeat
+    interval past it opens a connection per heartbeat again, and a keep-alive not above it has
+    this Manager close connections an agent is about to send on."""
+    kept = AGENT_KEEPALIVE_S
+    why = 'docs/DESIGN.md, "One connection each way, kept"'
+    warnings = []
+    if settings.heartbeat_interval_s >= kept:
+        warnings.append(
+            f"INFERENCEKEY_HEARTBEAT_INTERVAL_S is {settings.heartbeat_interval_s:g} s: an agent "
+            f"keeps an idle connection {kept:g} s, so each heartbeat will open a new one, which "
+            f"a busy Manager leaves waiting unseen; keep it under {kept:g} s ({why})"
+        )
+    if settings.server_limits.keepalive_timeout_s <= kept:
+        warnings.append(
+            "INFERENCEKEY_HTTP_KEEPALIVE_TIMEOUT_S is "
+            f"{settings.server_limits.keepalive_timeout_s:g} s: an agent keeps an idle "
+            f"connection {kept:g} s and may send a heartbeat on one this Manager is closing "
+            f"(lost, then retried); keep it over {kept:g} s, and so a load balancer's idle "
+            f"timeout ({why})"
+        )
+    return warnings
 
 
 def asyncpg_url(url: str) -> str:

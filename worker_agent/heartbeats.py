@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from ik_contracts.protocol import AGENT_KEEPALIVE_S
+
 FULL_REPORT_EVERY_S = 60.0
 # Until the Manager's first answer names its interval.
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
@@ -31,16 +33,9 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_BACKOFF_CAP_S = 15.0
 WATCH_RETRY_S = 2.0
 WATCH_BACKOFF_CAP_S = 30.0
-# How long the agent keeps an idle connection to the Manager open. Longer than the Manager's
-# heartbeat interval (10 s), so that each heartbeat goes on the connection the last one left: at
-# httpx's default (5 s) every heartbeat opened a new one, an accept and a new protocol on the
-# Manager, and under overload a wait in its listen queue, where a request is neither served nor
-# shed (bench/control_plane.py found heartbeats 30 s late there and workers lapsing). Shorter
-# than the Manager's keep-alive (ik_contracts.http_server.ServerLimits: 15 s), so that the agent
-# closes an idle connection first and never sends on one the server is closing.
-MANAGER_KEEPALIVE_S = 12.0
+# The agent's client to the Manager: idle connections kept AGENT_KEEPALIVE_S (ik_contracts).
 MANAGER_CONNECTION_LIMITS = httpx.Limits(
-    max_connections=100, max_keepalive_connections=20, keepalive_expiry=MANAGER_KEEPALIVE_S
+    max_connections=100, max_keepalive_connections=20, keepalive_expiry=AGENT_KEEPALIVE_S
 )
 # GPU figures that are not news: left out of the comparison, refreshed by the full report.
 GPU_NOISE = ("memory_used_mb", "utilization_pct")

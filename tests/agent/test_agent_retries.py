@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ik_contracts.http_server import ServerLimits
-from manager.settings import Settings
 from tests.agent.scripted_manager import ScriptedManager
 from tests.support import RunningAgent, free_port, wait_until
 from worker_agent.config import AgentConfig
-from worker_agent.heartbeats import MANAGER_KEEPALIVE_S
 
 TOKEN = "ik_agent_0000000a_" + "b" * 64
 FLEET = 4
@@ -110,9 +107,8 @@ def test_heartbeats_an_interval_apart_keep_their_connection_to_the_manager(tmp_p
     """At httpx's default idle expiry (5 s) each heartbeat of a 10 s interval opened a new
     connection, which an overloaded Manager left in its listen queue, neither served nor shed,
     until workers lapsed. The agent keeps its connection longer than an interval (and shorter
-    than the Manager's keep-alive, so the agent is the one to close it)."""
-    assert Settings().heartbeat_interval_s < MANAGER_KEEPALIVE_S
-    assert ServerLimits().keepalive_timeout_s > MANAGER_KEEPALIVE_S
+    than the Manager's keep-alive, so the agent is the one to close it: the defaults' fit is
+    tests/unit/test_agent_connection_settings.py)."""
     manager = ScriptedManager(TOKEN, keep_alive=True)
     manager.heartbeat_interval_s = 6.0  # past httpx's default expiry
     [agent] = start_agents([manager], tmp_path)
