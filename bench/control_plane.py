@@ -884,16 +884,16 @@ def manager_pids(pid: int) -> list[int]:
     return [pid, *child_pids(pid)]
 
 
-def manager_cpu_s(pid: int) -> float | None:
-    """A Manager's CPU: its process's, its live processes', and those it reaped (cutime)."""
+def manager_cpu_s(pid: int, processes: dict[int, float]) -> float | None:
+    """A Manager's CPU: its live processes' (``processes``, each one's own CPU by pid, its own
+    among them) and those it reaped (cutime)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat.rpartition(")")[2].split()
     reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
-    live = (process_cpu_s(child) for child in child_pids(pid))
-    return (process_cpu_s(pid) or 0.0) + reaped + sum(cpu or 0.0 for cpu in live)
+    return reaped + sum(processes.values())
 
 
 def busiest_process_cores(start: Sample, end: Sample) -> float | None:
@@ -912,8 +912,8 @@ def busiest_process_cores(start: Sample, end: Sample) -> float | None:
     return busiest
 
 
-def manager_rss_mb(pid: int) -> float:
-    return sum(process_rss_mb(each) for each in manager_pids(pid))
+def manager_rss_mb(pids: list[int]) -> float:
+    return sum(process_rss_mb(each) for each in pids)
 
 
 def manager_histograms(text: str) -> dict[str, HistogramValue]:
@@ -1154,15 +1154,14 @@ class Monitor:
             response = await self._http.get(manager.metrics_url)
             if response.is_success:
                 histograms = manager_histograms(response.text)
-        cpu_s = manager_cpu_s(manager.pid)
+        pids = manager_pids(manager.pid)  # one read of /proc for the three figures
+        processes = {pid: cpu for pid in pids if (cpu := process_cpu_s(pid)) is not None}
+        cpu_s = manager_cpu_s(manager.pid, processes)
         if cpu_s is not None:
             self._cpu_s[index] = cpu_s
-        processes = {
-            pid: cpu for pid in manager_pids(manager.pid) if (cpu := process_cpu_s(pid)) is not None
-        }
         return ManagerSample(
             self._cpu_s[index],
-            manager_rss_mb(manager.pid),
+            manager_rss_mb(pids),
             histograms=histograms,
             process_cpu_s=processes,
         )
@@ -1268,11 +1267,15 @@ class ControlApi:
 
 
 def next_cursor(response: httpx.Response) -> str | None:
-    """A page's ``next_cursor``; None (from the first page again) if the answer has none."""
-    with contextlib.suppress(ValueError, AttributeError):
-        cursor = response.json().get("next_cursor")
-        return cursor if isinstance(cursor, str) else None
-    return None
+    """A page's ``next_cursor`` (None: it was the last page); ValueError if the answer is not
+    a page."""
+    try:
+        cursor = response.json()["next_cursor"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"not a page: {error!r}") from None
+    if cursor is not None and not isinstance(cursor, str):
+        raise ValueError(f"not a page: next_cursor {cursor!r}")
+    return cursor
 
 
 def workload_body(slug: str) -> dict[str, Any]:
@@ -1643,7 +1646,9 @@ class Run:
                 if kind == "list":
                     list_bytes.append(len(response.content))
                 elif kind == "page":
-                    cursor[0] = next_cursor(response)
+                    cursor[0] = None  # from the first page again, unless the answer says on
+                    with contextlib.suppress(ValueError):
+                        cursor[0] = next_cursor(response)
                 elif kind in ("create", "rolling"):
                     workload = response.json()
                     effects.expect(kind, workload["id"], int(workload["generation"]), sent)
@@ -1997,12 +2002,12 @@ class Run:
                 return None
             total_ms += ms
             try:
-                cursor = response.json()["next_cursor"]
-            except (ValueError, KeyError, TypeError):
-                return None  # not a page
+                cursor = next_cursor(response)
+            except ValueError:
+                return None
             if cursor is None:
                 return total_ms  # the last page
-            if not isinstance(cursor, str) or cursor in seen:
+            if cursor in seen:
                 return None  # a cursor that loops
             seen.add(cursor)
             after = cursor
