@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
@@ -15,6 +14,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from manager import notify
+from manager import stopping as stopping_steps
 from manager.admission import Admission
 from manager.api import admin, agent, custom_backends, webhooks, workers, workloads
 from manager.api import metrics as metrics_api
@@ -104,13 +104,13 @@ async def reconcile_until_stopped(settings: Settings) -> None:
         running = asyncio.create_task(run_reconciler(reconciler), name="reconciler")
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (running, stopped):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stopping_steps.tasks_ended((running, stopped))
+        failure = running.exception() if running.done() and not running.cancelled() else None
+        if failure is not None:
+            raise failure  # the loop itself failed: the process says so and ends
     finally:
-        await hub.stop()
-        await engine.dispose()
+        await stopping_steps.step("the notification hub", hub.stop())
+        await stopping_steps.step("the database engine", engine.dispose())
 
 
 def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False) -> ASGIApp:
@@ -220,13 +220,10 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
         finally:
             if stop_timing_the_collector is not None:
                 stop_timing_the_collector()
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Each step bounded in time (manager/stopping.py), and each taken even when one
+            # before it fails or sticks: no pool's connections are left open.
+            await stopping_steps.tasks_ended(background)
             metrics.server.stop()
-            # Each closed even when one before it fails: no pool's connections are left open.
             closers: list[tuple[str, Callable[[], Awaitable[None]]]] = [
                 ("the gateway", gateway.stop),
                 ("the notification hub", hub.stop),
@@ -235,10 +232,7 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
                 *(("a database engine", each.dispose) for each in engines),
             ]
             for name, close in closers:
-                try:
-                    await close()
-                except Exception:
-                    log.exception("stopping %s failed", name)
+                await stopping_steps.step(name, close())
 
     app = FastAPI(
         title="InferenceKey Manager",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import secrets
 import socket
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ik_contracts.http_server import uvicorn_options
 from manager.app import create_app
 from manager.settings import Settings
+from manager.stopping import where
 from worker_agent.config import DEFAULT_PORT_RANGE
 
 # Where tests may create and drop databases (CI: Postgres at 127.0.0.1:5432, trust auth).
@@ -100,21 +102,61 @@ class RunningManager:
     url: str
     admin_token: str | None
     database_url: str
-    server: uvicorn.Server
+    server: ManagerServer
     thread: threading.Thread
     settings: Settings
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        if self.thread.is_alive():
-            # Still draining connections or tasks after 15 s: stop without waiting for them
-            # (uvicorn's second Ctrl-C), so that no Manager outlives the test that started it.
-            warnings.warn(
-                f"the Manager at {self.url} took over 15 s to stop; forcing it", stacklevel=2
-            )
-            self.server.force_exit = True
+        held_up = _HeldUp()  # what the Manager's own bounded stopping (manager/stopping.py) says
+        logging.getLogger("inferencekey.manager").addHandler(held_up)
+        try:
+            self.server.should_exit = True
             self.thread.join(timeout=15)
+            if self.thread.is_alive():
+                # Still draining connections or tasks after 15 s: stop without waiting for them
+                # (uvicorn's second Ctrl-C), so that no Manager outlives the test that started
+                # it; the warning says where each of its tasks was.
+                warnings.warn(
+                    f"the Manager at {self.url} took over 15 s to stop; forcing it. Its tasks:\n"
+                    + self.server.tasks_text(),
+                    stacklevel=2,
+                )
+                self.server.force_exit = True
+                self.thread.join(timeout=15)
+        finally:
+            logging.getLogger("inferencekey.manager").removeHandler(held_up)
+        for message in held_up.messages:
+            warnings.warn(f"the Manager at {self.url}: {message}", stacklevel=2)
+
+
+class _HeldUp(logging.Handler):
+    """The warnings a stopping Manager logs of a step it had to leave."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("stopping"):
+            self.messages.append(message)
+
+
+class ManagerServer(uvicorn.Server):
+    """uvicorn's server, keeping its event loop so that a Manager slow to stop can say where
+    each of its tasks is."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def tasks_text(self) -> str:
+        if self.loop is None or self.loop.is_closed():
+            return "(its event loop has ended)"
+        tasks = asyncio.all_tasks(self.loop)
+        return "\n".join(f"{task.get_name()}: {where(task)}" for task in tasks) or "(none)"
 
 
 def fastapi_app(manager: RunningManager) -> FastAPI:
@@ -137,7 +179,7 @@ def start_manager(settings: Settings) -> RunningManager:
         timeout_graceful_shutdown=5,
         **uvicorn_options(settings.server_limits),
     )
-    server = uvicorn.Server(config)
+    server = ManagerServer(config)
     running.append(server)
     thread = threading.Thread(target=server.run, name="manager", daemon=True)
     thread.start()
