@@ -188,6 +188,9 @@ GC_HISTOGRAM = "inferencekey_gc_pause_seconds"  # by generation: "gc 0", "gc 1",
 # Waits for a turn (manager/admission.py), by kind: "wait agent", "wait heartbeat", "wait api".
 ADMISSION_HISTOGRAM = "inferencekey_admission_wait_seconds"
 ADMISSION_KINDS = ("agent", "heartbeat", "api")
+# Connections the kernel holds for a Manager that it has not taken yet (manager/accept_queue.py):
+# requests there are neither served nor shed, and no histogram sees them.
+ACCEPT_QUEUE_GAUGE = "inferencekey_accept_queue_connections"
 HISTOGRAM_KEYS = {
     RECONCILE_HISTOGRAM: "reconcile",
     HEARTBEAT_HISTOGRAM: "heartbeat",
@@ -204,10 +207,13 @@ API_ROUTES = {
 # (prometheus_client's name[] filter): the whole page (a series per worker, and per route and
 # status) cost a Manager about 6% of a core at 1,000 agents when read twice a second, in a
 # thread holding the GIL while its event loop waited; Prometheus reads it every 15 s or so.
-HISTOGRAMS_ONLY = "&".join(
-    f"name[]={name}{part}"
-    for name in (*HISTOGRAM_KEYS, API_HISTOGRAM, GC_HISTOGRAM, ADMISSION_HISTOGRAM)
-    for part in ("_bucket", "_count", "_sum")
+HISTOGRAMS_ONLY = (
+    "&".join(
+        f"name[]={name}{part}"
+        for name in (*HISTOGRAM_KEYS, API_HISTOGRAM, GC_HISTOGRAM, ADMISSION_HISTOGRAM)
+        for part in ("_bucket", "_count", "_sum")
+    )
+    + f"&name[]={ACCEPT_QUEUE_GAUGE}"
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -322,6 +328,7 @@ class ManagerSample:
     process_cpu_s: dict[int, float] = field(default_factory=dict)
     # "reconcile", "heartbeat", "loop_lag", and "METHOD /route" of the API's; empty once gone
     histograms: dict[str, HistogramValue] = field(default_factory=dict)
+    accept_queue: float | None = None  # ACCEPT_QUEUE_GAUGE, as last sampled by the Manager
 
     @property
     def reconcile(self) -> HistogramValue | None:
@@ -384,6 +391,9 @@ class PhaseFigures:
     leaders: list[str] = field(default_factory=list)  # in the order they led in the phase
     # The busiest single Manager process's CPU (cores): each runs its event loop on one core
     busiest_process_cores: float | None = None
+    # Connections waiting for the Managers to take them (all Managers' together), median and
+    # most over the phase's samples
+    accept_queue: tuple[float | None, float | None] = (None, None)
 
 
 @dataclass
@@ -946,6 +956,25 @@ def manager_histograms(text: str) -> dict[str, HistogramValue]:
     }
 
 
+def gauge_value(text: str, name: str) -> float | None:
+    """An unlabelled gauge's value in a metrics page; None if the page has none."""
+    for family in text_string_to_metric_families(text):
+        if family.name == name and family.samples:
+            return float(family.samples[0].value)
+    return None
+
+
+def accept_queue_figures(samples: list[Sample]) -> tuple[float | None, float | None]:
+    """The median and the most of the connections waiting for the Managers in ``samples``
+    (each sample's Managers added up; samples where none said are left out)."""
+    totals = [
+        sum(queue for m in s.managers if (queue := m.accept_queue) is not None)
+        for s in samples
+        if any(m.accept_queue is not None for m in s.managers)
+    ]
+    return (percentile(totals, 0.5), max(totals)) if totals else (None, None)
+
+
 def histogram_growth(samples: list[Sample], key: str) -> HistogramValue | None:
     """What histogram ``key`` of every Manager counted between the first and the last of
     ``samples``: count, seconds and cumulative buckets. A series the phase's first scrape of a
@@ -1150,10 +1179,12 @@ class Monitor:
             return ManagerSample(self._cpu_s[index], 0.0)
         manager = self.managers[index]
         histograms = {}
+        accept_queue = None
         with contextlib.suppress(httpx.HTTPError, ValueError):
             response = await self._http.get(manager.metrics_url)
             if response.is_success:
                 histograms = manager_histograms(response.text)
+                accept_queue = gauge_value(response.text, ACCEPT_QUEUE_GAUGE)
         pids = manager_pids(manager.pid)  # one read of /proc for the three figures
         processes = {pid: cpu for pid in pids if (cpu := process_cpu_s(pid)) is not None}
         cpu_s = manager_cpu_s(manager.pid, processes)
@@ -1164,6 +1195,7 @@ class Monitor:
             manager_rss_mb(pids),
             histograms=histograms,
             process_cpu_s=processes,
+            accept_queue=accept_queue,
         )
 
     async def leader(self) -> int | None:
@@ -1514,6 +1546,7 @@ class Run:
             leaders=leaders,
         )
         phase.busiest_process_cores = busiest_process_cores(start, finish)
+        phase.accept_queue = accept_queue_figures(phase_samples)
         phase.gc_s, phase.gc_full, phase.gc_full_max_le_ms = gc_figures(phase_samples)
         phase.admission_waits = admission_figures(phase_samples)
         self.result.phases.append(phase)
@@ -1581,10 +1614,11 @@ class Run:
         started = time.monotonic()
         await _in_parallel((create(i) for i in range(self.result.workloads)), CREATE_CONCURRENCY)
         took = time.monotonic() - started
-        await self.end()
+        phase = await self.end()
         burst = Latency.of(latencies)
         self.result.latencies["create_burst"] = burst
         figures = self.result.figures
+        figures["accept_queue_p50_burst"], figures["accept_queue_max_burst"] = phase.accept_queue
         figures["create_rate_per_s"] = len(done) / took if took else None
         figures["create_burst_p50_ms"], figures["create_burst_p99_ms"] = burst.p50, burst.p99
         if len(done) < self.result.workloads:
@@ -1733,6 +1767,7 @@ class Run:
         figures["manager_gc_s_steady"] = phase.gc_s
         figures["manager_gc_full_steady"] = None if phase.gc_full is None else float(phase.gc_full)
         figures["manager_gc_full_max_ms_steady"] = phase.gc_full_max_le_ms
+        figures["accept_queue_p50_steady"], figures["accept_queue_max_steady"] = phase.accept_queue
         for kind, ms in phase.manager_api_p99_ms.items():
             figures[f"{kind}_manager_p99_ms"] = ms
         if phase.reconcile is not None:
@@ -2367,7 +2402,8 @@ def phase_table(result: SizeResult) -> str:
         f"{'DB CPU s':>9}"
         f"{'agents CPU s':>13}{'hb n':>7}{'hb p50':>8}{'hb p99':>8}{'hb max':>8}{'in mgr':>8}"
         f"{'lag p99':>8}{'mgr lag':>8}{'gc s':>6}{'full gc':>8}{'<= ms':>7}"
-        f"{'passes':>7}{'pass p50':>9}{'pass max':>9}{'max <=':>7}{'errors':>7}  workers"
+        f"{'passes':>7}{'pass p50':>9}{'pass max':>9}{'max <=':>7}{'queue':>7}{'q max':>7}"
+        f"{'errors':>7}  workers"
     )
     lines = [headers]
     for p in result.phases:
@@ -2387,7 +2423,9 @@ def phase_table(result: SizeResult) -> str:
             f"{_number(p.gc_full_max_le_ms, 'n'):>7}"
             f"{(r.passes if r else '-')!s:>7}{_number(r.p50_s if r else None, 's'):>9}"
             f"{_number(r.max_s if r else None, 's'):>9}"
-            f"{_number(r.max_bucket_le if r else None, 's'):>7}{p.errors:>7}  {workers}"
+            f"{_number(r.max_bucket_le if r else None, 's'):>7}"
+            f"{_number(p.accept_queue[0], 'n'):>7}{_number(p.accept_queue[1], 'n'):>7}"
+            f"{p.errors:>7}  {workers}"
         )
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from manager import notify
 from manager import stopping as stopping_steps
+from manager.accept_queue import Listening
 from manager.admission import Admission
 from manager.api import admin, agent, custom_backends, webhooks, workers, workloads
 from manager.api import metrics as metrics_api
@@ -113,10 +114,15 @@ async def reconcile_until_stopped(settings: Settings) -> None:
         await stopping_steps.step("the database engine", engine.dispose())
 
 
-def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False) -> ASGIApp:
+def create_app(
+    settings: Settings,
+    stopping: Callable[[], bool] = lambda: False,
+    listening: Callable[[], Iterable[Listening]] = tuple,
+) -> ASGIApp:
     """The Manager's ASGI app. ``stopping`` says whether the server running it is shutting down
-    (uvicorn's ``should_exit``). ``settings.database_url`` must be set (the CLI starts an
-    embedded one).
+    (uvicorn's ``should_exit``); ``listening``, the sockets it accepts on (for
+    ``inferencekey_accept_queue_connections``). ``settings.database_url`` must be set (the CLI
+    starts an embedded one).
 
     The gateway wraps the FastAPI app: `/endpoint` requests, the hot path, skip every layer of
     the control plane; everything else (and the lifespan) goes on to FastAPI.
@@ -176,6 +182,9 @@ def create_app(settings: Settings, stopping: Callable[[], bool] = lambda: False)
                 asyncio.create_task(metrics.keep_fresh(app.state.sessions), name="metrics")
             )
             background.append(asyncio.create_task(metrics.time_the_loop(), name="loop-lag"))
+            background.append(
+                asyncio.create_task(metrics.watch_the_accept_queue(listening), name="accept-queue")
+            )
             stop_timing_the_collector = metrics.time_the_collector()
             assert gateway.routes is not None and gateway.demand is not None
             dispatcher = JobDispatcher(

@@ -205,10 +205,16 @@ def _run_server(settings: Settings, sock: socket.socket | None = None) -> None:
     import uvicorn
 
     from ik_contracts.http_server import uvicorn_options
+    from manager.accept_queue import listening_sockets
     from manager.app import create_app
 
-    running: list[uvicorn.Server] = []  # set below; the app asks whether it is shutting down
-    app = create_app(settings, stopping=lambda: any(server.should_exit for server in running))
+    # Set below; the app asks whether it is shutting down, and which sockets it listens on.
+    running: list[uvicorn.Server] = []
+    app = create_app(
+        settings,
+        stopping=lambda: any(server.should_exit for server in running),
+        listening=lambda: listening_sockets(running),
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

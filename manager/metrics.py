@@ -13,7 +13,7 @@ import collections
 import contextlib
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ik_contracts.metrics import LATENCY_BUCKETS, MetricsServer
 from ik_contracts.protocol import ReplicaState
+from manager.accept_queue import Listening, accept_queue
 from manager.db.models import Replica, Worker
 from manager.processes import gathered_registry, metrics_directory
 from manager.states import WorkerState
@@ -31,6 +32,7 @@ from manager.states import WorkerState
 UNKNOWN = "-"
 REFRESH_S = 5.0
 LOOP_LAG_PERIOD_S = 0.1
+ACCEPT_QUEUE_PERIOD_S = 0.5
 _API_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -142,6 +144,19 @@ class ManagerMetrics:
             registry=registry,
             multiprocess_mode="livesum",  # of a Manager's processes, the one that leads
         )
+        self.accept_queue = Gauge(
+            "inferencekey_accept_queue_connections",
+            "Connections the kernel has accepted for the Manager that wait for it to take them:"
+            " not yet served, shed or timed (manager/accept_queue.py).",
+            registry=registry,
+            multiprocess_mode="livemax",  # the processes share one socket: each reads the same
+        )
+        self.accept_queue_limit = Gauge(
+            "inferencekey_accept_queue_limit",
+            "The most connections that may wait there; past it the kernel drops new ones.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.reconcile_full_reads = Counter(
             "inferencekey_reconcile_full_reads",
             "Reconcile passes that read the whole fleet (the others read what changed).",
@@ -228,6 +243,16 @@ class ManagerMetrics:
             await asyncio.sleep(LOOP_LAG_PERIOD_S)
             observe(max(0.0, loop.time() - due))
             self._observe_gc_pauses()
+
+    async def watch_the_accept_queue(self, listening: Callable[[], Iterable[Listening]]) -> None:
+        """Read the listening sockets' accept queue every ``ACCEPT_QUEUE_PERIOD_S`` (one
+        system call; nothing where the system does not say)."""
+        while True:
+            figures = accept_queue(listening())
+            if figures is not None:
+                self.accept_queue.set(figures[0])
+                self.accept_queue_limit.set(figures[1])
+            await asyncio.sleep(ACCEPT_QUEUE_PERIOD_S)
 
     def time_the_collector(self) -> Callable[[], None]:
         """Time each collection (``gc.callbacks``) until the function returned is called; the

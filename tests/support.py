@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from ik_contracts.http_server import uvicorn_options
+from manager.accept_queue import listening_sockets
 from manager.app import create_app
 from manager.settings import Settings
 from manager.stopping import where
@@ -172,7 +173,11 @@ def start_manager(settings: Settings) -> RunningManager:
     assert settings.database_url
     running: list[uvicorn.Server] = []
     config = uvicorn.Config(
-        create_app(settings, stopping=lambda: any(server.should_exit for server in running)),
+        create_app(
+            settings,
+            stopping=lambda: any(server.should_exit for server in running),
+            listening=lambda: listening_sockets(running),
+        ),
         host="127.0.0.1",
         port=settings.port,
         log_level="warning",

@@ -165,6 +165,11 @@ def test_two_processes_share_the_port_one_leads_and_a_dead_one_is_replaced(
         return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
 
     wait_until(lambda: metric(gathered(), "inferencekey_reconcile_leader") == 1, 30, "one leader")
+    # The processes accept on one socket: its accept queue's limit, read by each, is one figure.
+    limit = min(2048, int(Path("/proc/sys/net/core/somaxconn").read_text()))
+    wait_until(
+        lambda: metric(gathered(), "inferencekey_accept_queue_limit") == limit, 30, "the limit"
+    )
     answered = metric(gathered(), "inferencekey_api_requests_total")
     # A scrape of some series by name gets those, gathered too (the bench reads only its own).
     named = httpx.get(
