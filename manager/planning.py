@@ -170,6 +170,24 @@ def worker_liveness(
     return state, f"no heartbeat for {silent:.0f}s"
 
 
+def silence_held(
+    states: Iterable[WorkerState], *, share: float, fleet_at_least: int
+) -> tuple[int, int] | None:
+    """(silent, fleet) when so many of the fleet's workers are silent (judged not ready or
+    lost) that the silence is more likely the Manager's or the network's than theirs: at least
+    ``share`` of a fleet of at least ``fleet_at_least`` that has heartbeated. Else None.
+    ``states`` are the judged states of the workers not lost already."""
+    fleet = silent = 0
+    for state in states:
+        if state == WorkerState.REGISTERED:
+            continue
+        fleet += 1
+        silent += state in (WorkerState.NOT_READY, WorkerState.LOST)
+    if fleet >= fleet_at_least and silent >= share * fleet:
+        return silent, fleet
+    return None
+
+
 def claim_existing(
     slots: Iterable[placement.WorkerSlot],
     replicas: Iterable[ReplicaView],

@@ -153,6 +153,7 @@ class Reconciler:
         # not reach any Manager (all were down) come back before their replicas are re-placed.
         self._grace_from_first_pass = False
         self._grace_until: datetime | None = None
+        self._silence: tuple[int, int] | None = None  # (silent, fleet) while lost is held
         self._statistics = PlannerStatistics()
 
     async def run_forever(self) -> None:
@@ -421,6 +422,7 @@ class Reconciler:
         in_grace = self._grace_until is not None and snapshot.now < self._grace_until
         slot_of = snapshot.slot_of
         changed = set()
+        judged = []
         for worker in snapshot.workers:
             state, reason = planning.worker_liveness(
                 worker.last_heartbeat_at,
@@ -430,6 +432,15 @@ class Reconciler:
             )
             if in_grace and _WORSE.get(state, 0) > _WORSE.get(worker.state, 0):
                 state, reason = WorkerState(worker.state), worker.state_reason
+            judged.append((worker, state, reason))
+        # Of the workers not lost already (one long gone, never deleted, says nothing now).
+        held = self._silence_held(
+            [state for worker, state, _ in judged if worker.state != WorkerState.LOST]
+        )
+        for worker, state, reason in judged:
+            if held and state == WorkerState.LOST and worker.state != WorkerState.LOST:
+                state = WorkerState.NOT_READY
+                reason = f"{reason}; {held}"
             if (state, reason) != (worker.state, worker.state_reason):
                 if not await self._set_worker_state(worker, state, reason):
                     # A heartbeat landed after the snapshot, or is landing now: the agent lives.
@@ -448,6 +459,37 @@ class Reconciler:
             if slot is not None:
                 slot.state, slot.state_reason = state, reason
         return changed
+
+    def _silence_held(self, states: list[WorkerState]) -> str | None:
+        """Why no more worker is judged lost, while so many are silent that the Manager or the
+        network is more likely at fault than they are (settings.worker_silence_share); None
+        otherwise. Said in the log when it begins and when it ends."""
+        held = planning.silence_held(
+            states,
+            share=self.settings.worker_silence_share,
+            fleet_at_least=self.settings.worker_silence_fleet,
+        )
+        if held is None:
+            if self._silence is not None:
+                log.warning("most workers report again: silent workers are judged lost again")
+                self._silence = None
+            return None
+        silent, fleet = held
+        why = (
+            f"not judged lost while {silent} of {fleet} workers are silent (more likely this "
+            "Manager's or the network's trouble than theirs): its replicas stay"
+        )
+        if self._silence is None:
+            log.warning(
+                "%d of %d workers are silent at once: more likely this Manager (overloaded?) or "
+                "the network than the workers, so none is judged lost and no replica is moved "
+                "until fewer than %g%% are silent",
+                silent,
+                fleet,
+                self.settings.worker_silence_share * 100,
+            )
+        self._silence = held
+        return why
 
     async def _set_worker_state(
         self, worker: WorkerRecord, state: WorkerState, reason: str | None

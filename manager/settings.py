@@ -63,6 +63,8 @@ _NUMBERS: dict[str, tuple[type[int] | type[float], float]] = {
     "auth_failure_window_s": (float, 0.1),
     "worker_not_ready_after_s": (float, 0.1),
     "worker_lost_after_s": (float, 0.1),
+    "worker_silence_share": (float, 0.01),
+    "worker_silence_fleet": (int, 1),
     "heartbeat_interval_s": (float, 0.1),
     "agent_max_concurrent_db": (int, 1),
     "agent_admission_wait_s": (float, 0),
@@ -139,6 +141,12 @@ class Settings:
     # after worker_lost_after_s its replicas are placed elsewhere.
     worker_not_ready_after_s: float = 30.0
     worker_lost_after_s: float = 60.0
+    # When at least this share of a fleet of at least worker_silence_fleet workers is silent at
+    # once, the silence is more likely the Manager's (overloaded) or the network's than theirs:
+    # no more of them is judged lost (their replicas stay) until fewer are silent. Kubernetes'
+    # node controller stops evicting on the same ground (its unhealthy-zone threshold, 0.55).
+    worker_silence_share: float = 0.5
+    worker_silence_fleet: int = 10
     heartbeat_interval_s: float = 10.0
     # Agent requests of this process that may use the database at once, and how long one waits
     # for its turn before it is answered 503 overloaded (Retry-After: agent_retry_after_s).
@@ -265,6 +273,12 @@ class Settings:
             if raw := _env(f"INFERENCEKEY_{name.upper()}"):
                 values[name] = _number(f"INFERENCEKEY_{name.upper()}", raw, kind, minimum)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        share = values.get("worker_silence_share", 0.5)
+        if isinstance(share, float) and share > 1:
+            raise ValueError(
+                f"INFERENCEKEY_WORKER_SILENCE_SHARE is a share of the fleet, from 0.01 to 1; got "
+                f"{share:g}"
+            )
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"]))
         return cls(**values)  # type: ignore[arg-type]

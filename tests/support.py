@@ -212,6 +212,9 @@ TEST_MANAGER_SETTINGS: dict[str, Any] = {
     "heartbeat_interval_s": 1.0,
     "reconcile_interval_s": 1.0,
     "auth_failures_per_window": 1_000_000,
+    # Nor is a lost worker held while most are silent (the suite's Managers outlive many agents
+    # stopped at once; the hold is tested on Managers of its own, tests/test_silent_fleet.py).
+    "worker_silence_fleet": 1_000_000,
     # Webhook receivers in tests listen on 127.0.0.1 over http, and retries come in a blink.
     "webhook_allow_private": True,
     "webhook_retry_delays_s": (0.2, 0.2, 0.2, 0.2, 0.2),

@@ -65,8 +65,7 @@ def test_connections_waiting_for_a_held_manager_are_counted(tmp_path: Path) -> N
         held.result(timeout=10)
         wait_until(lambda: accept_queue(sockets) == (0, limit), 10, "the queue taken")
         wait_until(
-            lambda: gauge(admin.get("/metrics").text, "inferencekey_accept_queue_connections")
-            == 0,
+            lambda: gauge(admin.get("/metrics").text, "inferencekey_accept_queue_connections") == 0,
             10,
             "the gauge back to 0",
         )
