@@ -188,6 +188,8 @@ GC_HISTOGRAM = "inferencekey_gc_pause_seconds"  # by generation: "gc 0", "gc 1",
 # Waits for a turn (manager/admission.py), by kind: "wait agent", "wait heartbeat", "wait api".
 ADMISSION_HISTOGRAM = "inferencekey_admission_wait_seconds"
 ADMISSION_KINDS = ("agent", "heartbeat", "api")
+# How long the turns given were held (kinds "agent" and "api"): "hold agent", "hold api".
+ADMISSION_HOLD_HISTOGRAM = "inferencekey_admission_hold_seconds"
 # Connections the kernel holds for a Manager that it has not taken yet (manager/accept_queue.py):
 # requests there are neither served nor shed, and no histogram sees them.
 ACCEPT_QUEUE_GAUGE = "inferencekey_accept_queue_connections"
@@ -210,7 +212,13 @@ API_ROUTES = {
 HISTOGRAMS_ONLY = (
     "&".join(
         f"name[]={name}{part}"
-        for name in (*HISTOGRAM_KEYS, API_HISTOGRAM, GC_HISTOGRAM, ADMISSION_HISTOGRAM)
+        for name in (
+            *HISTOGRAM_KEYS,
+            API_HISTOGRAM,
+            GC_HISTOGRAM,
+            ADMISSION_HISTOGRAM,
+            ADMISSION_HOLD_HISTOGRAM,
+        )
         for part in ("_bucket", "_count", "_sum")
     )
     + f"&name[]={ACCEPT_QUEUE_GAUGE}"
@@ -387,6 +395,8 @@ class PhaseFigures:
     # Waits for a turn in the Managers, by kind (ADMISSION_KINDS): how many turns were taken
     # or shed, and the wait's p50 and p99 (ms).
     admission_waits: dict[str, tuple[int, float | None, float | None]] = field(default_factory=dict)
+    # The turns given, by kind ("agent", "api"): how many, and how long held, p50 and p99 (ms)
+    admission_holds: dict[str, tuple[int, float | None, float | None]] = field(default_factory=dict)
     managers: list[ManagerPhase] = field(default_factory=list)
     leaders: list[str] = field(default_factory=list)  # in the order they led in the phase
     # The busiest single Manager process's CPU (cores): each runs its event loop on one core
@@ -932,7 +942,12 @@ def manager_histograms(text: str) -> dict[str, HistogramValue]:
     parts: dict[str, tuple[list[float], list[tuple[float, float]]]] = {}
     for family in text_string_to_metric_families(text):
         name = HISTOGRAM_KEYS.get(family.name)
-        if name is None and family.name not in (API_HISTOGRAM, GC_HISTOGRAM, ADMISSION_HISTOGRAM):
+        if name is None and family.name not in (
+            API_HISTOGRAM,
+            GC_HISTOGRAM,
+            ADMISSION_HISTOGRAM,
+            ADMISSION_HOLD_HISTOGRAM,
+        ):
             continue
         for sample in family.samples:
             if name is not None:
@@ -941,6 +956,8 @@ def manager_histograms(text: str) -> dict[str, HistogramValue]:
                 key = f"gc {sample.labels['generation']}"
             elif family.name == ADMISSION_HISTOGRAM:
                 key = f"wait {sample.labels['kind']}"
+            elif family.name == ADMISSION_HOLD_HISTOGRAM:
+                key = f"hold {sample.labels['kind']}"
             else:
                 key = f"{sample.labels['method']} {sample.labels['route']}"
             totals, buckets = parts.setdefault(key, ([0.0, 0.0], []))
@@ -1014,16 +1031,19 @@ def gc_figures(samples: list[Sample]) -> tuple[float | None, int | None, float |
     return seconds, int(full.count), None if longest is None else longest * 1000
 
 
-def admission_figures(samples: list[Sample]) -> dict[str, tuple[int, float | None, float | None]]:
-    """Per kind of turn: how many were taken (or shed) in the phase, the wait's p50 and p99."""
+def admission_figures(
+    samples: list[Sample], what: str = "wait"
+) -> dict[str, tuple[int, float | None, float | None]]:
+    """Per kind of turn: how many were taken (or shed) in the phase, the wait's p50 and p99;
+    or, ``what="hold"``, how many were given and how long they were held."""
     figures = {}
     for kind in ADMISSION_KINDS:
-        grown = histogram_growth(samples, f"wait {kind}")
+        grown = histogram_growth(samples, f"{what} {kind}")
         if grown is not None and grown.count:
             figures[kind] = (
                 int(grown.count),
-                _ms(histogram_quantile(samples, f"wait {kind}", 0.5)),
-                _ms(histogram_quantile(samples, f"wait {kind}", 0.99)),
+                _ms(histogram_quantile(samples, f"{what} {kind}", 0.5)),
+                _ms(histogram_quantile(samples, f"{what} {kind}", 0.99)),
             )
     return figures
 
@@ -1549,6 +1569,7 @@ class Run:
         phase.accept_queue = accept_queue_figures(phase_samples)
         phase.gc_s, phase.gc_full, phase.gc_full_max_le_ms = gc_figures(phase_samples)
         phase.admission_waits = admission_figures(phase_samples)
+        phase.admission_holds = admission_figures(phase_samples, "hold")
         self.result.phases.append(phase)
         self._phase = None
         return phase
@@ -2432,18 +2453,25 @@ def phase_table(result: SizeResult) -> str:
 
 def admission_table(result: SizeResult) -> str:
     """Per phase and kind of turn (an agent request's database slot, a heartbeat's worker turn,
-    a control-API request's turn): how many, and how long they waited."""
-    lines = [f"  {'phase':<10}" + "".join(f"{kind:>26}" for kind in ADMISSION_KINDS)]
+    a control-API request's turn): how many, and how long they waited; then, for the agents'
+    slots and the API's turns, how long each was held."""
+    held = ("agent", "api")
+    lines = [
+        f"  {'phase':<10}"
+        + "".join(f"{'wait ' + kind:>26}" for kind in ADMISSION_KINDS)
+        + "".join(f"{'held ' + kind:>22}" for kind in held)
+    ]
+
+    def cell(figures: tuple[int, float | None, float | None] | None) -> str:
+        if figures is None:
+            return "-"
+        count, p50, p99 = figures
+        return f"{count} {_number(p50, 'ms')} / {_number(p99, 'ms')}"
+
     for p in result.phases:
-        cells = []
-        for kind in ADMISSION_KINDS:
-            figures = p.admission_waits.get(kind)
-            if figures is None:
-                cells.append("-")
-                continue
-            count, p50, p99 = figures
-            cells.append(f"{count} {_number(p50, 'ms')} / {_number(p99, 'ms')}")
-        lines.append(f"  {p.name:<10}" + "".join(f"{c:>26}" for c in cells))
+        waits = "".join(f"{cell(p.admission_waits.get(kind)):>26}" for kind in ADMISSION_KINDS)
+        holds = "".join(f"{cell(p.admission_holds.get(kind)):>22}" for kind in held)
+        lines.append(f"  {p.name:<10}" + waits + holds)
     return "\n".join(lines)
 
 
@@ -2490,7 +2518,10 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
             print("Each Manager: CPU s, cores, RSS at the phase's end; who held the leader lock")
             print(managers_table(result))
         if any(p.admission_waits for p in result.phases):
-            print("Waits for a turn in the Managers (turns taken or shed; wait p50 / p99 in ms)")
+            print(
+                "Turns in the Managers: waits (turns taken or shed; p50 / p99 ms) and holds"
+                " (turns given, from the turn to its release; p50 / p99 ms)"
+            )
             print(admission_table(result))
         timed = [(p.name, p.db_exec_ms) for p in result.phases if p.db_exec_ms is not None]
         if timed:

@@ -42,17 +42,21 @@ class Admission:
         waited: Callable[[float], None] | None = None,
         *,
         kind: str,
+        held: Callable[[float], None] | None = None,
         logged_every_s: float = SHED_LOGGED_EVERY_S,
     ) -> None:
         """``waited`` is told the seconds each turn was waited for (about 0 when it was free),
-        shed or not: ``inferencekey_admission_wait_seconds``. ``kind`` names the requests in
-        the log line that says they were shed (at most one of a kind each ``logged_every_s``)."""
+        shed or not: ``inferencekey_admission_wait_seconds``; ``held``, the seconds each slot
+        was held, from its turn to its release: ``inferencekey_admission_hold_seconds``. ``kind``
+        names the requests in the log line that says they were shed (at most one of a kind each
+        ``logged_every_s``)."""
         self.wait_s = wait_s
         self.retry_after_s = retry_after_s
         self.busy = busy
         self.kind = kind
         self._slots = asyncio.Semaphore(limit)
         self._waited = waited or _untimed
+        self._held = held or _untimed
         self._logged_every_s = logged_every_s
         self._shed: dict[str, int] = {}  # by kind: shed since its last line
         self._logged_at: dict[str, float] = {}  # by kind: when its last line was written
@@ -63,10 +67,12 @@ class Admission:
         """``patient``: the request was admitted a moment ago (its credential looked up) and
         waits for this slot without a deadline; shedding it now would waste what it did."""
         await self.take(self._slots, patient=patient, busy=self.busy)
+        taken = time.perf_counter()
         try:
             yield
         finally:
             self._slots.release()
+            self._held(time.perf_counter() - taken)
 
     async def take(
         self,

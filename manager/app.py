@@ -271,6 +271,7 @@ def create_app(
         busy="this Manager has more API requests than it can serve now; retry shortly",
         waited=metrics.admission_wait.labels("api").observe,
         kind="control-API requests",
+        held=metrics.admission_hold.labels("api").observe,
     )
     app.add_middleware(
         BodyLimitMiddleware,

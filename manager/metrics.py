@@ -95,6 +95,15 @@ class ManagerMetrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=registry,
         )
+        self.admission_hold = Histogram(
+            "inferencekey_admission_hold_seconds",
+            "How long requests held the turn they were given (manager/admission.py), from the"
+            " turn to its release: kind agent (an agent request's database slot) and api (a"
+            " control-API request). Slots held long make the next requests wait.",
+            ["kind"],
+            buckets=LOOP_LAG_BUCKETS,
+            registry=registry,
+        )
         self.loop_lag = Histogram(
             "inferencekey_event_loop_lag_seconds",
             "How late this Manager's event loop ran a timer due every 0.1 s: the wait a request"

@@ -200,6 +200,7 @@ class AgentProtocol:
             busy="this Manager has more agent requests than it can serve now; retry shortly",
             waited=waits.labels("agent").observe if waits is not None else None,
             kind="agent requests",
+            held=metrics.admission_hold.labels("agent").observe if metrics is not None else None,
         )
         self.credentials = AgentCredentials()
         self.heartbeats = OneAtATime(
