@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from inferencekey.enums import WorkloadPhase
@@ -160,14 +160,16 @@ def worker_liveness(
     not_ready_after_s: float,
     lost_after_s: float,
 ) -> tuple[WorkerState, str | None]:
-    """A worker's state from how long its agent has been silent, and why when not ready."""
+    """A worker's state from how long its agent has been silent, and why when not ready. The
+    reason names when the silence began, not how long it has lasted: it stays the same from
+    pass to pass, so a silent worker's row is written when its state changes, not every pass."""
     if last_heartbeat_at is None:
         return WorkerState.REGISTERED, "waiting for the agent's first heartbeat"
     silent = (now - last_heartbeat_at).total_seconds()
     if silent <= not_ready_after_s:
         return WorkerState.READY, None
     state = WorkerState.NOT_READY if silent <= lost_after_s else WorkerState.LOST
-    return state, f"no heartbeat for {silent:.0f}s"
+    return state, f"no heartbeat since {last_heartbeat_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
 def silence_held(

@@ -217,6 +217,7 @@ class Reconciler:
         if leads:
             log.info("this Manager leads the reconcile loop")
             self._grace_from_first_pass = True
+            self._silence = None  # a hold, if any, is said again from the first pass
             self._leader_connection = connection
             return True
         await connection.close()
@@ -475,9 +476,11 @@ class Reconciler:
                 self._silence = None
             return None
         silent, fleet = held
+        # The same words at every pass (no count in them): a held worker's row is written once.
         why = (
-            f"not judged lost while {silent} of {fleet} workers are silent (more likely this "
-            "Manager's or the network's trouble than theirs): its replicas stay"
+            f"not judged lost while {self.settings.worker_silence_share:.0%} or more of the fleet "
+            "is silent (more likely this Manager's or the network's trouble than the workers'): "
+            "its replicas stay"
         )
         if self._silence is None:
             log.warning(

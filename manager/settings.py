@@ -144,7 +144,7 @@ class Settings:
     # When at least this share of a fleet of at least worker_silence_fleet workers is silent at
     # once, the silence is more likely the Manager's (overloaded) or the network's than theirs:
     # no more of them is judged lost (their replicas stay) until fewer are silent. Kubernetes'
-    # node controller stops evicting on the same ground (its unhealthy-zone threshold, 0.55).
+    # node controller slows or stops evicting on the same ground (--unhealthy-zone-threshold).
     worker_silence_share: float = 0.5
     worker_silence_fleet: int = 10
     heartbeat_interval_s: float = 10.0
@@ -273,11 +273,11 @@ class Settings:
             if raw := _env(f"INFERENCEKEY_{name.upper()}"):
                 values[name] = _number(f"INFERENCEKEY_{name.upper()}", raw, kind, minimum)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        share = values.get("worker_silence_share", 0.5)
-        if isinstance(share, float) and share > 1:
+        share = values.get("worker_silence_share")
+        if isinstance(share, int | float) and share > 1:
             raise ValueError(
-                f"INFERENCEKEY_WORKER_SILENCE_SHARE is a share of the fleet, from 0.01 to 1; got "
-                f"{share:g}"
+                "INFERENCEKEY_WORKER_SILENCE_SHARE must be at most 1 (a share of the fleet), "
+                f"got {share:g}"
             )
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"]))

@@ -5,7 +5,8 @@ shutdown with no limit at all: one step of it that never ends (a pool waiting fo
 that is never released, a task that does not end when cancelled) keeps the process alive until
 it is killed, and nothing says why. So each step of the Manager's shutdown is waited for at most
 ``STEP_S``; one that takes longer is cancelled and left behind, and a warning names it and
-where it was waiting.
+where it was waiting. (A task that ignores its cancellation still holds the process: asyncio
+waits for every task as its loop closes. The warning names it.)
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from collections.abc import Awaitable, Iterable
 log = logging.getLogger("inferencekey.manager")
 
 # How long one step of stopping (the background tasks ending, a pool closing) may take. Each
-# takes milliseconds when all is well; several steps together stay inside a container's usual
-# ten seconds of grace even when one is stuck.
+# takes milliseconds when all is well.
 STEP_S = 3.0
 
 
@@ -28,20 +28,36 @@ def where(task: asyncio.Task[object]) -> str:
     lines = []
     awaited: object = task.get_coro()
     while awaited is not None:
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        frame = next(
+            (f for kind in ("cr", "gi", "ag") if (f := getattr(awaited, f"{kind}_frame", None))),
+            None,
+        )
         if frame is None:
             break
         code = frame.f_code
         lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    if awaited is not None:
-        lines.append(f"  waiting for {awaited!r}")
+        awaited = next(
+            (
+                a
+                for name in ("cr_await", "gi_yieldfrom", "ag_await")
+                if (a := getattr(awaited, name, None)) is not None
+            ),
+            None,
+        )
+    waiter = getattr(task, "_fut_waiter", None)  # the future it waits for, if any
+    if waiter is not None:
+        lines.append(f"  waiting for {waiter!r}")
     return "It was at:\n" + "\n".join(lines)
 
 
 async def tasks_ended(tasks: Iterable[asyncio.Task[object]], seconds: float = STEP_S) -> None:
     """Cancel ``tasks`` and wait up to ``seconds`` for them to end; warn of each that has not,
     with where it is."""
+    tasks = list(tasks)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            # Ended before the stop by a failure of its own: said now, if not before.
+            log.error("the task %r had failed", task.get_name(), exc_info=task.exception())
     pending = [task for task in tasks if not task.done()]
     for task in pending:
         task.cancel()

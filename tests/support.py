@@ -108,7 +108,8 @@ class RunningManager:
     settings: Settings
 
     def stop(self) -> None:
-        held_up = _HeldUp()  # what the Manager's own bounded stopping (manager/stopping.py) says
+        # What this Manager's own bounded stopping (manager/stopping.py) says, in its thread.
+        held_up = _HeldUp(self.thread.ident)
         logging.getLogger("inferencekey.manager").addHandler(held_up)
         try:
             self.server.should_exit = True
@@ -133,13 +134,14 @@ class RunningManager:
 class _HeldUp(logging.Handler):
     """The warnings a stopping Manager logs of a step it had to leave."""
 
-    def __init__(self) -> None:
+    def __init__(self, thread: int | None) -> None:
         super().__init__(logging.WARNING)
+        self.thread = thread
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if message.startswith("stopping"):
+        if record.thread == self.thread and message.startswith("stopping"):
             self.messages.append(message)
 
 

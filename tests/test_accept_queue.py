@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-import time
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -51,17 +51,23 @@ def test_connections_waiting_for_a_held_manager_are_counted(tmp_path: Path) -> N
         sockets = listening_sockets([running.server])
         assert sockets, "the Manager listens on no socket"
 
+        holding, release = threading.Event(), threading.Event()
+
         async def hold() -> None:
-            time.sleep(1.5)  # the loop held: nothing is accepted meanwhile
+            holding.set()
+            release.wait(10)  # the loop held: nothing is accepted meanwhile
 
         loop = running.server.loop
         assert loop is not None
         held = asyncio.run_coroutine_threadsafe(hold(), loop)
-        time.sleep(0.2)
+        assert holding.wait(10)
         port = int(running.url.rsplit(":", 1)[1])
-        for _ in range(5):
-            stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
-        assert accept_queue(sockets) == (5, limit)
+        try:
+            for _ in range(5):
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+            assert accept_queue(sockets) == (5, limit)
+        finally:
+            release.set()
         held.result(timeout=10)
         wait_until(lambda: accept_queue(sockets) == (0, limit), 10, "the queue taken")
         wait_until(

@@ -10,6 +10,7 @@ that pool by force, and names it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -109,3 +110,19 @@ async def test_tasks_that_end_when_cancelled_say_nothing_and_one_that_does_not_i
     assert "in keeps_going_once_cancelled" in record.getMessage()
     release.set()
     await stubborn
+
+
+async def test_a_task_that_had_failed_before_the_stop_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        raise RuntimeError("the jobs table was gone")
+
+    failed = asyncio.create_task(fails(), name="jobs")
+    with contextlib.suppress(RuntimeError):
+        await failed
+    with caplog.at_level(logging.WARNING, logger="inferencekey.manager"):
+        await stopping.tasks_ended([failed], seconds=0.3)
+    [record] = caplog.records
+    assert record.getMessage() == "the task 'jobs' had failed"
+    assert record.exc_info is not None and "jobs table was gone" in str(record.exc_info[1])

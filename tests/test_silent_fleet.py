@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,22 +121,24 @@ async def test_most_of_a_fleet_silent_at_once_is_held_not_ready_until_fewer_are(
                 for worker in silent_ids:
                     state, reason = now[worker]
                     assert state == "not_ready", (worker, state, reason)
-                    assert reason is not None and reason.startswith("no heartbeat for "), reason
-                    assert reason.endswith(
-                        f"; not judged lost while {SILENT} of {WORKERS} workers are silent (more "
-                        "likely this Manager's or the network's trouble than theirs): its "
-                        "replicas stay"
+                    assert re.fullmatch(
+                        r"no heartbeat since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; not judged lost "
+                        r"while 50% or more of the fleet is silent \(more likely this Manager's "
+                        r"or the network's trouble than the workers'\): its replicas stay",
+                        reason or "",
                     ), reason
                 assert all(now[worker_of[n]][0] == "ready" for n in speaking), now
                 assert await replicas_of(running.database_url, workload_id) == [(placed_on, "run")]
-                said = [
-                    r.getMessage() for r in caplog.records if "silent at once" in r.getMessage()
-                ]
-                assert said == [
-                    f"{SILENT} of {WORKERS} workers are silent at once: more likely this Manager "
-                    "(overloaded?) or the network than the workers, so none is judged lost and "
-                    "no replica is moved until fewer than 50% are silent"
-                ], said
+                # Said once, when it began: with six or all seven of them silent by then (their
+                # last heartbeats were a moment apart).
+                said = [m for r in caplog.records if "silent at once" in (m := r.getMessage())]
+                assert len(said) == 1, said
+                assert re.fullmatch(
+                    rf"[67] of {WORKERS} workers are silent at once: more likely this Manager "
+                    r"\(overloaded\?\) or the network than the workers, so none is judged lost "
+                    r"and no replica is moved until fewer than 50% are silent",
+                    said[0],
+                ), said
 
                 # Two of them (not the replica's worker) report again: 5 of 12 silent.
                 back = sorted(silent - {by_worker[placed_on]})[:2]
@@ -150,7 +153,8 @@ async def test_most_of_a_fleet_silent_at_once_is_held_not_ready_until_fewer_are(
                 now = await states(running.database_url)
                 assert all(now[worker_of[n]][0] == "ready" for n in back), now
                 assert all(
-                    now[worker][1] is not None and "not judged lost" not in now[worker][1]
+                    (now[worker][1] or "").startswith("no heartbeat since ")
+                    and "not judged lost" not in (now[worker][1] or "")
                     for worker in still
                 ), now
                 assert any("most workers report again" in r.getMessage() for r in caplog.records), [

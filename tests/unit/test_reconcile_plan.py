@@ -438,8 +438,14 @@ def test_a_worker_is_ready_then_not_ready_then_lost_as_its_silence_grows() -> No
 
     assert liveness(None) == (WorkerState.REGISTERED, "waiting for the agent's first heartbeat")
     assert liveness(5) == (WorkerState.READY, None)
-    assert liveness(20) == (WorkerState.NOT_READY, "no heartbeat for 20s")
-    assert liveness(61) == (WorkerState.LOST, "no heartbeat for 61s")
+    silent_since = f"{NOW.astimezone(UTC) - timedelta(seconds=20):%Y-%m-%dT%H:%M:%SZ}"
+    assert liveness(20) == (WorkerState.NOT_READY, f"no heartbeat since {silent_since}")
+    # The same reason at every pass while the silence lasts: the row is not written again.
+    last = NOW - timedelta(seconds=20)
+    later = worker_liveness(last, NOW + timedelta(seconds=9), not_ready_after_s=15, lost_after_s=60)
+    assert later == liveness(20)
+    lost_since = f"{NOW.astimezone(UTC) - timedelta(seconds=61):%Y-%m-%dT%H:%M:%SZ}"
+    assert liveness(61) == (WorkerState.LOST, f"no heartbeat since {lost_since}")
 
 
 # Which workloads room could help: planned again when a worker comes back or room frees up.

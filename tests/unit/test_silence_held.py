@@ -44,7 +44,7 @@ def test_the_share_is_of_the_fleet_from_a_hundredth_to_all(monkeypatch: pytest.M
     settings = Settings.from_env()
     assert (settings.worker_silence_share, settings.worker_silence_fleet) == (0.8, 50)
     monkeypatch.setenv("INFERENCEKEY_WORKER_SILENCE_SHARE", "1.5")
-    too_much = re.escape("a share of the fleet, from 0.01 to 1; got 1.5")
+    too_much = re.escape("must be at most 1 (a share of the fleet), got 1.5")
     with pytest.raises(ValueError, match=too_much):
         Settings.from_env()
     monkeypatch.setenv("INFERENCEKEY_WORKER_SILENCE_SHARE", "0")
