@@ -2323,7 +2323,13 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
     for kind, what in (("agent", "the agents' database slots"), ("api", "the API's turns")):
         waits = phase.admission_waits.get(kind)
         if waits is not None and (waits[2] or 0.0) >= TURNS_BOUND_MS:
-            return f"{what} (waited {waits[2]:,.0f} ms at p99; not CPU: {cpu})"
+            holds = phase.admission_holds.get(kind)
+            held = (
+                ""
+                if holds is None or holds[1] is None or holds[2] is None
+                else f", each held {holds[1]:,.0f} ms at p50 and {holds[2]:,.0f} at p99"
+            )
+            return f"{what} (waited {waits[2]:,.0f} ms at p99{held}; not CPU: {cpu})"
     waited = max((w[2] or 0.0 for w in phase.admission_waits.values()), default=None)
     turns = "" if waited is None else f"; turns waited {waited:,.0f} ms at p99 at most"
     lag = phase.manager_loop_lag_p99_ms
