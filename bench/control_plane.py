@@ -2327,7 +2327,7 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
             held = (
                 ""
                 if holds is None or holds[1] is None or holds[2] is None
-                else f", each held {holds[1]:,.0f} ms at p50 and {holds[2]:,.0f} at p99"
+                else f", each held {holds[1]:,.0f} ms at p50 and {holds[2]:,.0f} ms at p99"
             )
             return f"{what} (waited {waits[2]:,.0f} ms at p99{held}; not CPU: {cpu})"
     waited = max((w[2] or 0.0 for w in phase.admission_waits.values()), default=None)

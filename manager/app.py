@@ -179,11 +179,13 @@ def create_app(
             await hub.start()
             await gateway.start(app.state.sessions, hub)
             background.append(
-                asyncio.create_task(metrics.keep_fresh(app.state.sessions), name="metrics")
+                stopping_steps.background(metrics.keep_fresh(app.state.sessions), name="metrics")
             )
-            background.append(asyncio.create_task(metrics.time_the_loop(), name="loop-lag"))
+            background.append(stopping_steps.background(metrics.time_the_loop(), name="loop-lag"))
             background.append(
-                asyncio.create_task(metrics.watch_the_accept_queue(listening), name="accept-queue")
+                stopping_steps.background(
+                    metrics.watch_the_accept_queue(listening), name="accept-queue"
+                )
             )
             stop_timing_the_collector = metrics.time_the_collector()
             assert gateway.routes is not None and gateway.demand is not None
@@ -195,16 +197,16 @@ def create_app(
                 hub,
                 manager_id=gateway.demand.manager_id,
             )
-            background.append(asyncio.create_task(dispatcher.run_forever(), name="jobs"))
+            background.append(stopping_steps.background(dispatcher.run_forever(), name="jobs"))
             deliverer = WebhookDeliverer(app.state.sessions, settings, hub)
-            background.append(asyncio.create_task(deliverer.run_forever(), name="webhooks"))
+            background.append(stopping_steps.background(deliverer.run_forever(), name="webhooks"))
             background.append(
-                asyncio.create_task(_wake_waiters_on_stop(stopping, hub), name="stop-watch")
+                stopping_steps.background(_wake_waiters_on_stop(stopping, hub), name="stop-watch")
             )
             # Shed heartbeats still prove their agents alive: a third of the not-ready lease.
             keep_every_s = min(5.0, settings.worker_not_ready_after_s / 3)
             background.append(
-                asyncio.create_task(
+                stopping_steps.background(
                     agent.keep_shed_leases(app.state, keep_every_s), name="shed-leases"
                 )
             )
@@ -220,7 +222,7 @@ def create_app(
                 engines.append(reconcile_engine)
                 reconciler = Reconciler(make_sessionmaker(reconcile_engine), hub, settings, metrics)
                 background.append(
-                    asyncio.create_task(run_reconciler(reconciler), name="reconciler")
+                    stopping_steps.background(run_reconciler(reconciler), name="reconciler")
                 )
             # What start-up made lives as long as the process: out of the collector's sight, so
             # a large answer's garbage no longer makes it walk every object the Manager holds.

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import Any
 
 log = logging.getLogger("inferencekey.manager")
 
@@ -28,36 +29,34 @@ def where(task: asyncio.Task[object]) -> str:
     lines = []
     awaited: object = task.get_coro()
     while awaited is not None:
-        frame = next(
-            (f for kind in ("cr", "gi", "ag") if (f := getattr(awaited, f"{kind}_frame", None))),
-            None,
-        )
-        if frame is None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:  # a future, or an async generator's step (which shows no frame)
             break
         code = frame.f_code
         lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
-        awaited = next(
-            (
-                a
-                for name in ("cr_await", "gi_yieldfrom", "ag_await")
-                if (a := getattr(awaited, name, None)) is not None
-            ),
-            None,
-        )
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     waiter = getattr(task, "_fut_waiter", None)  # the future it waits for, if any
     if waiter is not None:
         lines.append(f"  waiting for {waiter!r}")
     return "It was at:\n" + "\n".join(lines)
 
 
-async def tasks_ended(tasks: Iterable[asyncio.Task[object]], seconds: float = STEP_S) -> None:
+def background(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A task of the process's own, whose failure is logged the moment it ends by one (a task
+    nobody awaits until the stop would otherwise fail unseen until then)."""
+    task = asyncio.create_task(work, name=name)
+    task.add_done_callback(_say_if_failed)
+    return task
+
+
+def _say_if_failed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (failure := task.exception()) is not None:
+        log.error("the task %r failed and ended", task.get_name(), exc_info=failure)
+
+
+async def tasks_ended(tasks: Iterable[asyncio.Task[Any]], seconds: float = STEP_S) -> None:
     """Cancel ``tasks`` and wait up to ``seconds`` for them to end; warn of each that has not,
     with where it is."""
-    tasks = list(tasks)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            # Ended before the stop by a failure of its own: said now, if not before.
-            log.error("the task %r had failed", task.get_name(), exc_info=task.exception())
     pending = [task for task in tasks if not task.done()]
     for task in pending:
         task.cancel()

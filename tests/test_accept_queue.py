@@ -60,9 +60,9 @@ def test_connections_waiting_for_a_held_manager_are_counted(tmp_path: Path) -> N
         loop = running.server.loop
         assert loop is not None
         held = asyncio.run_coroutine_threadsafe(hold(), loop)
-        assert holding.wait(10)
-        port = int(running.url.rsplit(":", 1)[1])
         try:
+            assert holding.wait(10)
+            port = int(running.url.rsplit(":", 1)[1])
             for _ in range(5):
                 stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
             assert accept_queue(sockets) == (5, limit)

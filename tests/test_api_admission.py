@@ -117,7 +117,7 @@ async def test_api_requests_past_the_limit_wait_then_are_shed_and_agents_are_not
     assert waits[math.inf] - waits[0.5] >= 1  # the shed GET: its whole second
     assert waits[math.inf] - waits[0.1] >= 2  # and the one that waited for the PATCH
     # And each turn's hold: the PATCH held its turn while it waited on the locked row (over
-    # half a second); the heartbeat held an agent slot for its statements alone.
+    # half a second); the heartbeat held an agent slot, briefly (no row of it was locked).
     holds = histogram_buckets(metrics, "inferencekey_admission_hold_seconds", kind="api")
     assert holds[math.inf] - holds[0.5] >= 1, holds
     assert holds[math.inf] >= 4  # the creates, the PATCH and the two GETs answered

@@ -112,17 +112,23 @@ async def test_tasks_that_end_when_cancelled_say_nothing_and_one_that_does_not_i
     await stubborn
 
 
-async def test_a_task_that_had_failed_before_the_stop_is_said(
+async def test_a_background_task_that_fails_is_said_at_once_and_one_cancelled_is_not(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def fails() -> None:
         raise RuntimeError("the jobs table was gone")
 
-    failed = asyncio.create_task(fails(), name="jobs")
-    with contextlib.suppress(RuntimeError):
-        await failed
     with caplog.at_level(logging.WARNING, logger="inferencekey.manager"):
-        await stopping.tasks_ended([failed], seconds=0.3)
-    [record] = caplog.records
-    assert record.getMessage() == "the task 'jobs' had failed"
-    assert record.exc_info is not None and "jobs table was gone" in str(record.exc_info[1])
+        failed = stopping.background(fails(), name="jobs")
+        with contextlib.suppress(RuntimeError):
+            await failed
+        await asyncio.sleep(0)  # the done callbacks run
+        [record] = caplog.records
+        assert record.getMessage() == "the task 'jobs' failed and ended"
+        assert record.exc_info is not None and "jobs table was gone" in str(record.exc_info[1])
+        cancelled = stopping.background(asyncio.sleep(3600), name="sleeper")
+        await asyncio.sleep(0)
+        await stopping.tasks_ended([cancelled, failed], seconds=0.3)
+        await asyncio.sleep(0)
+    assert cancelled.cancelled()
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]

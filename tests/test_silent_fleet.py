@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.support import (
     bearer,
     create_project,
     create_sdk_token,
+    histogram_buckets,
     own_manager,
     run_sql,
     wait_until_async,
@@ -45,6 +47,21 @@ async def states(database_url: str) -> dict[str, tuple[str, str | None]]:
         run_sql, database_url, "SELECT id, state, state_reason FROM workers"
     )
     return {row["id"]: (row["state"], row["state_reason"]) for row in rows}
+
+
+async def row_versions(database_url: str, workers: set[str]) -> dict[str, str]:
+    """Each worker row's version (xmin): it changes with every write of the row."""
+    query = "SELECT id, xmin::text AS v FROM workers WHERE id = ANY($1)"
+    rows = await asyncio.to_thread(run_sql, database_url, query, list(workers))
+    return {row["id"]: row["v"] for row in rows}
+
+
+async def reconcile_passes(running: RunningManager) -> float:
+    """How many reconcile passes the Manager has made."""
+    async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+        answer = await client.get("/metrics", headers=bearer(running.admin_token or ""))
+    buckets = histogram_buckets(answer.text, "inferencekey_reconcile_pass_duration_seconds")
+    return buckets[math.inf]
 
 
 async def replicas_of(database_url: str, workload_id: str) -> list[tuple[str, str]]:
@@ -129,6 +146,12 @@ async def test_most_of_a_fleet_silent_at_once_is_held_not_ready_until_fewer_are(
                     ), reason
                 assert all(now[worker_of[n]][0] == "ready" for n in speaking), now
                 assert await replicas_of(running.database_url, workload_id) == [(placed_on, "run")]
+                # Held, their rows are not written again at each pass (the reason stays the same).
+                versions = await row_versions(running.database_url, silent_ids)
+                passes = await reconcile_passes(running)
+                await asyncio.sleep(3 * running.settings.reconcile_interval_s)
+                assert await reconcile_passes(running) >= passes + 2
+                assert await row_versions(running.database_url, silent_ids) == versions
                 # Said once, when it began: with six or all seven of them silent by then (their
                 # last heartbeats were a moment apart).
                 said = [m for r in caplog.records if "silent at once" in (m := r.getMessage())]
