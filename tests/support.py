@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -285,6 +286,12 @@ def revoke(admin: httpx.Client, token: str) -> None:
     token_id = token.split("_")[2]
     response = admin.delete(f"/api/admin/tokens/{token_id}")
     assert response.status_code == 200, response.text
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of every sample of ``name`` in a Prometheus text exposition (0 if none)."""
+    pattern = re.compile(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", re.MULTILINE)
+    return sum(float(value) for _, value in pattern.findall(text))
 
 
 def histogram_buckets(metrics_text: str, name: str, **labels: str) -> dict[float, float]:

@@ -21,18 +21,11 @@ import httpx
 import pytest
 
 from manager.accept_queue import accept_queue, listening_sockets
-from tests.support import bearer, own_manager, wait_until
+from tests.support import bearer, metric, own_manager, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO is Linux's")
 
 UVICORN_BACKLOG = 2048  # uvicorn's default, which the Manager keeps
-
-
-def gauge(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return None
 
 
 def test_connections_waiting_for_a_held_manager_are_counted(tmp_path: Path) -> None:
@@ -44,7 +37,7 @@ def test_connections_waiting_for_a_held_manager_are_counted(tmp_path: Path) -> N
         )
         # (Its connection is taken before the hold.) The first figure comes once it serves.
         wait_until(
-            lambda: gauge(admin.get("/metrics").text, "inferencekey_accept_queue_limit") == limit,
+            lambda: metric(admin.get("/metrics").text, "inferencekey_accept_queue_limit") == limit,
             10,
             f"the limit published as {limit}",
         )
@@ -70,8 +63,11 @@ def test_connections_waiting_for_a_held_manager_are_counted(tmp_path: Path) -> N
             release.set()
         held.result(timeout=10)
         wait_until(lambda: accept_queue(sockets) == (0, limit), 10, "the queue taken")
-        wait_until(
-            lambda: gauge(admin.get("/metrics").text, "inferencekey_accept_queue_connections") == 0,
-            10,
-            "the gauge back to 0",
-        )
+
+        def back_to_0() -> bool:
+            text = admin.get("/metrics").text  # the gauge is there, and reads 0
+            return "\ninferencekey_accept_queue_connections " in text and (
+                metric(text, "inferencekey_accept_queue_connections") == 0
+            )
+
+        wait_until(back_to_0, 10, "the gauge back to 0")

@@ -25,6 +25,7 @@ from tests.support import (
     create_sdk_token,
     drop_database,
     free_port,
+    metric,
     new_admin_token,
     run_sql,
     wait_until,
@@ -57,12 +58,6 @@ def children(pid: int) -> set[int]:
         if int(stat.rpartition(")")[2].split()[1]) == pid and b"spawn_main" in command:
             found.add(int(entry.name))
     return found
-
-
-def metric(text: str, name: str) -> float:
-    """The sum of every sample of ``name`` in a Prometheus text exposition."""
-    pattern = re.compile(rf"^{re.escape(name)}(\{{.*\}})? (\S+)$", re.MULTILINE)
-    return sum(float(value) for _, value in pattern.findall(text))
 
 
 def started_roles(log: str) -> dict[str, int]:
