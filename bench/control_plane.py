@@ -101,6 +101,7 @@ import asyncpg
 import httpx
 from gateway import BenchError, Servers, free_port, wait_until_ready
 from inferencekey.wire import MAX_WORKLOAD_PAGE_SIZE, CreateWorkloadRequest, UpdateWorkloadRequest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from ik_contracts.engines import engine_for
@@ -936,11 +937,11 @@ def manager_rss_mb(pids: list[int]) -> float:
     return sum(process_rss_mb(each) for each in pids)
 
 
-def manager_histograms(text: str) -> dict[str, HistogramValue]:
+def manager_histograms(families: list[Metric]) -> dict[str, HistogramValue]:
     """The histograms the bench reads, by key: ``HISTOGRAM_KEYS``' and, for the API's,
-    ``"METHOD /route"``."""
+    ``"METHOD /route"``, of a metrics page's ``families``."""
     parts: dict[str, tuple[list[float], list[tuple[float, float]]]] = {}
-    for family in text_string_to_metric_families(text):
+    for family in families:
         name = HISTOGRAM_KEYS.get(family.name)
         if name is None and family.name not in (
             API_HISTOGRAM,
@@ -973,9 +974,9 @@ def manager_histograms(text: str) -> dict[str, HistogramValue]:
     }
 
 
-def gauge_value(text: str, name: str) -> float | None:
-    """An unlabelled gauge's value in a metrics page; None if the page has none."""
-    for family in text_string_to_metric_families(text):
+def gauge_value(families: list[Metric], name: str) -> float | None:
+    """An unlabelled gauge's value among a metrics page's ``families``; None if it has none."""
+    for family in families:
         if family.name == name and family.samples:
             return float(family.samples[0].value)
     return None
@@ -1203,8 +1204,9 @@ class Monitor:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             response = await self._http.get(manager.metrics_url)
             if response.is_success:
-                histograms = manager_histograms(response.text)
-                accept_queue = gauge_value(response.text, ACCEPT_QUEUE_GAUGE)
+                families = list(text_string_to_metric_families(response.text))  # parsed once
+                histograms = manager_histograms(families)
+                accept_queue = gauge_value(families, ACCEPT_QUEUE_GAUGE)
         pids = manager_pids(manager.pid)  # one read of /proc for the three figures
         processes = {pid: cpu for pid in pids if (cpu := process_cpu_s(pid)) is not None}
         cpu_s = manager_cpu_s(manager.pid, processes)
