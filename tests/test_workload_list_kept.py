@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from inferencekey.wire import MAX_WORKLOAD_PAGE_SIZE
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from manager.db.migrate import upgrade_to_head_async
 from manager.db.models import Project
@@ -68,13 +68,18 @@ class Lists:
 
         monkeypatch.setattr(workloads, "_listed", counted)
 
-    async def both(self, project_id: str) -> tuple[bytes, int]:
+    async def both(self, project_id: str, begun: bool = False) -> tuple[bytes, int]:
         """The kept list, checked against the same workloads read as one page (written by
-        the paged path, from one statement); and how many rows the list wrote."""
+        the paged path, from one statement); and how many rows the list wrote. The list's
+        session is new, as the route's is (the project comes with the credential), or with
+        ``begun`` its transaction has begun already."""
         async with self.sessions() as session:
             project = (
                 await session.execute(select(Project).where(Project.id == project_id))
             ).scalar_one()
+        async with self.sessions() as session:
+            if begun:
+                await session.execute(select(1))
             before = self.written
             kept = await workloads.list_workloads_json(session, project, None, None, self.listed)
             written = self.written - before
@@ -137,28 +142,64 @@ async def test_only_the_projects_listed_last_are_kept(
         await lists.engine.dispose()
 
 
-async def test_a_change_between_the_two_reads_writes_the_list_afresh(
-    database: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The ids and versions come from one read, the changed rows from a second: a row changed
-    in between is not mixed into the first read's list; the list is written afresh, whole."""
-    lists = Lists(database, monkeypatch)
+def _changed_after_the_first_read(sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another connection commits a change to workloads 5 and 6 after the next list's first
+    read (the ids and versions), before its second (the changed rows)."""
     read_versions = workloads._ids_and_versions
+    pending = [True]  # once
 
     async def then_changed(session: Any, project: Project) -> tuple[list[str], list[str]]:
         read = await read_versions(session, project)
-        # Committed by another connection after the first read, before the second.
-        await sql.execute(
-            "UPDATE workloads SET phase = 'failed', phase_reason = 'between'"
-            " WHERE id IN ('wl_pa_000005', 'wl_pa_000006')"
-        )
+        if pending:
+            pending.clear()
+            # Committed by another connection after the first read, before the second.
+            await sql.execute(
+                "UPDATE workloads SET phase = 'failed', phase_reason = 'between'"
+                " WHERE id IN ('wl_pa_000005', 'wl_pa_000006')"
+            )
         return read
 
+    monkeypatch.setattr(workloads, "_ids_and_versions", then_changed)
+
+
+async def test_a_change_between_the_two_reads_is_not_seen_the_list_is_one_snapshot(
+    database: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids and versions come from one read, the changed rows from a second, in one
+    snapshot: a row changed in between is listed as the first read saw it, and only the
+    rows changed before the list are written again."""
+    lists = Lists(database, monkeypatch)
     try:
         assert (await lists.both("pa"))[1] == WORKLOADS
         await sql.execute("UPDATE workloads SET description = 'first' WHERE id = 'wl_pa_000005'")
-        monkeypatch.setattr(workloads, "_ids_and_versions", then_changed)
+        _changed_after_the_first_read(sql, monkeypatch)
         listed, written = await lists.both("pa")
+        assert written == 1  # 5, at the version the first read saw
+        assert listed.count(b'"first"') == 1 and b"between" not in listed
+        listed, written = await lists.both("pa")
+        assert written == 2 and listed.count(b"between") == 2  # the next list sees it
+        # The level was the list's transaction's: its connection (the pool's only one) is back
+        # at the default.
+        assert lists.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+        async with lists.sessions() as session:
+            level = (await session.execute(text("SHOW transaction_isolation"))).scalar_one()
+        assert level == "read committed"
+    finally:
+        await lists.engine.dispose()
+
+
+async def test_in_a_transaction_begun_before_a_change_between_the_reads_writes_it_afresh(
+    database: str, sql: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the list's transaction had begun (READ COMMITTED, each statement its own
+    snapshot), a row changed between the two reads is not mixed into the first read's list:
+    the list is written afresh, whole."""
+    lists = Lists(database, monkeypatch)
+    try:
+        assert (await lists.both("pa"))[1] == WORKLOADS
+        await sql.execute("UPDATE workloads SET description = 'first' WHERE id = 'wl_pa_000005'")
+        _changed_after_the_first_read(sql, monkeypatch)
+        listed, written = await lists.both("pa", begun=True)
         # 5 read again at another version than the first read saw: then all written afresh.
         assert written == 1 + WORKLOADS
         assert listed.count(b"between") == 2
