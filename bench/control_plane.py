@@ -50,26 +50,33 @@ holding the reconciler's advisory lock (``manager.reconciler.LEADER_LOCK_KEY`` i
 whose client port is matched to a Manager's socket in ``/proc`` (or, where Postgres is not local,
 the last Manager to log that it leads).
 
-Each phase reports the Managers' CPU (``/proc/<pid>/stat``, their own processes only: the agents
-run in another) and RSS, each Manager's and their sum, which one leads, the CPU of the Postgres
-backends serving them (``pg_stat_activity`` pids read in ``/proc``), heartbeat latency as the
-agents timed it, and from the Managers' histograms (scraped from each one's
-``INFERENCEKEY_METRICS_ADDRESS`` twice a second) the reconcile passes, the time a heartbeat and
-each timed API call spent in the Manager (from its first layer to the answer's last byte) and
-how late its event loop ran: what of the figures the clients saw is the Manager's, and what is
-the wait before a request is read or the simulated fleet's own lag. Every answer is counted by
-endpoint and status. The table puts the issue's targets beside the figures, and a last line per
-size says what bounded each phase (the machine's cores, a Manager's processes at their cores,
-Postgres, or the agents' database slots or the API's turns, from how long they were waited for;
-else how long turns were waited for and how late the event loop ran). Then each missed target
-with its phase's bound, and what the run measured beside it: for the fleet's heartbeat p99, the
-fleet's own loop lag and the lone agent's p99; for the list's, the list written with the fleet
+Each phase reports the Managers' CPU (``/proc/<pid>/stat``, their own processes only: the agents run
+in another) and RSS, each Manager's and their sum, which one leads, the CPU of the Postgres backends
+serving them (``pg_stat_activity`` pids read in ``/proc``), heartbeat latency as the agents timed
+it, and from the Managers' histograms (scraped from each one's ``INFERENCEKEY_METRICS_ADDRESS``
+twice a second) the reconcile passes, the time a heartbeat and each timed API call spent in the
+Manager (from its first layer to the answer's last byte) and how late its event loop ran: what of
+the figures the clients saw is the Manager's, and what is the wait before a request is read or the
+simulated fleet's own lag. It also reads how long the busiest Manager process's event loop waited
+for a core (``/proc/<pid>/schedstat``: runnable, not run), the whole machine's busy cores and the
+share the host took (``/proc/stat``), and the share of the time some task waited for a core
+(``/proc/pressure/cpu``): on two cores shared with the simulated fleet and Postgres, a loop that
+runs half the time can wait for a core as long again. Every answer is counted by endpoint and
+status. The table puts the issue's targets beside the figures, and a last line per size says what
+bounded each phase (the machine's cores all busy, a Manager's processes at their cores, its busiest
+process runnable most of the phase though waiting for a core for part of it, Postgres, or the
+agents' database slots or the API's turns, from how long they were waited for; else how long turns
+were waited for, how late the event loop ran and how long it waited for a core). Then each missed
+target with its phase's bound, and what the run measured beside it: for the fleet's heartbeat p99,
+the fleet's own loop lag and the lone agent's p99; for the list's, the list written with the fleet
 stopped. ``--json`` writes every figure.
-``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what
-is measured otherwise: e.g. the 2,048 connections of ``INFERENCEKEY_HTTP_MAX_CONNECTIONS``, which
-1,000 agents' two connections each come near). The Managers are stopped and the database dropped
-when a size ends, Ctrl-C included. Run it from the repository root with the project installed
-(``pip install -e .``).
+``--fleet-nice N`` runs the simulated fleet N nicer: it stands for a thousand other machines, and so
+gives way for the two cores to the Manager and Postgres (its own figures then show what it waited).
+``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what is
+measured otherwise: e.g. the 2,048 connections of ``INFERENCEKEY_HTTP_MAX_CONNECTIONS``, which 1,000
+agents' two connections each come near). The Managers are stopped and the database dropped when a
+size ends, Ctrl-C included. Run it from the repository root with the project installed (``pip
+install -e .``).
 """
 
 from __future__ import annotations
@@ -281,6 +288,9 @@ class Settings:
     manager_env: dict[str, str]
     managers: int = 1
     kill_leader: bool = False
+    # Added to the simulated fleet's niceness: the fleet stands for a thousand other machines,
+    # and at a positive value it gives way for the cores to the Manager and Postgres.
+    fleet_nice: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +348,8 @@ class ManagerSample:
     # "reconcile", "heartbeat", "loop_lag", and "METHOD /route" of the API's; empty once gone
     histograms: dict[str, HistogramValue] = field(default_factory=dict)
     accept_queue: float | None = None  # ACCEPT_QUEUE_GAUGE, as last sampled by the Manager
+    # Each live process's main thread (its event loop's): seconds waited for a core, and runs
+    process_core_wait: dict[int, tuple[float, int]] = field(default_factory=dict)
 
     @property
     def reconcile(self) -> HistogramValue | None:
@@ -352,6 +364,11 @@ class Sample:
     agents_cpu_s: float | None
     db_cpu_s: float | None
     db_exec_ms: float | None
+    driver_cpu_s: float | None = None  # the bench's own process: the clients, this monitor
+    # The machine's CPU ticks (/proc/stat), and seconds in which some runnable task waited for
+    # a core (/proc/pressure/cpu)
+    machine_ticks: MachineTicks | None = None
+    cpu_pressure_s: float | None = None
 
     @property
     def manager_cpu_s(self) -> float:
@@ -405,6 +422,14 @@ class PhaseFigures:
     # Connections waiting for the Managers to take them (all Managers' together), median and
     # most over the phase's samples
     accept_queue: tuple[float | None, float | None] = (None, None)
+    # The busiest Manager process's event loop waiting for a core (runnable, not run): ms per
+    # second of the phase, and ms per run on average
+    loop_core_wait_ms: tuple[float | None, float | None] = (None, None)
+    # Every process on the machine together (cores), not only those the bench knows of
+    machine_cores: float | None = None
+    driver_cpu_s: float | None = None  # the bench's own process (its clients and monitor)
+    steal_share: float | None = None  # of the machine's CPU time, taken by the host
+    cpu_pressure_share: float | None = None  # of the phase's time, some task waited for a core
 
 
 @dataclass
@@ -822,20 +847,28 @@ class LoneAgent:
 
 
 def run_fleet(
-    base_urls: list[str], tokens: list[str], interval_hint_s: float, connection: Connection
+    base_urls: list[str],
+    tokens: list[str],
+    interval_hint_s: float,
+    nice: int,
+    connection: Connection,
 ) -> None:
     """Child process: the agents, until the driver says stop."""
     # The terminal's Ctrl-C reaches this process too; the driver stops it, before the Managers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
     asyncio.run(_serve_fleet(base_urls, tokens, interval_hint_s, connection))
 
 
 class Fleet:
     """The driver's handle on the agents' process."""
 
-    def __init__(self, base_urls: list[str], tokens: list[str], interval_hint_s: float) -> None:
+    def __init__(
+        self, base_urls: list[str], tokens: list[str], interval_hint_s: float, nice: int
+    ) -> None:
         self.process, self.connection = spawned(
-            run_fleet, (base_urls, tokens, interval_hint_s), "simulated-agents"
+            run_fleet, (base_urls, tokens, interval_hint_s, nice), "simulated-agents"
         )
 
     @property
@@ -878,6 +911,68 @@ def process_cpu_s(pid: int | None) -> float | None:
         return None
     fields = stat.rpartition(")")[2].split()  # fields[0] is field 3 of proc(5)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def core_wait(pid: int) -> tuple[float, int] | None:
+    """Seconds the process's main thread has waited on a run queue for a core, and how many
+    times it has run (schedstat; the main thread runs a Manager process's event loop)."""
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return int(fields[1]) / 1e9, int(fields[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class MachineTicks:
+    idle: int  # idle and iowait
+    steal: int  # taken by the host from this machine's virtual cores
+    total: int
+
+
+def machine_ticks() -> MachineTicks | None:
+    """The machine's CPU ticks so far, all its cores together (/proc/stat)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 8:
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    return MachineTicks(fields[3] + fields[4], fields[7], sum(fields[:8]))
+
+
+def cpu_pressure_s() -> float | None:
+    """Seconds in which some runnable task waited for a core (PSI), or None without PSI."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some "):
+                return int(line.rpartition("total=")[2]) / 1e6
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def loop_core_wait_ms(start: Sample, end: Sample) -> tuple[float | None, float | None]:
+    """How long the busiest Manager process's event loop waited for a core between two
+    samples: ms per second, and ms per run. (None, None) where no process lived through both."""
+    wall_s = end.t - start.t
+    busiest: tuple[float, int] | None = None
+    cores = -1.0
+    for before, after in zip(start.managers, end.managers, strict=True):
+        for pid, cpu_s in after.process_cpu_s.items():
+            if pid not in before.process_cpu_s or cpu_s - before.process_cpu_s[pid] <= cores:
+                continue
+            waited = after.process_core_wait.get(pid), before.process_core_wait.get(pid)
+            if waited[0] is None or waited[1] is None:
+                continue
+            cores = cpu_s - before.process_cpu_s[pid]
+            busiest = (waited[0][0] - waited[1][0], waited[0][1] - waited[1][1])
+    if busiest is None or wall_s <= 0:
+        return None, None
+    seconds, runs = busiest
+    return seconds * 1000 / wall_s, (seconds * 1000 / runs if runs > 0 else None)
 
 
 def process_rss_mb(pid: int) -> float:
@@ -980,6 +1075,25 @@ def gauge_value(families: list[Metric], name: str) -> float | None:
         if family.name == name and family.samples:
             return float(family.samples[0].value)
     return None
+
+
+def machine_figures(start: Sample, end: Sample) -> tuple[float | None, float | None, float | None]:
+    """Between two samples: the cores busy on the whole machine (every process, the bench's
+    own and Postgres's background ones included), the share of its CPU time the host took
+    (steal), and the share of the time in which some task waited for a core."""
+    cores = steal = None
+    before, after = start.machine_ticks, end.machine_ticks
+    if before is not None and after is not None and after.total > before.total:
+        ticks = after.total - before.total
+        idle = after.idle - before.idle
+        stolen = after.steal - before.steal
+        cores = (ticks - idle - stolen) / ticks * (os.cpu_count() or 1)
+        steal = stolen / ticks
+    pressure = None
+    wall_s = end.t - start.t
+    if start.cpu_pressure_s is not None and end.cpu_pressure_s is not None and wall_s > 0:
+        pressure = (end.cpu_pressure_s - start.cpu_pressure_s) / wall_s
+    return cores, steal, pressure
 
 
 def accept_queue_figures(samples: list[Sample]) -> tuple[float | None, float | None]:
@@ -1189,8 +1303,11 @@ class Monitor:
                 managers=managers,
                 leader=leader,
                 agents_cpu_s=process_cpu_s(self.agents_pid),
+                driver_cpu_s=process_cpu_s(os.getpid()),
                 db_cpu_s=db_cpu_s,
                 db_exec_ms=db_exec_ms,
+                machine_ticks=machine_ticks(),
+                cpu_pressure_s=cpu_pressure_s(),
             )
             self.samples.append(sample)
             return sample
@@ -1209,6 +1326,7 @@ class Monitor:
                 accept_queue = gauge_value(families, ACCEPT_QUEUE_GAUGE)
         pids = manager_pids(manager.pid)  # one read of /proc for the three figures
         processes = {pid: cpu for pid in pids if (cpu := process_cpu_s(pid)) is not None}
+        waits = {pid: waited for pid in processes if (waited := core_wait(pid)) is not None}
         cpu_s = manager_cpu_s(manager.pid, processes)
         if cpu_s is not None:
             self._cpu_s[index] = cpu_s
@@ -1218,6 +1336,7 @@ class Monitor:
             histograms=histograms,
             process_cpu_s=processes,
             accept_queue=accept_queue,
+            process_core_wait=waits,
         )
 
     async def leader(self) -> int | None:
@@ -1569,6 +1688,11 @@ class Run:
         )
         phase.busiest_process_cores = busiest_process_cores(start, finish)
         phase.accept_queue = accept_queue_figures(phase_samples)
+        phase.loop_core_wait_ms = loop_core_wait_ms(start, finish)
+        phase.machine_cores, phase.steal_share, phase.cpu_pressure_share = machine_figures(
+            start, finish
+        )
+        phase.driver_cpu_s = _delta(start.driver_cpu_s, finish.driver_cpu_s)
         phase.gc_s, phase.gc_full, phase.gc_full_max_le_ms = gc_figures(phase_samples)
         phase.admission_waits = admission_figures(phase_samples)
         phase.admission_holds = admission_figures(phase_samples, "hold")
@@ -1992,7 +2116,7 @@ class Run:
             self.api = ControlApi(base_urls, sdk_token, self.answers, CREATE_CONCURRENCY)
             self.samples_api = ControlApi(base_urls, sdk_token, self.answers, len(SAMPLE_PERIODS_S))
             interval_hint = self.settings.heartbeat_interval_s or AGENT_DEFAULT_INTERVAL_S
-            self.fleet = Fleet(base_urls, tokens, interval_hint)
+            self.fleet = Fleet(base_urls, tokens, interval_hint, self.settings.fleet_nice)
             self.monitor = Monitor(self.managers, self.fleet.pid, self.pool, statements)
             monitoring = asyncio.create_task(self.monitor.run())
             await self.register()
@@ -2270,6 +2394,10 @@ def _number(value: float | None, unit: str) -> str:
     return f"{value:,.2f}"
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def verdict(row: Row, figures: dict[str, float | None]) -> str | None:
     """ "met" or "MISSED" against the row's target; None without a target or a figure."""
     value = figures.get(row.key)
@@ -2288,11 +2416,15 @@ TURNS_BOUND_MS = 250.0
 
 
 def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
-    """What the phase was bound by: the machine's cores all busy (the Manager, Postgres and the
-    simulated fleet share them), a Manager at its processes' cores (each process's event loop
-    runs on one), Postgres at a core, or the agents' database slots or the API's turns (their
-    waits' p99 past ``TURNS_BOUND_MS``); else nothing saturated (latency: how long turns were
-    waited for, and how late the loop ran)."""
+    """What the phase was bound by: the machine's cores all busy (the Manager, Postgres, the
+    simulated fleet and the bench share them), a Manager at its processes' cores (each
+    process's event loop runs on one), its busiest process's event loop occupied most of the
+    phase though part of it waiting for a core (the cores shared, though not all busy),
+    Postgres at a core, or the agents' database slots or the API's turns (their waits' p99 past
+    ``TURNS_BOUND_MS``); else nothing saturated: latency made of waits for turns of the
+    busiest process's event loop, with how much of the phase that loop was occupied (running,
+    or waiting for a core), how long turns were waited for, how late the loop ran and how busy
+    the machine's cores were."""
     if not phase.wall_s:
         return "-"
     busiest = max(
@@ -2300,13 +2432,29 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
         default=phase.manager_cpu_s / phase.wall_s,
     )
     database = (phase.db_cpu_s or 0.0) / phase.wall_s
-    total = (phase.manager_cpu_s + (phase.db_cpu_s or 0.0) + (phase.agents_cpu_s or 0.0)) / (
+    known = (phase.manager_cpu_s + (phase.db_cpu_s or 0.0) + (phase.agents_cpu_s or 0.0)) / (
         phase.wall_s
     )
+    # The whole machine where /proc/stat says (the bench's own process, Postgres's background
+    # ones and anything else included), else the processes the bench knows of.
+    total = known if phase.machine_cores is None else max(known, phase.machine_cores)
     cores = os.cpu_count() or 1
     if total >= SATURATED * cores:
-        return f"the machine ({total:.2f} of {cores} cores; a Manager {busiest:.2f})"
+        return f"the machine ({total:.2f} of {cores} cores: {_cores_by_process(phase)})"
     one = phase.busiest_process_cores
+    waited = _core_wait_share(phase)
+    if (
+        processes == 1
+        and one is not None
+        and waited is not None
+        and one < SATURATED <= one + waited
+    ):
+        # Runnable (running or waiting for a core) most of the phase: saturated as surely as a
+        # process at its core, by cores it could not have.
+        return (
+            f"the machine's cores, shared ({_occupied(phase)}; all {total:.2f} of {cores} cores: "
+            f"{_cores_by_process(phase)}{_pressure(phase)})"
+        )
     if processes == 1 and one is not None:
         # One serving process, perhaps beside the reconciler's own: is one of them at its core?
         if one >= SATURATED:
@@ -2321,7 +2469,7 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
         return f"Manager process ({busiest:.2f} of {held})"
     if database >= SATURATED:
         return f"Postgres ({database:.2f} cores)"
-    cpu = f"Manager {busiest:.2f}, all {total:.2f} of {cores} cores"
+    cpu = f"all {total:.2f} of {cores} cores: {_cores_by_process(phase)}"
     for kind, what in (("agent", "the agents' database slots"), ("api", "the API's turns")):
         waits = phase.admission_waits.get(kind)
         if waits is not None and (waits[2] or 0.0) >= TURNS_BOUND_MS:
@@ -2331,12 +2479,70 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
                 if holds is None or holds[1] is None or holds[2] is None
                 else f", each held {holds[1]:,.0f} ms at p50 and {holds[2]:,.0f} ms at p99"
             )
-            return f"{what} (waited {waits[2]:,.0f} ms at p99{held}; not CPU: {cpu})"
-    waited = max((w[2] or 0.0 for w in phase.admission_waits.values()), default=None)
-    turns = "" if waited is None else f"; turns waited {waited:,.0f} ms at p99 at most"
+            return (
+                f"{what} (waited {waits[2]:,.0f} ms at p99{held}; {_occupied(phase, '; ')}{cpu}"
+                f"{_pressure(phase)})"
+            )
+    turn_waits = max((w[2] or 0.0 for w in phase.admission_waits.values()), default=None)
+    turns = "" if turn_waits is None else f"turns waited {turn_waits:,.0f} ms at p99 at most; "
     lag = phase.manager_loop_lag_p99_ms
-    loop = "" if lag is None else f"; the event loop {lag:,.0f} ms late at p99"
-    return f"not CPU ({cpu}{turns}{loop})"
+    loop = "" if lag is None else f"the event loop {lag:,.0f} ms late at p99; "
+    return (
+        f"nothing saturated: requests wait at each await for turns of an event loop shared "
+        f"with all the others ({_occupied(phase, '; ')}{turns}{loop}{cpu}{_pressure(phase)})"
+    )
+
+
+def _occupied(phase: PhaseFigures, then: str = "") -> str:
+    """How much of the phase the busiest Manager process's event loop was occupied: running,
+    or runnable and waiting for a core; "" where not measured."""
+    one = phase.busiest_process_cores
+    waited = _core_wait_share(phase)
+    if one is None or waited is None:
+        return ""
+    per_run = phase.loop_core_wait_ms[1]
+    each = "" if per_run is None else f", {per_run:.1f} ms a time on average"
+    return (
+        f"the busiest Manager process's event loop occupied {one + waited:.2f} of the time: "
+        f"it ran {one:.2f} and waited for a core {waited:.2f}{each}{then}"
+    )
+
+
+def _cores_by_process(phase: PhaseFigures) -> str:
+    """Who used the machine's cores in the phase: the Managers (the busiest one), Postgres's
+    backends for them, the simulated fleet, the bench's driver, and the rest of the machine
+    (Postgres's own processes, the lone agent, the kernel) where /proc/stat says."""
+    wall_s = phase.wall_s
+    busiest = max((m.cpu_s for m in phase.managers), default=phase.manager_cpu_s)
+    shares = [
+        ("the Manager" if len(phase.managers) <= 1 else "the Managers", phase.manager_cpu_s),
+        ("Postgres's backends", phase.db_cpu_s),
+        ("the simulated fleet", phase.agents_cpu_s),
+        ("the bench's driver", phase.driver_cpu_s),
+    ]
+    known = sum(cpu_s or 0.0 for _, cpu_s in shares)
+    text = ", ".join(f"{name} {cpu_s / wall_s:.2f}" for name, cpu_s in shares if cpu_s is not None)
+    if len(phase.managers) > 1:
+        text += f" (the busiest {busiest / wall_s:.2f})"
+    if phase.machine_cores is not None:
+        text += f", the rest {max(0.0, phase.machine_cores - known / wall_s):.2f}"
+    return text
+
+
+def _core_wait_share(phase: PhaseFigures) -> float | None:
+    """The share of the phase in which the busiest Manager process's event loop waited for a
+    core (runnable, not run)."""
+    per_s = phase.loop_core_wait_ms[0]
+    return None if per_s is None else per_s / 1000
+
+
+def _pressure(phase: PhaseFigures) -> str:
+    shares = []
+    if phase.cpu_pressure_share is not None:
+        shares.append(f"some task waiting for a core {phase.cpu_pressure_share:.0%} of the time")
+    if phase.steal_share is not None and phase.steal_share >= 0.005:
+        shares.append(f"{phase.steal_share:.0%} of the CPU taken by the host")
+    return "".join(f"; {share}" for share in shares)
 
 
 # Which phase each target is measured in: its bound is that phase's.
@@ -2428,10 +2634,11 @@ def _reconcile_exposed(result: SizeResult) -> bool:
 def phase_table(result: SizeResult) -> str:
     headers = (
         f"  {'phase':<10}{'wall s':>8}{'mgr CPU s':>10}{'cores':>7}{'1 proc':>7}{'RSS MB':>8}"
-        f"{'DB CPU s':>9}"
+        f"{'DB CPU s':>9}{'bench s':>8}{'machine':>8}"
         f"{'agents CPU s':>13}{'hb n':>7}{'hb p50':>8}{'hb p99':>8}{'hb max':>8}{'in mgr':>8}"
         f"{'lag p99':>8}{'mgr lag':>8}{'gc s':>6}{'full gc':>8}{'<= ms':>7}"
         f"{'passes':>7}{'pass p50':>9}{'pass max':>9}{'max <=':>7}{'queue':>7}{'q max':>7}"
+        f"{'core w':>7}{'a run':>7}{'steal':>7}{'psi':>6}"
         f"{'errors':>7}  workers"
     )
     lines = [headers]
@@ -2442,7 +2649,8 @@ def phase_table(result: SizeResult) -> str:
             f"  {p.name:<10}{p.wall_s:>8.1f}{p.manager_cpu_s:>10.2f}"
             f"{p.manager_cpu_s / p.wall_s if p.wall_s else 0:>7.2f}"
             f"{_number(p.busiest_process_cores, 'cores'):>7}{p.manager_rss_mb:>8.0f}"
-            f"{_number(p.db_cpu_s, 's'):>9}{_number(p.agents_cpu_s, 's'):>13}"
+            f"{_number(p.db_cpu_s, 's'):>9}{_number(p.driver_cpu_s, 's'):>8}"
+            f"{_number(p.machine_cores, 'cores'):>8}{_number(p.agents_cpu_s, 's'):>13}"
             f"{p.heartbeat_ms.count:>7}{_number(p.heartbeat_ms.p50, 'ms'):>8}"
             f"{_number(p.heartbeat_ms.p99, 'ms'):>8}{_number(p.heartbeat_ms.max, 'ms'):>8}"
             f"{_number(p.manager_heartbeat_ms[1], 'ms'):>8}"
@@ -2454,6 +2662,8 @@ def phase_table(result: SizeResult) -> str:
             f"{_number(r.max_s if r else None, 's'):>9}"
             f"{_number(r.max_bucket_le if r else None, 's'):>7}"
             f"{_number(p.accept_queue[0], 'n'):>7}{_number(p.accept_queue[1], 'n'):>7}"
+            f"{_number(p.loop_core_wait_ms[0], 'ms'):>7}{_number(p.loop_core_wait_ms[1], 'ms'):>7}"
+            f"{_share(p.steal_share):>7}{_share(p.cpu_pressure_share):>6}"
             f"{p.errors:>7}  {workers}"
         )
     return "\n".join(lines)
@@ -2517,7 +2727,11 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
         print(
             f"Phases, {result.agents} agents x {GPUS_PER_AGENT} GPUs, {result.workloads} "
             f"workloads (heartbeat every {interval:g} s; latencies in ms, passes in s; cores: "
-            f"the Managers' processes together, 1 proc: the busiest one)"
+            f"the Managers' processes together, 1 proc: the busiest one; bench s: the bench's "
+            f"driver; machine: cores busy on the whole machine; core w: ms a second "
+            f"the busiest one's event loop waited for a core, a run: ms a time; steal: the "
+            f"host's share of the machine's CPU; psi: the share of the time some task waited "
+            f"for a core)"
             if interval
             else f"Phases, {result.agents} agents, {result.workloads} workloads"
         )
@@ -2547,9 +2761,10 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
     print("Figures and the issue's targets")
     print(summary_table(results))
     print()
-    print("What bounds each phase (the first saturated of: the machine's cores shared with the")
-    print("simulated fleet, a Manager's processes' cores, Postgres, the agents' database slots,")
-    print("the API's turns)")
+    print("What bounds each phase (the first saturated of: the machine's cores, shared by the")
+    print("Manager, Postgres, the simulated fleet and the bench; a Manager's processes' cores;")
+    print("its busiest process runnable most of the phase, running or waiting for a core;")
+    print("Postgres; the agents' database slots; the API's turns)")
     for result in results:
         bounds = "; ".join(
             f"{phase.name} {bound_of(phase, result.processes)}" for phase in result.phases
@@ -2584,6 +2799,9 @@ def describe_environment(settings: Settings, load_at_start: tuple[float, ...]) -
         + (", the leader killed after the steady state" if settings.kill_leader else ""),
         "Manager settings added": " ".join(f"{k}={v}" for k, v in settings.manager_env.items())
         or "none",
+        "simulated fleet's niceness": f"+{settings.fleet_nice} (--fleet-nice)"
+        if settings.fleet_nice
+        else "as the bench's (the Manager's, Postgres's)",
     }
 
 
@@ -2684,6 +2902,14 @@ def main() -> int:
         action="store_true",
         help="after the steady state, kill the leading Manager under load (needs --managers 2+)",
     )
+    parser.add_argument(
+        "--fleet-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the simulated fleet N nicer (0-19): it stands for other machines, and so gives "
+        "way for the cores to the Manager and Postgres (default 0)",
+    )
     parser.add_argument("--json", type=Path, help="write the raw figures to this file")
     args = parser.parse_args()
     if args.sizes:
@@ -2698,6 +2924,8 @@ def main() -> int:
         parser.error("--change-fraction must be in (0, 0.5]")
     if args.managers < 1:
         parser.error("--managers needs at least one")
+    if not 0 <= args.fleet_nice <= 19:
+        parser.error("--fleet-nice must be in 0..19")
     if args.kill_leader and args.managers < 2:
         parser.error("--kill-leader needs --managers 2 or more: someone must take over")
     steady_s = args.steady_s if args.steady_s is not None else (15.0 if args.quick else 60.0)
@@ -2709,6 +2937,7 @@ def main() -> int:
         manager_env=dict(args.manager_env),
         managers=args.managers,
         kill_leader=args.kill_leader,
+        fleet_nice=args.fleet_nice,
     )
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
