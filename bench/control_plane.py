@@ -57,19 +57,19 @@ it, and from the Managers' histograms (scraped from each one's ``INFERENCEKEY_ME
 twice a second) the reconcile passes, the time a heartbeat and each timed API call spent in the
 Manager (from its first layer to the answer's last byte) and how late its event loop ran: what of
 the figures the clients saw is the Manager's, and what is the wait before a request is read or the
-simulated fleet's own lag. It also reads how long the busiest Manager process's event loop waited
-for a core (``/proc/<pid>/schedstat``: runnable, not run), the whole machine's busy cores and the
-share the host took (``/proc/stat``), and the share of the time some task waited for a core
+simulated fleet's own lag. It also reads how long the busiest Manager process's event loop ran and
+waited for a core (``/proc/<pid>/schedstat``: runnable, not run), the whole machine's busy cores and
+the share the host took (``/proc/stat``), and the share of the time some task waited for a core
 (``/proc/pressure/cpu``): on two cores shared with the simulated fleet and Postgres, a loop that
-runs half the time can wait for a core as long again. Every answer is counted by endpoint and
-status. The table puts the issue's targets beside the figures, and a last line per size says what
-bounded each phase (the machine's cores all busy, a Manager's processes at their cores, its busiest
-process runnable most of the phase though waiting for a core for part of it, Postgres, or the
-agents' database slots or the API's turns, from how long they were waited for; else how long turns
-were waited for, how late the event loop ran and how long it waited for a core). Then each missed
-target with its phase's bound, and what the run measured beside it: for the fleet's heartbeat p99,
-the fleet's own loop lag and the lone agent's p99; for the list's, the list written with the fleet
-stopped. ``--json`` writes every figure.
+runs half the time can wait for a core for a good part of that again. Every answer is counted by
+endpoint and status. The table puts the issue's targets beside the figures, and a last line per size
+says what bounded each phase (the machine's cores all busy, a Manager's processes at their cores,
+its busiest process runnable most of the phase though waiting for a core for part of it, Postgres,
+or the agents' database slots or the API's turns, from how long they were waited for; else how long
+turns were waited for, how late the event loop ran and how long it waited for a core). Then each
+missed target with its phase's bound, and what the run measured beside it: for the fleet's heartbeat
+p99, the fleet's own loop lag and the lone agent's p99; for the list's, the list written with the
+fleet stopped. ``--json`` writes every figure.
 ``--fleet-nice N`` runs the simulated fleet N nicer: it stands for a thousand other machines, and so
 gives way for the two cores to the Manager and Postgres (its own figures then show what it waited).
 ``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what is
@@ -348,8 +348,9 @@ class ManagerSample:
     # "reconcile", "heartbeat", "loop_lag", and "METHOD /route" of the API's; empty once gone
     histograms: dict[str, HistogramValue] = field(default_factory=dict)
     accept_queue: float | None = None  # ACCEPT_QUEUE_GAUGE, as last sampled by the Manager
-    # Each live process's main thread (its event loop's): seconds waited for a core, and runs
-    process_core_wait: dict[int, tuple[float, int]] = field(default_factory=dict)
+    # Each live process's main thread (its event loop's): seconds on a core, seconds waited
+    # for one, and how many times it ran
+    process_loop_times: dict[int, tuple[float, float, int]] = field(default_factory=dict)
 
     @property
     def reconcile(self) -> HistogramValue | None:
@@ -422,9 +423,9 @@ class PhaseFigures:
     # Connections waiting for the Managers to take them (all Managers' together), median and
     # most over the phase's samples
     accept_queue: tuple[float | None, float | None] = (None, None)
-    # The busiest Manager process's event loop waiting for a core (runnable, not run): ms per
-    # second of the phase, and ms per run on average
-    loop_core_wait_ms: tuple[float | None, float | None] = (None, None)
+    # The busiest Manager process's event loop (its main thread): the share of the phase it ran
+    # on a core, the share it waited for one (runnable, not run), and ms a wait on average
+    loop_time: tuple[float | None, float | None, float | None] = (None, None, None)
     # Every process on the machine together (cores), not only those the bench knows of
     machine_cores: float | None = None
     driver_cpu_s: float | None = None  # the bench's own process (its clients and monitor)
@@ -913,12 +914,12 @@ def process_cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def core_wait(pid: int) -> tuple[float, int] | None:
-    """Seconds the process's main thread has waited on a run queue for a core, and how many
-    times it has run (schedstat; the main thread runs a Manager process's event loop)."""
+def loop_thread_times(pid: int) -> tuple[float, float, int] | None:
+    """The process's main thread (a Manager process's event loop) so far: seconds on a core,
+    seconds waited on a run queue for one, and how many times it ran (schedstat)."""
     try:
         fields = Path(f"/proc/{pid}/schedstat").read_text().split()
-        return int(fields[1]) / 1e9, int(fields[2])
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9, int(fields[2])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -954,25 +955,30 @@ def cpu_pressure_s() -> float | None:
     return None
 
 
-def loop_core_wait_ms(start: Sample, end: Sample) -> tuple[float | None, float | None]:
-    """How long the busiest Manager process's event loop waited for a core between two
-    samples: ms per second, and ms per run. (None, None) where no process lived through both."""
+def loop_time(start: Sample, end: Sample) -> tuple[float | None, float | None, float | None]:
+    """The event loop of the busiest Manager process (by CPU) between two samples: the share of
+    the time its thread ran on a core, the share it waited for one, and ms a wait on average.
+    Nones where a live Manager's processes changed between them (as ``busiest_process_cores``)
+    or where the busiest one's counts are not there (a kernel without them reads 0 0 0)."""
+    nothing = (None, None, None)
     wall_s = end.t - start.t
-    busiest: tuple[float, int] | None = None
-    cores = -1.0
+    busiest: tuple[int, ManagerSample, ManagerSample] | None = None
+    most = -1.0
     for before, after in zip(start.managers, end.managers, strict=True):
+        if after.process_cpu_s and set(after.process_cpu_s) != set(before.process_cpu_s):
+            return nothing
         for pid, cpu_s in after.process_cpu_s.items():
-            if pid not in before.process_cpu_s or cpu_s - before.process_cpu_s[pid] <= cores:
-                continue
-            waited = after.process_core_wait.get(pid), before.process_core_wait.get(pid)
-            if waited[0] is None or waited[1] is None:
-                continue
-            cores = cpu_s - before.process_cpu_s[pid]
-            busiest = (waited[0][0] - waited[1][0], waited[0][1] - waited[1][1])
+            if pid in before.process_cpu_s and cpu_s - before.process_cpu_s[pid] > most:
+                most = cpu_s - before.process_cpu_s[pid]
+                busiest = pid, before, after
     if busiest is None or wall_s <= 0:
-        return None, None
-    seconds, runs = busiest
-    return seconds * 1000 / wall_s, (seconds * 1000 / runs if runs > 0 else None)
+        return nothing
+    pid, before, after = busiest
+    first, last = before.process_loop_times.get(pid), after.process_loop_times.get(pid)
+    if first is None or last is None or last[2] <= first[2]:
+        return nothing
+    ran, waited, runs = (last[i] - first[i] for i in range(3))
+    return ran / wall_s, waited / wall_s, waited * 1000 / runs
 
 
 def process_rss_mb(pid: int) -> float:
@@ -1326,7 +1332,7 @@ class Monitor:
                 accept_queue = gauge_value(families, ACCEPT_QUEUE_GAUGE)
         pids = manager_pids(manager.pid)  # one read of /proc for the three figures
         processes = {pid: cpu for pid in pids if (cpu := process_cpu_s(pid)) is not None}
-        waits = {pid: waited for pid in processes if (waited := core_wait(pid)) is not None}
+        loops = {pid: times for pid in processes if (times := loop_thread_times(pid)) is not None}
         cpu_s = manager_cpu_s(manager.pid, processes)
         if cpu_s is not None:
             self._cpu_s[index] = cpu_s
@@ -1336,7 +1342,7 @@ class Monitor:
             histograms=histograms,
             process_cpu_s=processes,
             accept_queue=accept_queue,
-            process_core_wait=waits,
+            process_loop_times=loops,
         )
 
     async def leader(self) -> int | None:
@@ -1688,7 +1694,7 @@ class Run:
         )
         phase.busiest_process_cores = busiest_process_cores(start, finish)
         phase.accept_queue = accept_queue_figures(phase_samples)
-        phase.loop_core_wait_ms = loop_core_wait_ms(start, finish)
+        phase.loop_time = loop_time(start, finish)
         phase.machine_cores, phase.steal_share, phase.cpu_pressure_share = machine_figures(
             start, finish
         )
@@ -2442,12 +2448,12 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
     if total >= SATURATED * cores:
         return f"the machine ({total:.2f} of {cores} cores: {_cores_by_process(phase)})"
     one = phase.busiest_process_cores
-    waited = _core_wait_share(phase)
+    ran, waited, _ = phase.loop_time
     if (
         processes == 1
-        and one is not None
+        and ran is not None
         and waited is not None
-        and one < SATURATED <= one + waited
+        and ran < SATURATED <= ran + waited
     ):
         # Runnable (running or waiting for a core) most of the phase: saturated as surely as a
         # process at its core, by cores it could not have.
@@ -2487,24 +2493,19 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
     turns = "" if turn_waits is None else f"turns waited {turn_waits:,.0f} ms at p99 at most; "
     lag = phase.manager_loop_lag_p99_ms
     loop = "" if lag is None else f"the event loop {lag:,.0f} ms late at p99; "
-    return (
-        f"nothing saturated: requests wait at each await for turns of an event loop shared "
-        f"with all the others ({_occupied(phase, '; ')}{turns}{loop}{cpu}{_pressure(phase)})"
-    )
+    return f"nothing saturated ({_occupied(phase, '; ')}{turns}{loop}{cpu}{_pressure(phase)})"
 
 
 def _occupied(phase: PhaseFigures, then: str = "") -> str:
     """How much of the phase the busiest Manager process's event loop was occupied: running,
     or runnable and waiting for a core; "" where not measured."""
-    one = phase.busiest_process_cores
-    waited = _core_wait_share(phase)
-    if one is None or waited is None:
+    ran, waited, each = phase.loop_time
+    if ran is None or waited is None:
         return ""
-    per_run = phase.loop_core_wait_ms[1]
-    each = "" if per_run is None else f", {per_run:.1f} ms a time on average"
+    average = "" if each is None else f", {each:.1f} ms a time on average"
     return (
-        f"the busiest Manager process's event loop occupied {one + waited:.2f} of the time: "
-        f"it ran {one:.2f} and waited for a core {waited:.2f}{each}{then}"
+        f"the busiest Manager process's event loop occupied {ran + waited:.2f} of the time: "
+        f"it ran {ran:.2f} and waited for a core {waited:.2f}{average}{then}"
     )
 
 
@@ -2527,13 +2528,6 @@ def _cores_by_process(phase: PhaseFigures) -> str:
     if phase.machine_cores is not None:
         text += f", the rest {max(0.0, phase.machine_cores - known / wall_s):.2f}"
     return text
-
-
-def _core_wait_share(phase: PhaseFigures) -> float | None:
-    """The share of the phase in which the busiest Manager process's event loop waited for a
-    core (runnable, not run)."""
-    per_s = phase.loop_core_wait_ms[0]
-    return None if per_s is None else per_s / 1000
 
 
 def _pressure(phase: PhaseFigures) -> str:
@@ -2638,7 +2632,7 @@ def phase_table(result: SizeResult) -> str:
         f"{'agents CPU s':>13}{'hb n':>7}{'hb p50':>8}{'hb p99':>8}{'hb max':>8}{'in mgr':>8}"
         f"{'lag p99':>8}{'mgr lag':>8}{'gc s':>6}{'full gc':>8}{'<= ms':>7}"
         f"{'passes':>7}{'pass p50':>9}{'pass max':>9}{'max <=':>7}{'queue':>7}{'q max':>7}"
-        f"{'core w':>7}{'a run':>7}{'steal':>7}{'psi':>6}"
+        f"{'loop':>6}{'core w':>7}{'a wait':>7}{'steal':>7}{'psi':>6}"
         f"{'errors':>7}  workers"
     )
     lines = [headers]
@@ -2662,7 +2656,8 @@ def phase_table(result: SizeResult) -> str:
             f"{_number(r.max_s if r else None, 's'):>9}"
             f"{_number(r.max_bucket_le if r else None, 's'):>7}"
             f"{_number(p.accept_queue[0], 'n'):>7}{_number(p.accept_queue[1], 'n'):>7}"
-            f"{_number(p.loop_core_wait_ms[0], 'ms'):>7}{_number(p.loop_core_wait_ms[1], 'ms'):>7}"
+            f"{_number(p.loop_time[0], 'cores'):>6}{_number(p.loop_time[1], 'cores'):>7}"
+            f"{_number(p.loop_time[2], 'ms'):>7}"
             f"{_share(p.steal_share):>7}{_share(p.cpu_pressure_share):>6}"
             f"{p.errors:>7}  {workers}"
         )
@@ -2728,10 +2723,10 @@ def print_report(results: list[SizeResult], environment: dict[str, str]) -> None
             f"Phases, {result.agents} agents x {GPUS_PER_AGENT} GPUs, {result.workloads} "
             f"workloads (heartbeat every {interval:g} s; latencies in ms, passes in s; cores: "
             f"the Managers' processes together, 1 proc: the busiest one; bench s: the bench's "
-            f"driver; machine: cores busy on the whole machine; core w: ms a second "
-            f"the busiest one's event loop waited for a core, a run: ms a time; steal: the "
-            f"host's share of the machine's CPU; psi: the share of the time some task waited "
-            f"for a core)"
+            f"driver; machine: cores busy on the whole machine; loop, core w: the share of the "
+            f"phase the busiest one's event loop ran and waited for a core, a wait: ms each; "
+            f"steal: the host's share of the machine's CPU; psi: the share of the time some "
+            f"task waited for a core)"
             if interval
             else f"Phases, {result.agents} agents, {result.workloads} workloads"
         )
@@ -2801,7 +2796,7 @@ def describe_environment(settings: Settings, load_at_start: tuple[float, ...]) -
         or "none",
         "simulated fleet's niceness": f"+{settings.fleet_nice} (--fleet-nice)"
         if settings.fleet_nice
-        else "as the bench's (the Manager's, Postgres's)",
+        else "the bench's own",
     }
 
 
