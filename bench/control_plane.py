@@ -65,11 +65,11 @@ runs half the time can wait for a core for a good part of that again. Every answ
 endpoint and status. The table puts the issue's targets beside the figures, and a last line per size
 says what bounded each phase (the machine's cores all busy, a Manager's processes at their cores,
 its busiest process runnable most of the phase though waiting for a core for part of it, Postgres,
-or the agents' database slots or the API's turns, from how long they were waited for; else how long
-turns were waited for, how late the event loop ran and how long it waited for a core). Then each
-missed target with its phase's bound, and what the run measured beside it: for the fleet's heartbeat
-p99, the fleet's own loop lag and the lone agent's p99; for the list's, the list written with the
-fleet stopped. ``--json`` writes every figure.
+or the agents' database slots or the API's turns, from how long they were waited for; else the turns
+of the busiest process's event loop, with how much of the phase it was occupied, how long turns were
+waited for and how late it ran). Then each missed target with its phase's bound, and what the run
+measured beside it: for the fleet's heartbeat p99, the fleet's own loop lag and the lone agent's
+p99; for the list's, the list written with the fleet stopped. ``--json`` writes every figure.
 ``--fleet-nice N`` runs the simulated fleet N nicer: it stands for a thousand other machines, and so
 gives way for the two cores to the Manager and Postgres (its own figures then show what it waited).
 ``--manager-env INFERENCEKEY_X=Y`` adds a Manager setting, for trying one (the defaults are what is
@@ -2427,10 +2427,10 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
     process's event loop runs on one), its busiest process's event loop occupied most of the
     phase though part of it waiting for a core (the cores shared, though not all busy),
     Postgres at a core, or the agents' database slots or the API's turns (their waits' p99 past
-    ``TURNS_BOUND_MS``); else nothing saturated: latency made of waits for turns of the
-    busiest process's event loop, with how much of the phase that loop was occupied (running,
-    or waiting for a core), how long turns were waited for, how late the loop ran and how busy
-    the machine's cores were."""
+    ``TURNS_BOUND_MS``); else, nothing saturated, the turns of the busiest process's event
+    loop, which every request waits for at each await: with how much of the phase that loop was
+    occupied (running, or waiting for a core), how long turns were waited for, how late the
+    loop ran and how busy the machine's cores were."""
     if not phase.wall_s:
         return "-"
     busiest = max(
@@ -2493,7 +2493,11 @@ def bound_of(phase: PhaseFigures, processes: int = 1) -> str:
     turns = "" if turn_waits is None else f"turns waited {turn_waits:,.0f} ms at p99 at most; "
     lag = phase.manager_loop_lag_p99_ms
     loop = "" if lag is None else f"the event loop {lag:,.0f} ms late at p99; "
-    return f"nothing saturated ({_occupied(phase, '; ')}{turns}{loop}{cpu}{_pressure(phase)})"
+    return (
+        f"turns of the busiest Manager process's event loop, which every request waits for at "
+        f"each await; nothing saturated ({_occupied(phase, '; ')}{turns}{loop}{cpu}"
+        f"{_pressure(phase)})"
+    )
 
 
 def _occupied(phase: PhaseFigures, then: str = "") -> str:
