@@ -67,6 +67,9 @@ ENGINE_STOP_TIMEOUT_S = 10.0  # SIGTERM (docker stop) to SIGKILL, when stopping 
 READY_HEALTH_FAILURES = 3  # consecutive failed checks before a ready engine counts as unhealthy
 BOOT_POLL_S = 0.1  # how often a booting engine is asked whether it is ready
 STABLE_AFTER_S = 60.0  # a replica ready this long gets its restart backoff reset
+# How long a stopping agent waits for its replicas' own tasks to end once cancelled (a package's
+# build kills its uv and waits for it)
+REPLICA_TASKS_STOP_S = 10.0
 
 
 def build_runtime(config: AgentConfig, worker_id: str) -> Runtime:
@@ -181,12 +184,35 @@ class Agent:
             proxy.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(serving, 10)
+            await self._end_replica_tasks()
             if self.config.stop_engines_on_exit:
                 await asyncio.to_thread(self.stop_engines)
             upstream.close()
             self.metrics.server.stop()
             await self._http.aclose()
             await self._engine_http.aclose()
+
+    async def _end_replica_tasks(self) -> None:
+        """Cancel what runs for each replica (a custom backend's build, an engine's
+        preparation, a boot watch) and wait for it, at most ``REPLICA_TASKS_STOP_S``: a build
+        cancelled here kills its uv, where a task left pending would be dropped with its event
+        loop and leave uv running, its pipes open."""
+        tasks = [
+            task
+            for local in self.replicas.values()
+            for task in (local.install_task, local.prepare_task, local.boot_watch)
+            if task is not None and not task.done()
+        ]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=REPLICA_TASKS_STOP_S)
+            if pending:
+                log.warning(
+                    "%d task(s) of replicas did not end within %g s of the agent stopping",
+                    len(pending),
+                    REPLICA_TASKS_STOP_S,
+                )
 
     # --- talking to the Manager -------------------------------------------------------------
 

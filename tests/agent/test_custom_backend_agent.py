@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,55 @@ def test_a_backend_process_sees_neither_the_agents_credential_nor_the_download_t
     assert "INFERENCEKEY_AGENT_TOKEN" not in names
     assert "HF_TOKEN" not in names
     assert {"PYTHONPATH", "IK_BACKEND_CONFIG", "IK_BACKEND_ENTRYPOINT"} <= names
+
+
+def test_an_agent_stopped_mid_build_kills_its_uv_and_leaves_no_task(
+    tmp_path: Path,
+    manager: ScriptedManager,
+    start_agent: AgentStarter,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The requirements come from an index that takes the connection and never answers, so the
+    build is still in uv when the agent stops: the agent cancels it, which kills uv's process
+    group, and no task of the replica is left pending for its event loop to drop."""
+    silent = socket.create_server(("127.0.0.1", 0), backlog=16)
+    try:
+        monkeypatch.setenv("UV_DEFAULT_INDEX", f"http://127.0.0.1:{silent.getsockname()[1]}/simple")
+        monkeypatch.setenv("UV_HTTP_TIMEOUT", "300")
+        package = build_package(tmp_path / "dist", requirements=["ik-sample-extra==1.0"])
+        manager.add_package("cbv_sample", package.path)
+        manager.assign(replica("rep_a", package))
+        agent = start_agent()
+        pgid_file = wait_until(
+            lambda: (
+                next(state_dir.rglob("uv.pgid"), None)
+                if any(
+                    "installing the requirements" in (reason or "")
+                    for _, _, reason in manager.history
+                )
+                else None
+            ),
+            90,
+            "uv never began installing the requirements",
+        )
+        pgid = int(pgid_file.read_text())
+        os.killpg(pgid, 0)  # uv is running, waiting for the index
+
+        agent.stop()
+
+        install = agent.agent.replicas["rep_a"].install_task
+        assert install is not None and install.cancelled()
+        assert not pgid_file.exists()
+        # uv itself was waited for; what it ran, killed with it, is gone a moment after.
+        wait_until(lambda: not _group_alive(pgid), 10, f"uv's process group {pgid} lives on")
+    finally:
+        silent.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
