@@ -2526,9 +2526,10 @@ def _cores_by_process(phase: PhaseFigures) -> str:
         ("the bench's driver", phase.driver_cpu_s),
     ]
     known = sum(cpu_s or 0.0 for _, cpu_s in shares)
-    text = ", ".join(f"{name} {cpu_s / wall_s:.2f}" for name, cpu_s in shares if cpu_s is not None)
+    parts = [f"{name} {cpu_s / wall_s:.2f}" for name, cpu_s in shares if cpu_s is not None]
     if len(phase.managers) > 1:
-        text += f" (the busiest {busiest / wall_s:.2f})"
+        parts[0] += f" (the busiest {busiest / wall_s:.2f})"
+    text = ", ".join(parts)
     if phase.machine_cores is not None:
         text += f", the rest {max(0.0, phase.machine_cores - known / wall_s):.2f}"
     return text
