@@ -956,27 +956,18 @@ def cpu_pressure_s() -> float | None:
 
 
 def loop_time(start: Sample, end: Sample) -> tuple[float | None, float | None, float | None]:
-    """The event loop of the busiest Manager process (by CPU) between two samples: the share of
-    the time its thread ran on a core, the share it waited for one, and ms a wait on average.
-    Nones where a live Manager's processes changed between them (as ``busiest_process_cores``)
-    or where the busiest one's counts are not there (a kernel without them reads 0 0 0)."""
-    nothing = (None, None, None)
+    """The event loop of the busiest Manager process (``busiest_process``) between two samples:
+    the share of the time its thread ran on a core, the share it waited for one, and ms a wait
+    on average. Nones where that process is not known, or where its counts are not there (a
+    kernel without them reads 0 0 0)."""
     wall_s = end.t - start.t
-    busiest: tuple[int, ManagerSample, ManagerSample] | None = None
-    most = -1.0
-    for before, after in zip(start.managers, end.managers, strict=True):
-        if after.process_cpu_s and set(after.process_cpu_s) != set(before.process_cpu_s):
-            return nothing
-        for pid, cpu_s in after.process_cpu_s.items():
-            if pid in before.process_cpu_s and cpu_s - before.process_cpu_s[pid] > most:
-                most = cpu_s - before.process_cpu_s[pid]
-                busiest = pid, before, after
+    busiest = busiest_process(start, end)
     if busiest is None or wall_s <= 0:
-        return nothing
-    pid, before, after = busiest
+        return None, None, None
+    pid, _, before, after = busiest
     first, last = before.process_loop_times.get(pid), after.process_loop_times.get(pid)
     if first is None or last is None or last[2] <= first[2]:
-        return nothing
+        return None, None, None
     ran, waited, runs = (last[i] - first[i] for i in range(3))
     return ran / wall_s, waited / wall_s, waited * 1000 / runs
 
@@ -1018,20 +1009,31 @@ def manager_cpu_s(pid: int, processes: dict[int, float]) -> float | None:
     return reaped + sum(processes.values())
 
 
-def busiest_process_cores(start: Sample, end: Sample) -> float | None:
-    """The CPU (cores) of the busiest single Manager process between two samples; None where a
-    live Manager's processes changed between them (a child restarted): then only the sum is
-    known. A Manager gone by the end (killed) is left out."""
-    wall_s = end.t - start.t
+def busiest_process(
+    start: Sample, end: Sample
+) -> tuple[int, float, ManagerSample, ManagerSample] | None:
+    """The busiest single Manager process between two samples: its pid, its CPU seconds in
+    between, and its Manager's two samples; None where a live Manager's processes changed
+    between them (a child restarted): then only the sum is known. A Manager gone by the end
+    (killed) is left out."""
     busiest = None
     for before, after in zip(start.managers, end.managers, strict=True):
         if after.process_cpu_s and set(after.process_cpu_s) != set(before.process_cpu_s):
             return None  # a process came or went: its share is not known (the sum is)
         for pid, cpu_s in after.process_cpu_s.items():
-            if pid in before.process_cpu_s and wall_s > 0:
-                cores = (cpu_s - before.process_cpu_s[pid]) / wall_s
-                busiest = cores if busiest is None else max(busiest, cores)
+            if pid in before.process_cpu_s:
+                used = cpu_s - before.process_cpu_s[pid]
+                if busiest is None or used > busiest[1]:
+                    busiest = pid, used, before, after
     return busiest
+
+
+def busiest_process_cores(start: Sample, end: Sample) -> float | None:
+    """The CPU (cores) of the busiest single Manager process between two samples
+    (``busiest_process``)."""
+    wall_s = end.t - start.t
+    busiest = busiest_process(start, end)
+    return None if busiest is None or wall_s <= 0 else busiest[1] / wall_s
 
 
 def manager_rss_mb(pids: list[int]) -> float:
